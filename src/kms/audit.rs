@@ -1,0 +1,420 @@
+//! The audit log: one JSON object per line, CloudTrail field names, chained with
+//! HMAC-SHA256 so that an edited, deleted, inserted or reordered line is found by
+//! `verify`. See docs/audit-log.md.
+//!
+//! Each line ends with `"chainSeq":N,"chainMac":"HEX"}`; the MAC covers the
+//! previous line's MAC and every byte of this line before `,"chainMac"`.
+//! Writers in several processes share the file under flock(2), and each picks
+//! up the chain from the file's tail when another process wrote since.
+
+use crate::crypto::Key256;
+use crate::crypto::kdf::hmac_sha256;
+use serde::Serialize;
+use serde_json::Value;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+const MAC_MARK: &str = ",\"chainMac\":\"";
+const SEQ_MARK: &str = ",\"chainSeq\":";
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserIdentity {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub principal_id: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+    pub process_name: Option<String>,
+    pub invoked_by: super::caller::Via,
+}
+
+#[derive(Serialize)]
+pub struct Resource {
+    #[serde(rename = "accountId")]
+    pub account_id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    #[serde(rename = "ARN")]
+    pub arn: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Record {
+    pub event_version: &'static str,
+    pub user_identity: UserIdentity,
+    pub event_time: String,
+    pub event_source: &'static str,
+    pub event_name: &'static str,
+    pub aws_region: &'static str,
+    #[serde(rename = "sourceIPAddress")]
+    pub source_ip_address: String,
+    pub user_agent: String,
+    pub request_parameters: Value,
+    pub response_elements: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
+    #[serde(rename = "requestID")]
+    pub request_id: String,
+    #[serde(rename = "eventID")]
+    pub event_id: String,
+    pub read_only: bool,
+    pub resources: Vec<Resource>,
+    pub event_type: &'static str,
+    pub management_event: bool,
+    pub recipient_account_id: String,
+    pub event_category: &'static str,
+}
+
+/// State of the chain at the end of the file as this process last saw it.
+struct Tail {
+    file: File,
+    end: u64,
+    seq: u64,
+    prev: [u8; 32],
+}
+
+pub struct AuditLog {
+    path: PathBuf,
+    key: Key256,
+    tail: Mutex<Tail>,
+}
+
+struct Flock<'a>(&'a File);
+
+impl<'a> Flock<'a> {
+    fn exclusive(f: &'a File) -> io::Result<Self> {
+        // SAFETY: flock on a valid open descriptor.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Flock(f))
+    }
+}
+
+impl Drop for Flock<'_> {
+    fn drop(&mut self) {
+        // SAFETY: as above; unlocking cannot be meaningfully handled on failure.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// Splits a line into (the MACed prefix, chainSeq, MAC bytes).
+fn split_line(line: &str) -> Result<(&str, u64, [u8; 32]), String> {
+    let idx = line.rfind(MAC_MARK).ok_or("no chainMac field")?;
+    let prefix = &line[..idx];
+    let mac_hex = line[idx + MAC_MARK.len()..]
+        .strip_suffix("\"}")
+        .ok_or("chainMac is not the last field")?;
+    if mac_hex.len() != 64 {
+        return Err("chainMac is not 64 hex digits".into());
+    }
+    let mut mac = [0u8; 32];
+    for (i, m) in mac.iter_mut().enumerate() {
+        *m = u8::from_str_radix(&mac_hex[2 * i..2 * i + 2], 16)
+            .map_err(|_| "chainMac is not hex")?;
+    }
+    let sidx = prefix.rfind(SEQ_MARK).ok_or("no chainSeq field")?;
+    let seq: u64 =
+        prefix[sidx + SEQ_MARK.len()..].parse().map_err(|_| "chainSeq is not a number")?;
+    Ok((prefix, seq, mac))
+}
+
+impl AuditLog {
+    /// Opens (creating, mode 0600) the log and finds the end of its chain.
+    pub fn open(path: &Path, key: Key256) -> io::Result<Self> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .mode(0o600)
+            .open(path)?;
+        let mut tail = Tail { file, end: u64::MAX, seq: 0, prev: [0; 32] };
+        {
+            let f = tail.file.try_clone()?;
+            let _lock = Flock::exclusive(&f)?;
+            Self::resync(&mut tail)?;
+        }
+        Ok(AuditLog { path: path.to_path_buf(), key, tail: Mutex::new(tail) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads the last line to continue the chain after another writer, and cuts
+    /// off a torn final line (a crash mid-write) so the next record starts clean.
+    fn resync(t: &mut Tail) -> io::Result<()> {
+        let size = t.file.metadata()?.len();
+        if size == 0 {
+            t.end = 0;
+            t.seq = 0;
+            t.prev = [0; 32];
+            return Ok(());
+        }
+        let window = size.min(1 << 20);
+        let mut buf = vec![0u8; window as usize];
+        t.file.seek(SeekFrom::Start(size - window))?;
+        t.file.read_exact(&mut buf)?;
+        let mut end = size;
+        if buf.last() != Some(&b'\n') {
+            let keep = buf.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+            end = size - window + keep as u64;
+            t.file.set_len(end)?;
+            buf.truncate(keep);
+            tracing_warn(&format!("audit log: removed a torn final record ({} bytes)", size - end));
+        }
+        t.end = end;
+        if buf.is_empty() {
+            t.seq = 0;
+            t.prev = [0; 32];
+            return Ok(());
+        }
+        let body = &buf[..buf.len() - 1];
+        let start = body.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+        let last = std::str::from_utf8(&body[start..])
+            .map_err(|_| io::Error::other("the audit log's last line is not UTF-8"))?;
+        let (_, seq, mac) = split_line(last).map_err(|e| {
+            io::Error::other(format!(
+                "the audit log's last line cannot continue the chain ({e}); run `kmsfs audit verify`"
+            ))
+        })?;
+        t.seq = seq;
+        t.prev = mac;
+        Ok(())
+    }
+
+    /// Appends one record; returns only once it is in the file. An error here
+    /// must fail the operation it records.
+    pub fn append(&self, rec: &Record) -> io::Result<()> {
+        let mut body = serde_json::to_string(rec).map_err(io::Error::other)?;
+        let mut t = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        let f = t.file.try_clone()?;
+        let _lock = Flock::exclusive(&f)?;
+        if f.metadata()?.len() != t.end {
+            Self::resync(&mut t)?;
+        }
+        body.pop(); // the closing brace
+        let seq = t.seq + 1;
+        body.push_str(SEQ_MARK);
+        body.push_str(&seq.to_string());
+        let mac = hmac_sha256(self.key.as_bytes(), &[&t.prev, body.as_bytes()]);
+        body.push_str(MAC_MARK);
+        body.push_str(&hex(&mac));
+        body.push_str("\"}\n");
+        if let Err(e) = (&t.file).write_all(body.as_bytes()) {
+            // A partial write is cut off by the next resync.
+            t.end = u64::MAX;
+            return Err(e);
+        }
+        t.end += body.len() as u64;
+        t.seq = seq;
+        t.prev = mac;
+        Ok(())
+    }
+
+    /// Makes every record written so far durable.
+    pub fn sync(&self) -> io::Result<()> {
+        let t = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        t.file.sync_data()
+    }
+}
+
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        let _ = self.sync();
+    }
+}
+
+fn tracing_warn(msg: &str) {
+    eprintln!("kmsfs: warning: {msg}");
+}
+
+/// The outcome of `kmsfs audit verify`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub records: u64,
+    /// 1-based line number and what is wrong with it.
+    pub first_bad: Option<(u64, String)>,
+}
+
+/// Checks the whole chain. Deleting the newest lines cannot be told from a log
+/// that simply ended there; everything else can.
+pub fn verify(path: &Path, key: &Key256) -> io::Result<VerifyReport> {
+    let data = std::fs::read(path)?;
+    let mut prev = [0u8; 32];
+    let mut expected = 1u64;
+    let mut n = 0u64;
+    for (i, raw) in data.split_inclusive(|&b| b == b'\n').enumerate() {
+        let lineno = i as u64 + 1;
+        let bad = |why: String| Ok(VerifyReport { records: n, first_bad: Some((lineno, why)) });
+        let Some(raw) = raw.strip_suffix(b"\n") else {
+            return bad("the last line is incomplete (torn write)".into());
+        };
+        let Ok(line) = std::str::from_utf8(raw) else {
+            return bad("not UTF-8".into());
+        };
+        if serde_json::from_str::<Value>(line).is_err() {
+            return bad("not a JSON object (edited)".into());
+        }
+        let (prefix, seq, mac) = match split_line(line) {
+            Ok(p) => p,
+            Err(e) => return bad(format!("{e} (edited)")),
+        };
+        if seq != expected {
+            return bad(format!(
+                "chainSeq is {seq} where {expected} was expected: a line was deleted, inserted or reordered here"
+            ));
+        }
+        let want = hmac_sha256(key.as_bytes(), &[&prev, prefix.as_bytes()]);
+        if !crate::crypto::ct_eq(&want, &mac) {
+            return bad("MAC mismatch: this line was edited or forged".into());
+        }
+        prev = mac;
+        expected += 1;
+        n += 1;
+    }
+    Ok(VerifyReport { records: n, first_bad: None })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kms::caller::Via;
+    use serde_json::json;
+
+    fn rec(name: &'static str) -> Record {
+        Record {
+            event_version: "1.08",
+            user_identity: UserIdentity {
+                kind: "LocalUser",
+                principal_id: "uid:0".into(),
+                uid: 0,
+                gid: 0,
+                pid: 1,
+                process_name: Some("test".into()),
+                invoked_by: Via::Cli,
+            },
+            event_time: "2026-01-01T00:00:00Z".into(),
+            event_source: "kms.kmsfs.local",
+            event_name: name,
+            aws_region: "local",
+            source_ip_address: "local".into(),
+            user_agent: "test".into(),
+            request_parameters: json!({"keyId": "k"}),
+            response_elements: Value::Null,
+            error_code: None,
+            error_message: None,
+            request_id: "r".into(),
+            event_id: "e".into(),
+            read_only: true,
+            resources: vec![],
+            event_type: "AwsApiCall",
+            management_event: true,
+            recipient_account_id: "1".into(),
+            event_category: "Management",
+        }
+    }
+
+    fn key() -> Key256 {
+        Key256::from_bytes([5; 32])
+    }
+
+    fn write_n(path: &Path, n: usize) {
+        let log = AuditLog::open(path, key()).unwrap();
+        for _ in 0..n {
+            log.append(&rec("Decrypt")).unwrap();
+        }
+    }
+
+    fn lines(path: &Path) -> Vec<String> {
+        std::fs::read_to_string(path).unwrap().lines().map(String::from).collect()
+    }
+
+    fn write_lines(path: &Path, l: &[String]) {
+        std::fs::write(path, l.iter().map(|s| format!("{s}\n")).collect::<String>()).unwrap();
+    }
+
+    #[test]
+    fn chain_verifies_and_continues_across_opens() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("audit.log");
+        write_n(&p, 3);
+        write_n(&p, 2);
+        let r = verify(&p, &key()).unwrap();
+        assert_eq!(r, VerifyReport { records: 5, first_bad: None });
+        for l in lines(&p) {
+            let v: Value = serde_json::from_str(&l).unwrap();
+            assert_eq!(v["eventName"], "Decrypt");
+        }
+        assert!(verify(&p, &Key256::from_bytes([6; 32])).unwrap().first_bad.is_some());
+    }
+
+    #[test]
+    fn detects_edit_delete_insert_reorder() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("audit.log");
+        write_n(&p, 5);
+        let orig = lines(&p);
+
+        let mut edited = orig.clone();
+        edited[2] = edited[2].replace("Decrypt", "Encrypt");
+        write_lines(&p, &edited);
+        assert_eq!(verify(&p, &key()).unwrap().first_bad.unwrap().0, 3);
+
+        let mut deleted = orig.clone();
+        deleted.remove(1);
+        write_lines(&p, &deleted);
+        assert_eq!(verify(&p, &key()).unwrap().first_bad.unwrap().0, 2);
+
+        let mut inserted = orig.clone();
+        inserted.insert(3, orig[0].clone());
+        write_lines(&p, &inserted);
+        assert_eq!(verify(&p, &key()).unwrap().first_bad.unwrap().0, 4);
+
+        let mut swapped = orig.clone();
+        swapped.swap(3, 4);
+        write_lines(&p, &swapped);
+        assert_eq!(verify(&p, &key()).unwrap().first_bad.unwrap().0, 4);
+    }
+
+    #[test]
+    fn torn_tail_is_cut_and_chain_continues() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("audit.log");
+        write_n(&p, 2);
+        let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(b"{\"eventVersion\":\"1.0").unwrap();
+        assert!(verify(&p, &key()).unwrap().first_bad.is_some());
+        write_n(&p, 1);
+        assert_eq!(verify(&p, &key()).unwrap(), VerifyReport { records: 3, first_bad: None });
+    }
+
+    #[test]
+    fn two_writers_interleave_without_breaking_the_chain() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("audit.log");
+        let a = AuditLog::open(&p, key()).unwrap();
+        let b = AuditLog::open(&p, key()).unwrap();
+        for i in 0..10 {
+            if i % 3 == 0 { b.append(&rec("Encrypt")) } else { a.append(&rec("Decrypt")) }.unwrap();
+        }
+        assert_eq!(verify(&p, &key()).unwrap(), VerifyReport { records: 10, first_bad: None });
+    }
+}

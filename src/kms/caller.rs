@@ -1,0 +1,54 @@
+//! Who is calling: the identity that key policies judge and the audit log records.
+
+use serde::Serialize;
+
+/// The path a request came in by. Keys that kmsfs manages for a filesystem may
+/// be used only through the mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    Cli,
+    Mount,
+    Api,
+    /// kmsfs itself: scheduled deletion, automatic rotation, expiry.
+    Service,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+    pub process: Option<String>,
+    pub via: Via,
+    /// Peer address for network callers; `None` for local ones.
+    pub source_ip: Option<String>,
+}
+
+impl Caller {
+    /// The current process, as seen by the kernel.
+    pub fn this_process(via: Via) -> Self {
+        // SAFETY: these libc calls have no preconditions and cannot fail.
+        let (uid, gid, pid) = unsafe { (libc::getuid(), libc::getgid(), libc::getpid()) };
+        Caller { uid, gid, pid: pid as u32, process: process_name(pid as u32), via, source_ip: None }
+    }
+
+    /// A FUSE request's originator.
+    pub fn local(uid: u32, gid: u32, pid: u32, via: Via) -> Self {
+        Caller { uid, gid, pid, process: process_name(pid), via, source_ip: None }
+    }
+
+    pub fn service() -> Self {
+        Caller { via: Via::Service, ..Caller::this_process(Via::Service) }
+    }
+
+    /// The principal string policies use, e.g. `uid:1000`.
+    pub fn principal(&self) -> String {
+        format!("uid:{}", self.uid)
+    }
+}
+
+/// `/proc/PID/comm`, which the process itself controls: record it, never trust it.
+pub fn process_name(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim_end().to_string())
+}

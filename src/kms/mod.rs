@@ -1,0 +1,24 @@
+//! The embedded KMS: AWS KMS's model for symmetric keys, knowing nothing of FUSE.
+//!
+//! Pure logic (context canonicalisation, the blob format, key names, the
+//! key-state table) lives in small modules with their own tests; `keystore`
+//! and `audit` own the file I/O; `service` ties them together.
+
+pub mod audit;
+pub mod blob;
+pub mod caller;
+pub mod clock;
+pub mod context;
+pub mod error;
+pub mod import;
+pub mod key;
+pub mod keyref;
+pub mod keystore;
+mod serde_secret;
+pub mod service;
+
+pub use caller::{Caller, Via};
+pub use context::EncryptionContext;
+pub use error::{ErrorCode, KmsError, KmsResult};
+pub use keystore::{KmsHome, RootSecret};
+pub use service::{CreateKeyRequest, DataKeySpec, Kms, KeyMetadata, Options};

@@ -1,0 +1,1412 @@
+//! The KMS service: AWS KMS's symmetric-key operations over the sealed keystore,
+//! each one checked against key state and caller, and each one audited.
+//!
+//! Reads work on an in-memory copy of the keystore that is reloaded when the
+//! file changes on disk (another process wrote it); writes take the keystore's
+//! file lock, apply the change to a copy, persist it, then publish it.
+
+use super::audit::{AuditLog, Record, Resource, UserIdentity};
+use super::blob::{self, BlobHeader};
+use super::caller::{Caller, Via};
+use super::clock::{Clock, DAY, SystemClock, rfc3339};
+use super::context::EncryptionContext;
+use super::error::{ErrorCode, KmsError, KmsResult};
+use super::key::{ImportState, Key, KeyManager, KeyState, Op, Origin, Rotation, check_state};
+use super::keyref::{KeyId, KeyRef, MANAGED_ALIAS_PREFIX, validate_alias_name};
+use super::keystore::{
+    Alias, HomeError, HomeErrorKind, KmsHome, RootKeySpec, RootKeys, RootSecret, Stamp, State,
+};
+use crate::crypto::kdf::{Argon2Params, hkdf256, hmac_sha256};
+use crate::crypto::{AeadKey, Key256, SecretBytes};
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+pub const SYMMETRIC_DEFAULT: &str = "SYMMETRIC_DEFAULT";
+const BLOB_KDF_INFO: &[u8] = b"kmsfs blob v1";
+const MAX_DESCRIPTION: usize = 8192;
+const MAX_TAGS: usize = 50;
+const MAX_ON_DEMAND_ROTATIONS: usize = 10;
+const IMPORT_PARAMETERS_VALID: i64 = DAY;
+
+/// What DescribeKey, CreateKey and friends return, in AWS's shape.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct KeyMetadata {
+    #[serde(rename = "AWSAccountId")]
+    pub aws_account_id: String,
+    pub key_id: String,
+    pub arn: String,
+    pub creation_date: String,
+    pub enabled: bool,
+    pub description: String,
+    pub key_usage: &'static str,
+    pub key_state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deletion_date: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_deletion_window_in_days: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub valid_to: Option<String>,
+    pub origin: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expiration_model: Option<String>,
+    pub key_manager: &'static str,
+    pub customer_master_key_spec: &'static str,
+    pub key_spec: &'static str,
+    pub encryption_algorithms: Vec<&'static str>,
+    pub multi_region: bool,
+    pub key_rotation_enabled: bool,
+    pub current_key_material_version: Option<u32>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct CreateKeyRequest {
+    pub description: String,
+    pub tags: Vec<(String, String)>,
+    /// Only ENCRYPT_DECRYPT (the default) is supported for symmetric keys.
+    pub key_usage: Option<String>,
+    /// KMSFS (default; `AWS_KMS` is accepted as a synonym) or EXTERNAL.
+    pub origin: Option<String>,
+    /// Only SYMMETRIC_DEFAULT.
+    pub key_spec: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct EncryptResponse {
+    pub ciphertext_blob: Vec<u8>,
+    pub key_arn: String,
+}
+
+#[derive(Debug)]
+pub struct DecryptResponse {
+    pub plaintext: SecretBytes,
+    pub key_arn: String,
+}
+
+#[derive(Debug)]
+pub struct DataKey {
+    pub ciphertext_blob: Vec<u8>,
+    pub plaintext: Option<SecretBytes>,
+    pub key_arn: String,
+}
+
+#[derive(Debug)]
+pub struct ReEncryptResponse {
+    pub ciphertext_blob: Vec<u8>,
+    pub source_key_arn: String,
+    pub key_arn: String,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct DataKeySpec {
+    pub key_spec: Option<String>,
+    pub number_of_bytes: Option<u32>,
+}
+
+impl DataKeySpec {
+    pub fn aes_256() -> Self {
+        DataKeySpec { key_spec: Some("AES_256".into()), number_of_bytes: None }
+    }
+
+    fn len(&self) -> KmsResult<usize> {
+        match (&self.key_spec, self.number_of_bytes) {
+            (Some(_), Some(_)) => {
+                Err(KmsError::validation("give either KeySpec or NumberOfBytes, not both"))
+            }
+            (None, None) => Err(KmsError::validation("give KeySpec (AES_256, AES_128) or NumberOfBytes")),
+            (Some(s), None) => match s.as_str() {
+                "AES_256" => Ok(32),
+                "AES_128" => Ok(16),
+                other => Err(KmsError::validation(format!(
+                    "KeySpec {other:?} is not AES_256 or AES_128"
+                ))),
+            },
+            (None, Some(n)) => random_len(n),
+        }
+    }
+}
+
+fn random_len(n: u32) -> KmsResult<usize> {
+    if (1..=1024).contains(&n) {
+        Ok(n as usize)
+    } else {
+        Err(KmsError::validation(format!("NumberOfBytes is {n}; it must be 1 to 1024")))
+    }
+}
+
+/// One audit event under construction.
+struct Event {
+    name: &'static str,
+    read_only: bool,
+    params: Value,
+    response: Value,
+    key: Option<KeyId>,
+}
+
+impl Event {
+    fn new(name: &'static str, read_only: bool, params: Value) -> Self {
+        Event { name, read_only, params, response: Value::Null, key: None }
+    }
+}
+
+struct Store {
+    home: KmsHome,
+    spec: RootKeySpec,
+    keys: RootKeys,
+    writer: Mutex<()>,
+}
+
+struct Inner {
+    state: Arc<State>,
+    stamp: Option<Stamp>,
+    generation: u64,
+}
+
+/// Options for opening a service.
+pub struct Options {
+    pub clock: Arc<dyn Clock>,
+    pub argon2: Argon2Params,
+    /// What the audit log calls this program (`userAgent`).
+    pub user_agent: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            clock: Arc::new(SystemClock),
+            argon2: Argon2Params::default(),
+            user_agent: format!("kmsfs/{}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+pub struct Kms {
+    account: String,
+    inner: RwLock<Inner>,
+    store: Option<Store>,
+    audit: Option<AuditLog>,
+    clock: Arc<dyn Clock>,
+    next_due: AtomicI64,
+    request_counter: AtomicU64,
+    request_prefix: u64,
+    user_agent: String,
+}
+
+fn home_err(e: HomeError) -> KmsError {
+    KmsError::internal(e.message)
+}
+
+fn invalid_state(msg: String) -> KmsError {
+    KmsError::new(ErrorCode::KMSInvalidStateException, msg)
+}
+
+/// Management and use actions that read nothing secret and change nothing.
+fn is_read_action(action: &str) -> bool {
+    matches!(
+        action,
+        "kms:DescribeKey"
+            | "kms:GetKeyRotationStatus"
+            | "kms:ListResourceTags"
+            | "kms:ListKeyRotations"
+            | "kms:GetKeyPolicy"
+    )
+}
+
+impl Kms {
+    /// A service with no persistence and no audit log: for tests and examples.
+    pub fn in_memory() -> Self {
+        Self::build(random_account(), None, None, Options::default(), State::default(), None, 0)
+    }
+
+    /// A non-persistent service that audits to `path` with `audit_key`.
+    pub fn in_memory_audited(path: &std::path::Path, audit_key: Key256, options: Options) -> KmsResult<Self> {
+        let log = AuditLog::open(path, audit_key)
+            .map_err(|e| KmsError::internal(format!("cannot open audit log {}: {e}", path.display())))?;
+        Ok(Self::build(random_account(), None, Some(log), options, State::default(), None, 0))
+    }
+
+    /// Opens the KMS home, creating it (and its keystore) if `create` and it is missing.
+    pub fn open(home: KmsHome, secret: &RootSecret, create: bool, options: Options) -> Result<Self, HomeError> {
+        let opened = match home.open(secret) {
+            Err(e) if e.kind == HomeErrorKind::Missing && create => home.create(secret, options.argon2)?,
+            other => other?,
+        };
+        let audit_path = home.audit_path();
+        let log = AuditLog::open(&audit_path, opened.keys.audit.clone()).map_err(|e| HomeError {
+            kind: HomeErrorKind::Io,
+            message: format!(
+                "cannot open the audit log {}: {e}; kmsfs does not use keys unaudited",
+                audit_path.display()
+            ),
+        })?;
+        let stamp = home.stamp();
+        let store = Store { home, spec: opened.spec, keys: opened.keys, writer: Mutex::new(()) };
+        let kms = Self::build(opened.account, Some(store), Some(log), options, opened.state, stamp, opened.generation);
+        Ok(kms)
+    }
+
+    fn build(
+        account: String,
+        store: Option<Store>,
+        audit: Option<AuditLog>,
+        options: Options,
+        state: State,
+        stamp: Option<Stamp>,
+        generation: u64,
+    ) -> Self {
+        let due = next_due(&state);
+        Kms {
+            account,
+            inner: RwLock::new(Inner { state: Arc::new(state), stamp, generation }),
+            store,
+            audit,
+            clock: options.clock,
+            next_due: AtomicI64::new(due),
+            request_counter: AtomicU64::new(0),
+            request_prefix: u64::from_be_bytes(crate::crypto::random::array::<8>()),
+            user_agent: options.user_agent,
+        }
+    }
+
+    pub fn account(&self) -> &str {
+        &self.account
+    }
+
+    pub fn audit_path(&self) -> Option<&std::path::Path> {
+        self.audit.as_ref().map(|a| a.path())
+    }
+
+    pub fn sync_audit(&self) -> std::io::Result<()> {
+        self.audit.as_ref().map_or(Ok(()), |a| a.sync())
+    }
+
+    // ----- state access -------------------------------------------------
+
+    /// The current state, reloaded if another process changed the keystore,
+    /// after any due maintenance (deletion, automatic rotation, expiry).
+    fn state(&self) -> KmsResult<Arc<State>> {
+        if let Some(store) = &self.store {
+            let stamp = store.home.stamp();
+            let stale = self.inner.read().unwrap_or_else(|e| e.into_inner()).stamp != stamp;
+            if stale {
+                let (state, generation) = store.home.reload(&store.keys).map_err(home_err)?;
+                self.next_due.store(next_due(&state), Ordering::Relaxed);
+                let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+                *inner = Inner { state: Arc::new(state), stamp, generation };
+            }
+        }
+        if self.clock.now() >= self.next_due.load(Ordering::Relaxed) {
+            self.maintain()?;
+        }
+        Ok(self.inner.read().unwrap_or_else(|e| e.into_inner()).state.clone())
+    }
+
+    /// Applies `f` to a copy of the state and publishes it once persisted; on
+    /// error nothing changes, in memory or on disk.
+    fn mutate<T>(&self, f: impl FnOnce(&mut State, i64) -> KmsResult<T>) -> KmsResult<T> {
+        if self.clock.now() >= self.next_due.load(Ordering::Relaxed) {
+            self.maintain()?;
+        }
+        self.mutate_now(f)
+    }
+
+    fn mutate_now<T>(&self, f: impl FnOnce(&mut State, i64) -> KmsResult<T>) -> KmsResult<T> {
+        let now = self.clock.now();
+        let Some(store) = &self.store else {
+            let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+            let mut s = (*inner.state).clone();
+            let r = f(&mut s, now)?;
+            self.next_due.store(next_due(&s), Ordering::Relaxed);
+            inner.state = Arc::new(s);
+            return Ok(r);
+        };
+        let _w = store.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let _flock = store.home.lock().map_err(home_err)?;
+        let (mut s, generation) = {
+            let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+            if store.home.stamp() == inner.stamp {
+                ((*inner.state).clone(), inner.generation)
+            } else {
+                drop(inner);
+                store.home.reload(&store.keys).map_err(home_err)?
+            }
+        };
+        let r = f(&mut s, now)?;
+        store
+            .home
+            .write(&self.account, &store.spec, &store.keys, &s, generation + 1)
+            .map_err(home_err)?;
+        let stamp = store.home.stamp();
+        self.next_due.store(next_due(&s), Ordering::Relaxed);
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        *inner = Inner { state: Arc::new(s), stamp, generation: generation + 1 };
+        Ok(r)
+    }
+
+    /// Carries out what time has made due: deletes keys whose waiting period
+    /// ended, rotates keys whose rotation date passed, expires imported material.
+    pub fn maintain(&self) -> KmsResult<()> {
+        let events = self.mutate_now(|s, now| Ok(apply_maintenance(s, now)))?;
+        let caller = Caller::service();
+        for (name, id, params) in events {
+            let mut ev = Event::new(name, false, params);
+            ev.key = Some(id);
+            self.audit_event(&caller, ev, &Ok(()))?;
+        }
+        Ok(())
+    }
+
+    // ----- audit and authorisation --------------------------------------
+
+    fn arn(&self, id: &KeyId) -> String {
+        id.arn(&self.account)
+    }
+
+    fn request_id(&self) -> String {
+        let n = self.request_counter.fetch_add(1, Ordering::Relaxed);
+        let p = self.request_prefix;
+        format!(
+            "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+            (p >> 32) as u32,
+            (p >> 16) as u16,
+            (p & 0xfff) as u16,
+            (n >> 48) & 0xfff,
+            n & 0xffff_ffff_ffff
+        )
+    }
+
+    fn audit_event<T>(&self, caller: &Caller, ev: Event, result: &KmsResult<T>) -> KmsResult<()> {
+        let Some(log) = &self.audit else { return Ok(()) };
+        let (error_code, error_message) = match result {
+            Ok(_) => (None, None),
+            Err(e) => (Some(e.code.as_str()), Some(e.message.clone())),
+        };
+        let resources = ev
+            .key
+            .map(|k| {
+                vec![Resource { account_id: self.account.clone(), kind: "AWS::KMS::Key", arn: self.arn(&k) }]
+            })
+            .unwrap_or_default();
+        let id = self.request_id();
+        let rec = Record {
+            event_version: "1.08",
+            user_identity: UserIdentity {
+                kind: if caller.via == Via::Service { "KmsfsService" } else { "LocalUser" },
+                principal_id: caller.principal(),
+                uid: caller.uid,
+                gid: caller.gid,
+                pid: caller.pid,
+                process_name: caller.process.clone(),
+                invoked_by: caller.via,
+            },
+            event_time: rfc3339(self.clock.now()),
+            event_source: "kms.kmsfs.local",
+            event_name: ev.name,
+            aws_region: "local",
+            source_ip_address: caller.source_ip.clone().unwrap_or_else(|| "local".into()),
+            user_agent: self.user_agent.clone(),
+            request_parameters: ev.params,
+            response_elements: ev.response,
+            error_code,
+            error_message,
+            request_id: id.clone(),
+            event_id: id,
+            read_only: ev.read_only,
+            resources,
+            event_type: "AwsApiCall",
+            management_event: true,
+            recipient_account_id: self.account.clone(),
+            event_category: "Management",
+        };
+        log.append(&rec).map_err(|e| {
+            KmsError::internal(format!(
+                "the audit log {} could not be written ({e}); kmsfs refuses to use keys unaudited",
+                log.path().display()
+            ))
+        })
+    }
+
+    /// Records the call and returns its result; a result whose record cannot be
+    /// written becomes an error (fail closed).
+    fn finish<T>(&self, caller: &Caller, ev: Event, result: KmsResult<T>) -> KmsResult<T> {
+        match self.audit_event(caller, ev, &result) {
+            Ok(()) => result,
+            Err(audit_err) => Err(result.err().unwrap_or(audit_err)),
+        }
+    }
+
+    /// Who may do what. Keys that kmsfs manages for a filesystem are used only
+    /// through the mount; users may read their metadata. Key policies and
+    /// grants plug in here.
+    fn authorize(&self, caller: &Caller, key: &Key, action: &str) -> KmsResult<()> {
+        if key.manager == KeyManager::Kmsfs
+            && !matches!(caller.via, Via::Mount | Via::Service)
+            && !is_read_action(action)
+        {
+            return Err(KmsError::access_denied(format!(
+                "key {} is managed by kmsfs for a filesystem: it can be described, but {action} on it is allowed only through the mount",
+                key.id
+            )));
+        }
+        Ok(())
+    }
+
+    fn resolve<'s>(&self, state: &'s State, key_ref: &str) -> KmsResult<&'s Key> {
+        let id = match KeyRef::parse(key_ref, &self.account)? {
+            KeyRef::Id(id) => id,
+            KeyRef::Alias(name) => {
+                state.aliases.get(&name).map(|a| a.target).ok_or_else(|| {
+                    KmsError::not_found(format!("alias {name} does not exist; see `kmsfs kms list-aliases`"))
+                })?
+            }
+        };
+        state
+            .keys
+            .get(&id)
+            .ok_or_else(|| KmsError::not_found(format!("key {id} does not exist in account {}", self.account)))
+    }
+
+    /// Resolves, records the key on the event, authorises and checks state.
+    fn usable<'s>(
+        &self,
+        caller: &Caller,
+        state: &'s State,
+        key_ref: &str,
+        ev: &mut Event,
+        action: &str,
+        op: Option<Op>,
+    ) -> KmsResult<&'s Key> {
+        let key = self.resolve(state, key_ref)?;
+        ev.key = Some(key.id);
+        self.authorize(caller, key, action)?;
+        if let Some(op) = op {
+            check_state(op, key)?;
+        }
+        Ok(key)
+    }
+
+    // ----- key lifecycle -------------------------------------------------
+
+    fn metadata(&self, k: &Key) -> KeyMetadata {
+        let import = k.import.as_ref();
+        KeyMetadata {
+            aws_account_id: self.account.clone(),
+            key_id: k.id.to_string(),
+            arn: self.arn(&k.id),
+            creation_date: rfc3339(k.created),
+            enabled: k.state == KeyState::Enabled,
+            description: k.description.clone(),
+            key_usage: "ENCRYPT_DECRYPT",
+            key_state: k.state.as_str(),
+            deletion_date: k.deletion_date.map(rfc3339),
+            pending_deletion_window_in_days: k.pending_window_days,
+            valid_to: import.and_then(|i| i.valid_to).map(rfc3339),
+            origin: k.origin.as_str(),
+            expiration_model: import.and_then(|i| i.expiration_model.clone()),
+            key_manager: k.manager.as_str(),
+            customer_master_key_spec: SYMMETRIC_DEFAULT,
+            key_spec: SYMMETRIC_DEFAULT,
+            encryption_algorithms: vec![SYMMETRIC_DEFAULT],
+            multi_region: false,
+            key_rotation_enabled: k.rotation_period_days.is_some(),
+            current_key_material_version: k.current_material().map(|m| m.version),
+        }
+    }
+
+    pub fn create_key(&self, caller: &Caller, req: CreateKeyRequest) -> KmsResult<KeyMetadata> {
+        let mut ev = Event::new(
+            "CreateKey",
+            false,
+            json!({"description": req.description, "keyUsage": req.key_usage, "origin": req.origin,
+                   "keySpec": req.key_spec, "tags": tags_json(&req.tags)}),
+        );
+        let r = self.create_key_inner(&req, KeyManager::Customer, None, &mut ev);
+        if let Ok(m) = &r {
+            ev.response = json!({"keyMetadata": m});
+        }
+        self.finish(caller, ev, r)
+    }
+
+    /// Creates a key that kmsfs manages for a filesystem, under `alias/kmsfs/<suffix>`.
+    pub fn create_managed_key(&self, caller: &Caller, alias_suffix: &str, description: &str) -> KmsResult<KeyMetadata> {
+        let alias = format!("{MANAGED_ALIAS_PREFIX}{alias_suffix}");
+        let mut ev = Event::new("CreateKey", false, json!({"description": description, "aliasName": alias}));
+        let req = CreateKeyRequest { description: description.into(), ..Default::default() };
+        let r = self.create_key_inner(&req, KeyManager::Kmsfs, Some(alias), &mut ev);
+        if let Ok(m) = &r {
+            ev.response = json!({"keyMetadata": m});
+        }
+        self.finish(caller, ev, r)
+    }
+
+    fn create_key_inner(
+        &self,
+        req: &CreateKeyRequest,
+        manager: KeyManager,
+        alias: Option<String>,
+        ev: &mut Event,
+    ) -> KmsResult<KeyMetadata> {
+        if req.description.len() > MAX_DESCRIPTION {
+            return Err(KmsError::validation(format!("Description is longer than {MAX_DESCRIPTION} characters")));
+        }
+        if let Some(u) = &req.key_usage
+            && u != "ENCRYPT_DECRYPT"
+        {
+            return Err(KmsError::validation(format!(
+                "KeyUsage {u:?} is not supported: kmsfs keys are symmetric ENCRYPT_DECRYPT keys"
+            )));
+        }
+        if let Some(s) = &req.key_spec
+            && s != SYMMETRIC_DEFAULT
+        {
+            return Err(KmsError::validation(format!("KeySpec {s:?} is not supported; use SYMMETRIC_DEFAULT")));
+        }
+        let origin = match req.origin.as_deref() {
+            None | Some("KMSFS") | Some("AWS_KMS") => Origin::Kmsfs,
+            Some("EXTERNAL") => Origin::External,
+            Some(o) => {
+                return Err(KmsError::validation(format!("Origin {o:?} is not KMSFS (AWS_KMS) or EXTERNAL")));
+            }
+        };
+        let tags = validate_tags(&BTreeMap::new(), &req.tags)?;
+        if let Some(a) = &alias {
+            validate_alias_name(a, true)?;
+        }
+        let meta = self.mutate(|s, now| {
+            let mut key = Key {
+                id: KeyId::random(),
+                description: req.description.clone(),
+                created: now,
+                state: if origin == Origin::External { KeyState::PendingImport } else { KeyState::Enabled },
+                origin,
+                manager,
+                deletion_date: None,
+                pending_window_days: None,
+                rotation_period_days: None,
+                next_rotation: None,
+                rotations: vec![],
+                materials: vec![],
+                tags,
+                import: (origin == Origin::External).then(|| ImportState {
+                    expiration_model: None,
+                    valid_to: None,
+                    fingerprint: None,
+                }),
+                policy: None,
+            };
+            if origin == Origin::Kmsfs {
+                key.add_material(Key256::random(), now);
+            }
+            if manager == KeyManager::Kmsfs {
+                // Like AWS managed keys: rotated yearly, always.
+                key.rotation_period_days = Some(365);
+                key.next_rotation = Some(now + 365 * DAY);
+            }
+            if let Some(a) = &alias {
+                if s.aliases.contains_key(a) {
+                    return Err(KmsError::new(ErrorCode::AlreadyExistsException, format!("alias {a} already exists")));
+                }
+                s.aliases.insert(a.clone(), Alias { target: key.id, created: now, updated: now });
+            }
+            let meta = self.metadata(&key);
+            s.keys.insert(key.id, key);
+            Ok(meta)
+        })?;
+        ev.key = KeyId::parse(&meta.key_id);
+        Ok(meta)
+    }
+
+    pub fn describe_key(&self, caller: &Caller, key_id: &str) -> KmsResult<KeyMetadata> {
+        let mut ev = Event::new("DescribeKey", true, json!({"keyId": key_id}));
+        let r = self.state().and_then(|s| {
+            let k = self.usable(caller, &s, key_id, &mut ev, "kms:DescribeKey", None)?;
+            Ok(self.metadata(k))
+        });
+        self.finish(caller, ev, r)
+    }
+
+    pub fn list_keys(&self, caller: &Caller, limit: Option<u32>, marker: Option<&str>) -> KmsResult<Value> {
+        let ev = Event::new("ListKeys", true, json!({"limit": limit, "marker": marker}));
+        let r = self.state().and_then(|s| {
+            let ids: Vec<String> = s.keys.keys().map(|k| k.to_string()).collect();
+            let (page, next) = paginate(&ids, limit, marker)?;
+            let keys: Vec<Value> = page
+                .iter()
+                .map(|id| json!({"KeyId": id, "KeyArn": format!("{}{}:key/{id}", super::keyref::ARN_PREFIX, self.account)}))
+                .collect();
+            Ok(page_json("Keys", keys, next))
+        });
+        self.finish(caller, ev, r)
+    }
+
+    fn set_enabled(&self, caller: &Caller, key_id: &str, enable: bool) -> KmsResult<()> {
+        let name = if enable { "EnableKey" } else { "DisableKey" };
+        let mut ev = Event::new(name, false, json!({"keyId": key_id}));
+        let r = self.mutate(|s, _| {
+            let key = self.usable(caller, s, key_id, &mut ev, if enable { "kms:EnableKey" } else { "kms:DisableKey" }, Some(if enable { Op::Enable } else { Op::Disable }))?;
+            let id = key.id;
+            s.keys.get_mut(&id).expect("resolved").state = if enable { KeyState::Enabled } else { KeyState::Disabled };
+            Ok(())
+        });
+        self.finish(caller, ev, r)
+    }
+
+    pub fn enable_key(&self, caller: &Caller, key_id: &str) -> KmsResult<()> {
+        self.set_enabled(caller, key_id, true)
+    }
+
+    pub fn disable_key(&self, caller: &Caller, key_id: &str) -> KmsResult<()> {
+        self.set_enabled(caller, key_id, false)
+    }
+
+    pub fn schedule_key_deletion(&self, caller: &Caller, key_id: &str, pending_window_in_days: Option<u32>) -> KmsResult<Value> {
+        let mut ev = Event::new(
+            "ScheduleKeyDeletion",
+            false,
+            json!({"keyId": key_id, "pendingWindowInDays": pending_window_in_days}),
+        );
+        let r = self.mutate(|s, now| {
+            let days = pending_window_in_days.unwrap_or(30);
+            if !(7..=30).contains(&days) {
+                return Err(KmsError::validation(format!("PendingWindowInDays is {days}; it must be 7 to 30")));
+            }
+            let key = self.usable(caller, s, key_id, &mut ev, "kms:ScheduleKeyDeletion", Some(Op::ScheduleDeletion))?;
+            let id = key.id;
+            let k = s.keys.get_mut(&id).expect("resolved");
+            k.state = KeyState::PendingDeletion;
+            k.deletion_date = Some(now + days as i64 * DAY);
+            k.pending_window_days = Some(days);
+            Ok(json!({"KeyId": self.arn(&id), "DeletionDate": rfc3339(now + days as i64 * DAY),
+                      "KeyState": "PendingDeletion", "PendingWindowInDays": days}))
+        });
+        if let Ok(v) = &r {
+            ev.response = json!({"deletionDate": v["DeletionDate"]});
+        }
+        self.finish(caller, ev, r)
+    }
+
+    pub fn cancel_key_deletion(&self, caller: &Caller, key_id: &str) -> KmsResult<Value> {
+        let mut ev = Event::new("CancelKeyDeletion", false, json!({"keyId": key_id}));
+        let r = self.mutate(|s, _| {
+            let id = self.usable(caller, s, key_id, &mut ev, "kms:CancelKeyDeletion", Some(Op::CancelDeletion))?.id;
+            let k = s.keys.get_mut(&id).expect("resolved");
+            // As in AWS, a key whose deletion is cancelled comes back Disabled
+            // (or PendingImport if it has no material).
+            k.state = if k.materials.is_empty() { KeyState::PendingImport } else { KeyState::Disabled };
+            k.deletion_date = None;
+            k.pending_window_days = None;
+            Ok(json!({"KeyId": self.arn(&id)}))
+        });
+        self.finish(caller, ev, r)
+    }
+
+    pub fn update_key_description(&self, caller: &Caller, key_id: &str, description: &str) -> KmsResult<()> {
+        let mut ev = Event::new("UpdateKeyDescription", false, json!({"keyId": key_id, "description": description}));
+        let r = self.mutate(|s, _| {
+            if description.len() > MAX_DESCRIPTION {
+                return Err(KmsError::validation(format!("Description is longer than {MAX_DESCRIPTION} characters")));
+            }
+            let id = self.usable(caller, s, key_id, &mut ev, "kms:UpdateKeyDescription", Some(Op::Modify))?.id;
+            s.keys.get_mut(&id).expect("resolved").description = description.to_string();
+            Ok(())
+        });
+        self.finish(caller, ev, r)
+    }
+
+    // ----- rotation -----------------------------------------------------
+
+    pub fn enable_key_rotation(&self, caller: &Caller, key_id: &str, period_days: Option<u32>) -> KmsResult<()> {
+        let mut ev = Event::new("EnableKeyRotation", false, json!({"keyId": key_id, "rotationPeriodInDays": period_days}));
+        let r = self.mutate(|s, now| {
+            let days = period_days.unwrap_or(365);
+            if !(90..=2560).contains(&days) {
+                return Err(KmsError::validation(format!("RotationPeriodInDays is {days}; it must be 90 to 2560")));
+            }
+            let key = self.usable(caller, s, key_id, &mut ev, "kms:EnableKeyRotation", Some(Op::Rotation))?;
+            if key.origin == Origin::External {
+                return Err(KmsError::new(
+                    ErrorCode::UnsupportedOperationException,
+                    format!("key {} has imported material; kmsfs cannot rotate material it did not generate", key.id),
+                ));
+            }
+            let id = key.id;
+            let k = s.keys.get_mut(&id).expect("resolved");
+            k.rotation_period_days = Some(days);
+            k.next_rotation = Some(now + days as i64 * DAY);
+            Ok(())
+        });
+        self.finish(caller, ev, r)
+    }
+
+    pub fn disable_key_rotation(&self, caller: &Caller, key_id: &str) -> KmsResult<()> {
+        let mut ev = Event::new("DisableKeyRotation", false, json!({"keyId": key_id}));
+        let r = self.mutate(|s, _| {
+            let key = self.usable(caller, s, key_id, &mut ev, "kms:DisableKeyRotation", Some(Op::Rotation))?;
+            if key.origin == Origin::External {
+                return Err(KmsError::new(ErrorCode::UnsupportedOperationException, "keys with imported material do not rotate"));
+            }
+            let id = key.id;
+            let k = s.keys.get_mut(&id).expect("resolved");
+            k.rotation_period_days = None;
+            k.next_rotation = None;
+            Ok(())
+        });
+        self.finish(caller, ev, r)
+    }
+
+    pub fn get_key_rotation_status(&self, caller: &Caller, key_id: &str) -> KmsResult<Value> {
+        let mut ev = Event::new("GetKeyRotationStatus", true, json!({"keyId": key_id}));
+        let r = self.state().and_then(|s| {
+            let k = self.usable(caller, &s, key_id, &mut ev, "kms:GetKeyRotationStatus", None)?;
+            let mut v = json!({"KeyId": self.arn(&k.id), "KeyRotationEnabled": k.rotation_period_days.is_some()});
+            if let (Some(p), Some(n)) = (k.rotation_period_days, k.next_rotation) {
+                v["RotationPeriodInDays"] = p.into();
+                v["NextRotationDate"] = rfc3339(n).into();
+            }
+            if let Some(r) = k.rotations.iter().rev().find(|r| r.kind == "ON_DEMAND") {
+                v["OnDemandRotationStartDate"] = rfc3339(r.date).into();
+            }
+            Ok(v)
+        });
+        self.finish(caller, ev, r)
+    }
+
+    pub fn rotate_key_on_demand(&self, caller: &Caller, key_id: &str) -> KmsResult<Value> {
+        let mut ev = Event::new("RotateKeyOnDemand", false, json!({"keyId": key_id}));
+        let r = self.mutate(|s, now| {
+            let key = self.usable(caller, s, key_id, &mut ev, "kms:RotateKeyOnDemand", Some(Op::Rotation))?;
+            if key.origin == Origin::External {
+                return Err(KmsError::new(
+                    ErrorCode::UnsupportedOperationException,
+                    format!("key {} has imported material; kmsfs cannot rotate material it did not generate", key.id),
+                ));
+            }
+            if key.rotations.iter().filter(|r| r.kind == "ON_DEMAND").count() >= MAX_ON_DEMAND_ROTATIONS {
+                return Err(KmsError::new(
+                    ErrorCode::LimitExceededException,
+                    format!("key {} has had {MAX_ON_DEMAND_ROTATIONS} on-demand rotations, the most allowed; enable automatic rotation instead", key.id),
+                ));
+            }
+            let id = key.id;
+            let k = s.keys.get_mut(&id).expect("resolved");
+            let v = k.add_material(Key256::random(), now);
+            k.rotations.push(Rotation { date: now, kind: "ON_DEMAND".into() });
+            Ok((json!({"KeyId": self.arn(&id)}), v))
+        });
+        let r = r.map(|(v, version)| {
+            ev.response = json!({"keyMaterialVersion": version});
+            v
+        });
+        self.finish(caller, ev, r)
+    }
+
+    pub fn list_key_rotations(&self, caller: &Caller, key_id: &str, limit: Option<u32>, marker: Option<&str>) -> KmsResult<Value> {
+        let mut ev = Event::new("ListKeyRotations", true, json!({"keyId": key_id}));
+        let r = self.state().and_then(|s| {
+            let k = self.usable(caller, &s, key_id, &mut ev, "kms:ListKeyRotations", None)?;
+            let idx: Vec<String> = (0..k.rotations.len()).map(|i| format!("{i:08}")).collect();
+            let (page, next) = paginate(&idx, limit, marker)?;
+            let items = page
+                .iter()
+                .map(|i| {
+                    let r = &k.rotations[i.parse::<usize>().expect("index")];
+                    json!({"KeyId": self.arn(&k.id), "RotationDate": rfc3339(r.date), "RotationType": r.kind})
+                })
+                .collect();
+            Ok(page_json("Rotations", items, next))
+        });
+        self.finish(caller, ev, r)
+    }
+
+    // ----- aliases ------------------------------------------------------
+
+    pub fn create_alias(&self, caller: &Caller, alias_name: &str, target_key_id: &str) -> KmsResult<()> {
+        let mut ev = Event::new("CreateAlias", false, json!({"aliasName": alias_name, "targetKeyId": target_key_id}));
+        let r = self.mutate(|s, now| {
+            validate_alias_name(alias_name, false)?;
+            if matches!(KeyRef::parse(target_key_id, &self.account)?, KeyRef::Alias(_)) {
+                return Err(KmsError::validation("TargetKeyId must be a key id or key ARN, not an alias"));
+            }
+            let key = self.usable(caller, s, target_key_id, &mut ev, "kms:CreateAlias", Some(Op::AliasTarget))?;
+            if key.manager == KeyManager::Kmsfs {
+                return Err(KmsError::access_denied("aliases of keys that kmsfs manages are reserved to kmsfs"));
+            }
+            let id = key.id;
+            if s.aliases.contains_key(alias_name) {
+                return Err(KmsError::new(ErrorCode::AlreadyExistsException, format!("alias {alias_name} already exists")));
+            }
+            s.aliases.insert(alias_name.to_string(), Alias { target: id, created: now, updated: now });
+            Ok(())
+        });
+        self.finish(caller, ev, r)
+    }
+
+    pub fn update_alias(&self, caller: &Caller, alias_name: &str, target_key_id: &str) -> KmsResult<()> {
+        let mut ev = Event::new("UpdateAlias", false, json!({"aliasName": alias_name, "targetKeyId": target_key_id}));
+        let r = self.mutate(|s, now| {
+            if alias_name.starts_with(MANAGED_ALIAS_PREFIX) {
+                return Err(KmsError::access_denied(format!("{alias_name} is managed by kmsfs and cannot be re-pointed")));
+            }
+            validate_alias_name(alias_name, false)?;
+            if !s.aliases.contains_key(alias_name) {
+                return Err(KmsError::not_found(format!("alias {alias_name} does not exist")));
+            }
+            let key = self.usable(caller, s, target_key_id, &mut ev, "kms:UpdateAlias", Some(Op::AliasTarget))?;
+            if key.manager == KeyManager::Kmsfs {
+                return Err(KmsError::access_denied("an alias cannot point at a key that kmsfs manages"));
+            }
+            let id = key.id;
+            let a = s.aliases.get_mut(alias_name).expect("checked");
+            a.target = id;
+            a.updated = now;
+            Ok(())
+        });
+        self.finish(caller, ev, r)
+    }
+
+    pub fn delete_alias(&self, caller: &Caller, alias_name: &str) -> KmsResult<()> {
+        let mut ev = Event::new("DeleteAlias", false, json!({"aliasName": alias_name}));
+        let r = self.mutate(|s, _| {
+            if alias_name.starts_with(MANAGED_ALIAS_PREFIX) {
+                return Err(KmsError::access_denied(format!("{alias_name} is managed by kmsfs and cannot be deleted")));
+            }
+            let a = s
+                .aliases
+                .remove(alias_name)
+                .ok_or_else(|| KmsError::not_found(format!("alias {alias_name} does not exist")))?;
+            ev.key = Some(a.target);
+            Ok(())
+        });
+        self.finish(caller, ev, r)
+    }
+
+    pub fn list_aliases(&self, caller: &Caller, key_id: Option<&str>, limit: Option<u32>, marker: Option<&str>) -> KmsResult<Value> {
+        let mut ev = Event::new("ListAliases", true, json!({"keyId": key_id, "limit": limit}));
+        let r = self.state().and_then(|s| {
+            let filter = match key_id {
+                Some(k) => Some(self.usable(caller, &s, k, &mut ev, "kms:ListAliases", None)?.id),
+                None => None,
+            };
+            let names: Vec<String> = s
+                .aliases
+                .iter()
+                .filter(|(_, a)| filter.is_none_or(|f| f == a.target))
+                .map(|(n, _)| n.clone())
+                .collect();
+            let (page, next) = paginate(&names, limit, marker)?;
+            let items = page
+                .iter()
+                .map(|n| {
+                    let a = &s.aliases[n];
+                    json!({"AliasName": n, "AliasArn": format!("{}{}:{n}", super::keyref::ARN_PREFIX, self.account),
+                           "TargetKeyId": a.target.to_string(), "CreationDate": rfc3339(a.created),
+                           "LastUpdatedDate": rfc3339(a.updated)})
+                })
+                .collect();
+            Ok(page_json("Aliases", items, next))
+        });
+        self.finish(caller, ev, r)
+    }
+
+    // ----- tags ---------------------------------------------------------
+
+    pub fn tag_resource(&self, caller: &Caller, key_id: &str, tags: &[(String, String)]) -> KmsResult<()> {
+        let mut ev = Event::new("TagResource", false, json!({"keyId": key_id, "tags": tags_json(tags)}));
+        let r = self.mutate(|s, _| {
+            let key = self.usable(caller, s, key_id, &mut ev, "kms:TagResource", Some(Op::Modify))?;
+            let merged = validate_tags(&key.tags, tags)?;
+            let id = key.id;
+            s.keys.get_mut(&id).expect("resolved").tags = merged;
+            Ok(())
+        });
+        self.finish(caller, ev, r)
+    }
+
+    pub fn untag_resource(&self, caller: &Caller, key_id: &str, tag_keys: &[String]) -> KmsResult<()> {
+        let mut ev = Event::new("UntagResource", false, json!({"keyId": key_id, "tagKeys": tag_keys}));
+        let r = self.mutate(|s, _| {
+            let id = self.usable(caller, s, key_id, &mut ev, "kms:UntagResource", Some(Op::Modify))?.id;
+            let k = s.keys.get_mut(&id).expect("resolved");
+            for t in tag_keys {
+                k.tags.remove(t);
+            }
+            Ok(())
+        });
+        self.finish(caller, ev, r)
+    }
+
+    pub fn list_resource_tags(&self, caller: &Caller, key_id: &str, limit: Option<u32>, marker: Option<&str>) -> KmsResult<Value> {
+        let mut ev = Event::new("ListResourceTags", true, json!({"keyId": key_id}));
+        let r = self.state().and_then(|s| {
+            let k = self.usable(caller, &s, key_id, &mut ev, "kms:ListResourceTags", None)?;
+            let names: Vec<String> = k.tags.keys().cloned().collect();
+            let (page, next) = paginate(&names, limit, marker)?;
+            let items = page.iter().map(|t| json!({"TagKey": t, "TagValue": k.tags[t]})).collect();
+            Ok(page_json("Tags", items, next))
+        });
+        self.finish(caller, ev, r)
+    }
+
+    // ----- cryptographic operations -------------------------------------
+
+    fn seal_under(key: &Key, plaintext: &[u8], ctx: &EncryptionContext) -> KmsResult<Vec<u8>> {
+        let m = key
+            .current_material()
+            .ok_or_else(|| invalid_state(format!("key {} has no key material", key.id)))?;
+        let header = BlobHeader {
+            key_id: key.id,
+            material_version: m.version,
+            salt: crate::crypto::random::array(),
+            nonce: crate::crypto::random::array(),
+        };
+        let hb = header.to_bytes();
+        let k = hkdf256(m.key.as_bytes(), &header.salt, BLOB_KDF_INFO);
+        let mut aad = hb.to_vec();
+        aad.extend_from_slice(&ctx.canonical_bytes());
+        let sealed = AeadKey::new(&k).seal(&header.nonce, &aad, plaintext);
+        Ok(blob::assemble(&header, &sealed))
+    }
+
+    /// Parses and opens a blob; the key must pass `check` (authorisation and state).
+    fn open_blob<'s>(
+        &self,
+        state: &'s State,
+        ciphertext: &[u8],
+        ctx: &EncryptionContext,
+        expected_key: Option<&str>,
+        ev: &mut Event,
+        check: impl FnOnce(&Key) -> KmsResult<()>,
+    ) -> KmsResult<(&'s Key, SecretBytes)> {
+        ctx.validate()?;
+        let b = blob::parse(ciphertext).map_err(|e| KmsError::invalid_ciphertext(e.to_string()))?;
+        let id = b.header.key_id;
+        ev.key = Some(id);
+        if let Some(want) = expected_key {
+            let k = self.resolve(state, want)?;
+            if k.id != id {
+                return Err(KmsError::new(
+                    ErrorCode::IncorrectKeyException,
+                    format!("the ciphertext was encrypted under key {id}, not under {want} ({})", k.id),
+                ));
+            }
+        }
+        let key = state.keys.get(&id).ok_or_else(|| {
+            KmsError::not_found(format!(
+                "the key that encrypted this ciphertext ({id}) does not exist; it may have been deleted"
+            ))
+        })?;
+        check(key)?;
+        let m = key.material(b.header.material_version).ok_or_else(|| {
+            KmsError::invalid_ciphertext(format!(
+                "key {id} has no material version {}; the ciphertext is corrupt or its material was deleted",
+                b.header.material_version
+            ))
+        })?;
+        let k = hkdf256(m.key.as_bytes(), &b.header.salt, BLOB_KDF_INFO);
+        let mut aad = b.header_bytes.to_vec();
+        aad.extend_from_slice(&ctx.canonical_bytes());
+        let plain = AeadKey::new(&k).open(&b.header.nonce, &aad, b.sealed).map_err(|_| {
+            KmsError::invalid_ciphertext(
+                "the ciphertext does not decrypt: the encryption context differs from the one used to encrypt, or the ciphertext was modified",
+            )
+        })?;
+        Ok((key, plain))
+    }
+
+    fn check_algorithm(alg: Option<&str>) -> KmsResult<()> {
+        match alg {
+            None | Some(SYMMETRIC_DEFAULT) => Ok(()),
+            Some(a) => Err(KmsError::new(
+                ErrorCode::InvalidKeyUsageException,
+                format!("EncryptionAlgorithm {a} is not supported by symmetric keys; use SYMMETRIC_DEFAULT"),
+            )),
+        }
+    }
+
+    pub fn encrypt(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        plaintext: &[u8],
+        ctx: &EncryptionContext,
+        algorithm: Option<&str>,
+    ) -> KmsResult<EncryptResponse> {
+        let mut ev = Event::new("Encrypt", true, json!({"keyId": key_id, "encryptionContext": ctx, "encryptionAlgorithm": SYMMETRIC_DEFAULT}));
+        let r = (|| {
+            Self::check_algorithm(algorithm)?;
+            ctx.validate()?;
+            if plaintext.is_empty() || plaintext.len() > blob::MAX_PLAINTEXT {
+                return Err(KmsError::validation(format!(
+                    "plaintext is {} bytes; Encrypt takes 1 to {} bytes (use GenerateDataKey for larger data)",
+                    plaintext.len(),
+                    blob::MAX_PLAINTEXT
+                )));
+            }
+            let s = self.state()?;
+            let key = self.usable(caller, &s, key_id, &mut ev, "kms:Encrypt", Some(Op::Crypto))?;
+            Ok(EncryptResponse { ciphertext_blob: Self::seal_under(key, plaintext, ctx)?, key_arn: self.arn(&key.id) })
+        })();
+        self.finish(caller, ev, r)
+    }
+
+    pub fn decrypt(
+        &self,
+        caller: &Caller,
+        ciphertext: &[u8],
+        ctx: &EncryptionContext,
+        key_id: Option<&str>,
+        algorithm: Option<&str>,
+    ) -> KmsResult<DecryptResponse> {
+        let mut ev = Event::new("Decrypt", true, json!({"encryptionContext": ctx, "encryptionAlgorithm": SYMMETRIC_DEFAULT}));
+        if let Some(k) = key_id {
+            ev.params["keyId"] = k.into();
+        }
+        let r = (|| {
+            Self::check_algorithm(algorithm)?;
+            let s = self.state()?;
+            let (key, plaintext) = self.open_blob(&s, ciphertext, ctx, key_id, &mut ev, |k| {
+                self.authorize(caller, k, "kms:Decrypt")?;
+                check_state(Op::Crypto, k)
+            })?;
+            Ok(DecryptResponse { plaintext, key_arn: self.arn(&key.id) })
+        })();
+        self.finish(caller, ev, r)
+    }
+
+    pub fn re_encrypt(
+        &self,
+        caller: &Caller,
+        ciphertext: &[u8],
+        source_ctx: &EncryptionContext,
+        source_key_id: Option<&str>,
+        destination_key_id: &str,
+        destination_ctx: &EncryptionContext,
+    ) -> KmsResult<ReEncryptResponse> {
+        let mut ev = Event::new(
+            "ReEncrypt",
+            true,
+            json!({"sourceEncryptionContext": source_ctx, "destinationKeyId": destination_key_id,
+                   "destinationEncryptionContext": destination_ctx, "sourceKeyId": source_key_id}),
+        );
+        let r = (|| {
+            destination_ctx.validate()?;
+            let s = self.state()?;
+            let (src, plaintext) = self.open_blob(&s, ciphertext, source_ctx, source_key_id, &mut ev, |k| {
+                self.authorize(caller, k, "kms:ReEncryptFrom")?;
+                check_state(Op::Crypto, k)
+            })?;
+            let src_arn = self.arn(&src.id);
+            let mut dev = Event::new("ReEncrypt", true, Value::Null);
+            let dst = self.usable(caller, &s, destination_key_id, &mut dev, "kms:ReEncryptTo", Some(Op::Crypto))?;
+            ev.response = json!({"destinationKeyId": self.arn(&dst.id)});
+            Ok(ReEncryptResponse {
+                ciphertext_blob: Self::seal_under(dst, plaintext.as_bytes(), destination_ctx)?,
+                source_key_arn: src_arn,
+                key_arn: self.arn(&dst.id),
+            })
+        })();
+        self.finish(caller, ev, r)
+    }
+
+    /// GenerateDataKey (`with_plaintext`) or GenerateDataKeyWithoutPlaintext.
+    pub fn generate_data_key(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        spec: &DataKeySpec,
+        ctx: &EncryptionContext,
+        with_plaintext: bool,
+    ) -> KmsResult<DataKey> {
+        let name = if with_plaintext { "GenerateDataKey" } else { "GenerateDataKeyWithoutPlaintext" };
+        let mut ev = Event::new(
+            name,
+            true,
+            json!({"keyId": key_id, "encryptionContext": ctx, "keySpec": spec.key_spec, "numberOfBytes": spec.number_of_bytes}),
+        );
+        let action = if with_plaintext { "kms:GenerateDataKey" } else { "kms:GenerateDataKeyWithoutPlaintext" };
+        let r = (|| {
+            let len = spec.len()?;
+            ctx.validate()?;
+            let s = self.state()?;
+            let key = self.usable(caller, &s, key_id, &mut ev, action, Some(Op::Crypto))?;
+            let plaintext = SecretBytes::random(len);
+            let ciphertext_blob = Self::seal_under(key, plaintext.as_bytes(), ctx)?;
+            Ok(DataKey { ciphertext_blob, plaintext: with_plaintext.then_some(plaintext), key_arn: self.arn(&key.id) })
+        })();
+        self.finish(caller, ev, r)
+    }
+
+    pub fn generate_random(&self, caller: &Caller, number_of_bytes: u32) -> KmsResult<SecretBytes> {
+        let ev = Event::new("GenerateRandom", true, json!({"numberOfBytes": number_of_bytes}));
+        let r = random_len(number_of_bytes).map(SecretBytes::random);
+        self.finish(caller, ev, r)
+    }
+
+    // ----- imported key material ------------------------------------------
+
+    pub fn get_parameters_for_import(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        wrapping_algorithm: &str,
+        wrapping_key_spec: &str,
+    ) -> KmsResult<Value> {
+        let mut ev = Event::new(
+            "GetParametersForImport",
+            true,
+            json!({"keyId": key_id, "wrappingAlgorithm": wrapping_algorithm, "wrappingKeySpec": wrapping_key_spec}),
+        );
+        let r = (|| {
+            if wrapping_algorithm != "RSAES_OAEP_SHA_256" {
+                return Err(KmsError::validation(format!(
+                    "WrappingAlgorithm {wrapping_algorithm} is not supported; use RSAES_OAEP_SHA_256"
+                )));
+            }
+            let bits = match wrapping_key_spec {
+                "RSA_2048" => 2048,
+                "RSA_3072" => 3072,
+                "RSA_4096" => 4096,
+                other => {
+                    return Err(KmsError::validation(format!(
+                        "WrappingKeySpec {other} is not RSA_2048, RSA_3072 or RSA_4096"
+                    )));
+                }
+            };
+            // Check the key before spending time on RSA key generation.
+            {
+                let s = self.state()?;
+                self.usable(caller, &s, key_id, &mut ev, "kms:GetParametersForImport", Some(Op::GetParametersForImport))?;
+            }
+            let wrapping = super::import::WrappingKey::generate(bits)?;
+            let token = crate::crypto::random::array::<32>();
+            let r = self.mutate(|s, now| {
+                let id = self
+                    .usable(caller, s, key_id, &mut Event::new("", true, Value::Null), "kms:GetParametersForImport", Some(Op::GetParametersForImport))?
+                    .id;
+                let valid_to = now + IMPORT_PARAMETERS_VALID;
+                s.imports.insert(id, super::keystore::PendingImport {
+                    token: b64(&token),
+                    wrapping_algorithm: wrapping_algorithm.to_string(),
+                    valid_to,
+                    private_key_der: wrapping.private_der.clone(),
+                });
+                Ok((id, valid_to))
+            })?;
+            Ok(json!({"KeyId": self.arn(&r.0), "ImportToken": b64(&token), "PublicKey": b64(&wrapping.public_der),
+                      "ParametersValidTo": rfc3339(r.1)}))
+        })();
+        self.finish(caller, ev, r)
+    }
+
+    pub fn import_key_material(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        import_token: &[u8],
+        encrypted_key_material: &[u8],
+        expiration_model: Option<&str>,
+        valid_to: Option<i64>,
+    ) -> KmsResult<()> {
+        let mut ev = Event::new(
+            "ImportKeyMaterial",
+            false,
+            json!({"keyId": key_id, "expirationModel": expiration_model, "validTo": valid_to.map(rfc3339)}),
+        );
+        let r = self.mutate(|s, now| {
+            let model = expiration_model.unwrap_or("KEY_MATERIAL_EXPIRES");
+            match (model, valid_to) {
+                ("KEY_MATERIAL_EXPIRES", None) => {
+                    return Err(KmsError::validation("ValidTo is required when ExpirationModel is KEY_MATERIAL_EXPIRES"));
+                }
+                ("KEY_MATERIAL_EXPIRES", Some(t)) if t <= now || t > now + 365 * DAY => {
+                    return Err(KmsError::validation("ValidTo must be in the future and at most 365 days away"));
+                }
+                ("KEY_MATERIAL_DOES_NOT_EXPIRE", Some(_)) => {
+                    return Err(KmsError::validation("ValidTo must be omitted when ExpirationModel is KEY_MATERIAL_DOES_NOT_EXPIRE"));
+                }
+                ("KEY_MATERIAL_EXPIRES" | "KEY_MATERIAL_DOES_NOT_EXPIRE", _) => {}
+                (other, _) => return Err(KmsError::validation(format!("ExpirationModel {other} is not KEY_MATERIAL_EXPIRES or KEY_MATERIAL_DOES_NOT_EXPIRE"))),
+            }
+            let id = self.usable(caller, s, key_id, &mut ev, "kms:ImportKeyMaterial", Some(Op::ImportKeyMaterial))?.id;
+            let pending = s.imports.get(&id).ok_or_else(|| {
+                KmsError::new(ErrorCode::InvalidImportTokenException, "no import is pending for this key; call get-parameters-for-import first")
+            })?;
+            if !crate::crypto::ct_eq(b64(import_token).as_bytes(), pending.token.as_bytes()) {
+                return Err(KmsError::new(ErrorCode::InvalidImportTokenException, "the import token does not belong to this key's latest GetParametersForImport"));
+            }
+            if pending.valid_to <= now {
+                return Err(KmsError::new(ErrorCode::ExpiredImportTokenException, "the import token expired; call get-parameters-for-import again"));
+            }
+            let material = super::import::unwrap(&pending.private_key_der, encrypted_key_material)?;
+            let k = s.keys.get_mut(&id).expect("resolved");
+            let fp = b64(&hmac_sha256(material.as_bytes(), &[b"kmsfs import fingerprint v1"]));
+            let import = k.import.get_or_insert(ImportState { expiration_model: None, valid_to: None, fingerprint: None });
+            if let Some(old) = &import.fingerprint
+                && *old != fp
+            {
+                return Err(KmsError::new(
+                    ErrorCode::IncorrectKeyMaterialException,
+                    format!("key {id} was created with different key material; a key can only ever hold the material first imported into it"),
+                ));
+            }
+            import.fingerprint = Some(fp);
+            import.expiration_model = Some(model.to_string());
+            import.valid_to = valid_to;
+            if k.materials.is_empty() {
+                k.materials.push(super::key::Material { version: 1, created: now, key: material });
+            }
+            if k.state == KeyState::PendingImport {
+                k.state = KeyState::Enabled;
+            }
+            s.imports.remove(&id);
+            Ok(())
+        });
+        self.finish(caller, ev, r)
+    }
+
+    pub fn delete_imported_key_material(&self, caller: &Caller, key_id: &str) -> KmsResult<()> {
+        let mut ev = Event::new("DeleteImportedKeyMaterial", false, json!({"keyId": key_id}));
+        let r = self.mutate(|s, _| {
+            let id = self.usable(caller, s, key_id, &mut ev, "kms:DeleteImportedKeyMaterial", Some(Op::DeleteImportedKeyMaterial))?.id;
+            let k = s.keys.get_mut(&id).expect("resolved");
+            k.materials.clear();
+            k.state = KeyState::PendingImport;
+            if let Some(i) = &mut k.import {
+                i.valid_to = None;
+                i.expiration_model = None;
+            }
+            Ok(())
+        });
+        self.finish(caller, ev, r)
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn random_account() -> String {
+    format!("{:012}", u64::from_be_bytes(crate::crypto::random::array::<8>()) % 1_000_000_000_000)
+}
+
+fn tags_json(tags: &[(String, String)]) -> Value {
+    Value::Array(tags.iter().map(|(k, v)| json!({"tagKey": k, "tagValue": v})).collect())
+}
+
+/// AWS's tag rules, applied to `existing` merged with `new`.
+fn validate_tags(existing: &BTreeMap<String, String>, new: &[(String, String)]) -> KmsResult<BTreeMap<String, String>> {
+    let tag_err = |m: String| Err(KmsError::new(ErrorCode::TagException, m));
+    let mut out = existing.clone();
+    for (k, v) in new {
+        if k.is_empty() || k.chars().count() > 128 {
+            return tag_err(format!("tag key {k:?} must be 1 to 128 characters"));
+        }
+        if v.chars().count() > 256 {
+            return tag_err(format!("the value of tag {k:?} is longer than 256 characters"));
+        }
+        if k.starts_with("aws:") || k.starts_with("kmsfs:") {
+            return tag_err(format!("tag key {k:?} uses a reserved prefix (aws: or kmsfs:)"));
+        }
+        out.insert(k.clone(), v.clone());
+    }
+    if out.len() > MAX_TAGS {
+        return Err(KmsError::new(ErrorCode::LimitExceededException, format!("a key can have at most {MAX_TAGS} tags")));
+    }
+    Ok(out)
+}
+
+/// One page of sorted `items` after `marker` (the last item of the previous page).
+fn paginate<'a>(items: &'a [String], limit: Option<u32>, marker: Option<&str>) -> KmsResult<(&'a [String], Option<String>)> {
+    let limit = limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(KmsError::validation(format!("Limit is {limit}; it must be 1 to 1000")));
+    }
+    let start = match marker {
+        None => 0,
+        Some(m) => match items.binary_search_by(|i| i.as_str().cmp(m)) {
+            Ok(i) => i + 1,
+            Err(_) => {
+                return Err(KmsError::new(
+                    ErrorCode::InvalidMarkerException,
+                    "the marker does not come from a previous response, or its item is gone",
+                ));
+            }
+        },
+    };
+    let end = (start + limit as usize).min(items.len());
+    let page = &items[start..end];
+    let next = (end < items.len()).then(|| page.last().cloned()).flatten();
+    Ok((page, next))
+}
+
+fn page_json(field: &str, items: Vec<Value>, next: Option<String>) -> Value {
+    let mut v = json!({ field: items, "Truncated": next.is_some() });
+    if let Some(n) = next {
+        v["NextMarker"] = n.into();
+    }
+    v
+}
+
+/// The earliest time at which maintenance has something to do.
+fn next_due(s: &State) -> i64 {
+    let mut due = i64::MAX;
+    for k in s.keys.values() {
+        if let Some(d) = k.deletion_date {
+            due = due.min(d);
+        }
+        if k.state == KeyState::Enabled
+            && let Some(n) = k.next_rotation
+        {
+            due = due.min(n);
+        }
+        if !k.materials.is_empty()
+            && let Some(t) = k.import.as_ref().and_then(|i| i.valid_to)
+        {
+            due = due.min(t);
+        }
+    }
+    for p in s.imports.values() {
+        due = due.min(p.valid_to);
+    }
+    due
+}
+
+type MaintenanceEvent = (&'static str, KeyId, Value);
+
+fn apply_maintenance(s: &mut State, now: i64) -> Vec<MaintenanceEvent> {
+    let mut events = vec![];
+    let doomed: Vec<KeyId> = s.keys.values().filter(|k| k.deletion_date.is_some_and(|d| d <= now)).map(|k| k.id).collect();
+    for id in doomed {
+        s.keys.remove(&id);
+        s.imports.remove(&id);
+        s.aliases.retain(|_, a| a.target != id);
+        events.push(("DeleteKey", id, json!({"keyId": id.to_string()})));
+    }
+    for k in s.keys.values_mut() {
+        if k.state == KeyState::Enabled
+            && let (Some(n), Some(p)) = (k.next_rotation, k.rotation_period_days)
+            && n <= now
+        {
+            let v = k.add_material(Key256::random(), now);
+            k.rotations.push(Rotation { date: now, kind: "AUTOMATIC".into() });
+            k.next_rotation = Some(now + p as i64 * DAY);
+            events.push(("RotateKey", k.id, json!({"keyId": k.id.to_string(), "keyMaterialVersion": v})));
+        }
+        if !k.materials.is_empty()
+            && let Some(t) = k.import.as_ref().and_then(|i| i.valid_to)
+            && t <= now
+        {
+            k.materials.clear();
+            if k.state != KeyState::PendingDeletion {
+                k.state = KeyState::PendingImport;
+            }
+            events.push(("DeleteExpiredKeyMaterial", k.id, json!({"keyId": k.id.to_string()})));
+        }
+    }
+    s.imports.retain(|_, p| p.valid_to > now);
+    events
+}
