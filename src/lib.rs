@@ -4,5 +4,6 @@
 //! `kms` is the key service (usable on its own, see examples/envelope.rs);
 //! `crypto` holds the primitives both share.
 
+pub mod cli;
 pub mod crypto;
 pub mod kms;
