@@ -218,7 +218,11 @@ fn is_read_action(action: &str) -> bool {
 impl Kms {
     /// A service with no persistence and no audit log: for tests and examples.
     pub fn in_memory() -> Self {
-        Self::build(random_account(), None, None, Options::default(), State::default(), None, 0)
+        Self::in_memory_with(Options::default())
+    }
+
+    pub fn in_memory_with(options: Options) -> Self {
+        Self::build(random_account(), None, None, options, State::default(), None, 0)
     }
 
     /// A non-persistent service that audits to `path` with `audit_key`.
