@@ -83,6 +83,12 @@ impl SecretArgs {
             })?;
             return Ok(RootSecret::KeyFile(key));
         }
+        if self.key_file.is_some() && self.passphrase_file.is_none() && self.extpass.is_none() {
+            return Err(format!(
+                "the KMS home {} is sealed with a passphrase, not a key file: give it with --passphrase-file, --extpass or at the prompt",
+                home.dir.display()
+            ));
+        }
         let pw = if let Some(p) = &self.passphrase_file {
             first_line(&read_small(p, "passphrase file")?)
         } else if let Some(cmd) = &self.extpass {
