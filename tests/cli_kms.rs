@@ -15,7 +15,12 @@ impl Env {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("root.key");
         std::fs::write(&key, [0x5au8; 32]).unwrap();
-        Env { home: dir.path().join("home"), key, work: dir.path().to_path_buf(), _dir: dir }
+        Env {
+            home: dir.path().join("home"),
+            key,
+            work: dir.path().to_path_buf(),
+            _dir: dir,
+        }
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -33,11 +38,16 @@ impl Env {
 
     fn ok(&self, args: &[&str]) -> serde_json::Value {
         let o = self.run(args);
-        assert!(o.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         if o.stdout.is_empty() {
             return serde_json::Value::Null;
         }
-        serde_json::from_slice(&o.stdout).unwrap_or_else(|_| String::from_utf8_lossy(&o.stdout).trim().into())
+        serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&o.stdout).trim().into())
     }
 
     /// Runs a command expected to fail; returns its stderr.
@@ -45,7 +55,10 @@ impl Env {
         let o = self.run(args);
         let err = String::from_utf8_lossy(&o.stderr).to_string();
         assert_eq!(o.status.code(), Some(254), "{args:?}: {err}");
-        assert!(err.contains(&format!("({aws_error})")), "{args:?}: wanted {aws_error}, got {err}");
+        assert!(
+            err.contains(&format!("({aws_error})")),
+            "{args:?}: wanted {aws_error}, got {err}"
+        );
         err
     }
 
@@ -54,7 +67,10 @@ impl Env {
     }
 
     fn create_key(&self) -> String {
-        self.ok(&["kms", "create-key", "--description", "test"])["KeyMetadata"]["KeyId"].as_str().unwrap().to_string()
+        self.ok(&["kms", "create-key", "--description", "test"])["KeyMetadata"]["KeyId"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 }
 
@@ -64,60 +80,151 @@ fn fileb(p: &Path) -> String {
 
 fn b64d(s: &serde_json::Value) -> Vec<u8> {
     use base64::Engine;
-    base64::engine::general_purpose::STANDARD.decode(s.as_str().unwrap()).unwrap()
+    base64::engine::general_purpose::STANDARD
+        .decode(s.as_str().unwrap())
+        .unwrap()
 }
 
 #[test]
 fn create_encrypt_decrypt_round_trip_and_context_errors() {
     let env = Env::new();
     let key = env.create_key();
-    env.ok(&["kms", "create-alias", "--alias-name", "alias/app", "--target-key-id", &key]);
+    env.ok(&[
+        "kms",
+        "create-alias",
+        "--alias-name",
+        "alias/app",
+        "--target-key-id",
+        &key,
+    ]);
     let secret = env.path("secret.txt");
     std::fs::write(&secret, b"top secret\n").unwrap();
     let enc = env.ok(&[
-        "kms", "encrypt", "--key-id", "alias/app", "--plaintext", &fileb(&secret),
-        "--encryption-context", "purpose=test,team=ops",
+        "kms",
+        "encrypt",
+        "--key-id",
+        "alias/app",
+        "--plaintext",
+        &fileb(&secret),
+        "--encryption-context",
+        "purpose=test,team=ops",
     ]);
     assert_eq!(enc["EncryptionAlgorithm"], "SYMMETRIC_DEFAULT");
     assert!(enc["KeyId"].as_str().unwrap().ends_with(&key));
     let blob = env.path("blob.bin");
     std::fs::write(&blob, b64d(&enc["CiphertextBlob"])).unwrap();
     let dec = env.ok(&[
-        "kms", "decrypt", "--ciphertext-blob", &fileb(&blob), "--encryption-context", "team=ops,purpose=test",
+        "kms",
+        "decrypt",
+        "--ciphertext-blob",
+        &fileb(&blob),
+        "--encryption-context",
+        "team=ops,purpose=test",
     ]);
     assert_eq!(b64d(&dec["Plaintext"]), b"top secret\n");
     // --query/--output text as scripts use them.
     let text = env.ok(&[
-        "kms", "decrypt", "--ciphertext-blob", &fileb(&blob), "--encryption-context", r#"{"purpose":"test","team":"ops"}"#,
-        "--output", "text", "--query", "Plaintext",
+        "kms",
+        "decrypt",
+        "--ciphertext-blob",
+        &fileb(&blob),
+        "--encryption-context",
+        r#"{"purpose":"test","team":"ops"}"#,
+        "--output",
+        "text",
+        "--query",
+        "Plaintext",
     ]);
     assert_eq!(b64d(&text), b"top secret\n");
     // Wrong or missing context.
-    env.fails(&["kms", "decrypt", "--ciphertext-blob", &fileb(&blob), "--encryption-context", "purpose=test,team=dev"], "InvalidCiphertextException");
-    env.fails(&["kms", "decrypt", "--ciphertext-blob", &fileb(&blob)], "InvalidCiphertextException");
+    env.fails(
+        &[
+            "kms",
+            "decrypt",
+            "--ciphertext-blob",
+            &fileb(&blob),
+            "--encryption-context",
+            "purpose=test,team=dev",
+        ],
+        "InvalidCiphertextException",
+    );
+    env.fails(
+        &["kms", "decrypt", "--ciphertext-blob", &fileb(&blob)],
+        "InvalidCiphertextException",
+    );
     // A blob given inline as base64 works too.
     let inline = enc["CiphertextBlob"].as_str().unwrap();
-    env.ok(&["kms", "decrypt", "--ciphertext-blob", inline, "--encryption-context", "purpose=test,team=ops"]);
+    env.ok(&[
+        "kms",
+        "decrypt",
+        "--ciphertext-blob",
+        inline,
+        "--encryption-context",
+        "purpose=test,team=ops",
+    ]);
 }
 
 #[test]
 fn disabled_key_and_deletion_lifecycle() {
     let env = Env::new();
     let key = env.create_key();
-    let enc = env.ok(&["kms", "encrypt", "--key-id", &key, "--plaintext", "aGVsbG8="]);
+    let enc = env.ok(&[
+        "kms",
+        "encrypt",
+        "--key-id",
+        &key,
+        "--plaintext",
+        "aGVsbG8=",
+    ]);
     let blob = enc["CiphertextBlob"].as_str().unwrap().to_string();
     env.ok(&["kms", "disable-key", "--key-id", &key]);
-    let err = env.fails(&["kms", "decrypt", "--ciphertext-blob", &blob], "DisabledException");
-    assert!(err.contains("enable-key"), "the message says what to do: {err}");
-    env.fails(&["kms", "encrypt", "--key-id", &key, "--plaintext", "aGVsbG8="], "DisabledException");
+    let err = env.fails(
+        &["kms", "decrypt", "--ciphertext-blob", &blob],
+        "DisabledException",
+    );
+    assert!(
+        err.contains("enable-key"),
+        "the message says what to do: {err}"
+    );
+    env.fails(
+        &[
+            "kms",
+            "encrypt",
+            "--key-id",
+            &key,
+            "--plaintext",
+            "aGVsbG8=",
+        ],
+        "DisabledException",
+    );
     env.ok(&["kms", "enable-key", "--key-id", &key]);
     env.ok(&["kms", "decrypt", "--ciphertext-blob", &blob]);
 
-    let s = env.ok(&["kms", "schedule-key-deletion", "--key-id", &key, "--pending-window-in-days", "7"]);
+    let s = env.ok(&[
+        "kms",
+        "schedule-key-deletion",
+        "--key-id",
+        &key,
+        "--pending-window-in-days",
+        "7",
+    ]);
     assert_eq!(s["KeyState"], "PendingDeletion");
     assert_eq!(s["PendingWindowInDays"], 7);
-    env.fails(&["kms", "decrypt", "--ciphertext-blob", &blob], "KMSInvalidStateException");
-    env.fails(&["kms", "schedule-key-deletion", "--key-id", &key, "--pending-window-in-days", "3"], "ValidationException");
+    env.fails(
+        &["kms", "decrypt", "--ciphertext-blob", &blob],
+        "KMSInvalidStateException",
+    );
+    env.fails(
+        &[
+            "kms",
+            "schedule-key-deletion",
+            "--key-id",
+            &key,
+            "--pending-window-in-days",
+            "3",
+        ],
+        "ValidationException",
+    );
     env.ok(&["kms", "cancel-key-deletion", "--key-id", &key]);
     let d = env.ok(&["kms", "describe-key", "--key-id", &key]);
     assert_eq!(d["KeyMetadata"]["KeyState"], "Disabled");
@@ -128,14 +235,29 @@ fn disabled_key_and_deletion_lifecycle() {
 fn rotation_keeps_old_ciphertext_decryptable() {
     let env = Env::new();
     let key = env.create_key();
-    let old = env.ok(&["kms", "encrypt", "--key-id", &key, "--plaintext", "b2xk"])["CiphertextBlob"].clone();
+    let old =
+        env.ok(&["kms", "encrypt", "--key-id", &key, "--plaintext", "b2xk"])["CiphertextBlob"]
+            .clone();
     env.ok(&["kms", "rotate-key-on-demand", "--key-id", &key]);
-    env.ok(&["kms", "enable-key-rotation", "--key-id", &key, "--rotation-period-in-days", "180"]);
+    env.ok(&[
+        "kms",
+        "enable-key-rotation",
+        "--key-id",
+        &key,
+        "--rotation-period-in-days",
+        "180",
+    ]);
     let st = env.ok(&["kms", "get-key-rotation-status", "--key-id", &key]);
     assert_eq!(st["KeyRotationEnabled"], true);
     assert_eq!(st["RotationPeriodInDays"], 180);
-    let new = env.ok(&["kms", "encrypt", "--key-id", &key, "--plaintext", "bmV3"])["CiphertextBlob"].clone();
-    assert_ne!(b64d(&old)[19..23], b64d(&new)[19..23], "material version differs");
+    let new =
+        env.ok(&["kms", "encrypt", "--key-id", &key, "--plaintext", "bmV3"])["CiphertextBlob"]
+            .clone();
+    assert_ne!(
+        b64d(&old)[19..23],
+        b64d(&new)[19..23],
+        "material version differs"
+    );
     let d = env.ok(&["kms", "decrypt", "--ciphertext-blob", old.as_str().unwrap()]);
     assert_eq!(b64d(&d["Plaintext"]), b"old");
     let rot = env.ok(&["kms", "list-key-rotations", "--key-id", &key]);
@@ -147,53 +269,162 @@ fn data_keys_random_reencrypt_tags_aliases() {
     let env = Env::new();
     let a = env.create_key();
     let b = env.create_key();
-    let dk = env.ok(&["kms", "generate-data-key", "--key-id", &a, "--key-spec", "AES_256", "--encryption-context", "k=v"]);
+    let dk = env.ok(&[
+        "kms",
+        "generate-data-key",
+        "--key-id",
+        &a,
+        "--key-spec",
+        "AES_256",
+        "--encryption-context",
+        "k=v",
+    ]);
     assert_eq!(b64d(&dk["Plaintext"]).len(), 32);
-    let wo = env.ok(&["kms", "generate-data-key-without-plaintext", "--key-id", &a, "--number-of-bytes", "64"]);
+    let wo = env.ok(&[
+        "kms",
+        "generate-data-key-without-plaintext",
+        "--key-id",
+        &a,
+        "--number-of-bytes",
+        "64",
+    ]);
     assert!(wo.get("Plaintext").is_none());
     let re = env.ok(&[
-        "kms", "re-encrypt", "--ciphertext-blob", dk["CiphertextBlob"].as_str().unwrap(),
-        "--source-encryption-context", "k=v", "--destination-key-id", &b, "--destination-encryption-context", "k=w",
+        "kms",
+        "re-encrypt",
+        "--ciphertext-blob",
+        dk["CiphertextBlob"].as_str().unwrap(),
+        "--source-encryption-context",
+        "k=v",
+        "--destination-key-id",
+        &b,
+        "--destination-encryption-context",
+        "k=w",
     ]);
     assert!(re.get("Plaintext").is_none());
-    let d = env.ok(&["kms", "decrypt", "--ciphertext-blob", re["CiphertextBlob"].as_str().unwrap(), "--encryption-context", "k=w"]);
+    let d = env.ok(&[
+        "kms",
+        "decrypt",
+        "--ciphertext-blob",
+        re["CiphertextBlob"].as_str().unwrap(),
+        "--encryption-context",
+        "k=w",
+    ]);
     assert_eq!(d["Plaintext"], dk["Plaintext"]);
-    assert_eq!(b64d(&env.ok(&["kms", "generate-random", "--number-of-bytes", "48"])["Plaintext"]).len(), 48);
-    env.fails(&["kms", "generate-random", "--number-of-bytes", "2000"], "ValidationException");
+    assert_eq!(
+        b64d(&env.ok(&["kms", "generate-random", "--number-of-bytes", "48"])["Plaintext"]).len(),
+        48
+    );
+    env.fails(
+        &["kms", "generate-random", "--number-of-bytes", "2000"],
+        "ValidationException",
+    );
 
-    env.ok(&["kms", "tag-resource", "--key-id", &a, "--tags", "TagKey=team,TagValue=ops", "TagKey=env,TagValue=dev"]);
+    env.ok(&[
+        "kms",
+        "tag-resource",
+        "--key-id",
+        &a,
+        "--tags",
+        "TagKey=team,TagValue=ops",
+        "TagKey=env,TagValue=dev",
+    ]);
     env.ok(&["kms", "untag-resource", "--key-id", &a, "--tag-keys", "env"]);
     let tags = env.ok(&["kms", "list-resource-tags", "--key-id", &a]);
-    assert_eq!(tags["Tags"], serde_json::json!([{"TagKey": "team", "TagValue": "ops"}]));
-    env.ok(&["kms", "create-alias", "--alias-name", "alias/x", "--target-key-id", &a]);
-    env.ok(&["kms", "update-alias", "--alias-name", "alias/x", "--target-key-id", &b]);
+    assert_eq!(
+        tags["Tags"],
+        serde_json::json!([{"TagKey": "team", "TagValue": "ops"}])
+    );
+    env.ok(&[
+        "kms",
+        "create-alias",
+        "--alias-name",
+        "alias/x",
+        "--target-key-id",
+        &a,
+    ]);
+    env.ok(&[
+        "kms",
+        "update-alias",
+        "--alias-name",
+        "alias/x",
+        "--target-key-id",
+        &b,
+    ]);
     let al = env.ok(&["kms", "list-aliases", "--key-id", &b]);
     assert_eq!(al["Aliases"][0]["AliasName"], "alias/x");
-    env.fails(&["kms", "create-alias", "--alias-name", "alias/kmsfs/mine", "--target-key-id", &a], "InvalidAliasNameException");
+    env.fails(
+        &[
+            "kms",
+            "create-alias",
+            "--alias-name",
+            "alias/kmsfs/mine",
+            "--target-key-id",
+            &a,
+        ],
+        "InvalidAliasNameException",
+    );
     env.ok(&["kms", "delete-alias", "--alias-name", "alias/x"]);
-    env.fails(&["kms", "describe-key", "--key-id", "alias/x"], "NotFoundException");
+    env.fails(
+        &["kms", "describe-key", "--key-id", "alias/x"],
+        "NotFoundException",
+    );
     let keys = env.ok(&["kms", "list-keys", "--limit", "1"]);
     assert_eq!(keys["Truncated"], true);
-    let next = env.ok(&["kms", "list-keys", "--limit", "1", "--marker", keys["NextMarker"].as_str().unwrap()]);
+    let next = env.ok(&[
+        "kms",
+        "list-keys",
+        "--limit",
+        "1",
+        "--marker",
+        keys["NextMarker"].as_str().unwrap(),
+    ]);
     assert_eq!(next["Truncated"], false);
 }
 
 #[test]
 fn import_key_material_with_openssl_style_wrapping() {
     let env = Env::new();
-    let key = env.ok(&["kms", "create-key", "--origin", "EXTERNAL"])["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
-    let p = env.ok(&["kms", "get-parameters-for-import", "--key-id", &key, "--wrapping-algorithm", "RSAES_OAEP_SHA_256", "--wrapping-key-spec", "RSA_2048"]);
+    let key = env.ok(&["kms", "create-key", "--origin", "EXTERNAL"])["KeyMetadata"]["KeyId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let p = env.ok(&[
+        "kms",
+        "get-parameters-for-import",
+        "--key-id",
+        &key,
+        "--wrapping-algorithm",
+        "RSAES_OAEP_SHA_256",
+        "--wrapping-key-spec",
+        "RSA_2048",
+    ]);
     let wrapped = kmsfs::kms::import::wrap_for_import(&b64d(&p["PublicKey"]), &[3u8; 32]).unwrap();
     let (tok, mat) = (env.path("token.bin"), env.path("material.bin"));
     std::fs::write(&tok, b64d(&p["ImportToken"])).unwrap();
     std::fs::write(&mat, wrapped).unwrap();
     env.ok(&[
-        "kms", "import-key-material", "--key-id", &key, "--import-token", &fileb(&tok),
-        "--encrypted-key-material", &fileb(&mat), "--expiration-model", "KEY_MATERIAL_DOES_NOT_EXPIRE",
+        "kms",
+        "import-key-material",
+        "--key-id",
+        &key,
+        "--import-token",
+        &fileb(&tok),
+        "--encrypted-key-material",
+        &fileb(&mat),
+        "--expiration-model",
+        "KEY_MATERIAL_DOES_NOT_EXPIRE",
     ]);
     let d = env.ok(&["kms", "describe-key", "--key-id", &key]);
     assert_eq!(d["KeyMetadata"]["KeyState"], "Enabled");
-    env.ok(&["kms", "encrypt", "--key-id", &key, "--plaintext", "Ynlvaw=="]);
+    env.ok(&[
+        "kms",
+        "encrypt",
+        "--key-id",
+        &key,
+        "--plaintext",
+        "Ynlvaw==",
+    ]);
 }
 
 #[test]
@@ -223,12 +454,26 @@ fn wrong_passphrase_is_clear_and_changes_nothing() {
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("wrong passphrase"), "{err}");
-    assert_eq!(std::fs::read(&ks).unwrap(), before, "the keystore is unchanged");
+    assert_eq!(
+        std::fs::read(&ks).unwrap(),
+        before,
+        "the keystore is unchanged"
+    );
     // --extpass works like gocryptfs's.
-    let o = run(&bad, &["kms", "list-keys", "--extpass", "echo 'correct horse'"]);
+    let o = run(
+        &bad,
+        &["kms", "list-keys", "--extpass", "echo 'correct horse'"],
+    );
     assert!(!o.status.success(), "--passphrase-file wins over --extpass");
     let o = Command::new(env!("CARGO_BIN_EXE_kmsfs"))
-        .args(["--kms-home", env.home.to_str().unwrap(), "--extpass", "echo 'correct horse'", "kms", "list-keys"])
+        .args([
+            "--kms-home",
+            env.home.to_str().unwrap(),
+            "--extpass",
+            "echo 'correct horse'",
+            "kms",
+            "list-keys",
+        ])
         .env_remove("KMSFS_PASSPHRASE_FILE")
         .output()
         .unwrap();
@@ -251,7 +496,9 @@ fn tampered_audit_line_is_named_by_verify() {
     let log = env.home.join("audit.log");
     let text = std::fs::read_to_string(&log).unwrap();
     let mut lines: Vec<String> = text.lines().map(String::from).collect();
-    lines[2] = lines[2].replace("\"uid\":0", "\"uid\":1000").replace("Encrypt", "Decrypt");
+    lines[2] = lines[2]
+        .replace("\"uid\":0", "\"uid\":1000")
+        .replace("Encrypt", "Decrypt");
     std::fs::write(&log, lines.join("\n") + "\n").unwrap();
     let v = env.run(&["audit", "verify"]);
     assert_eq!(v.status.code(), Some(1));
@@ -261,7 +508,16 @@ fn tampered_audit_line_is_named_by_verify() {
     // audit show filters.
     std::fs::write(&log, text).unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_kmsfs"))
-        .args(["--kms-home", env.home.to_str().unwrap(), "audit", "show", "--event", "Encrypt", "--key", &key])
+        .args([
+            "--kms-home",
+            env.home.to_str().unwrap(),
+            "audit",
+            "show",
+            "--event",
+            "Encrypt",
+            "--key",
+            &key,
+        ])
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 4);
@@ -277,7 +533,14 @@ fn two_processes_creating_keys_at_once_both_persist() {
             .arg(&env.home)
             .arg("--key-file")
             .arg(&env.key)
-            .args(["kms", "create-key", "--query", "KeyMetadata.KeyId", "--output", "text"])
+            .args([
+                "kms",
+                "create-key",
+                "--query",
+                "KeyMetadata.KeyId",
+                "--output",
+                "text",
+            ])
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap()
@@ -292,7 +555,12 @@ fn two_processes_creating_keys_at_once_both_persist() {
         }
     }
     let keys = env.ok(&["kms", "list-keys"]);
-    let listed: Vec<&str> = keys["Keys"].as_array().unwrap().iter().map(|k| k["KeyId"].as_str().unwrap()).collect();
+    let listed: Vec<&str> = keys["Keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["KeyId"].as_str().unwrap())
+        .collect();
     assert_eq!(listed.len(), 11);
     for k in &created {
         assert!(listed.contains(&k.as_str()), "{k} was lost");
@@ -303,18 +571,54 @@ fn two_processes_creating_keys_at_once_both_persist() {
 fn bad_input_gets_clear_errors() {
     let env = Env::new();
     let key = env.create_key();
-    let o = env.run(&["kms", "encrypt", "--key-id", &key, "--plaintext", "not base64!"]);
+    let o = env.run(&[
+        "kms",
+        "encrypt",
+        "--key-id",
+        &key,
+        "--plaintext",
+        "not base64!",
+    ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("fileb://"));
     let big = env.path("big");
     std::fs::write(&big, vec![0u8; 5000]).unwrap();
-    env.fails(&["kms", "encrypt", "--key-id", &key, "--plaintext", &fileb(&big)], "ValidationException");
-    let o = env.run(&["kms", "encrypt", "--key-id", &key, "--plaintext", "eA==", "--encryption-context", "{\"a\":"]);
+    env.fails(
+        &[
+            "kms",
+            "encrypt",
+            "--key-id",
+            &key,
+            "--plaintext",
+            &fileb(&big),
+        ],
+        "ValidationException",
+    );
+    let o = env.run(&[
+        "kms",
+        "encrypt",
+        "--key-id",
+        &key,
+        "--plaintext",
+        "eA==",
+        "--encryption-context",
+        "{\"a\":",
+    ]);
     assert_eq!(o.status.code(), Some(2));
-    env.fails(&["kms", "decrypt", "--ciphertext-blob", "AAAA"], "InvalidCiphertextException");
+    env.fails(
+        &["kms", "decrypt", "--ciphertext-blob", "AAAA"],
+        "InvalidCiphertextException",
+    );
     // A missing home is named, and not created by a read.
     let o = Command::new(env!("CARGO_BIN_EXE_kmsfs"))
-        .args(["--kms-home", env.path("nohome").to_str().unwrap(), "--key-file", env.key.to_str().unwrap(), "kms", "list-keys"])
+        .args([
+            "--kms-home",
+            env.path("nohome").to_str().unwrap(),
+            "--key-file",
+            env.key.to_str().unwrap(),
+            "kms",
+            "list-keys",
+        ])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
@@ -325,5 +629,8 @@ fn bad_input_gets_clear_errors() {
     let o = env.run(&["kms", "list-keys"]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("not a kmsfs keystore") && !err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("not a kmsfs keystore") && !err.contains("panicked"),
+        "{err}"
+    );
 }

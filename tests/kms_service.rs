@@ -7,7 +7,9 @@ use kmsfs::kms::blob;
 use kmsfs::kms::clock::{DAY, ManualClock};
 use kmsfs::kms::import::wrap_for_import;
 use kmsfs::kms::keystore::{KmsHome, RootSecret};
-use kmsfs::kms::{Caller, CreateKeyRequest, DataKeySpec, EncryptionContext, ErrorCode, Kms, Options, Via};
+use kmsfs::kms::{
+    Caller, CreateKeyRequest, DataKeySpec, EncryptionContext, ErrorCode, Kms, Options, Via,
+};
 use std::sync::Arc;
 
 const T0: i64 = 1_800_000_000;
@@ -22,12 +24,23 @@ fn mount() -> Caller {
 
 fn kms_with_clock() -> (Kms, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new(T0));
-    let kms = Kms::in_memory_with(Options { clock: clock.clone(), ..Options::default() });
+    let kms = Kms::in_memory_with(Options {
+        clock: clock.clone(),
+        ..Options::default()
+    });
     (kms, clock)
 }
 
 fn new_key(kms: &Kms) -> String {
-    kms.create_key(&cli(), CreateKeyRequest { description: "t".into(), ..Default::default() }).unwrap().key_id
+    kms.create_key(
+        &cli(),
+        CreateKeyRequest {
+            description: "t".into(),
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .key_id
 }
 
 fn ctx(pairs: &[(&str, &str)]) -> EncryptionContext {
@@ -46,22 +59,40 @@ fn encrypt_decrypt_round_trip_with_context() {
     let e = kms.encrypt(&cli(), &k, b"hello", &c, None).unwrap();
     assert!(e.key_arn.ends_with(&k));
     let reordered = ctx(&[("team", "ops"), ("purpose", "test")]);
-    let d = kms.decrypt(&cli(), &e.ciphertext_blob, &reordered, None, None).unwrap();
+    let d = kms
+        .decrypt(&cli(), &e.ciphertext_blob, &reordered, None, None)
+        .unwrap();
     assert_eq!(d.plaintext.as_bytes(), b"hello");
     assert_eq!(d.key_arn, e.key_arn);
     // Missing, partial, case-changed and extra context all fail.
-    for bad in [ctx(&[]), ctx(&[("purpose", "test")]), ctx(&[("Purpose", "test"), ("team", "ops")]),
-                ctx(&[("purpose", "test"), ("team", "ops"), ("x", "")])] {
-        assert_eq!(code(kms.decrypt(&cli(), &e.ciphertext_blob, &bad, None, None)), ErrorCode::InvalidCiphertextException);
+    for bad in [
+        ctx(&[]),
+        ctx(&[("purpose", "test")]),
+        ctx(&[("Purpose", "test"), ("team", "ops")]),
+        ctx(&[("purpose", "test"), ("team", "ops"), ("x", "")]),
+    ] {
+        assert_eq!(
+            code(kms.decrypt(&cli(), &e.ciphertext_blob, &bad, None, None)),
+            ErrorCode::InvalidCiphertextException
+        );
     }
     // A flipped bit anywhere fails.
     for i in [0, 2, 20, 30, 45, 60, e.ciphertext_blob.len() - 1] {
         let mut b = e.ciphertext_blob.clone();
         b[i] ^= 0x40;
         let err = kms.decrypt(&cli(), &b, &c, None, None).unwrap_err();
-        assert!(matches!(err.code, ErrorCode::InvalidCiphertextException | ErrorCode::NotFoundException), "{i}: {err}");
+        assert!(
+            matches!(
+                err.code,
+                ErrorCode::InvalidCiphertextException | ErrorCode::NotFoundException
+            ),
+            "{i}: {err}"
+        );
     }
-    assert_eq!(code(kms.decrypt(&cli(), b"garbage", &c, None, None)), ErrorCode::InvalidCiphertextException);
+    assert_eq!(
+        code(kms.decrypt(&cli(), b"garbage", &c, None, None)),
+        ErrorCode::InvalidCiphertextException
+    );
 }
 
 #[test]
@@ -74,34 +105,75 @@ fn key_references_and_incorrect_key() {
     let alias_arn = format!("arn:kmsfs:kms:local:{}:alias/app", kms.account());
     for r in [k.as_str(), arn.as_str(), "alias/app", alias_arn.as_str()] {
         let e = kms.encrypt(&cli(), r, b"x", &ctx(&[]), None).unwrap();
-        kms.decrypt(&cli(), &e.ciphertext_blob, &ctx(&[]), Some(r), None).unwrap();
+        kms.decrypt(&cli(), &e.ciphertext_blob, &ctx(&[]), Some(r), None)
+            .unwrap();
         assert_eq!(
             code(kms.decrypt(&cli(), &e.ciphertext_blob, &ctx(&[]), Some(&other), None)),
             ErrorCode::IncorrectKeyException
         );
     }
-    assert_eq!(code(kms.describe_key(&cli(), "alias/nope")), ErrorCode::NotFoundException);
-    assert_eq!(code(kms.describe_key(&cli(), "00000000-0000-4000-8000-000000000000")), ErrorCode::NotFoundException);
-    assert_eq!(code(kms.describe_key(&cli(), "arn:aws:kms:us-east-1:1:key/x")), ErrorCode::InvalidArnException);
+    assert_eq!(
+        code(kms.describe_key(&cli(), "alias/nope")),
+        ErrorCode::NotFoundException
+    );
+    assert_eq!(
+        code(kms.describe_key(&cli(), "00000000-0000-4000-8000-000000000000")),
+        ErrorCode::NotFoundException
+    );
+    assert_eq!(
+        code(kms.describe_key(&cli(), "arn:aws:kms:us-east-1:1:key/x")),
+        ErrorCode::InvalidArnException
+    );
 }
 
 #[test]
 fn size_limits_and_validation() {
     let kms = Kms::in_memory();
     let k = new_key(&kms);
-    assert_eq!(code(kms.encrypt(&cli(), &k, &[0; 4097], &ctx(&[]), None)), ErrorCode::ValidationException);
-    assert_eq!(code(kms.encrypt(&cli(), &k, &[], &ctx(&[]), None)), ErrorCode::ValidationException);
-    kms.encrypt(&cli(), &k, &[1; 4096], &ctx(&[]), None).unwrap();
-    assert_eq!(code(kms.encrypt(&cli(), &k, b"x", &ctx(&[]), Some("RSAES_OAEP_SHA_256"))), ErrorCode::InvalidKeyUsageException);
+    assert_eq!(
+        code(kms.encrypt(&cli(), &k, &[0; 4097], &ctx(&[]), None)),
+        ErrorCode::ValidationException
+    );
+    assert_eq!(
+        code(kms.encrypt(&cli(), &k, &[], &ctx(&[]), None)),
+        ErrorCode::ValidationException
+    );
+    kms.encrypt(&cli(), &k, &[1; 4096], &ctx(&[]), None)
+        .unwrap();
+    assert_eq!(
+        code(kms.encrypt(&cli(), &k, b"x", &ctx(&[]), Some("RSAES_OAEP_SHA_256"))),
+        ErrorCode::InvalidKeyUsageException
+    );
     let big = "v".repeat(9000);
-    assert_eq!(code(kms.encrypt(&cli(), &k, b"x", &ctx(&[("k", &big)]), None)), ErrorCode::ValidationException);
-    assert_eq!(code(kms.generate_random(&cli(), 0)), ErrorCode::ValidationException);
-    assert_eq!(code(kms.generate_random(&cli(), 1025)), ErrorCode::ValidationException);
+    assert_eq!(
+        code(kms.encrypt(&cli(), &k, b"x", &ctx(&[("k", &big)]), None)),
+        ErrorCode::ValidationException
+    );
+    assert_eq!(
+        code(kms.generate_random(&cli(), 0)),
+        ErrorCode::ValidationException
+    );
+    assert_eq!(
+        code(kms.generate_random(&cli(), 1025)),
+        ErrorCode::ValidationException
+    );
     assert_eq!(kms.generate_random(&cli(), 1024).unwrap().len(), 1024);
-    let bad = CreateKeyRequest { key_usage: Some("SIGN_VERIFY".into()), ..Default::default() };
-    assert_eq!(code(kms.create_key(&cli(), bad)), ErrorCode::ValidationException);
-    let bad = CreateKeyRequest { description: "d".repeat(8193), ..Default::default() };
-    assert_eq!(code(kms.create_key(&cli(), bad)), ErrorCode::ValidationException);
+    let bad = CreateKeyRequest {
+        key_usage: Some("SIGN_VERIFY".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        code(kms.create_key(&cli(), bad)),
+        ErrorCode::ValidationException
+    );
+    let bad = CreateKeyRequest {
+        description: "d".repeat(8193),
+        ..Default::default()
+    };
+    assert_eq!(
+        code(kms.create_key(&cli(), bad)),
+        ErrorCode::ValidationException
+    );
 }
 
 #[test]
@@ -109,20 +181,45 @@ fn generate_data_key_variants() {
     let kms = Kms::in_memory();
     let k = new_key(&kms);
     let c = ctx(&[("kmsfs:path", "a/b.txt")]);
-    let spec = |s: Option<&str>, n: Option<u32>| DataKeySpec { key_spec: s.map(String::from), number_of_bytes: n };
-    for (s, want) in [(spec(Some("AES_256"), None), 32), (spec(Some("AES_128"), None), 16), (spec(None, Some(7)), 7)] {
+    let spec = |s: Option<&str>, n: Option<u32>| DataKeySpec {
+        key_spec: s.map(String::from),
+        number_of_bytes: n,
+    };
+    for (s, want) in [
+        (spec(Some("AES_256"), None), 32),
+        (spec(Some("AES_128"), None), 16),
+        (spec(None, Some(7)), 7),
+    ] {
         let dk = kms.generate_data_key(&cli(), &k, &s, &c, true).unwrap();
         let pt = dk.plaintext.unwrap();
         assert_eq!(pt.len(), want);
-        let d = kms.decrypt(&cli(), &dk.ciphertext_blob, &c, None, None).unwrap();
+        let d = kms
+            .decrypt(&cli(), &dk.ciphertext_blob, &c, None, None)
+            .unwrap();
         assert_eq!(d.plaintext.as_bytes(), pt.as_bytes());
     }
-    for bad in [spec(None, None), spec(Some("AES_256"), Some(32)), spec(Some("AES_512"), None), spec(None, Some(1025))] {
-        assert_eq!(code(kms.generate_data_key(&cli(), &k, &bad, &c, true)), ErrorCode::ValidationException);
+    for bad in [
+        spec(None, None),
+        spec(Some("AES_256"), Some(32)),
+        spec(Some("AES_512"), None),
+        spec(None, Some(1025)),
+    ] {
+        assert_eq!(
+            code(kms.generate_data_key(&cli(), &k, &bad, &c, true)),
+            ErrorCode::ValidationException
+        );
     }
-    let wo = kms.generate_data_key(&cli(), &k, &DataKeySpec::aes_256(), &c, false).unwrap();
+    let wo = kms
+        .generate_data_key(&cli(), &k, &DataKeySpec::aes_256(), &c, false)
+        .unwrap();
     assert!(wo.plaintext.is_none());
-    assert_eq!(kms.decrypt(&cli(), &wo.ciphertext_blob, &c, None, None).unwrap().plaintext.len(), 32);
+    assert_eq!(
+        kms.decrypt(&cli(), &wo.ciphertext_blob, &c, None, None)
+            .unwrap()
+            .plaintext
+            .len(),
+        32
+    );
 }
 
 #[test]
@@ -133,14 +230,34 @@ fn re_encrypt_moves_between_keys_and_contexts() {
     let c1 = ctx(&[("kmsfs:path", "old")]);
     let c2 = ctx(&[("kmsfs:path", "new")]);
     let e = kms.encrypt(&cli(), &a, b"payload", &c1, None).unwrap();
-    let r = kms.re_encrypt(&cli(), &e.ciphertext_blob, &c1, None, &b, &c2).unwrap();
+    let r = kms
+        .re_encrypt(&cli(), &e.ciphertext_blob, &c1, None, &b, &c2)
+        .unwrap();
     assert!(r.source_key_arn.ends_with(&a) && r.key_arn.ends_with(&b));
-    assert_eq!(kms.decrypt(&cli(), &r.ciphertext_blob, &c2, None, None).unwrap().plaintext.as_bytes(), b"payload");
-    assert_eq!(code(kms.decrypt(&cli(), &r.ciphertext_blob, &c1, None, None)), ErrorCode::InvalidCiphertextException);
-    assert_eq!(code(kms.re_encrypt(&cli(), &e.ciphertext_blob, &c2, None, &b, &c2)), ErrorCode::InvalidCiphertextException);
-    assert_eq!(code(kms.re_encrypt(&cli(), &e.ciphertext_blob, &c1, Some(&b), &b, &c2)), ErrorCode::IncorrectKeyException);
+    assert_eq!(
+        kms.decrypt(&cli(), &r.ciphertext_blob, &c2, None, None)
+            .unwrap()
+            .plaintext
+            .as_bytes(),
+        b"payload"
+    );
+    assert_eq!(
+        code(kms.decrypt(&cli(), &r.ciphertext_blob, &c1, None, None)),
+        ErrorCode::InvalidCiphertextException
+    );
+    assert_eq!(
+        code(kms.re_encrypt(&cli(), &e.ciphertext_blob, &c2, None, &b, &c2)),
+        ErrorCode::InvalidCiphertextException
+    );
+    assert_eq!(
+        code(kms.re_encrypt(&cli(), &e.ciphertext_blob, &c1, Some(&b), &b, &c2)),
+        ErrorCode::IncorrectKeyException
+    );
     kms.disable_key(&cli(), &b).unwrap();
-    assert_eq!(code(kms.re_encrypt(&cli(), &e.ciphertext_blob, &c1, None, &b, &c2)), ErrorCode::DisabledException);
+    assert_eq!(
+        code(kms.re_encrypt(&cli(), &e.ciphertext_blob, &c1, None, &b, &c2)),
+        ErrorCode::DisabledException
+    );
 }
 
 #[test]
@@ -150,12 +267,25 @@ fn disable_enable_and_state_errors() {
     let e = kms.encrypt(&cli(), &k, b"x", &ctx(&[]), None).unwrap();
     kms.disable_key(&cli(), &k).unwrap();
     assert_eq!(kms.describe_key(&cli(), &k).unwrap().key_state, "Disabled");
-    assert_eq!(code(kms.encrypt(&cli(), &k, b"x", &ctx(&[]), None)), ErrorCode::DisabledException);
-    assert_eq!(code(kms.decrypt(&cli(), &e.ciphertext_blob, &ctx(&[]), None, None)), ErrorCode::DisabledException);
-    assert_eq!(code(kms.generate_data_key(&cli(), &k, &DataKeySpec::aes_256(), &ctx(&[]), true)), ErrorCode::DisabledException);
-    assert_eq!(code(kms.enable_key_rotation(&cli(), &k, None)), ErrorCode::DisabledException);
+    assert_eq!(
+        code(kms.encrypt(&cli(), &k, b"x", &ctx(&[]), None)),
+        ErrorCode::DisabledException
+    );
+    assert_eq!(
+        code(kms.decrypt(&cli(), &e.ciphertext_blob, &ctx(&[]), None, None)),
+        ErrorCode::DisabledException
+    );
+    assert_eq!(
+        code(kms.generate_data_key(&cli(), &k, &DataKeySpec::aes_256(), &ctx(&[]), true)),
+        ErrorCode::DisabledException
+    );
+    assert_eq!(
+        code(kms.enable_key_rotation(&cli(), &k, None)),
+        ErrorCode::DisabledException
+    );
     kms.enable_key(&cli(), &k).unwrap();
-    kms.decrypt(&cli(), &e.ciphertext_blob, &ctx(&[]), None, None).unwrap();
+    kms.decrypt(&cli(), &e.ciphertext_blob, &ctx(&[]), None, None)
+        .unwrap();
 }
 
 #[test]
@@ -164,34 +294,73 @@ fn scheduled_deletion_cancel_and_expiry() {
     let k = new_key(&kms);
     kms.create_alias(&cli(), "alias/doomed", &k).unwrap();
     let e = kms.encrypt(&cli(), &k, b"x", &ctx(&[]), None).unwrap();
-    assert_eq!(code(kms.schedule_key_deletion(&cli(), &k, Some(6))), ErrorCode::ValidationException);
-    assert_eq!(code(kms.schedule_key_deletion(&cli(), &k, Some(31))), ErrorCode::ValidationException);
+    assert_eq!(
+        code(kms.schedule_key_deletion(&cli(), &k, Some(6))),
+        ErrorCode::ValidationException
+    );
+    assert_eq!(
+        code(kms.schedule_key_deletion(&cli(), &k, Some(31))),
+        ErrorCode::ValidationException
+    );
     let r = kms.schedule_key_deletion(&cli(), &k, None).unwrap();
     assert_eq!(r["PendingWindowInDays"], 30);
     assert_eq!(r["KeyState"], "PendingDeletion");
     let m = kms.describe_key(&cli(), &k).unwrap();
     assert_eq!(m.key_state, "PendingDeletion");
     assert!(m.deletion_date.is_some());
-    assert_eq!(code(kms.decrypt(&cli(), &e.ciphertext_blob, &ctx(&[]), None, None)), ErrorCode::KMSInvalidStateException);
-    assert_eq!(code(kms.encrypt(&cli(), &k, b"x", &ctx(&[]), None)), ErrorCode::KMSInvalidStateException);
-    assert_eq!(code(kms.enable_key(&cli(), &k)), ErrorCode::KMSInvalidStateException);
-    assert_eq!(code(kms.schedule_key_deletion(&cli(), &k, None)), ErrorCode::KMSInvalidStateException);
-    assert_eq!(code(kms.tag_resource(&cli(), &k, &[("a".into(), "b".into())])), ErrorCode::KMSInvalidStateException);
+    assert_eq!(
+        code(kms.decrypt(&cli(), &e.ciphertext_blob, &ctx(&[]), None, None)),
+        ErrorCode::KMSInvalidStateException
+    );
+    assert_eq!(
+        code(kms.encrypt(&cli(), &k, b"x", &ctx(&[]), None)),
+        ErrorCode::KMSInvalidStateException
+    );
+    assert_eq!(
+        code(kms.enable_key(&cli(), &k)),
+        ErrorCode::KMSInvalidStateException
+    );
+    assert_eq!(
+        code(kms.schedule_key_deletion(&cli(), &k, None)),
+        ErrorCode::KMSInvalidStateException
+    );
+    assert_eq!(
+        code(kms.tag_resource(&cli(), &k, &[("a".into(), "b".into())])),
+        ErrorCode::KMSInvalidStateException
+    );
     let other = new_key(&kms);
-    assert_eq!(code(kms.update_alias(&cli(), "alias/doomed", &other).and_then(|_| kms.create_alias(&cli(), "alias/x", &k))), ErrorCode::KMSInvalidStateException);
+    assert_eq!(
+        code(
+            kms.update_alias(&cli(), "alias/doomed", &other)
+                .and_then(|_| kms.create_alias(&cli(), "alias/x", &k))
+        ),
+        ErrorCode::KMSInvalidStateException
+    );
     kms.update_alias(&cli(), "alias/doomed", &k).unwrap_err();
     kms.cancel_key_deletion(&cli(), &k).unwrap();
     assert_eq!(kms.describe_key(&cli(), &k).unwrap().key_state, "Disabled");
-    assert_eq!(code(kms.cancel_key_deletion(&cli(), &k)), ErrorCode::KMSInvalidStateException);
+    assert_eq!(
+        code(kms.cancel_key_deletion(&cli(), &k)),
+        ErrorCode::KMSInvalidStateException
+    );
 
     // Schedule again with 7 days; after 7 days the key and its material are gone.
     kms.update_alias(&cli(), "alias/doomed", &k).unwrap();
     kms.schedule_key_deletion(&cli(), &k, Some(7)).unwrap();
     clock.advance(7 * DAY - 1);
-    assert_eq!(kms.describe_key(&cli(), &k).unwrap().key_state, "PendingDeletion");
+    assert_eq!(
+        kms.describe_key(&cli(), &k).unwrap().key_state,
+        "PendingDeletion"
+    );
     clock.advance(1);
-    assert_eq!(code(kms.describe_key(&cli(), &k)), ErrorCode::NotFoundException);
-    assert_eq!(code(kms.decrypt(&cli(), &e.ciphertext_blob, &ctx(&[]), None, None)), ErrorCode::NotFoundException);
+    assert_eq!(
+        code(kms.describe_key(&cli(), &k)),
+        ErrorCode::NotFoundException
+    );
+    assert_eq!(
+        code(kms.decrypt(&cli(), &e.ciphertext_blob, &ctx(&[]), None, None)),
+        ErrorCode::NotFoundException
+    );
     let aliases = kms.list_aliases(&cli(), None, None, None).unwrap();
     assert!(!aliases.to_string().contains("alias/doomed"), "{aliases}");
 }
@@ -205,32 +374,82 @@ fn rotation_on_demand_and_automatic() {
     assert_eq!(st["KeyRotationEnabled"], false);
     kms.rotate_key_on_demand(&cli(), &k).unwrap();
     let after = kms.encrypt(&cli(), &k, b"new", &ctx(&[]), None).unwrap();
-    assert_eq!(blob::parse(&before.ciphertext_blob).unwrap().header.material_version, 1);
-    assert_eq!(blob::parse(&after.ciphertext_blob).unwrap().header.material_version, 2);
-    assert_eq!(kms.decrypt(&cli(), &before.ciphertext_blob, &ctx(&[]), None, None).unwrap().plaintext.as_bytes(), b"old");
-    assert_eq!(kms.decrypt(&cli(), &after.ciphertext_blob, &ctx(&[]), None, None).unwrap().plaintext.as_bytes(), b"new");
-    assert!(kms.get_key_rotation_status(&cli(), &k).unwrap()["OnDemandRotationStartDate"].is_string());
+    assert_eq!(
+        blob::parse(&before.ciphertext_blob)
+            .unwrap()
+            .header
+            .material_version,
+        1
+    );
+    assert_eq!(
+        blob::parse(&after.ciphertext_blob)
+            .unwrap()
+            .header
+            .material_version,
+        2
+    );
+    assert_eq!(
+        kms.decrypt(&cli(), &before.ciphertext_blob, &ctx(&[]), None, None)
+            .unwrap()
+            .plaintext
+            .as_bytes(),
+        b"old"
+    );
+    assert_eq!(
+        kms.decrypt(&cli(), &after.ciphertext_blob, &ctx(&[]), None, None)
+            .unwrap()
+            .plaintext
+            .as_bytes(),
+        b"new"
+    );
+    assert!(
+        kms.get_key_rotation_status(&cli(), &k).unwrap()["OnDemandRotationStartDate"].is_string()
+    );
 
-    assert_eq!(code(kms.enable_key_rotation(&cli(), &k, Some(89))), ErrorCode::ValidationException);
-    assert_eq!(code(kms.enable_key_rotation(&cli(), &k, Some(2561))), ErrorCode::ValidationException);
+    assert_eq!(
+        code(kms.enable_key_rotation(&cli(), &k, Some(89))),
+        ErrorCode::ValidationException
+    );
+    assert_eq!(
+        code(kms.enable_key_rotation(&cli(), &k, Some(2561))),
+        ErrorCode::ValidationException
+    );
     kms.enable_key_rotation(&cli(), &k, Some(90)).unwrap();
     let st = kms.get_key_rotation_status(&cli(), &k).unwrap();
     assert_eq!(st["KeyRotationEnabled"], true);
     assert_eq!(st["RotationPeriodInDays"], 90);
     clock.advance(90 * DAY);
     let auto = kms.encrypt(&cli(), &k, b"auto", &ctx(&[]), None).unwrap();
-    assert_eq!(blob::parse(&auto.ciphertext_blob).unwrap().header.material_version, 3);
+    assert_eq!(
+        blob::parse(&auto.ciphertext_blob)
+            .unwrap()
+            .header
+            .material_version,
+        3
+    );
     let rot = kms.list_key_rotations(&cli(), &k, None, None).unwrap();
-    let kinds: Vec<_> = rot["Rotations"].as_array().unwrap().iter().map(|r| r["RotationType"].as_str().unwrap().to_string()).collect();
+    let kinds: Vec<_> = rot["Rotations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["RotationType"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(kinds, ["ON_DEMAND", "AUTOMATIC"]);
-    kms.decrypt(&cli(), &before.ciphertext_blob, &ctx(&[]), None, None).unwrap();
+    kms.decrypt(&cli(), &before.ciphertext_blob, &ctx(&[]), None, None)
+        .unwrap();
     kms.disable_key_rotation(&cli(), &k).unwrap();
-    assert_eq!(kms.get_key_rotation_status(&cli(), &k).unwrap()["KeyRotationEnabled"], false);
+    assert_eq!(
+        kms.get_key_rotation_status(&cli(), &k).unwrap()["KeyRotationEnabled"],
+        false
+    );
 
     for _ in 0..9 {
         kms.rotate_key_on_demand(&cli(), &k).unwrap();
     }
-    assert_eq!(code(kms.rotate_key_on_demand(&cli(), &k)), ErrorCode::LimitExceededException);
+    assert_eq!(
+        code(kms.rotate_key_on_demand(&cli(), &k)),
+        ErrorCode::LimitExceededException
+    );
 }
 
 #[test]
@@ -239,27 +458,59 @@ fn aliases_and_tags() {
     let a = new_key(&kms);
     let b = new_key(&kms);
     kms.create_alias(&cli(), "alias/app", &a).unwrap();
-    assert_eq!(code(kms.create_alias(&cli(), "alias/app", &b)), ErrorCode::AlreadyExistsException);
+    assert_eq!(
+        code(kms.create_alias(&cli(), "alias/app", &b)),
+        ErrorCode::AlreadyExistsException
+    );
     for bad in ["app", "alias/aws/x", "alias/kmsfs/x", "alias/sp ace"] {
-        assert_eq!(code(kms.create_alias(&cli(), bad, &b)), ErrorCode::InvalidAliasNameException, "{bad}");
+        assert_eq!(
+            code(kms.create_alias(&cli(), bad, &b)),
+            ErrorCode::InvalidAliasNameException,
+            "{bad}"
+        );
     }
-    assert_eq!(code(kms.create_alias(&cli(), "alias/x", "alias/app")), ErrorCode::ValidationException);
+    assert_eq!(
+        code(kms.create_alias(&cli(), "alias/x", "alias/app")),
+        ErrorCode::ValidationException
+    );
     kms.create_alias(&cli(), "alias/other", &b).unwrap();
     let listed = kms.list_aliases(&cli(), Some(&a), None, None).unwrap();
     assert_eq!(listed["Aliases"].as_array().unwrap().len(), 1);
     kms.update_alias(&cli(), "alias/app", &b).unwrap();
     assert_eq!(kms.describe_key(&cli(), "alias/app").unwrap().key_id, b);
     kms.delete_alias(&cli(), "alias/app").unwrap();
-    assert_eq!(code(kms.delete_alias(&cli(), "alias/app")), ErrorCode::NotFoundException);
-    assert_eq!(code(kms.update_alias(&cli(), "alias/app", &a)), ErrorCode::NotFoundException);
+    assert_eq!(
+        code(kms.delete_alias(&cli(), "alias/app")),
+        ErrorCode::NotFoundException
+    );
+    assert_eq!(
+        code(kms.update_alias(&cli(), "alias/app", &a)),
+        ErrorCode::NotFoundException
+    );
 
-    kms.tag_resource(&cli(), &a, &[("team".into(), "ops".into()), ("env".into(), "prod".into())]).unwrap();
+    kms.tag_resource(
+        &cli(),
+        &a,
+        &[("team".into(), "ops".into()), ("env".into(), "prod".into())],
+    )
+    .unwrap();
     kms.untag_resource(&cli(), &a, &["env".into()]).unwrap();
     let tags = kms.list_resource_tags(&cli(), &a, None, None).unwrap();
-    assert_eq!(tags["Tags"], serde_json::json!([{"TagKey": "team", "TagValue": "ops"}]));
-    assert_eq!(code(kms.tag_resource(&cli(), &a, &[("aws:x".into(), "v".into())])), ErrorCode::TagException);
-    let many: Vec<_> = (0..51).map(|i| (format!("k{i}"), "v".to_string())).collect();
-    assert_eq!(code(kms.tag_resource(&cli(), &a, &many)), ErrorCode::LimitExceededException);
+    assert_eq!(
+        tags["Tags"],
+        serde_json::json!([{"TagKey": "team", "TagValue": "ops"}])
+    );
+    assert_eq!(
+        code(kms.tag_resource(&cli(), &a, &[("aws:x".into(), "v".into())])),
+        ErrorCode::TagException
+    );
+    let many: Vec<_> = (0..51)
+        .map(|i| (format!("k{i}"), "v".to_string()))
+        .collect();
+    assert_eq!(
+        code(kms.tag_resource(&cli(), &a, &many)),
+        ErrorCode::LimitExceededException
+    );
 }
 
 #[test]
@@ -280,42 +531,91 @@ fn list_keys_pages() {
         marker = Some(page["NextMarker"].as_str().unwrap().to_string());
     }
     assert_eq!(seen, ids);
-    assert_eq!(code(kms.list_keys(&cli(), Some(0), None)), ErrorCode::ValidationException);
-    assert_eq!(code(kms.list_keys(&cli(), None, Some("bogus"))), ErrorCode::InvalidMarkerException);
+    assert_eq!(
+        code(kms.list_keys(&cli(), Some(0), None)),
+        ErrorCode::ValidationException
+    );
+    assert_eq!(
+        code(kms.list_keys(&cli(), None, Some("bogus"))),
+        ErrorCode::InvalidMarkerException
+    );
 }
 
 #[test]
 fn managed_keys_are_for_the_mount_only() {
     let kms = Kms::in_memory();
-    let m = kms.create_managed_key(&cli(), "fs-1234", "kmsfs filesystem key").unwrap();
+    let m = kms
+        .create_managed_key(&cli(), "fs-1234", "kmsfs filesystem key")
+        .unwrap();
     assert_eq!(m.key_manager, "KMSFS");
     assert!(m.key_rotation_enabled);
     let id = m.key_id.clone();
     kms.describe_key(&cli(), "alias/kmsfs/fs-1234").unwrap();
     kms.get_key_rotation_status(&cli(), &id).unwrap();
     let c = ctx(&[("kmsfs:path", "x")]);
-    assert_eq!(code(kms.encrypt(&cli(), &id, b"x", &c, None)), ErrorCode::AccessDeniedException);
-    assert_eq!(code(kms.disable_key(&cli(), &id)), ErrorCode::AccessDeniedException);
-    assert_eq!(code(kms.schedule_key_deletion(&cli(), &id, None)), ErrorCode::AccessDeniedException);
-    assert_eq!(code(kms.delete_alias(&cli(), "alias/kmsfs/fs-1234")), ErrorCode::AccessDeniedException);
+    assert_eq!(
+        code(kms.encrypt(&cli(), &id, b"x", &c, None)),
+        ErrorCode::AccessDeniedException
+    );
+    assert_eq!(
+        code(kms.disable_key(&cli(), &id)),
+        ErrorCode::AccessDeniedException
+    );
+    assert_eq!(
+        code(kms.schedule_key_deletion(&cli(), &id, None)),
+        ErrorCode::AccessDeniedException
+    );
+    assert_eq!(
+        code(kms.delete_alias(&cli(), "alias/kmsfs/fs-1234")),
+        ErrorCode::AccessDeniedException
+    );
     let other = new_key(&kms);
-    assert_eq!(code(kms.update_alias(&cli(), "alias/kmsfs/fs-1234", &other)), ErrorCode::AccessDeniedException);
-    assert_eq!(code(kms.create_alias(&cli(), "alias/mine", &id)), ErrorCode::AccessDeniedException);
-    let dk = kms.generate_data_key(&mount(), &id, &DataKeySpec::aes_256(), &c, true).unwrap();
-    assert_eq!(code(kms.decrypt(&cli(), &dk.ciphertext_blob, &c, None, None)), ErrorCode::AccessDeniedException);
-    kms.decrypt(&mount(), &dk.ciphertext_blob, &c, None, None).unwrap();
+    assert_eq!(
+        code(kms.update_alias(&cli(), "alias/kmsfs/fs-1234", &other)),
+        ErrorCode::AccessDeniedException
+    );
+    assert_eq!(
+        code(kms.create_alias(&cli(), "alias/mine", &id)),
+        ErrorCode::AccessDeniedException
+    );
+    let dk = kms
+        .generate_data_key(&mount(), &id, &DataKeySpec::aes_256(), &c, true)
+        .unwrap();
+    assert_eq!(
+        code(kms.decrypt(&cli(), &dk.ciphertext_blob, &c, None, None)),
+        ErrorCode::AccessDeniedException
+    );
+    kms.decrypt(&mount(), &dk.ciphertext_blob, &c, None, None)
+        .unwrap();
 }
 
 #[test]
 fn imported_key_material_lifecycle() {
     let (kms, clock) = kms_with_clock();
-    let req = CreateKeyRequest { origin: Some("EXTERNAL".into()), ..Default::default() };
+    let req = CreateKeyRequest {
+        origin: Some("EXTERNAL".into()),
+        ..Default::default()
+    };
     let k = kms.create_key(&cli(), req).unwrap().key_id;
-    assert_eq!(kms.describe_key(&cli(), &k).unwrap().key_state, "PendingImport");
-    assert_eq!(code(kms.encrypt(&cli(), &k, b"x", &ctx(&[]), None)), ErrorCode::KMSInvalidStateException);
-    assert_eq!(code(kms.rotate_key_on_demand(&cli(), &k)), ErrorCode::KMSInvalidStateException);
-    assert_eq!(code(kms.get_parameters_for_import(&cli(), &k, "RSAES_OAEP_SHA_1", "RSA_2048")), ErrorCode::ValidationException);
-    let p = kms.get_parameters_for_import(&cli(), &k, "RSAES_OAEP_SHA_256", "RSA_2048").unwrap();
+    assert_eq!(
+        kms.describe_key(&cli(), &k).unwrap().key_state,
+        "PendingImport"
+    );
+    assert_eq!(
+        code(kms.encrypt(&cli(), &k, b"x", &ctx(&[]), None)),
+        ErrorCode::KMSInvalidStateException
+    );
+    assert_eq!(
+        code(kms.rotate_key_on_demand(&cli(), &k)),
+        ErrorCode::KMSInvalidStateException
+    );
+    assert_eq!(
+        code(kms.get_parameters_for_import(&cli(), &k, "RSAES_OAEP_SHA_1", "RSA_2048")),
+        ErrorCode::ValidationException
+    );
+    let p = kms
+        .get_parameters_for_import(&cli(), &k, "RSAES_OAEP_SHA_256", "RSA_2048")
+        .unwrap();
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD;
     let public = b64.decode(p["PublicKey"].as_str().unwrap()).unwrap();
@@ -323,63 +623,159 @@ fn imported_key_material_lifecycle() {
     let material = [0x42u8; 32];
     let wrapped = wrap_for_import(&public, &material).unwrap();
     assert_eq!(
-        code(kms.import_key_material(&cli(), &k, &[0; 32], &wrapped, Some("KEY_MATERIAL_DOES_NOT_EXPIRE"), None)),
+        code(kms.import_key_material(
+            &cli(),
+            &k,
+            &[0; 32],
+            &wrapped,
+            Some("KEY_MATERIAL_DOES_NOT_EXPIRE"),
+            None
+        )),
         ErrorCode::InvalidImportTokenException
     );
     assert_eq!(
-        code(kms.import_key_material(&cli(), &k, &token, &wrapped, Some("KEY_MATERIAL_EXPIRES"), None)),
+        code(kms.import_key_material(
+            &cli(),
+            &k,
+            &token,
+            &wrapped,
+            Some("KEY_MATERIAL_EXPIRES"),
+            None
+        )),
         ErrorCode::ValidationException
     );
     let short = wrap_for_import(&public, &[1u8; 16]).unwrap();
     assert_eq!(
-        code(kms.import_key_material(&cli(), &k, &token, &short, Some("KEY_MATERIAL_DOES_NOT_EXPIRE"), None)),
+        code(kms.import_key_material(
+            &cli(),
+            &k,
+            &token,
+            &short,
+            Some("KEY_MATERIAL_DOES_NOT_EXPIRE"),
+            None
+        )),
         ErrorCode::IncorrectKeyMaterialException
     );
-    kms.import_key_material(&cli(), &k, &token, &wrapped, Some("KEY_MATERIAL_EXPIRES"), Some(T0 + 10 * DAY)).unwrap();
+    kms.import_key_material(
+        &cli(),
+        &k,
+        &token,
+        &wrapped,
+        Some("KEY_MATERIAL_EXPIRES"),
+        Some(T0 + 10 * DAY),
+    )
+    .unwrap();
     let m = kms.describe_key(&cli(), &k).unwrap();
     assert_eq!((m.key_state, m.origin), ("Enabled", "EXTERNAL"));
     assert_eq!(m.expiration_model.as_deref(), Some("KEY_MATERIAL_EXPIRES"));
     let e = kms.encrypt(&cli(), &k, b"byok", &ctx(&[]), None).unwrap();
-    assert_eq!(code(kms.rotate_key_on_demand(&cli(), &k)), ErrorCode::UnsupportedOperationException);
-    assert_eq!(code(kms.enable_key_rotation(&cli(), &k, None)), ErrorCode::UnsupportedOperationException);
+    assert_eq!(
+        code(kms.rotate_key_on_demand(&cli(), &k)),
+        ErrorCode::UnsupportedOperationException
+    );
+    assert_eq!(
+        code(kms.enable_key_rotation(&cli(), &k, None)),
+        ErrorCode::UnsupportedOperationException
+    );
 
     // Material expires: the key goes back to PendingImport.
     clock.advance(10 * DAY);
-    assert_eq!(kms.describe_key(&cli(), &k).unwrap().key_state, "PendingImport");
-    assert_eq!(code(kms.decrypt(&cli(), &e.ciphertext_blob, &ctx(&[]), None, None)), ErrorCode::KMSInvalidStateException);
+    assert_eq!(
+        kms.describe_key(&cli(), &k).unwrap().key_state,
+        "PendingImport"
+    );
+    assert_eq!(
+        code(kms.decrypt(&cli(), &e.ciphertext_blob, &ctx(&[]), None, None)),
+        ErrorCode::KMSInvalidStateException
+    );
 
     // Re-importing different material is refused; the same material restores it.
-    let p = kms.get_parameters_for_import(&cli(), &k, "RSAES_OAEP_SHA_256", "RSA_2048").unwrap();
+    let p = kms
+        .get_parameters_for_import(&cli(), &k, "RSAES_OAEP_SHA_256", "RSA_2048")
+        .unwrap();
     let public = b64.decode(p["PublicKey"].as_str().unwrap()).unwrap();
     let token = b64.decode(p["ImportToken"].as_str().unwrap()).unwrap();
     let wrong = wrap_for_import(&public, &[0x43u8; 32]).unwrap();
     assert_eq!(
-        code(kms.import_key_material(&cli(), &k, &token, &wrong, Some("KEY_MATERIAL_DOES_NOT_EXPIRE"), None)),
+        code(kms.import_key_material(
+            &cli(),
+            &k,
+            &token,
+            &wrong,
+            Some("KEY_MATERIAL_DOES_NOT_EXPIRE"),
+            None
+        )),
         ErrorCode::IncorrectKeyMaterialException
     );
     let right = wrap_for_import(&public, &material).unwrap();
-    kms.import_key_material(&cli(), &k, &token, &right, Some("KEY_MATERIAL_DOES_NOT_EXPIRE"), None).unwrap();
-    assert_eq!(kms.decrypt(&cli(), &e.ciphertext_blob, &ctx(&[]), None, None).unwrap().plaintext.as_bytes(), b"byok");
+    kms.import_key_material(
+        &cli(),
+        &k,
+        &token,
+        &right,
+        Some("KEY_MATERIAL_DOES_NOT_EXPIRE"),
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        kms.decrypt(&cli(), &e.ciphertext_blob, &ctx(&[]), None, None)
+            .unwrap()
+            .plaintext
+            .as_bytes(),
+        b"byok"
+    );
 
     kms.delete_imported_key_material(&cli(), &k).unwrap();
-    assert_eq!(kms.describe_key(&cli(), &k).unwrap().key_state, "PendingImport");
+    assert_eq!(
+        kms.describe_key(&cli(), &k).unwrap().key_state,
+        "PendingImport"
+    );
     let kmsfs_key = new_key(&kms);
-    assert_eq!(code(kms.get_parameters_for_import(&cli(), &kmsfs_key, "RSAES_OAEP_SHA_256", "RSA_2048")), ErrorCode::UnsupportedOperationException);
+    assert_eq!(
+        code(kms.get_parameters_for_import(&cli(), &kmsfs_key, "RSAES_OAEP_SHA_256", "RSA_2048")),
+        ErrorCode::UnsupportedOperationException
+    );
 }
 
 #[test]
 fn import_token_expires() {
     let (kms, clock) = kms_with_clock();
-    let k = kms.create_key(&cli(), CreateKeyRequest { origin: Some("EXTERNAL".into()), ..Default::default() }).unwrap().key_id;
-    let p = kms.get_parameters_for_import(&cli(), &k, "RSAES_OAEP_SHA_256", "RSA_2048").unwrap();
+    let k = kms
+        .create_key(
+            &cli(),
+            CreateKeyRequest {
+                origin: Some("EXTERNAL".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .key_id;
+    let p = kms
+        .get_parameters_for_import(&cli(), &k, "RSAES_OAEP_SHA_256", "RSA_2048")
+        .unwrap();
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD;
     let public = b64.decode(p["PublicKey"].as_str().unwrap()).unwrap();
     let token = b64.decode(p["ImportToken"].as_str().unwrap()).unwrap();
     clock.advance(DAY + 1);
     let wrapped = wrap_for_import(&public, &[7u8; 32]).unwrap();
-    let e = kms.import_key_material(&cli(), &k, &token, &wrapped, Some("KEY_MATERIAL_DOES_NOT_EXPIRE"), None).unwrap_err();
-    assert!(matches!(e.code, ErrorCode::InvalidImportTokenException | ErrorCode::ExpiredImportTokenException), "{e}");
+    let e = kms
+        .import_key_material(
+            &cli(),
+            &k,
+            &token,
+            &wrapped,
+            Some("KEY_MATERIAL_DOES_NOT_EXPIRE"),
+            None,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            e.code,
+            ErrorCode::InvalidImportTokenException | ErrorCode::ExpiredImportTokenException
+        ),
+        "{e}"
+    );
 }
 
 fn key_file() -> RootSecret {
@@ -397,13 +793,22 @@ fn persistence_across_instances() {
     let b = Kms::open(home.clone(), &key_file(), false, Options::default()).unwrap();
     assert_eq!(b.account(), a.account());
     b.disable_key(&cli(), &k).unwrap();
-    assert_eq!(code(a.decrypt(&cli(), &e.ciphertext_blob, &ctx(&[]), None, None)), ErrorCode::DisabledException);
+    assert_eq!(
+        code(a.decrypt(&cli(), &e.ciphertext_blob, &ctx(&[]), None, None)),
+        ErrorCode::DisabledException
+    );
     let k2 = new_key(&a);
     drop((a, b));
     let c = Kms::open(home.clone(), &key_file(), false, Options::default()).unwrap();
     c.describe_key(&cli(), &k2).unwrap();
     c.enable_key(&cli(), &k).unwrap();
-    assert_eq!(c.decrypt(&cli(), &e.ciphertext_blob, &ctx(&[]), None, None).unwrap().plaintext.as_bytes(), b"persist");
+    assert_eq!(
+        c.decrypt(&cli(), &e.ciphertext_blob, &ctx(&[]), None, None)
+            .unwrap()
+            .plaintext
+            .as_bytes(),
+        b"persist"
+    );
     let wrong = RootSecret::KeyFile(Key256::from_bytes([8; 32]));
     assert!(Kms::open(home, &wrong, false, Options::default()).is_err());
 }
@@ -422,7 +827,10 @@ fn concurrent_creators_in_separate_instances_all_persist() {
             })
         })
         .collect();
-    let created: Vec<String> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let created: Vec<String> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
     let kms = Kms::open(home, &key_file(), false, Options::default()).unwrap();
     let listed = kms.list_keys(&cli(), Some(1000), None).unwrap();
     assert_eq!(listed["Keys"].as_array().unwrap().len(), 20);
@@ -445,8 +853,12 @@ fn eight_threads_lose_no_audit_record() {
             std::thread::spawn(move || {
                 let c = ctx(&[("kmsfs:path", &format!("t{t}"))]);
                 for _ in 0..per_thread {
-                    let dk = kms.generate_data_key(&mount(), &k, &DataKeySpec::aes_256(), &c, true).unwrap();
-                    let d = kms.decrypt(&mount(), &dk.ciphertext_blob, &c, None, None).unwrap();
+                    let dk = kms
+                        .generate_data_key(&mount(), &k, &DataKeySpec::aes_256(), &c, true)
+                        .unwrap();
+                    let d = kms
+                        .decrypt(&mount(), &dk.ciphertext_blob, &c, None, None)
+                        .unwrap();
                     assert_eq!(d.plaintext.as_bytes(), dk.plaintext.unwrap().as_bytes());
                 }
             })
@@ -458,7 +870,12 @@ fn eight_threads_lose_no_audit_record() {
     drop(kms);
     let log = std::fs::read_to_string(home.audit_path()).unwrap();
     let lines: Vec<&str> = log.lines().collect();
-    let count = |name: &str| lines.iter().filter(|l| l.contains(&format!("\"eventName\":\"{name}\""))).count();
+    let count = |name: &str| {
+        lines
+            .iter()
+            .filter(|l| l.contains(&format!("\"eventName\":\"{name}\"")))
+            .count()
+    };
     assert_eq!(count("GenerateDataKey"), 8 * per_thread);
     assert_eq!(count("Decrypt"), 8 * per_thread);
     let opened = home.open(&key_file()).unwrap();
@@ -471,16 +888,25 @@ fn eight_threads_lose_no_audit_record() {
 fn audit_records_caller_and_context_but_no_secrets() {
     let d = tempfile::tempdir().unwrap();
     let path = d.path().join("audit.log");
-    let kms = Kms::in_memory_audited(&path, Key256::from_bytes([1; 32]), Options::default()).unwrap();
+    let kms =
+        Kms::in_memory_audited(&path, Key256::from_bytes([1; 32]), Options::default()).unwrap();
     let k = new_key(&kms);
     let c = ctx(&[("kmsfs:path", "projects/x.txt")]);
-    let dk = kms.generate_data_key(&mount(), &k, &DataKeySpec::aes_256(), &c, true).unwrap();
+    let dk = kms
+        .generate_data_key(&mount(), &k, &DataKeySpec::aes_256(), &c, true)
+        .unwrap();
     let _ = kms.decrypt(&mount(), &dk.ciphertext_blob, &ctx(&[]), None, None);
     let log = std::fs::read_to_string(&path).unwrap();
-    let recs: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let recs: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let gdk = &recs[1];
     assert_eq!(gdk["eventName"], "GenerateDataKey");
-    assert_eq!(gdk["requestParameters"]["encryptionContext"]["kmsfs:path"], "projects/x.txt");
+    assert_eq!(
+        gdk["requestParameters"]["encryptionContext"]["kmsfs:path"],
+        "projects/x.txt"
+    );
     assert_eq!(gdk["userIdentity"]["uid"], unsafe { libc::getuid() });
     assert_eq!(gdk["userIdentity"]["pid"], std::process::id());
     assert_eq!(gdk["userIdentity"]["invokedBy"], "mount");
@@ -494,9 +920,19 @@ fn audit_records_caller_and_context_but_no_secrets() {
 
 #[test]
 fn unwritable_audit_log_fails_closed() {
-    let kms = Kms::in_memory_audited(std::path::Path::new("/dev/full"), Key256::from_bytes([1; 32]), Options::default()).unwrap();
-    let e = kms.create_key(&cli(), CreateKeyRequest::default()).unwrap_err();
+    let kms = Kms::in_memory_audited(
+        std::path::Path::new("/dev/full"),
+        Key256::from_bytes([1; 32]),
+        Options::default(),
+    )
+    .unwrap();
+    let e = kms
+        .create_key(&cli(), CreateKeyRequest::default())
+        .unwrap_err();
     assert_eq!(e.code, ErrorCode::KMSInternalException);
     assert!(e.message.contains("audit log"), "{e}");
-    assert_eq!(code(kms.generate_random(&cli(), 16)), ErrorCode::KMSInternalException);
+    assert_eq!(
+        code(kms.generate_random(&cli(), 16)),
+        ErrorCode::KMSInternalException
+    );
 }

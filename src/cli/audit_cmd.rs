@@ -41,13 +41,27 @@ pub enum AuditCommand {
 
 fn time_arg(flag: &str, v: &Option<String>) -> Result<Option<i64>, String> {
     v.as_ref()
-        .map(|s| parse_time(s).ok_or_else(|| format!("{flag} {s:?} is not an RFC 3339 time, a date or Unix seconds")))
+        .map(|s| {
+            parse_time(s).ok_or_else(|| {
+                format!("{flag} {s:?} is not an RFC 3339 time, a date or Unix seconds")
+            })
+        })
         .transpose()
 }
 
 /// Prints matching records; returns how many matched.
 pub fn show(path: &Path, cmd: &AuditCommand) -> Result<u64, String> {
-    let AuditCommand::Show { key, event, since, until, errors, uid, path: fpath, table } = cmd else {
+    let AuditCommand::Show {
+        key,
+        event,
+        since,
+        until,
+        errors,
+        uid,
+        path: fpath,
+        table,
+    } = cmd
+    else {
         unreachable!("show is called with Show");
     };
     let filter = Filter {
@@ -59,14 +73,19 @@ pub fn show(path: &Path, cmd: &AuditCommand) -> Result<u64, String> {
         uid: *uid,
         path: fpath.clone(),
     };
-    let f = std::fs::File::open(path).map_err(|e| format!("cannot open the audit log {}: {e}", path.display()))?;
+    let f = std::fs::File::open(path)
+        .map_err(|e| format!("cannot open the audit log {}: {e}", path.display()))?;
     let out = std::io::stdout();
     let mut out = std::io::BufWriter::new(out.lock());
     let mut n = 0;
     for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
         let line = line.map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-            eprintln!("kmsfs: line {} of {} is not JSON; run `kmsfs audit verify`", i + 1, path.display());
+            eprintln!(
+                "kmsfs: line {} of {} is not JSON; run `kmsfs audit verify`",
+                i + 1,
+                path.display()
+            );
             continue;
         };
         if filter.matches(&v) {
@@ -81,10 +100,15 @@ pub fn show(path: &Path, cmd: &AuditCommand) -> Result<u64, String> {
 }
 
 pub fn verify(path: &Path, key: &crate::crypto::Key256) -> Result<bool, String> {
-    let r = audit::verify(path, key).map_err(|e| format!("cannot read the audit log {}: {e}", path.display()))?;
+    let r = audit::verify(path, key)
+        .map_err(|e| format!("cannot read the audit log {}: {e}", path.display()))?;
     match r.first_bad {
         None => {
-            println!("audit log {}: {} records, chain intact", path.display(), r.records);
+            println!(
+                "audit log {}: {} records, chain intact",
+                path.display(),
+                r.records
+            );
             Ok(true)
         }
         Some((line, why)) => {

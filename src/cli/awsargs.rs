@@ -11,7 +11,10 @@ const MAX_PARAM_FILE: u64 = 1 << 20;
 fn read_param_file(path: &str, flag: &str) -> Result<Vec<u8>, String> {
     let meta = std::fs::metadata(path).map_err(|e| format!("{flag}: cannot read {path}: {e}"))?;
     if meta.len() > MAX_PARAM_FILE {
-        return Err(format!("{flag}: {path} is {} bytes, more than any KMS request takes", meta.len()));
+        return Err(format!(
+            "{flag}: {path} is {} bytes, more than any KMS request takes",
+            meta.len()
+        ));
     }
     std::fs::read(path).map_err(|e| format!("{flag}: cannot read {path}: {e}"))
 }
@@ -24,19 +27,24 @@ pub fn blob_arg(v: &str, flag: &str) -> Result<Vec<u8>, String> {
     }
     if let Some(p) = v.strip_prefix("file://") {
         let text = read_param_file(p, flag)?;
-        return B64.decode(String::from_utf8_lossy(&text).trim()).map_err(|_| {
-            format!("{flag}: {p} is not base64; use fileb://{p} to pass its raw bytes")
-        });
+        return B64
+            .decode(String::from_utf8_lossy(&text).trim())
+            .map_err(|_| {
+                format!("{flag}: {p} is not base64; use fileb://{p} to pass its raw bytes")
+            });
     }
     B64.decode(v.trim()).map_err(|_| {
-        format!("{flag} takes base64, as in AWS CLI v2; use fileb://FILE to pass raw bytes from a file")
+        format!(
+            "{flag} takes base64, as in AWS CLI v2; use fileb://FILE to pass raw bytes from a file"
+        )
     })
 }
 
 /// A text parameter: `file://PATH` reads the file, anything else is literal.
 pub fn text_arg(v: &str, flag: &str) -> Result<String, String> {
     match v.strip_prefix("file://") {
-        Some(p) => String::from_utf8(read_param_file(p, flag)?).map_err(|_| format!("{flag}: {p} is not UTF-8 text")),
+        Some(p) => String::from_utf8(read_param_file(p, flag)?)
+            .map_err(|_| format!("{flag}: {p} is not UTF-8 text")),
         None => Ok(v.to_string()),
     }
 }
@@ -48,14 +56,19 @@ pub fn parse_tags(args: &[String]) -> Result<Vec<(String, String)>, String> {
         let a = text_arg(a, "--tags")?;
         let t = a.trim();
         if t.starts_with('[') || t.starts_with('{') {
-            let v: Value = serde_json::from_str(t).map_err(|e| format!("--tags: malformed JSON: {e}"))?;
+            let v: Value =
+                serde_json::from_str(t).map_err(|e| format!("--tags: malformed JSON: {e}"))?;
             let items = match v {
                 Value::Array(a) => a,
                 o => vec![o],
             };
             for i in items {
-                let k = i["TagKey"].as_str().ok_or("--tags: each tag needs a TagKey string")?;
-                let v = i["TagValue"].as_str().ok_or("--tags: each tag needs a TagValue string")?;
+                let k = i["TagKey"]
+                    .as_str()
+                    .ok_or("--tags: each tag needs a TagKey string")?;
+                let v = i["TagValue"]
+                    .as_str()
+                    .ok_or("--tags: each tag needs a TagValue string")?;
                 out.push((k.to_string(), v.to_string()));
             }
             continue;
@@ -66,7 +79,11 @@ pub fn parse_tags(args: &[String]) -> Result<Vec<(String, String)>, String> {
             match part.split_once('=') {
                 Some(("TagKey", x)) => k = Some(x.to_string()),
                 Some(("TagValue", x)) => v = Some(x.to_string()),
-                _ => return Err(format!("--tags: {part:?} is not TagKey=... or TagValue=...")),
+                _ => {
+                    return Err(format!(
+                        "--tags: {part:?} is not TagKey=... or TagValue=..."
+                    ));
+                }
             }
         }
         match (k, v) {
@@ -133,18 +150,36 @@ mod tests {
     #[test]
     fn blobs() {
         assert_eq!(blob_arg("aGk=", "--x").unwrap(), b"hi");
-        assert!(blob_arg("not base64!", "--x").unwrap_err().contains("fileb://"));
+        assert!(
+            blob_arg("not base64!", "--x")
+                .unwrap_err()
+                .contains("fileb://")
+        );
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("f");
         std::fs::write(&p, b"\x00\x01raw").unwrap();
-        assert_eq!(blob_arg(&format!("fileb://{}", p.display()), "--x").unwrap(), b"\x00\x01raw");
-        assert!(blob_arg("fileb:///nonexistent/x", "--x").unwrap_err().contains("cannot read"));
+        assert_eq!(
+            blob_arg(&format!("fileb://{}", p.display()), "--x").unwrap(),
+            b"\x00\x01raw"
+        );
+        assert!(
+            blob_arg("fileb:///nonexistent/x", "--x")
+                .unwrap_err()
+                .contains("cannot read")
+        );
     }
 
     #[test]
     fn tags() {
-        let t = parse_tags(&["TagKey=team,TagValue=ops".into(), r#"[{"TagKey":"a","TagValue":"b"}]"#.into()]).unwrap();
-        assert_eq!(t, vec![("team".into(), "ops".into()), ("a".into(), "b".into())]);
+        let t = parse_tags(&[
+            "TagKey=team,TagValue=ops".into(),
+            r#"[{"TagKey":"a","TagValue":"b"}]"#.into(),
+        ])
+        .unwrap();
+        assert_eq!(
+            t,
+            vec![("team".into(), "ops".into()), ("a".into(), "b".into())]
+        );
         assert!(parse_tags(&["TagKey=x".into()]).is_err());
         assert!(parse_tags(&["[{".into()]).is_err());
     }

@@ -242,7 +242,10 @@ fn b64(b: &[u8]) -> String {
 }
 
 fn ctx_opt(s: &Option<String>) -> Result<EncryptionContext, String> {
-    s.as_deref().map(ctx_arg).transpose().map(Option::unwrap_or_default)
+    s.as_deref()
+        .map(ctx_arg)
+        .transpose()
+        .map(Option::unwrap_or_default)
 }
 
 fn check_grant_tokens(tokens: &[String]) -> Result<(), String> {
@@ -264,8 +267,20 @@ pub fn operation_name(cmd: &KmsCommand) -> String {
 pub fn run(kms: &Kms, caller: &Caller, cmd: KmsCommand) -> Result<Value, CmdError> {
     use KmsCommand::*;
     let v = match cmd {
-        CreateKey { description, tags, key_usage, origin, key_spec } => {
-            let req = CreateKeyRequest { description, tags: parse_tags(&tags)?, key_usage, origin, key_spec };
+        CreateKey {
+            description,
+            tags,
+            key_usage,
+            origin,
+            key_spec,
+        } => {
+            let req = CreateKeyRequest {
+                description,
+                tags: parse_tags(&tags)?,
+                key_usage,
+                origin,
+                key_spec,
+            };
             json!({"KeyMetadata": kms.create_key(caller, req)?})
         }
         DescribeKey(k) => json!({"KeyMetadata": kms.describe_key(caller, &k.key_id)?}),
@@ -278,15 +293,19 @@ pub fn run(kms: &Kms, caller: &Caller, cmd: KmsCommand) -> Result<Value, CmdErro
             kms.disable_key(caller, &k.key_id)?;
             Value::Null
         }
-        ScheduleKeyDeletion { key, pending_window_in_days } => {
-            kms.schedule_key_deletion(caller, &key.key_id, pending_window_in_days)?
-        }
+        ScheduleKeyDeletion {
+            key,
+            pending_window_in_days,
+        } => kms.schedule_key_deletion(caller, &key.key_id, pending_window_in_days)?,
         CancelKeyDeletion(k) => kms.cancel_key_deletion(caller, &k.key_id)?,
         UpdateKeyDescription { key, description } => {
             kms.update_key_description(caller, &key.key_id, &description)?;
             Value::Null
         }
-        EnableKeyRotation { key, rotation_period_in_days } => {
+        EnableKeyRotation {
+            key,
+            rotation_period_in_days,
+        } => {
             kms.enable_key_rotation(caller, &key.key_id, rotation_period_in_days)?;
             Value::Null
         }
@@ -299,11 +318,17 @@ pub fn run(kms: &Kms, caller: &Caller, cmd: KmsCommand) -> Result<Value, CmdErro
         ListKeyRotations { key, paging } => {
             kms.list_key_rotations(caller, &key.key_id, paging.limit, paging.marker.as_deref())?
         }
-        CreateAlias { alias_name, target_key_id } => {
+        CreateAlias {
+            alias_name,
+            target_key_id,
+        } => {
             kms.create_alias(caller, &alias_name, &target_key_id)?;
             Value::Null
         }
-        UpdateAlias { alias_name, target_key_id } => {
+        UpdateAlias {
+            alias_name,
+            target_key_id,
+        } => {
             kms.update_alias(caller, &alias_name, &target_key_id)?;
             Value::Null
         }
@@ -311,9 +336,12 @@ pub fn run(kms: &Kms, caller: &Caller, cmd: KmsCommand) -> Result<Value, CmdErro
             kms.delete_alias(caller, &alias_name)?;
             Value::Null
         }
-        ListAliases { key_id, paging } => {
-            kms.list_aliases(caller, key_id.as_deref(), paging.limit, paging.marker.as_deref())?
-        }
+        ListAliases { key_id, paging } => kms.list_aliases(
+            caller,
+            key_id.as_deref(),
+            paging.limit,
+            paging.marker.as_deref(),
+        )?,
         TagResource { key, tags } => {
             kms.tag_resource(caller, &key.key_id, &parse_tags(&tags)?)?;
             Value::Null
@@ -325,18 +353,42 @@ pub fn run(kms: &Kms, caller: &Caller, cmd: KmsCommand) -> Result<Value, CmdErro
         ListResourceTags { key, paging } => {
             kms.list_resource_tags(caller, &key.key_id, paging.limit, paging.marker.as_deref())?
         }
-        Encrypt { key, plaintext, encryption_context, encryption_algorithm, grant_tokens } => {
+        Encrypt {
+            key,
+            plaintext,
+            encryption_context,
+            encryption_algorithm,
+            grant_tokens,
+        } => {
             check_grant_tokens(&grant_tokens)?;
             let pt = zeroize::Zeroizing::new(blob_arg(&plaintext, "--plaintext")?);
             let ctx = ctx_opt(&encryption_context)?;
-            let r = kms.encrypt(caller, &key.key_id, &pt, &ctx, encryption_algorithm.as_deref())?;
+            let r = kms.encrypt(
+                caller,
+                &key.key_id,
+                &pt,
+                &ctx,
+                encryption_algorithm.as_deref(),
+            )?;
             json!({"CiphertextBlob": b64(&r.ciphertext_blob), "KeyId": r.key_arn, "EncryptionAlgorithm": "SYMMETRIC_DEFAULT"})
         }
-        Decrypt { ciphertext_blob, encryption_context, key_id, encryption_algorithm, grant_tokens } => {
+        Decrypt {
+            ciphertext_blob,
+            encryption_context,
+            key_id,
+            encryption_algorithm,
+            grant_tokens,
+        } => {
             check_grant_tokens(&grant_tokens)?;
             let blob = blob_arg(&ciphertext_blob, "--ciphertext-blob")?;
             let ctx = ctx_opt(&encryption_context)?;
-            let r = kms.decrypt(caller, &blob, &ctx, key_id.as_deref(), encryption_algorithm.as_deref())?;
+            let r = kms.decrypt(
+                caller,
+                &blob,
+                &ctx,
+                key_id.as_deref(),
+                encryption_algorithm.as_deref(),
+            )?;
             json!({"KeyId": r.key_arn, "Plaintext": b64(r.plaintext.as_bytes()), "EncryptionAlgorithm": "SYMMETRIC_DEFAULT"})
         }
         ReEncrypt {
@@ -360,32 +412,86 @@ pub fn run(kms: &Kms, caller: &Caller, cmd: KmsCommand) -> Result<Value, CmdErro
             json!({"CiphertextBlob": b64(&r.ciphertext_blob), "SourceKeyId": r.source_key_arn, "KeyId": r.key_arn,
                    "SourceEncryptionAlgorithm": "SYMMETRIC_DEFAULT", "DestinationEncryptionAlgorithm": "SYMMETRIC_DEFAULT"})
         }
-        GenerateDataKey { key, key_spec, number_of_bytes, encryption_context, grant_tokens } => {
+        GenerateDataKey {
+            key,
+            key_spec,
+            number_of_bytes,
+            encryption_context,
+            grant_tokens,
+        } => {
             check_grant_tokens(&grant_tokens)?;
-            let spec = DataKeySpec { key_spec, number_of_bytes };
-            let r = kms.generate_data_key(caller, &key.key_id, &spec, &ctx_opt(&encryption_context)?, true)?;
+            let spec = DataKeySpec {
+                key_spec,
+                number_of_bytes,
+            };
+            let r = kms.generate_data_key(
+                caller,
+                &key.key_id,
+                &spec,
+                &ctx_opt(&encryption_context)?,
+                true,
+            )?;
             let pt = r.plaintext.as_ref().map(|p| b64(p.as_bytes()));
             json!({"CiphertextBlob": b64(&r.ciphertext_blob), "Plaintext": pt, "KeyId": r.key_arn})
         }
-        GenerateDataKeyWithoutPlaintext { key, key_spec, number_of_bytes, encryption_context, grant_tokens } => {
+        GenerateDataKeyWithoutPlaintext {
+            key,
+            key_spec,
+            number_of_bytes,
+            encryption_context,
+            grant_tokens,
+        } => {
             check_grant_tokens(&grant_tokens)?;
-            let spec = DataKeySpec { key_spec, number_of_bytes };
-            let r = kms.generate_data_key(caller, &key.key_id, &spec, &ctx_opt(&encryption_context)?, false)?;
+            let spec = DataKeySpec {
+                key_spec,
+                number_of_bytes,
+            };
+            let r = kms.generate_data_key(
+                caller,
+                &key.key_id,
+                &spec,
+                &ctx_opt(&encryption_context)?,
+                false,
+            )?;
             json!({"CiphertextBlob": b64(&r.ciphertext_blob), "KeyId": r.key_arn})
         }
         GenerateRandom { number_of_bytes } => {
             json!({"Plaintext": b64(kms.generate_random(caller, number_of_bytes)?.as_bytes())})
         }
-        GetParametersForImport { key, wrapping_algorithm, wrapping_key_spec } => {
-            kms.get_parameters_for_import(caller, &key.key_id, &wrapping_algorithm, &wrapping_key_spec)?
-        }
-        ImportKeyMaterial { key, import_token, encrypted_key_material, expiration_model, valid_to } => {
+        GetParametersForImport {
+            key,
+            wrapping_algorithm,
+            wrapping_key_spec,
+        } => kms.get_parameters_for_import(
+            caller,
+            &key.key_id,
+            &wrapping_algorithm,
+            &wrapping_key_spec,
+        )?,
+        ImportKeyMaterial {
+            key,
+            import_token,
+            encrypted_key_material,
+            expiration_model,
+            valid_to,
+        } => {
             let token = blob_arg(&import_token, "--import-token")?;
             let material = blob_arg(&encrypted_key_material, "--encrypted-key-material")?;
             let valid_to = valid_to
-                .map(|v| parse_time(&v).ok_or(format!("--valid-to {v:?} is not an RFC 3339 time or Unix seconds")))
+                .map(|v| {
+                    parse_time(&v).ok_or(format!(
+                        "--valid-to {v:?} is not an RFC 3339 time or Unix seconds"
+                    ))
+                })
                 .transpose()?;
-            kms.import_key_material(caller, &key.key_id, &token, &material, expiration_model.as_deref(), valid_to)?;
+            kms.import_key_material(
+                caller,
+                &key.key_id,
+                &token,
+                &material,
+                expiration_model.as_deref(),
+                valid_to,
+            )?;
             Value::Null
         }
         DeleteImportedKeyMaterial(k) => {

@@ -12,7 +12,11 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "kmsfs", version, about = "Encrypting FUSE filesystem with an embedded AWS-KMS-style key service")]
+#[command(
+    name = "kmsfs",
+    version,
+    about = "Encrypting FUSE filesystem with an embedded AWS-KMS-style key service"
+)]
 pub struct Cli {
     /// Directory holding the keystore and audit log [default: $KMSFS_HOME,
     /// /var/lib/kmsfs for root, else $XDG_DATA_HOME/kmsfs].
@@ -63,7 +67,8 @@ fn open_kms(home: &KmsHome, secret: &secret::SecretArgs, create: bool) -> Result
     }
     let existed = home.exists();
     let secret = secret.resolve(home, create)?;
-    let kms = Kms::open(home.clone(), &secret, create, Options::default()).map_err(|e| e.message)?;
+    let kms =
+        Kms::open(home.clone(), &secret, create, Options::default()).map_err(|e| e.message)?;
     if !existed {
         eprintln!(
             "kmsfs: created a new KMS home at {} (account {}). Every key lives only there, sealed under your passphrase or key file: back it up, and keep the secret; without both, data encrypted under these keys is lost.",
@@ -75,15 +80,27 @@ fn open_kms(home: &KmsHome, secret: &secret::SecretArgs, create: bool) -> Result
 }
 
 pub fn run(cli: Cli) -> i32 {
-    let Cli { kms_home, secret, command } = cli;
+    let Cli {
+        kms_home,
+        secret,
+        command,
+    } = cli;
     let home = KmsHome::new(kms_home.unwrap_or_else(KmsHome::default_dir));
     match command {
-        Command::Kms { output, query, op } => run_kms(&home, &secret, &output, query.as_deref(), op),
+        Command::Kms { output, query, op } => {
+            run_kms(&home, &secret, &output, query.as_deref(), op)
+        }
         Command::Audit { op } => run_audit(&home, &secret, &op),
     }
 }
 
-fn run_kms(home: &KmsHome, secret: &secret::SecretArgs, output: &str, query: Option<&str>, op: kms_cmd::KmsCommand) -> i32 {
+fn run_kms(
+    home: &KmsHome,
+    secret: &secret::SecretArgs,
+    output: &str,
+    query: Option<&str>,
+    op: kms_cmd::KmsCommand,
+) -> i32 {
     let name = kms_cmd::operation_name(&op);
     let kms = match open_kms(home, secret, op.creates_home()) {
         Ok(k) => k,
@@ -112,7 +129,10 @@ fn run_kms(home: &KmsHome, secret: &secret::SecretArgs, output: &str, query: Opt
             exit::USAGE
         }
         Err(kms_cmd::CmdError::Kms(e)) => {
-            eprintln!("An error occurred ({}) when calling the {name} operation: {}", e.code, e.message);
+            eprintln!(
+                "An error occurred ({}) when calling the {name} operation: {}",
+                e.code, e.message
+            );
             exit::SERVICE_ERROR
         }
     }

@@ -13,7 +13,12 @@ pub struct SecretArgs {
     #[arg(long, global = true, env = "KMSFS_KEY_FILE", value_name = "FILE")]
     pub key_file: Option<PathBuf>,
     /// Read the passphrase from the first line of FILE.
-    #[arg(long, global = true, env = "KMSFS_PASSPHRASE_FILE", value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        env = "KMSFS_PASSPHRASE_FILE",
+        value_name = "FILE"
+    )]
     pub passphrase_file: Option<PathBuf>,
     /// Run CMD (with sh -c) and use the first line it prints as the passphrase.
     #[arg(long, global = true, value_name = "CMD")]
@@ -23,14 +28,18 @@ pub struct SecretArgs {
 const MAX_SECRET_FILE: u64 = 4096;
 
 fn read_small(path: &Path, what: &str) -> Result<Zeroizing<Vec<u8>>, String> {
-    let mut f = std::fs::File::open(path).map_err(|e| format!("cannot open {what} {}: {e}", path.display()))?;
+    let mut f = std::fs::File::open(path)
+        .map_err(|e| format!("cannot open {what} {}: {e}", path.display()))?;
     let mut buf = Zeroizing::new(Vec::new());
     Read::by_ref(&mut f)
         .take(MAX_SECRET_FILE + 1)
         .read_to_end(&mut buf)
         .map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
     if buf.len() as u64 > MAX_SECRET_FILE {
-        return Err(format!("{what} {} is larger than {MAX_SECRET_FILE} bytes", path.display()));
+        return Err(format!(
+            "{what} {} is larger than {MAX_SECRET_FILE} bytes",
+            path.display()
+        ));
     }
     Ok(buf)
 }
@@ -52,7 +61,10 @@ pub fn parse_key_file(bytes: &[u8]) -> Option<Key256> {
 }
 
 fn first_line(bytes: &[u8]) -> SecretBytes {
-    let end = bytes.iter().position(|&b| b == b'\n').unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .position(|&b| b == b'\n')
+        .unwrap_or(bytes.len());
     let line = &bytes[..end];
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     SecretBytes::new(line.to_vec())
@@ -61,7 +73,11 @@ fn first_line(bytes: &[u8]) -> SecretBytes {
 impl SecretArgs {
     /// Chooses the secret to open (or, with `creating`, to create) `home`.
     pub fn resolve(&self, home: &KmsHome, creating: bool) -> Result<RootSecret, String> {
-        let spec = if home.exists() { Some(home.root_key_spec().map_err(|e| e.message)?) } else { None };
+        let spec = if home.exists() {
+            Some(home.root_key_spec().map_err(|e| e.message)?)
+        } else {
+            None
+        };
         let want_key_file = match &spec {
             Some(RootKeySpec::KeyFile) => true,
             Some(RootKeySpec::Passphrase { .. }) => false,
@@ -124,7 +140,14 @@ fn prompt(new: bool) -> Result<SecretBytes, String> {
         "no passphrase given and no terminal to ask on: use --passphrase-file FILE, --extpass CMD or --key-file FILE"
             .to_string()
     })?;
-    let first = read_hidden(&mut tty, if new { "New passphrase: " } else { "Passphrase: " })?;
+    let first = read_hidden(
+        &mut tty,
+        if new {
+            "New passphrase: "
+        } else {
+            "Passphrase: "
+        },
+    )?;
     if new {
         let again = read_hidden(&mut tty, "Repeat passphrase: ")?;
         if again != first {
@@ -173,7 +196,10 @@ mod tests {
     fn key_file_forms() {
         assert!(parse_key_file(&[7u8; 32]).is_some());
         let hex = "ab".repeat(32) + "\n";
-        assert_eq!(parse_key_file(hex.as_bytes()).unwrap().as_bytes(), &[0xab; 32]);
+        assert_eq!(
+            parse_key_file(hex.as_bytes()).unwrap().as_bytes(),
+            &[0xab; 32]
+        );
         assert!(parse_key_file(b"short").is_none());
         assert!(parse_key_file("zz".repeat(32).as_bytes()).is_none());
     }

@@ -11,7 +11,8 @@ use zeroize::Zeroizing;
 pub fn hkdf256(ikm: &[u8], salt: &[u8], info: &[u8]) -> Key256 {
     let hk = hkdf::Hkdf::<Sha256>::new(Some(salt), ikm);
     let mut okm = Zeroizing::new([0u8; 32]);
-    hk.expand(info, &mut *okm).expect("32 bytes is a valid HKDF length");
+    hk.expand(info, &mut *okm)
+        .expect("32 bytes is a valid HKDF length");
     Key256::from_bytes(*okm)
 }
 
@@ -37,7 +38,11 @@ impl Default for Argon2Params {
     /// 64 MiB, 3 passes: about a third of a second here, in line with gocryptfs's
     /// scrypt cost and OWASP's Argon2id guidance.
     fn default() -> Self {
-        Argon2Params { memory_kib: 64 * 1024, iterations: 3, parallelism: 1 }
+        Argon2Params {
+            memory_kib: 64 * 1024,
+            iterations: 3,
+            parallelism: 1,
+        }
     }
 }
 
@@ -77,7 +82,11 @@ mod tests {
 
     #[test]
     fn argon2_is_deterministic_and_salted() {
-        let p = Argon2Params { memory_kib: 256, iterations: 1, parallelism: 1 };
+        let p = Argon2Params {
+            memory_kib: 256,
+            iterations: 1,
+            parallelism: 1,
+        };
         let a = argon2id(b"pw", b"saltsaltsaltsalt", p).unwrap();
         let b = argon2id(b"pw", b"saltsaltsaltsalt", p).unwrap();
         let c = argon2id(b"pw", b"saltsaltsaltsalX", p).unwrap();

@@ -21,3 +21,15 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
     std::hint::black_box(diff) == 0
 }
+
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// Lowercase hex, appended to `out`: on the audit hot path, where `format!`
+/// per byte showed up in profiles.
+pub fn hex_into(bytes: &[u8], out: &mut String) {
+    out.reserve(bytes.len() * 2);
+    for &b in bytes {
+        out.push(HEX_DIGITS[(b >> 4) as usize] as char);
+        out.push(HEX_DIGITS[(b & 15) as usize] as char);
+    }
+}

@@ -16,7 +16,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 
 const MAC_MARK: &str = ",\"chainMac\":\"";
 const SEQ_MARK: &str = ",\"chainSeq\":";
@@ -56,7 +56,7 @@ pub struct Record {
     #[serde(rename = "sourceIPAddress")]
     pub source_ip_address: String,
     pub user_agent: String,
-    pub request_parameters: Value,
+    pub request_parameters: Box<serde_json::value::RawValue>,
     pub response_elements: Value,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_code: Option<&'static str>,
@@ -86,33 +86,51 @@ pub struct AuditLog {
     path: PathBuf,
     key: Key256,
     tail: Mutex<Tail>,
+    commit: Mutex<Commit>,
+    committed: Condvar,
 }
 
-struct Flock<'a>(&'a File);
+/// flock(2) held on a descriptor that outlives the guard.
+struct Flock(std::os::unix::io::RawFd);
 
-impl<'a> Flock<'a> {
-    fn exclusive(f: &'a File) -> io::Result<Self> {
-        // SAFETY: flock on a valid open descriptor.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+impl Flock {
+    fn exclusive(fd: std::os::unix::io::RawFd) -> io::Result<Self> {
+        // SAFETY: flock on a descriptor the caller keeps open.
+        if unsafe { libc::flock(fd, libc::LOCK_EX) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(Flock(f))
+        Ok(Flock(fd))
     }
 }
 
-impl Drop for Flock<'_> {
+impl Drop for Flock {
     fn drop(&mut self) {
         // SAFETY: as above; unlocking cannot be meaningfully handled on failure.
-        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+        unsafe { libc::flock(self.0, libc::LOCK_UN) };
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push_str(&format!("{b:02x}"));
+fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
     }
-    s
+    std::str::from_utf8(&buf[i..]).expect("digits")
+}
+
+#[derive(Default)]
+struct Commit {
+    queue: Vec<String>,
+    queued: u64,
+    done: u64,
+    leader: bool,
+    /// Ticket ranges whose batch failed to write, with the error.
+    failures: Vec<(u64, u64, String)>,
 }
 
 /// Splits a line into (the MACed prefix, chainSeq, MAC bytes).
@@ -131,8 +149,9 @@ fn split_line(line: &str) -> Result<(&str, u64, [u8; 32]), String> {
             .map_err(|_| "chainMac is not hex")?;
     }
     let sidx = prefix.rfind(SEQ_MARK).ok_or("no chainSeq field")?;
-    let seq: u64 =
-        prefix[sidx + SEQ_MARK.len()..].parse().map_err(|_| "chainSeq is not a number")?;
+    let seq: u64 = prefix[sidx + SEQ_MARK.len()..]
+        .parse()
+        .map_err(|_| "chainSeq is not a number")?;
     Ok((prefix, seq, mac))
 }
 
@@ -145,13 +164,23 @@ impl AuditLog {
             .read(true)
             .mode(0o600)
             .open(path)?;
-        let mut tail = Tail { file, end: u64::MAX, seq: 0, prev: [0; 32] };
+        let mut tail = Tail {
+            file,
+            end: u64::MAX,
+            seq: 0,
+            prev: [0; 32],
+        };
         {
-            let f = tail.file.try_clone()?;
-            let _lock = Flock::exclusive(&f)?;
+            let _lock = Flock::exclusive(tail.file.as_raw_fd())?;
             Self::resync(&mut tail)?;
         }
-        Ok(AuditLog { path: path.to_path_buf(), key, tail: Mutex::new(tail) })
+        Ok(AuditLog {
+            path: path.to_path_buf(),
+            key,
+            tail: Mutex::new(tail),
+            commit: Mutex::new(Commit::default()),
+            committed: Condvar::new(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -178,7 +207,10 @@ impl AuditLog {
             end = size - window + keep as u64;
             t.file.set_len(end)?;
             buf.truncate(keep);
-            tracing_warn(&format!("audit log: removed a torn final record ({} bytes)", size - end));
+            tracing_warn(&format!(
+                "audit log: removed a torn final record ({} bytes)",
+                size - end
+            ));
         }
         t.end = end;
         if buf.is_empty() {
@@ -202,30 +234,73 @@ impl AuditLog {
 
     /// Appends one record; returns only once it is in the file. An error here
     /// must fail the operation it records.
+    ///
+    /// Group commit: concurrent callers queue their records and one of them
+    /// writes the whole queue under a single flock and a single write(2), so
+    /// threads do not take turns at the file lock.
     pub fn append(&self, rec: &Record) -> io::Result<()> {
         let mut body = serde_json::to_string(rec).map_err(io::Error::other)?;
+        body.pop(); // the closing brace; the chain fields close the object
+        let mut c = self.commit.lock().unwrap_or_else(|e| e.into_inner());
+        c.queue.push(body);
+        c.queued += 1;
+        let mine = c.queued;
+        loop {
+            if c.done >= mine {
+                return match c.failures.iter().find(|f| f.0 <= mine && mine <= f.1) {
+                    Some(f) => Err(io::Error::other(f.2.clone())),
+                    None => Ok(()),
+                };
+            }
+            if c.leader {
+                c = self.committed.wait(c).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            c.leader = true;
+            let batch = std::mem::take(&mut c.queue);
+            let (lo, hi) = (c.done + 1, c.queued);
+            drop(c);
+            let res = self.write_batch(batch);
+            c = self.commit.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = res {
+                if c.failures.len() >= 64 {
+                    c.failures.remove(0);
+                }
+                c.failures.push((lo, hi, e.to_string()));
+            }
+            c.done = hi;
+            c.leader = false;
+            self.committed.notify_all();
+        }
+    }
+
+    fn write_batch(&self, batch: Vec<String>) -> io::Result<()> {
         let mut t = self.tail.lock().unwrap_or_else(|e| e.into_inner());
-        let f = t.file.try_clone()?;
-        let _lock = Flock::exclusive(&f)?;
-        if f.metadata()?.len() != t.end {
+        let _lock = Flock::exclusive(t.file.as_raw_fd())?;
+        if t.file.metadata()?.len() != t.end {
             Self::resync(&mut t)?;
         }
-        body.pop(); // the closing brace
-        let seq = t.seq + 1;
-        body.push_str(SEQ_MARK);
-        body.push_str(&seq.to_string());
-        let mac = hmac_sha256(self.key.as_bytes(), &[&t.prev, body.as_bytes()]);
-        body.push_str(MAC_MARK);
-        body.push_str(&hex(&mac));
-        body.push_str("\"}\n");
-        if let Err(e) = (&t.file).write_all(body.as_bytes()) {
+        let mut out = String::with_capacity(batch.iter().map(|b| b.len() + 110).sum());
+        let (mut seq, mut prev) = (t.seq, t.prev);
+        for body in batch {
+            let start = out.len();
+            seq += 1;
+            out.push_str(&body);
+            out.push_str(SEQ_MARK);
+            out.push_str(itoa_u64(seq, &mut [0u8; 20]));
+            prev = hmac_sha256(self.key.as_bytes(), &[&prev, &out.as_bytes()[start..]]);
+            out.push_str(MAC_MARK);
+            crate::crypto::hex_into(&prev, &mut out);
+            out.push_str("\"}\n");
+        }
+        if let Err(e) = (&t.file).write_all(out.as_bytes()) {
             // A partial write is cut off by the next resync.
             t.end = u64::MAX;
             return Err(e);
         }
-        t.end += body.len() as u64;
+        t.end += out.len() as u64;
         t.seq = seq;
-        t.prev = mac;
+        t.prev = prev;
         Ok(())
     }
 
@@ -259,11 +334,15 @@ pub struct VerifyReport {
 pub fn verify(path: &Path, key: &Key256) -> io::Result<VerifyReport> {
     let data = std::fs::read(path)?;
     let mut prev = [0u8; 32];
-    let mut expected = 1u64;
     let mut n = 0u64;
     for (i, raw) in data.split_inclusive(|&b| b == b'\n').enumerate() {
         let lineno = i as u64 + 1;
-        let bad = |why: String| Ok(VerifyReport { records: n, first_bad: Some((lineno, why)) });
+        let bad = |why: String| {
+            Ok(VerifyReport {
+                records: n,
+                first_bad: Some((lineno, why)),
+            })
+        };
         let Some(raw) = raw.strip_suffix(b"\n") else {
             return bad("the last line is incomplete (torn write)".into());
         };
@@ -277,6 +356,7 @@ pub fn verify(path: &Path, key: &Key256) -> io::Result<VerifyReport> {
             Ok(p) => p,
             Err(e) => return bad(format!("{e} (edited)")),
         };
+        let expected = lineno;
         if seq != expected {
             return bad(format!(
                 "chainSeq is {seq} where {expected} was expected: a line was deleted, inserted or reordered here"
@@ -287,10 +367,12 @@ pub fn verify(path: &Path, key: &Key256) -> io::Result<VerifyReport> {
             return bad("MAC mismatch: this line was edited or forged".into());
         }
         prev = mac;
-        expected += 1;
         n += 1;
     }
-    Ok(VerifyReport { records: n, first_bad: None })
+    Ok(VerifyReport {
+        records: n,
+        first_bad: None,
+    })
 }
 
 #[cfg(test)]
@@ -317,7 +399,7 @@ mod tests {
             aws_region: "local",
             source_ip_address: "local".into(),
             user_agent: "test".into(),
-            request_parameters: json!({"keyId": "k"}),
+            request_parameters: serde_json::value::to_raw_value(&json!({"keyId": "k"})).unwrap(),
             response_elements: Value::Null,
             error_code: None,
             error_message: None,
@@ -344,7 +426,11 @@ mod tests {
     }
 
     fn lines(path: &Path) -> Vec<String> {
-        std::fs::read_to_string(path).unwrap().lines().map(String::from).collect()
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect()
     }
 
     fn write_lines(path: &Path, l: &[String]) {
@@ -358,12 +444,23 @@ mod tests {
         write_n(&p, 3);
         write_n(&p, 2);
         let r = verify(&p, &key()).unwrap();
-        assert_eq!(r, VerifyReport { records: 5, first_bad: None });
+        assert_eq!(
+            r,
+            VerifyReport {
+                records: 5,
+                first_bad: None
+            }
+        );
         for l in lines(&p) {
             let v: Value = serde_json::from_str(&l).unwrap();
             assert_eq!(v["eventName"], "Decrypt");
         }
-        assert!(verify(&p, &Key256::from_bytes([6; 32])).unwrap().first_bad.is_some());
+        assert!(
+            verify(&p, &Key256::from_bytes([6; 32]))
+                .unwrap()
+                .first_bad
+                .is_some()
+        );
     }
 
     #[test]
@@ -403,7 +500,13 @@ mod tests {
         f.write_all(b"{\"eventVersion\":\"1.0").unwrap();
         assert!(verify(&p, &key()).unwrap().first_bad.is_some());
         write_n(&p, 1);
-        assert_eq!(verify(&p, &key()).unwrap(), VerifyReport { records: 3, first_bad: None });
+        assert_eq!(
+            verify(&p, &key()).unwrap(),
+            VerifyReport {
+                records: 3,
+                first_bad: None
+            }
+        );
     }
 
     #[test]
@@ -413,8 +516,19 @@ mod tests {
         let a = AuditLog::open(&p, key()).unwrap();
         let b = AuditLog::open(&p, key()).unwrap();
         for i in 0..10 {
-            if i % 3 == 0 { b.append(&rec("Encrypt")) } else { a.append(&rec("Decrypt")) }.unwrap();
+            if i % 3 == 0 {
+                b.append(&rec("Encrypt"))
+            } else {
+                a.append(&rec("Decrypt"))
+            }
+            .unwrap();
         }
-        assert_eq!(verify(&p, &key()).unwrap(), VerifyReport { records: 10, first_bad: None });
+        assert_eq!(
+            verify(&p, &key()).unwrap(),
+            VerifyReport {
+                records: 10,
+                first_bad: None
+            }
+        );
     }
 }

@@ -22,20 +22,28 @@ impl Filter {
     pub fn matches(&self, r: &Value) -> bool {
         if let Some(k) = &self.key {
             let in_params = r["requestParameters"]["keyId"].as_str() == Some(k.as_str());
-            let in_resources = r["resources"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|x| x["ARN"].as_str().is_some_and(|arn| arn == k || arn.ends_with(&format!("/{k}")))));
+            let in_resources = r["resources"].as_array().is_some_and(|a| {
+                a.iter().any(|x| {
+                    x["ARN"]
+                        .as_str()
+                        .is_some_and(|arn| arn == k || arn.ends_with(&format!("/{k}")))
+                })
+            });
             if !in_params && !in_resources {
                 return false;
             }
         }
         if let Some(e) = &self.event
-            && !r["eventName"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(e))
+            && !r["eventName"]
+                .as_str()
+                .is_some_and(|n| n.eq_ignore_ascii_case(e))
         {
             return false;
         }
         if self.since.is_some() || self.until.is_some() {
-            let Some(t) = r["eventTime"].as_str().and_then(parse_time) else { return false };
+            let Some(t) = r["eventTime"].as_str().and_then(parse_time) else {
+                return false;
+            };
             if self.since.is_some_and(|s| t < s) || self.until.is_some_and(|u| t > u) {
                 return false;
             }
@@ -52,7 +60,11 @@ impl Filter {
             let ctx = &r["requestParameters"]["encryptionContext"];
             let hit = |v: &Value| {
                 v["kmsfs:path"].as_str().is_some_and(|fp| {
-                    if p.ends_with('/') { fp.starts_with(p.as_str()) } else { fp == p }
+                    if p.ends_with('/') {
+                        fp.starts_with(p.as_str())
+                    } else {
+                        fp == p
+                    }
                 })
             };
             if !hit(ctx) && !hit(&r["requestParameters"]["sourceEncryptionContext"]) {
@@ -78,16 +90,26 @@ pub fn table_row(r: &Value) -> String {
         .map(String::from)
         .unwrap_or_else(|| s(&r["requestParameters"]["keyId"]));
     let ctx = match &r["requestParameters"]["encryptionContext"] {
-        Value::Object(m) if !m.is_empty() => {
-            m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(",")
-        }
+        Value::Object(m) if !m.is_empty() => m
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+            .collect::<Vec<_>>()
+            .join(","),
         _ => "-".into(),
     };
     let outcome = match r["errorCode"].as_str() {
         Some(c) => c.to_string(),
         None => "ok".into(),
     };
-    format!("{}  {:<28} {:<32} {:<36} {}  {}", s(&r["eventTime"]), s(&r["eventName"]), who, key, ctx, outcome)
+    format!(
+        "{}  {:<28} {:<32} {:<36} {}  {}",
+        s(&r["eventTime"]),
+        s(&r["eventName"]),
+        who,
+        key,
+        ctx,
+        outcome
+    )
 }
 
 #[cfg(test)]
@@ -108,28 +130,111 @@ mod tests {
     fn each_filter() {
         let r = rec();
         assert!(Filter::default().matches(&r));
-        assert!(Filter { key: Some("abc".into()), ..Default::default() }.matches(&r));
-        assert!(!Filter { key: Some("abd".into()), ..Default::default() }.matches(&r));
-        assert!(Filter { event: Some("decrypt".into()), ..Default::default() }.matches(&r));
-        assert!(!Filter { event: Some("Encrypt".into()), ..Default::default() }.matches(&r));
+        assert!(
+            Filter {
+                key: Some("abc".into()),
+                ..Default::default()
+            }
+            .matches(&r)
+        );
+        assert!(
+            !Filter {
+                key: Some("abd".into()),
+                ..Default::default()
+            }
+            .matches(&r)
+        );
+        assert!(
+            Filter {
+                event: Some("decrypt".into()),
+                ..Default::default()
+            }
+            .matches(&r)
+        );
+        assert!(
+            !Filter {
+                event: Some("Encrypt".into()),
+                ..Default::default()
+            }
+            .matches(&r)
+        );
         let t = parse_time("2026-11-29T10:00:00Z").unwrap();
-        assert!(Filter { since: Some(t), until: Some(t), ..Default::default() }.matches(&r));
-        assert!(!Filter { since: Some(t + 1), ..Default::default() }.matches(&r));
-        assert!(!Filter { errors_only: true, ..Default::default() }.matches(&r));
+        assert!(
+            Filter {
+                since: Some(t),
+                until: Some(t),
+                ..Default::default()
+            }
+            .matches(&r)
+        );
+        assert!(
+            !Filter {
+                since: Some(t + 1),
+                ..Default::default()
+            }
+            .matches(&r)
+        );
+        assert!(
+            !Filter {
+                errors_only: true,
+                ..Default::default()
+            }
+            .matches(&r)
+        );
         let mut e = rec();
         e["errorCode"] = "AccessDeniedException".into();
-        assert!(Filter { errors_only: true, ..Default::default() }.matches(&e));
-        assert!(Filter { uid: Some(1000), ..Default::default() }.matches(&r));
-        assert!(!Filter { uid: Some(0), ..Default::default() }.matches(&r));
-        assert!(Filter { path: Some("projects/".into()), ..Default::default() }.matches(&r));
-        assert!(Filter { path: Some("projects/x.txt".into()), ..Default::default() }.matches(&r));
-        assert!(!Filter { path: Some("projects/x".into()), ..Default::default() }.matches(&r));
+        assert!(
+            Filter {
+                errors_only: true,
+                ..Default::default()
+            }
+            .matches(&e)
+        );
+        assert!(
+            Filter {
+                uid: Some(1000),
+                ..Default::default()
+            }
+            .matches(&r)
+        );
+        assert!(
+            !Filter {
+                uid: Some(0),
+                ..Default::default()
+            }
+            .matches(&r)
+        );
+        assert!(
+            Filter {
+                path: Some("projects/".into()),
+                ..Default::default()
+            }
+            .matches(&r)
+        );
+        assert!(
+            Filter {
+                path: Some("projects/x.txt".into()),
+                ..Default::default()
+            }
+            .matches(&r)
+        );
+        assert!(
+            !Filter {
+                path: Some("projects/x".into()),
+                ..Default::default()
+            }
+            .matches(&r)
+        );
     }
 
     #[test]
     fn table_row_names_who_and_what() {
         let row = table_row(&rec());
-        assert!(row.contains("uid:1000(cat)") && row.contains("abc") && row.contains("kmsfs:path=projects/x.txt"));
+        assert!(
+            row.contains("uid:1000(cat)")
+                && row.contains("abc")
+                && row.contains("kmsfs:path=projects/x.txt")
+        );
         assert!(row.ends_with("ok"));
     }
 }

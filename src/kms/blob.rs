@@ -63,11 +63,17 @@ impl std::fmt::Display for BlobError {
                 HEADER_LEN + crate::crypto::TAG_LEN
             ),
             BlobError::TooLong(n) => {
-                write!(f, "ciphertext blob is {n} bytes, longer than the {MAX_BLOB_LEN} of the largest valid blob")
+                write!(
+                    f,
+                    "ciphertext blob is {n} bytes, longer than the {MAX_BLOB_LEN} of the largest valid blob"
+                )
             }
             BlobError::BadMagic => f.write_str("not a kmsfs ciphertext blob (bad magic bytes)"),
             BlobError::UnsupportedVersion(v) => {
-                write!(f, "ciphertext blob format version {v} is not supported by this kmsfs")
+                write!(
+                    f,
+                    "ciphertext blob format version {v} is not supported by this kmsfs"
+                )
             }
         }
     }
@@ -93,7 +99,11 @@ pub fn parse(bytes: &[u8]) -> Result<Blob<'_>, BlobError> {
         salt: header_bytes[23..39].try_into().expect("16 bytes"),
         nonce: header_bytes[39..51].try_into().expect("12 bytes"),
     };
-    Ok(Blob { header, header_bytes, sealed })
+    Ok(Blob {
+        header,
+        header_bytes,
+        sealed,
+    })
 }
 
 /// Builds a blob: the header followed by ciphertext || tag.
@@ -110,7 +120,12 @@ mod tests {
     use proptest::prelude::*;
 
     fn header() -> BlobHeader {
-        BlobHeader { key_id: KeyId::random(), material_version: 7, salt: [3; 16], nonce: [9; 12] }
+        BlobHeader {
+            key_id: KeyId::random(),
+            material_version: 7,
+            salt: [3; 16],
+            nonce: [9; 12],
+        }
     }
 
     #[test]
@@ -126,7 +141,10 @@ mod tests {
     #[test]
     fn rejects_bad_input() {
         let b = assemble(&header(), &[0u8; 16]);
-        assert!(matches!(parse(&b[..b.len() - 1]), Err(BlobError::TooShort(_))));
+        assert!(matches!(
+            parse(&b[..b.len() - 1]),
+            Err(BlobError::TooShort(_))
+        ));
         let mut m = b.clone();
         m[0] = b'x';
         assert_eq!(parse(&m).unwrap_err(), BlobError::BadMagic);

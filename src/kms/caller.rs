@@ -30,16 +30,33 @@ impl Caller {
     pub fn this_process(via: Via) -> Self {
         // SAFETY: these libc calls have no preconditions and cannot fail.
         let (uid, gid, pid) = unsafe { (libc::getuid(), libc::getgid(), libc::getpid()) };
-        Caller { uid, gid, pid: pid as u32, process: process_name(pid as u32), via, source_ip: None }
+        Caller {
+            uid,
+            gid,
+            pid: pid as u32,
+            process: process_name(pid as u32),
+            via,
+            source_ip: None,
+        }
     }
 
     /// A FUSE request's originator.
     pub fn local(uid: u32, gid: u32, pid: u32, via: Via) -> Self {
-        Caller { uid, gid, pid, process: process_name(pid), via, source_ip: None }
+        Caller {
+            uid,
+            gid,
+            pid,
+            process: process_name(pid),
+            via,
+            source_ip: None,
+        }
     }
 
     pub fn service() -> Self {
-        Caller { via: Via::Service, ..Caller::this_process(Via::Service) }
+        Caller {
+            via: Via::Service,
+            ..Caller::this_process(Via::Service)
+        }
     }
 
     /// The principal string policies use, e.g. `uid:1000`.
@@ -50,5 +67,7 @@ impl Caller {
 
 /// `/proc/PID/comm`, which the process itself controls: record it, never trust it.
 pub fn process_name(pid: u32) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim_end().to_string())
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim_end().to_string())
 }

@@ -15,7 +15,10 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> i64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0)
     }
 }
 
@@ -65,7 +68,12 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 pub fn rfc3339(t: i64) -> String {
     let (y, mo, d) = civil_from_days(t.div_euclid(DAY));
     let s = t.rem_euclid(DAY);
-    format!("{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}Z", s / 3600, s / 60 % 60, s % 60)
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
 }
 
 /// Parses `YYYY-MM-DD`, `YYYY-MM-DDTHH:MM:SSZ` (fractions and a numeric offset
@@ -78,7 +86,9 @@ pub fn parse_time(s: &str) -> Option<i64> {
     let b = s.as_bytes();
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
         let t = s.get(r)?;
-        t.bytes().all(|c| c.is_ascii_digit()).then(|| t.parse().ok())?
+        t.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| t.parse().ok())?
     };
     if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
         return None;

@@ -24,7 +24,12 @@ impl EncryptionContext {
     pub fn from_pairs<K: Into<String>, V: Into<String>>(
         pairs: impl IntoIterator<Item = (K, V)>,
     ) -> Self {
-        EncryptionContext(pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
+        EncryptionContext(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
     }
 
     pub fn insert(&mut self, k: impl Into<String>, v: impl Into<String>) {
@@ -85,9 +90,8 @@ impl EncryptionContext {
     pub fn parse_cli(s: &str) -> Result<Self, String> {
         let t = s.trim();
         if t.starts_with('{') {
-            let m: BTreeMap<String, String> = serde_json::from_str(t).map_err(|e| {
-                format!("encryption context is not a JSON object of strings: {e}")
-            })?;
+            let m: BTreeMap<String, String> = serde_json::from_str(t)
+                .map_err(|e| format!("encryption context is not a JSON object of strings: {e}"))?;
             return Ok(EncryptionContext(m));
         }
         let mut m = BTreeMap::new();
@@ -146,7 +150,11 @@ mod tests {
     fn limits() {
         let big = EncryptionContext::from_pairs([("k", "v".repeat(MAX_CONTEXT_BYTES))]);
         assert!(big.validate().is_err());
-        assert!(EncryptionContext::from_pairs([("", "v")]).validate().is_err());
+        assert!(
+            EncryptionContext::from_pairs([("", "v")])
+                .validate()
+                .is_err()
+        );
         let ok = EncryptionContext::from_pairs([("k", "v".repeat(MAX_CONTEXT_BYTES - 1))]);
         assert!(ok.validate().is_ok());
     }
@@ -160,7 +168,10 @@ mod tests {
         assert!(EncryptionContext::parse_cli("novalue").is_err());
         assert!(EncryptionContext::parse_cli("a=1,a=2").is_err());
         assert!(EncryptionContext::parse_cli("{\"a\":1}").is_err());
-        assert_eq!(EncryptionContext::parse_cli("k=a=b").unwrap().get("k"), Some("a=b"));
+        assert_eq!(
+            EncryptionContext::parse_cli("k=a=b").unwrap().get("k"),
+            Some("a=b")
+        );
     }
 
     proptest! {

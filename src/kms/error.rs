@@ -75,7 +75,10 @@ pub struct KmsError {
 
 impl KmsError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        KmsError { code, message: message.into() }
+        KmsError {
+            code,
+            message: message.into(),
+        }
     }
     pub fn validation(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::ValidationException, message)

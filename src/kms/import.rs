@@ -34,7 +34,10 @@ impl WrappingKey {
                 .as_bytes()
                 .to_vec(),
         );
-        Ok(WrappingKey { public_der, private_der })
+        Ok(WrappingKey {
+            public_der,
+            private_der,
+        })
     }
 }
 
@@ -51,7 +54,10 @@ pub fn unwrap(private_der: &SecretBytes, wrapped: &[u8]) -> KmsResult<Key256> {
     Key256::from_slice(material.as_bytes()).ok_or_else(|| {
         KmsError::new(
             ErrorCode::IncorrectKeyMaterialException,
-            format!("imported key material is {} bytes; a symmetric key needs exactly 32", material.len()),
+            format!(
+                "imported key material is {} bytes; a symmetric key needs exactly 32",
+                material.len()
+            ),
         )
     })
 }
@@ -59,7 +65,8 @@ pub fn unwrap(private_der: &SecretBytes, wrapped: &[u8]) -> KmsResult<Key256> {
 /// Wraps material as a user would (tests and examples use it).
 pub fn wrap_for_import(public_der: &[u8], material: &[u8]) -> Result<Vec<u8>, String> {
     use rsa::pkcs8::DecodePublicKey;
-    let public = RsaPublicKey::from_public_key_der(public_der).map_err(|e| format!("bad public key: {e}"))?;
+    let public = RsaPublicKey::from_public_key_der(public_der)
+        .map_err(|e| format!("bad public key: {e}"))?;
     public
         .encrypt(&mut rand_core::OsRng, Oaep::new::<sha2::Sha256>(), material)
         .map_err(|e| format!("RSA-OAEP encryption failed: {e}"))

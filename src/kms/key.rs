@@ -127,7 +127,11 @@ impl Key {
 
     pub fn add_material(&mut self, key: Key256, now: i64) -> u32 {
         let version = self.materials.last().map_or(1, |m| m.version + 1);
-        self.materials.push(Material { version, created: now, key });
+        self.materials.push(Material {
+            version,
+            created: now,
+            key,
+        });
         version
     }
 }
@@ -187,14 +191,19 @@ pub fn check_state(op: Op, key: &Key) -> KmsResult<()> {
         (Op::Rotation, _) => invalid("rotation needs an enabled key"),
         (Op::Modify, PendingDeletion) => invalid("a key pending deletion cannot be changed"),
         (Op::Modify, _) => Ok(()),
-        (Op::AliasTarget, PendingDeletion) => invalid("an alias cannot point at a key pending deletion"),
+        (Op::AliasTarget, PendingDeletion) => {
+            invalid("an alias cannot point at a key pending deletion")
+        }
         (Op::AliasTarget, _) => Ok(()),
         (Op::GetParametersForImport | Op::ImportKeyMaterial | Op::DeleteImportedKeyMaterial, _)
             if key.origin != Origin::External =>
         {
             Err(KmsError::new(
                 ErrorCode::UnsupportedOperationException,
-                format!("key {id} has origin {}; only EXTERNAL keys take imported material", key.origin.as_str()),
+                format!(
+                    "key {id} has origin {}; only EXTERNAL keys take imported material",
+                    key.origin.as_str()
+                ),
             ))
         }
         (Op::GetParametersForImport | Op::ImportKeyMaterial, PendingDeletion) => {
@@ -244,24 +253,57 @@ mod tests {
         let x = Origin::External;
         assert_eq!(code(Op::Crypto, Enabled, k), None);
         assert_eq!(code(Op::Crypto, Disabled, k), Some(DisabledException));
-        assert_eq!(code(Op::Crypto, PendingDeletion, k), Some(KMSInvalidStateException));
-        assert_eq!(code(Op::Crypto, PendingImport, x), Some(KMSInvalidStateException));
+        assert_eq!(
+            code(Op::Crypto, PendingDeletion, k),
+            Some(KMSInvalidStateException)
+        );
+        assert_eq!(
+            code(Op::Crypto, PendingImport, x),
+            Some(KMSInvalidStateException)
+        );
         assert_eq!(code(Op::Enable, Disabled, k), None);
-        assert_eq!(code(Op::Enable, PendingDeletion, k), Some(KMSInvalidStateException));
-        assert_eq!(code(Op::Disable, PendingImport, x), Some(KMSInvalidStateException));
+        assert_eq!(
+            code(Op::Enable, PendingDeletion, k),
+            Some(KMSInvalidStateException)
+        );
+        assert_eq!(
+            code(Op::Disable, PendingImport, x),
+            Some(KMSInvalidStateException)
+        );
         assert_eq!(code(Op::ScheduleDeletion, Disabled, k), None);
         assert_eq!(code(Op::ScheduleDeletion, PendingImport, x), None);
-        assert_eq!(code(Op::ScheduleDeletion, PendingDeletion, k), Some(KMSInvalidStateException));
-        assert_eq!(code(Op::CancelDeletion, Enabled, k), Some(KMSInvalidStateException));
+        assert_eq!(
+            code(Op::ScheduleDeletion, PendingDeletion, k),
+            Some(KMSInvalidStateException)
+        );
+        assert_eq!(
+            code(Op::CancelDeletion, Enabled, k),
+            Some(KMSInvalidStateException)
+        );
         assert_eq!(code(Op::CancelDeletion, PendingDeletion, k), None);
         assert_eq!(code(Op::Rotation, Disabled, k), Some(DisabledException));
-        assert_eq!(code(Op::Modify, PendingDeletion, k), Some(KMSInvalidStateException));
+        assert_eq!(
+            code(Op::Modify, PendingDeletion, k),
+            Some(KMSInvalidStateException)
+        );
         assert_eq!(code(Op::Modify, Disabled, k), None);
-        assert_eq!(code(Op::AliasTarget, PendingDeletion, k), Some(KMSInvalidStateException));
-        assert_eq!(code(Op::GetParametersForImport, Enabled, k), Some(UnsupportedOperationException));
+        assert_eq!(
+            code(Op::AliasTarget, PendingDeletion, k),
+            Some(KMSInvalidStateException)
+        );
+        assert_eq!(
+            code(Op::GetParametersForImport, Enabled, k),
+            Some(UnsupportedOperationException)
+        );
         assert_eq!(code(Op::GetParametersForImport, PendingImport, x), None);
-        assert_eq!(code(Op::ImportKeyMaterial, PendingDeletion, x), Some(KMSInvalidStateException));
-        assert_eq!(code(Op::DeleteImportedKeyMaterial, PendingImport, x), Some(KMSInvalidStateException));
+        assert_eq!(
+            code(Op::ImportKeyMaterial, PendingDeletion, x),
+            Some(KMSInvalidStateException)
+        );
+        assert_eq!(
+            code(Op::DeleteImportedKeyMaterial, PendingImport, x),
+            Some(KMSInvalidStateException)
+        );
         assert_eq!(code(Op::DeleteImportedKeyMaterial, Enabled, x), None);
     }
 

@@ -66,13 +66,23 @@ fn hexval(c: u8) -> Option<u8> {
 
 impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, byte) in self.0.iter().enumerate() {
-            if matches!(i, 4 | 6 | 8 | 10) {
-                f.write_str("-")?;
+        let mut s = String::with_capacity(36);
+        for (i, chunk) in [
+            &self.0[0..4],
+            &self.0[4..6],
+            &self.0[6..8],
+            &self.0[8..10],
+            &self.0[10..16],
+        ]
+        .iter()
+        .enumerate()
+        {
+            if i > 0 {
+                s.push('-');
             }
-            write!(f, "{byte:02x}")?;
+            crate::crypto::hex_into(chunk, &mut s);
         }
-        Ok(())
+        f.write_str(&s)
     }
 }
 
@@ -118,7 +128,10 @@ impl KeyRef {
                 )
             })?;
             let (acct, res) = tail.split_once(':').ok_or_else(|| {
-                KmsError::new(ErrorCode::InvalidArnException, format!("malformed ARN {s:?}"))
+                KmsError::new(
+                    ErrorCode::InvalidArnException,
+                    format!("malformed ARN {s:?}"),
+                )
             })?;
             if acct != account {
                 return Err(KmsError::not_found(format!(
@@ -127,7 +140,10 @@ impl KeyRef {
             }
             if let Some(id) = res.strip_prefix("key/") {
                 return KeyId::parse(id).map(KeyRef::Id).ok_or_else(|| {
-                    KmsError::new(ErrorCode::InvalidArnException, format!("bad key id in ARN {s:?}"))
+                    KmsError::new(
+                        ErrorCode::InvalidArnException,
+                        format!("bad key id in ARN {s:?}"),
+                    )
                 });
             }
             if res.starts_with("alias/") {
@@ -153,7 +169,10 @@ impl KeyRef {
 /// under a reserved prefix unless kmsfs itself creates it.
 pub fn validate_alias_name(name: &str, allow_managed: bool) -> KmsResult<()> {
     let bad = |why: &str| {
-        Err(KmsError::new(ErrorCode::InvalidAliasNameException, format!("alias {name:?} {why}")))
+        Err(KmsError::new(
+            ErrorCode::InvalidAliasNameException,
+            format!("alias {name:?} {why}"),
+        ))
     };
     let Some(rest) = name.strip_prefix("alias/") else {
         return bad("must begin with \"alias/\"");
@@ -161,7 +180,10 @@ pub fn validate_alias_name(name: &str, allow_managed: bool) -> KmsResult<()> {
     if rest.is_empty() || name.len() > 256 {
         return bad("must have 1 to 250 characters after \"alias/\"");
     }
-    if !rest.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'/' | b'_' | b'-')) {
+    if !rest
+        .bytes()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'/' | b'_' | b'-'))
+    {
         return bad("may contain only letters, digits, '/', '_' and '-'");
     }
     if name.starts_with(AWS_RESERVED_PREFIX) {
@@ -208,13 +230,23 @@ mod tests {
         assert_eq!(other.code, ErrorCode::NotFoundException);
         let e = KeyRef::parse("arn:aws:kms:us-east-1:1:key/x", acct).unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidArnException);
-        assert_eq!(KeyRef::parse("nope", acct).unwrap_err().code, ErrorCode::NotFoundException);
+        assert_eq!(
+            KeyRef::parse("nope", acct).unwrap_err().code,
+            ErrorCode::NotFoundException
+        );
     }
 
     #[test]
     fn alias_rules() {
         assert!(validate_alias_name("alias/app-1/x_y", false).is_ok());
-        for bad in ["app", "alias/", "alias/a b", "alias/aws/x", "alias/kmsfs/x", "alias/é"] {
+        for bad in [
+            "app",
+            "alias/",
+            "alias/a b",
+            "alias/aws/x",
+            "alias/kmsfs/x",
+            "alias/é",
+        ] {
             let e = validate_alias_name(bad, false).unwrap_err();
             assert_eq!(e.code, ErrorCode::InvalidAliasNameException, "{bad}");
         }

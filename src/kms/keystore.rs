@@ -6,8 +6,8 @@
 //! directory) and serialised across processes by flock(2) on a lock file, so
 //! two `kmsfs kms create-key` runs at once both land.
 
-use super::keyref::KeyId;
 use super::key::Key;
+use super::keyref::KeyId;
 use crate::crypto::kdf::{Argon2Params, argon2id, hkdf256, hmac_sha256};
 use crate::crypto::{AeadKey, Key256, SecretBytes};
 use base64::Engine;
@@ -49,7 +49,9 @@ mod secret_b64 {
     }
     pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SecretBytes, D::Error> {
         let s = Zeroizing::new(String::deserialize(d)?);
-        B64.decode(s.as_bytes()).map(SecretBytes::new).map_err(serde::de::Error::custom)
+        B64.decode(s.as_bytes())
+            .map(SecretBytes::new)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -72,7 +74,11 @@ pub struct State {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "source", rename_all = "kebab-case")]
 pub enum RootKeySpec {
-    Passphrase { kdf: String, salt: String, params: Argon2Params },
+    Passphrase {
+        kdf: String,
+        salt: String,
+        params: Argon2Params,
+    },
     KeyFile,
 }
 
@@ -113,7 +119,10 @@ pub struct HomeError {
 
 impl HomeError {
     fn new(kind: HomeErrorKind, message: impl Into<String>) -> Self {
-        HomeError { kind, message: message.into() }
+        HomeError {
+            kind,
+            message: message.into(),
+        }
     }
     fn io(what: &str, path: &Path, e: io::Error) -> Self {
         Self::new(HomeErrorKind::Io, format!("{what} {}: {e}", path.display()))
@@ -156,7 +165,11 @@ pub struct Stamp {
 }
 
 fn stamp_of(m: &fs::Metadata) -> Stamp {
-    Stamp { ino: m.ino(), mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(), size: m.size() }
+    Stamp {
+        ino: m.ino(),
+        mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+        size: m.size(),
+    }
 }
 
 /// The directory holding keystore.json, keystore.lock and audit.log.
@@ -227,7 +240,9 @@ impl KmsHome {
     }
 
     pub fn stamp(&self) -> Option<Stamp> {
-        fs::metadata(self.keystore_path()).ok().map(|m| stamp_of(&m))
+        fs::metadata(self.keystore_path())
+            .ok()
+            .map(|m| stamp_of(&m))
     }
 
     /// The root-key spec, readable without the secret (to know what to ask for).
@@ -250,7 +265,10 @@ impl KmsHome {
             }
             Err(e) => return Err(HomeError::io("cannot open", &p, e)),
         };
-        let len = f.metadata().map_err(|e| HomeError::io("cannot stat", &p, e))?.len();
+        let len = f
+            .metadata()
+            .map_err(|e| HomeError::io("cannot stat", &p, e))?
+            .len();
         if len > MAX_KEYSTORE_BYTES {
             return Err(HomeError::new(
                 HomeErrorKind::Corrupt,
@@ -261,7 +279,10 @@ impl KmsHome {
         let env: Envelope = serde_json::from_slice(&data).map_err(|e| {
             HomeError::new(
                 HomeErrorKind::Corrupt,
-                format!("{} is not a kmsfs keystore ({e}); restore it from a backup", p.display()),
+                format!(
+                    "{} is not a kmsfs keystore ({e}); restore it from a backup",
+                    p.display()
+                ),
             )
         })?;
         if env.format != FORMAT || env.version != FORMAT_VERSION {
@@ -283,17 +304,22 @@ impl KmsHome {
         match (spec, secret) {
             (RootKeySpec::Passphrase { kdf, salt, params }, RootSecret::Passphrase(pw)) => {
                 if kdf != "argon2id" {
-                    return Err(HomeError::new(HomeErrorKind::Corrupt, format!("unknown KDF {kdf:?}")));
+                    return Err(HomeError::new(
+                        HomeErrorKind::Corrupt,
+                        format!("unknown KDF {kdf:?}"),
+                    ));
                 }
-                let salt = B64
-                    .decode(salt)
-                    .map_err(|_| HomeError::new(HomeErrorKind::Corrupt, "keystore salt is not base64"))?;
+                let salt = B64.decode(salt).map_err(|_| {
+                    HomeError::new(HomeErrorKind::Corrupt, "keystore salt is not base64")
+                })?;
                 argon2id(pw.as_bytes(), &salt, *params)
                     .map_err(|e| HomeError::new(HomeErrorKind::Corrupt, e))
             }
-            (RootKeySpec::KeyFile, RootSecret::KeyFile(k)) => {
-                Ok(hkdf256(k.as_bytes(), b"", b"kmsfs root key from key file v1"))
-            }
+            (RootKeySpec::KeyFile, RootSecret::KeyFile(k)) => Ok(hkdf256(
+                k.as_bytes(),
+                b"",
+                b"kmsfs root key from key file v1",
+            )),
             (RootKeySpec::KeyFile, RootSecret::Passphrase(_)) => Err(HomeError::new(
                 HomeErrorKind::WrongSecretKind,
                 "this KMS home is sealed with a key file; pass --key-file FILE",
@@ -321,7 +347,13 @@ impl KmsHome {
             ));
         }
         let state = self.unseal(&env, &keys)?;
-        Ok(Opened { account: env.account, spec: env.root_key, keys, state, generation: env.generation })
+        Ok(Opened {
+            account: env.account,
+            spec: env.root_key,
+            keys,
+            state,
+            generation: env.generation,
+        })
     }
 
     fn unseal(&self, env: &Envelope, keys: &RootKeys) -> Result<State, HomeError> {
@@ -339,12 +371,15 @@ impl KmsHome {
             .ok()
             .and_then(|n| n.try_into().ok())
             .ok_or_else(|| corrupt("bad nonce"))?;
-        let sealed = B64.decode(&env.sealed).map_err(|_| corrupt("sealed body is not base64"))?;
+        let sealed = B64
+            .decode(&env.sealed)
+            .map_err(|_| corrupt("sealed body is not base64"))?;
         let aad = envelope_aad(&env.account, env.generation);
         let plain = AeadKey::new(&keys.seal)
             .open(&nonce, &aad, &sealed)
             .map_err(|_| corrupt("authentication failed"))?;
-        serde_json::from_slice(plain.as_bytes()).map_err(|_| corrupt("sealed body is not a keystore"))
+        serde_json::from_slice(plain.as_bytes())
+            .map_err(|_| corrupt("sealed body is not a keystore"))
     }
 
     /// Re-reads the keystore with keys already derived (after another process wrote it).
@@ -356,12 +391,18 @@ impl KmsHome {
     /// Creates a new, empty keystore. Fails if one exists.
     pub fn create(&self, secret: &RootSecret, params: Argon2Params) -> Result<Opened, HomeError> {
         fs::create_dir_all(&self.dir).map_err(|e| HomeError::io("cannot create", &self.dir, e))?;
-        let _ = fs::set_permissions(&self.dir, std::os::unix::fs::PermissionsExt::from_mode(0o700));
+        let _ = fs::set_permissions(
+            &self.dir,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        );
         let _lock = self.lock()?;
         if self.exists() {
             return Err(HomeError::new(
                 HomeErrorKind::Io,
-                format!("a keystore already exists at {}", self.keystore_path().display()),
+                format!(
+                    "a keystore already exists at {}",
+                    self.keystore_path().display()
+                ),
             ));
         }
         let spec = match secret {
@@ -376,9 +417,24 @@ impl KmsHome {
         let keys = RootKeys::derive(&root);
         let n: u64 = u64::from_be_bytes(crate::crypto::random::array::<8>());
         let account = format!("{:012}", n % 1_000_000_000_000);
-        let opened = Opened { account, spec, keys, state: State::default(), generation: 0 };
-        self.write(&opened.account, &opened.spec, &opened.keys, &opened.state, 1)?;
-        Ok(Opened { generation: 1, ..opened })
+        let opened = Opened {
+            account,
+            spec,
+            keys,
+            state: State::default(),
+            generation: 0,
+        };
+        self.write(
+            &opened.account,
+            &opened.spec,
+            &opened.keys,
+            &opened.state,
+            1,
+        )?;
+        Ok(Opened {
+            generation: 1,
+            ..opened
+        })
     }
 
     /// Seals and atomically replaces the keystore. The caller holds the lock.
@@ -392,7 +448,8 @@ impl KmsHome {
     ) -> Result<(), HomeError> {
         let plain = Zeroizing::new(serde_json::to_vec(state).expect("state serialises"));
         let nonce = crate::crypto::random::array::<12>();
-        let sealed = AeadKey::new(&keys.seal).seal(&nonce, &envelope_aad(account, generation), &plain);
+        let sealed =
+            AeadKey::new(&keys.seal).seal(&nonce, &envelope_aad(account, generation), &plain);
         let env = Envelope {
             format: FORMAT.into(),
             version: FORMAT_VERSION,
@@ -426,7 +483,12 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), HomeError> {
         std::process::id()
     ));
     let res = (|| -> io::Result<()> {
-        let mut f = OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
+        let mut f = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;
@@ -451,7 +513,11 @@ mod tests {
     use super::*;
 
     fn fast() -> Argon2Params {
-        Argon2Params { memory_kib: 256, iterations: 1, parallelism: 1 }
+        Argon2Params {
+            memory_kib: 256,
+            iterations: 1,
+            parallelism: 1,
+        }
     }
 
     fn pw(s: &str) -> RootSecret {
@@ -469,7 +535,10 @@ mod tests {
         assert_eq!(e.kind, HomeErrorKind::WrongSecret);
         assert!(e.message.contains("wrong passphrase"));
         assert_eq!(fs::read(home.keystore_path()).unwrap(), before);
-        let e = home.open(&RootSecret::KeyFile(Key256::random())).err().unwrap();
+        let e = home
+            .open(&RootSecret::KeyFile(Key256::random()))
+            .err()
+            .unwrap();
         assert_eq!(e.kind, HomeErrorKind::WrongSecretKind);
         let o2 = home.open(&pw("right")).unwrap();
         assert_eq!(o2.account, o.account);
@@ -480,7 +549,8 @@ mod tests {
     fn corruption_is_reported_not_panicked() {
         let d = tempfile::tempdir().unwrap();
         let home = KmsHome::new(d.path());
-        home.create(&RootSecret::KeyFile(Key256::from_bytes([1; 32])), fast()).unwrap();
+        home.create(&RootSecret::KeyFile(Key256::from_bytes([1; 32])), fast())
+            .unwrap();
         let p = home.keystore_path();
         let mut env: serde_json::Value = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
         let sealed = env["sealed"].as_str().unwrap().to_string();
@@ -488,10 +558,19 @@ mod tests {
         raw[0] ^= 1;
         env["sealed"] = B64.encode(raw).into();
         fs::write(&p, serde_json::to_vec(&env).unwrap()).unwrap();
-        let e = home.open(&RootSecret::KeyFile(Key256::from_bytes([1; 32]))).err().unwrap();
+        let e = home
+            .open(&RootSecret::KeyFile(Key256::from_bytes([1; 32])))
+            .err()
+            .unwrap();
         assert_eq!(e.kind, HomeErrorKind::Corrupt);
         fs::write(&p, b"{not json").unwrap();
-        assert_eq!(home.open(&RootSecret::KeyFile(Key256::random())).err().unwrap().kind, HomeErrorKind::Corrupt);
+        assert_eq!(
+            home.open(&RootSecret::KeyFile(Key256::random()))
+                .err()
+                .unwrap()
+                .kind,
+            HomeErrorKind::Corrupt
+        );
     }
 
     proptest::proptest! {

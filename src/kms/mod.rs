@@ -22,4 +22,4 @@ pub use caller::{Caller, Via};
 pub use context::EncryptionContext;
 pub use error::{ErrorCode, KmsError, KmsResult};
 pub use keystore::{KmsHome, RootSecret};
-pub use service::{CreateKeyRequest, DataKeySpec, Kms, KeyMetadata, Options};
+pub use service::{CreateKeyRequest, DataKeySpec, KeyMetadata, Kms, Options};

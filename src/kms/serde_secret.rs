@@ -14,6 +14,11 @@ pub fn serialize<S: Serializer>(k: &Key256, s: S) -> Result<S::Ok, S::Error> {
 
 pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Key256, D::Error> {
     let enc: Zeroizing<String> = Zeroizing::new(String::deserialize(d)?);
-    let raw = Zeroizing::new(STANDARD.decode(enc.as_bytes()).map_err(serde::de::Error::custom)?);
-    Key256::from_slice(&raw).ok_or_else(|| serde::de::Error::custom("key material must be 32 bytes"))
+    let raw = Zeroizing::new(
+        STANDARD
+            .decode(enc.as_bytes())
+            .map_err(serde::de::Error::custom)?,
+    );
+    Key256::from_slice(&raw)
+        .ok_or_else(|| serde::de::Error::custom("key material must be 32 bytes"))
 }

@@ -19,6 +19,7 @@ use super::keystore::{
 use crate::crypto::kdf::{Argon2Params, hkdf256, hmac_sha256};
 use crate::crypto::{AeadKey, Key256, SecretBytes};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -108,15 +109,20 @@ pub struct DataKeySpec {
 
 impl DataKeySpec {
     pub fn aes_256() -> Self {
-        DataKeySpec { key_spec: Some("AES_256".into()), number_of_bytes: None }
+        DataKeySpec {
+            key_spec: Some("AES_256".into()),
+            number_of_bytes: None,
+        }
     }
 
     fn len(&self) -> KmsResult<usize> {
         match (&self.key_spec, self.number_of_bytes) {
-            (Some(_), Some(_)) => {
-                Err(KmsError::validation("give either KeySpec or NumberOfBytes, not both"))
-            }
-            (None, None) => Err(KmsError::validation("give KeySpec (AES_256, AES_128) or NumberOfBytes")),
+            (Some(_), Some(_)) => Err(KmsError::validation(
+                "give either KeySpec or NumberOfBytes, not both",
+            )),
+            (None, None) => Err(KmsError::validation(
+                "give KeySpec (AES_256, AES_128) or NumberOfBytes",
+            )),
             (Some(s), None) => match s.as_str() {
                 "AES_256" => Ok(32),
                 "AES_128" => Ok(16),
@@ -133,7 +139,9 @@ fn random_len(n: u32) -> KmsResult<usize> {
     if (1..=1024).contains(&n) {
         Ok(n as usize)
     } else {
-        Err(KmsError::validation(format!("NumberOfBytes is {n}; it must be 1 to 1024")))
+        Err(KmsError::validation(format!(
+            "NumberOfBytes is {n}; it must be 1 to 1024"
+        )))
     }
 }
 
@@ -141,14 +149,51 @@ fn random_len(n: u32) -> KmsResult<usize> {
 struct Event {
     name: &'static str,
     read_only: bool,
-    params: Value,
+    /// Serialised once, when the call starts: the hot operations pass a small
+    /// struct rather than building a `Value` map per call.
+    params: Box<RawValue>,
     response: Value,
     key: Option<KeyId>,
 }
 
 impl Event {
-    fn new(name: &'static str, read_only: bool, params: Value) -> Self {
-        Event { name, read_only, params, response: Value::Null, key: None }
+    fn new(name: &'static str, read_only: bool, params: impl Serialize) -> Self {
+        let params =
+            serde_json::value::to_raw_value(&params).expect("request parameters serialise");
+        Event {
+            name,
+            read_only,
+            params,
+            response: Value::Null,
+            key: None,
+        }
+    }
+}
+
+/// requestParameters of the cryptographic operations.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CryptoParams<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_id: Option<&'a str>,
+    encryption_context: &'a EncryptionContext,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    encryption_algorithm: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_spec: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    number_of_bytes: Option<u32>,
+}
+
+impl<'a> CryptoParams<'a> {
+    fn new(key_id: Option<&'a str>, ctx: &'a EncryptionContext) -> Self {
+        CryptoParams {
+            key_id,
+            encryption_context: ctx,
+            encryption_algorithm: None,
+            key_spec: None,
+            number_of_bytes: None,
+        }
     }
 }
 
@@ -222,33 +267,75 @@ impl Kms {
     }
 
     pub fn in_memory_with(options: Options) -> Self {
-        Self::build(random_account(), None, None, options, State::default(), None, 0)
+        Self::build(
+            random_account(),
+            None,
+            None,
+            options,
+            State::default(),
+            None,
+            0,
+        )
     }
 
     /// A non-persistent service that audits to `path` with `audit_key`.
-    pub fn in_memory_audited(path: &std::path::Path, audit_key: Key256, options: Options) -> KmsResult<Self> {
-        let log = AuditLog::open(path, audit_key)
-            .map_err(|e| KmsError::internal(format!("cannot open audit log {}: {e}", path.display())))?;
-        Ok(Self::build(random_account(), None, Some(log), options, State::default(), None, 0))
+    pub fn in_memory_audited(
+        path: &std::path::Path,
+        audit_key: Key256,
+        options: Options,
+    ) -> KmsResult<Self> {
+        let log = AuditLog::open(path, audit_key).map_err(|e| {
+            KmsError::internal(format!("cannot open audit log {}: {e}", path.display()))
+        })?;
+        Ok(Self::build(
+            random_account(),
+            None,
+            Some(log),
+            options,
+            State::default(),
+            None,
+            0,
+        ))
     }
 
     /// Opens the KMS home, creating it (and its keystore) if `create` and it is missing.
-    pub fn open(home: KmsHome, secret: &RootSecret, create: bool, options: Options) -> Result<Self, HomeError> {
+    pub fn open(
+        home: KmsHome,
+        secret: &RootSecret,
+        create: bool,
+        options: Options,
+    ) -> Result<Self, HomeError> {
         let opened = match home.open(secret) {
-            Err(e) if e.kind == HomeErrorKind::Missing && create => home.create(secret, options.argon2)?,
+            Err(e) if e.kind == HomeErrorKind::Missing && create => {
+                home.create(secret, options.argon2)?
+            }
             other => other?,
         };
         let audit_path = home.audit_path();
-        let log = AuditLog::open(&audit_path, opened.keys.audit.clone()).map_err(|e| HomeError {
-            kind: HomeErrorKind::Io,
-            message: format!(
-                "cannot open the audit log {}: {e}; kmsfs does not use keys unaudited",
-                audit_path.display()
-            ),
-        })?;
+        let log =
+            AuditLog::open(&audit_path, opened.keys.audit.clone()).map_err(|e| HomeError {
+                kind: HomeErrorKind::Io,
+                message: format!(
+                    "cannot open the audit log {}: {e}; kmsfs does not use keys unaudited",
+                    audit_path.display()
+                ),
+            })?;
         let stamp = home.stamp();
-        let store = Store { home, spec: opened.spec, keys: opened.keys, writer: Mutex::new(()) };
-        let kms = Self::build(opened.account, Some(store), Some(log), options, opened.state, stamp, opened.generation);
+        let store = Store {
+            home,
+            spec: opened.spec,
+            keys: opened.keys,
+            writer: Mutex::new(()),
+        };
+        let kms = Self::build(
+            opened.account,
+            Some(store),
+            Some(log),
+            options,
+            opened.state,
+            stamp,
+            opened.generation,
+        );
         Ok(kms)
     }
 
@@ -264,7 +351,11 @@ impl Kms {
         let due = next_due(&state);
         Kms {
             account,
-            inner: RwLock::new(Inner { state: Arc::new(state), stamp, generation }),
+            inner: RwLock::new(Inner {
+                state: Arc::new(state),
+                stamp,
+                generation,
+            }),
             store,
             audit,
             clock: options.clock,
@@ -299,13 +390,22 @@ impl Kms {
                 let (state, generation) = store.home.reload(&store.keys).map_err(home_err)?;
                 self.next_due.store(next_due(&state), Ordering::Relaxed);
                 let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
-                *inner = Inner { state: Arc::new(state), stamp, generation };
+                *inner = Inner {
+                    state: Arc::new(state),
+                    stamp,
+                    generation,
+                };
             }
         }
         if self.clock.now() >= self.next_due.load(Ordering::Relaxed) {
             self.maintain()?;
         }
-        Ok(self.inner.read().unwrap_or_else(|e| e.into_inner()).state.clone())
+        Ok(self
+            .inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .state
+            .clone())
     }
 
     /// Applies `f` to a copy of the state and publishes it once persisted; on
@@ -346,7 +446,11 @@ impl Kms {
         let stamp = store.home.stamp();
         self.next_due.store(next_due(&s), Ordering::Relaxed);
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        *inner = Inner { state: Arc::new(s), stamp, generation: generation + 1 };
+        *inner = Inner {
+            state: Arc::new(s),
+            stamp,
+            generation: generation + 1,
+        };
         Ok(r)
     }
 
@@ -383,7 +487,9 @@ impl Kms {
     }
 
     fn audit_event<T>(&self, caller: &Caller, ev: Event, result: &KmsResult<T>) -> KmsResult<()> {
-        let Some(log) = &self.audit else { return Ok(()) };
+        let Some(log) = &self.audit else {
+            return Ok(());
+        };
         let (error_code, error_message) = match result {
             Ok(_) => (None, None),
             Err(e) => (Some(e.code.as_str()), Some(e.message.clone())),
@@ -391,14 +497,22 @@ impl Kms {
         let resources = ev
             .key
             .map(|k| {
-                vec![Resource { account_id: self.account.clone(), kind: "AWS::KMS::Key", arn: self.arn(&k) }]
+                vec![Resource {
+                    account_id: self.account.clone(),
+                    kind: "AWS::KMS::Key",
+                    arn: self.arn(&k),
+                }]
             })
             .unwrap_or_default();
         let id = self.request_id();
         let rec = Record {
             event_version: "1.08",
             user_identity: UserIdentity {
-                kind: if caller.via == Via::Service { "KmsfsService" } else { "LocalUser" },
+                kind: if caller.via == Via::Service {
+                    "KmsfsService"
+                } else {
+                    "LocalUser"
+                },
                 principal_id: caller.principal(),
                 uid: caller.uid,
                 gid: caller.gid,
@@ -406,7 +520,7 @@ impl Kms {
                 process_name: caller.process.clone(),
                 invoked_by: caller.via,
             },
-            event_time: rfc3339(self.clock.now()),
+            event_time: cached_rfc3339(self.clock.now()),
             event_source: "kms.kmsfs.local",
             event_name: ev.name,
             aws_region: "local",
@@ -461,16 +575,18 @@ impl Kms {
     fn resolve<'s>(&self, state: &'s State, key_ref: &str) -> KmsResult<&'s Key> {
         let id = match KeyRef::parse(key_ref, &self.account)? {
             KeyRef::Id(id) => id,
-            KeyRef::Alias(name) => {
-                state.aliases.get(&name).map(|a| a.target).ok_or_else(|| {
-                    KmsError::not_found(format!("alias {name} does not exist; see `kmsfs kms list-aliases`"))
-                })?
-            }
+            KeyRef::Alias(name) => state.aliases.get(&name).map(|a| a.target).ok_or_else(|| {
+                KmsError::not_found(format!(
+                    "alias {name} does not exist; see `kmsfs kms list-aliases`"
+                ))
+            })?,
         };
-        state
-            .keys
-            .get(&id)
-            .ok_or_else(|| KmsError::not_found(format!("key {id} does not exist in account {}", self.account)))
+        state.keys.get(&id).ok_or_else(|| {
+            KmsError::not_found(format!(
+                "key {id} does not exist in account {}",
+                self.account
+            ))
+        })
     }
 
     /// Resolves, records the key on the event, authorises and checks state.
@@ -535,10 +651,22 @@ impl Kms {
     }
 
     /// Creates a key that kmsfs manages for a filesystem, under `alias/kmsfs/<suffix>`.
-    pub fn create_managed_key(&self, caller: &Caller, alias_suffix: &str, description: &str) -> KmsResult<KeyMetadata> {
+    pub fn create_managed_key(
+        &self,
+        caller: &Caller,
+        alias_suffix: &str,
+        description: &str,
+    ) -> KmsResult<KeyMetadata> {
         let alias = format!("{MANAGED_ALIAS_PREFIX}{alias_suffix}");
-        let mut ev = Event::new("CreateKey", false, json!({"description": description, "aliasName": alias}));
-        let req = CreateKeyRequest { description: description.into(), ..Default::default() };
+        let mut ev = Event::new(
+            "CreateKey",
+            false,
+            json!({"description": description, "aliasName": alias}),
+        );
+        let req = CreateKeyRequest {
+            description: description.into(),
+            ..Default::default()
+        };
         let r = self.create_key_inner(&req, KeyManager::Kmsfs, Some(alias), &mut ev);
         if let Ok(m) = &r {
             ev.response = json!({"keyMetadata": m});
@@ -554,7 +682,9 @@ impl Kms {
         ev: &mut Event,
     ) -> KmsResult<KeyMetadata> {
         if req.description.len() > MAX_DESCRIPTION {
-            return Err(KmsError::validation(format!("Description is longer than {MAX_DESCRIPTION} characters")));
+            return Err(KmsError::validation(format!(
+                "Description is longer than {MAX_DESCRIPTION} characters"
+            )));
         }
         if let Some(u) = &req.key_usage
             && u != "ENCRYPT_DECRYPT"
@@ -566,13 +696,17 @@ impl Kms {
         if let Some(s) = &req.key_spec
             && s != SYMMETRIC_DEFAULT
         {
-            return Err(KmsError::validation(format!("KeySpec {s:?} is not supported; use SYMMETRIC_DEFAULT")));
+            return Err(KmsError::validation(format!(
+                "KeySpec {s:?} is not supported; use SYMMETRIC_DEFAULT"
+            )));
         }
         let origin = match req.origin.as_deref() {
             None | Some("KMSFS") | Some("AWS_KMS") => Origin::Kmsfs,
             Some("EXTERNAL") => Origin::External,
             Some(o) => {
-                return Err(KmsError::validation(format!("Origin {o:?} is not KMSFS (AWS_KMS) or EXTERNAL")));
+                return Err(KmsError::validation(format!(
+                    "Origin {o:?} is not KMSFS (AWS_KMS) or EXTERNAL"
+                )));
             }
         };
         let tags = validate_tags(&BTreeMap::new(), &req.tags)?;
@@ -584,7 +718,11 @@ impl Kms {
                 id: KeyId::random(),
                 description: req.description.clone(),
                 created: now,
-                state: if origin == Origin::External { KeyState::PendingImport } else { KeyState::Enabled },
+                state: if origin == Origin::External {
+                    KeyState::PendingImport
+                } else {
+                    KeyState::Enabled
+                },
                 origin,
                 manager,
                 deletion_date: None,
@@ -594,7 +732,7 @@ impl Kms {
                 rotations: vec![],
                 materials: vec![],
                 tags,
-                import: (origin == Origin::External).then(|| ImportState {
+                import: (origin == Origin::External).then_some(ImportState {
                     expiration_model: None,
                     valid_to: None,
                     fingerprint: None,
@@ -611,9 +749,19 @@ impl Kms {
             }
             if let Some(a) = &alias {
                 if s.aliases.contains_key(a) {
-                    return Err(KmsError::new(ErrorCode::AlreadyExistsException, format!("alias {a} already exists")));
+                    return Err(KmsError::new(
+                        ErrorCode::AlreadyExistsException,
+                        format!("alias {a} already exists"),
+                    ));
                 }
-                s.aliases.insert(a.clone(), Alias { target: key.id, created: now, updated: now });
+                s.aliases.insert(
+                    a.clone(),
+                    Alias {
+                        target: key.id,
+                        created: now,
+                        updated: now,
+                    },
+                );
             }
             let meta = self.metadata(&key);
             s.keys.insert(key.id, key);
@@ -632,7 +780,12 @@ impl Kms {
         self.finish(caller, ev, r)
     }
 
-    pub fn list_keys(&self, caller: &Caller, limit: Option<u32>, marker: Option<&str>) -> KmsResult<Value> {
+    pub fn list_keys(
+        &self,
+        caller: &Caller,
+        limit: Option<u32>,
+        marker: Option<&str>,
+    ) -> KmsResult<Value> {
         let ev = Event::new("ListKeys", true, json!({"limit": limit, "marker": marker}));
         let r = self.state().and_then(|s| {
             let ids: Vec<String> = s.keys.keys().map(|k| k.to_string()).collect();
@@ -650,9 +803,24 @@ impl Kms {
         let name = if enable { "EnableKey" } else { "DisableKey" };
         let mut ev = Event::new(name, false, json!({"keyId": key_id}));
         let r = self.mutate(|s, _| {
-            let key = self.usable(caller, s, key_id, &mut ev, if enable { "kms:EnableKey" } else { "kms:DisableKey" }, Some(if enable { Op::Enable } else { Op::Disable }))?;
+            let key = self.usable(
+                caller,
+                s,
+                key_id,
+                &mut ev,
+                if enable {
+                    "kms:EnableKey"
+                } else {
+                    "kms:DisableKey"
+                },
+                Some(if enable { Op::Enable } else { Op::Disable }),
+            )?;
             let id = key.id;
-            s.keys.get_mut(&id).expect("resolved").state = if enable { KeyState::Enabled } else { KeyState::Disabled };
+            s.keys.get_mut(&id).expect("resolved").state = if enable {
+                KeyState::Enabled
+            } else {
+                KeyState::Disabled
+            };
             Ok(())
         });
         self.finish(caller, ev, r)
@@ -666,7 +834,12 @@ impl Kms {
         self.set_enabled(caller, key_id, false)
     }
 
-    pub fn schedule_key_deletion(&self, caller: &Caller, key_id: &str, pending_window_in_days: Option<u32>) -> KmsResult<Value> {
+    pub fn schedule_key_deletion(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        pending_window_in_days: Option<u32>,
+    ) -> KmsResult<Value> {
         let mut ev = Event::new(
             "ScheduleKeyDeletion",
             false,
@@ -675,16 +848,27 @@ impl Kms {
         let r = self.mutate(|s, now| {
             let days = pending_window_in_days.unwrap_or(30);
             if !(7..=30).contains(&days) {
-                return Err(KmsError::validation(format!("PendingWindowInDays is {days}; it must be 7 to 30")));
+                return Err(KmsError::validation(format!(
+                    "PendingWindowInDays is {days}; it must be 7 to 30"
+                )));
             }
-            let key = self.usable(caller, s, key_id, &mut ev, "kms:ScheduleKeyDeletion", Some(Op::ScheduleDeletion))?;
+            let key = self.usable(
+                caller,
+                s,
+                key_id,
+                &mut ev,
+                "kms:ScheduleKeyDeletion",
+                Some(Op::ScheduleDeletion),
+            )?;
             let id = key.id;
             let k = s.keys.get_mut(&id).expect("resolved");
             k.state = KeyState::PendingDeletion;
             k.deletion_date = Some(now + days as i64 * DAY);
             k.pending_window_days = Some(days);
-            Ok(json!({"KeyId": self.arn(&id), "DeletionDate": rfc3339(now + days as i64 * DAY),
-                      "KeyState": "PendingDeletion", "PendingWindowInDays": days}))
+            Ok(
+                json!({"KeyId": self.arn(&id), "DeletionDate": rfc3339(now + days as i64 * DAY),
+                      "KeyState": "PendingDeletion", "PendingWindowInDays": days}),
+            )
         });
         if let Ok(v) = &r {
             ev.response = json!({"deletionDate": v["DeletionDate"]});
@@ -695,11 +879,24 @@ impl Kms {
     pub fn cancel_key_deletion(&self, caller: &Caller, key_id: &str) -> KmsResult<Value> {
         let mut ev = Event::new("CancelKeyDeletion", false, json!({"keyId": key_id}));
         let r = self.mutate(|s, _| {
-            let id = self.usable(caller, s, key_id, &mut ev, "kms:CancelKeyDeletion", Some(Op::CancelDeletion))?.id;
+            let id = self
+                .usable(
+                    caller,
+                    s,
+                    key_id,
+                    &mut ev,
+                    "kms:CancelKeyDeletion",
+                    Some(Op::CancelDeletion),
+                )?
+                .id;
             let k = s.keys.get_mut(&id).expect("resolved");
             // As in AWS, a key whose deletion is cancelled comes back Disabled
             // (or PendingImport if it has no material).
-            k.state = if k.materials.is_empty() { KeyState::PendingImport } else { KeyState::Disabled };
+            k.state = if k.materials.is_empty() {
+                KeyState::PendingImport
+            } else {
+                KeyState::Disabled
+            };
             k.deletion_date = None;
             k.pending_window_days = None;
             Ok(json!({"KeyId": self.arn(&id)}))
@@ -707,13 +904,33 @@ impl Kms {
         self.finish(caller, ev, r)
     }
 
-    pub fn update_key_description(&self, caller: &Caller, key_id: &str, description: &str) -> KmsResult<()> {
-        let mut ev = Event::new("UpdateKeyDescription", false, json!({"keyId": key_id, "description": description}));
+    pub fn update_key_description(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        description: &str,
+    ) -> KmsResult<()> {
+        let mut ev = Event::new(
+            "UpdateKeyDescription",
+            false,
+            json!({"keyId": key_id, "description": description}),
+        );
         let r = self.mutate(|s, _| {
             if description.len() > MAX_DESCRIPTION {
-                return Err(KmsError::validation(format!("Description is longer than {MAX_DESCRIPTION} characters")));
+                return Err(KmsError::validation(format!(
+                    "Description is longer than {MAX_DESCRIPTION} characters"
+                )));
             }
-            let id = self.usable(caller, s, key_id, &mut ev, "kms:UpdateKeyDescription", Some(Op::Modify))?.id;
+            let id = self
+                .usable(
+                    caller,
+                    s,
+                    key_id,
+                    &mut ev,
+                    "kms:UpdateKeyDescription",
+                    Some(Op::Modify),
+                )?
+                .id;
             s.keys.get_mut(&id).expect("resolved").description = description.to_string();
             Ok(())
         });
@@ -722,8 +939,17 @@ impl Kms {
 
     // ----- rotation -----------------------------------------------------
 
-    pub fn enable_key_rotation(&self, caller: &Caller, key_id: &str, period_days: Option<u32>) -> KmsResult<()> {
-        let mut ev = Event::new("EnableKeyRotation", false, json!({"keyId": key_id, "rotationPeriodInDays": period_days}));
+    pub fn enable_key_rotation(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        period_days: Option<u32>,
+    ) -> KmsResult<()> {
+        let mut ev = Event::new(
+            "EnableKeyRotation",
+            false,
+            json!({"keyId": key_id, "rotationPeriodInDays": period_days}),
+        );
         let r = self.mutate(|s, now| {
             let days = period_days.unwrap_or(365);
             if !(90..=2560).contains(&days) {
@@ -748,9 +974,19 @@ impl Kms {
     pub fn disable_key_rotation(&self, caller: &Caller, key_id: &str) -> KmsResult<()> {
         let mut ev = Event::new("DisableKeyRotation", false, json!({"keyId": key_id}));
         let r = self.mutate(|s, _| {
-            let key = self.usable(caller, s, key_id, &mut ev, "kms:DisableKeyRotation", Some(Op::Rotation))?;
+            let key = self.usable(
+                caller,
+                s,
+                key_id,
+                &mut ev,
+                "kms:DisableKeyRotation",
+                Some(Op::Rotation),
+            )?;
             if key.origin == Origin::External {
-                return Err(KmsError::new(ErrorCode::UnsupportedOperationException, "keys with imported material do not rotate"));
+                return Err(KmsError::new(
+                    ErrorCode::UnsupportedOperationException,
+                    "keys with imported material do not rotate",
+                ));
             }
             let id = key.id;
             let k = s.keys.get_mut(&id).expect("resolved");
@@ -807,7 +1043,13 @@ impl Kms {
         self.finish(caller, ev, r)
     }
 
-    pub fn list_key_rotations(&self, caller: &Caller, key_id: &str, limit: Option<u32>, marker: Option<&str>) -> KmsResult<Value> {
+    pub fn list_key_rotations(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        limit: Option<u32>,
+        marker: Option<&str>,
+    ) -> KmsResult<Value> {
         let mut ev = Event::new("ListKeyRotations", true, json!({"keyId": key_id}));
         let r = self.state().and_then(|s| {
             let k = self.usable(caller, &s, key_id, &mut ev, "kms:ListKeyRotations", None)?;
@@ -827,40 +1069,95 @@ impl Kms {
 
     // ----- aliases ------------------------------------------------------
 
-    pub fn create_alias(&self, caller: &Caller, alias_name: &str, target_key_id: &str) -> KmsResult<()> {
-        let mut ev = Event::new("CreateAlias", false, json!({"aliasName": alias_name, "targetKeyId": target_key_id}));
+    pub fn create_alias(
+        &self,
+        caller: &Caller,
+        alias_name: &str,
+        target_key_id: &str,
+    ) -> KmsResult<()> {
+        let mut ev = Event::new(
+            "CreateAlias",
+            false,
+            json!({"aliasName": alias_name, "targetKeyId": target_key_id}),
+        );
         let r = self.mutate(|s, now| {
             validate_alias_name(alias_name, false)?;
-            if matches!(KeyRef::parse(target_key_id, &self.account)?, KeyRef::Alias(_)) {
-                return Err(KmsError::validation("TargetKeyId must be a key id or key ARN, not an alias"));
+            if matches!(
+                KeyRef::parse(target_key_id, &self.account)?,
+                KeyRef::Alias(_)
+            ) {
+                return Err(KmsError::validation(
+                    "TargetKeyId must be a key id or key ARN, not an alias",
+                ));
             }
-            let key = self.usable(caller, s, target_key_id, &mut ev, "kms:CreateAlias", Some(Op::AliasTarget))?;
+            let key = self.usable(
+                caller,
+                s,
+                target_key_id,
+                &mut ev,
+                "kms:CreateAlias",
+                Some(Op::AliasTarget),
+            )?;
             if key.manager == KeyManager::Kmsfs {
-                return Err(KmsError::access_denied("aliases of keys that kmsfs manages are reserved to kmsfs"));
+                return Err(KmsError::access_denied(
+                    "aliases of keys that kmsfs manages are reserved to kmsfs",
+                ));
             }
             let id = key.id;
             if s.aliases.contains_key(alias_name) {
-                return Err(KmsError::new(ErrorCode::AlreadyExistsException, format!("alias {alias_name} already exists")));
+                return Err(KmsError::new(
+                    ErrorCode::AlreadyExistsException,
+                    format!("alias {alias_name} already exists"),
+                ));
             }
-            s.aliases.insert(alias_name.to_string(), Alias { target: id, created: now, updated: now });
+            s.aliases.insert(
+                alias_name.to_string(),
+                Alias {
+                    target: id,
+                    created: now,
+                    updated: now,
+                },
+            );
             Ok(())
         });
         self.finish(caller, ev, r)
     }
 
-    pub fn update_alias(&self, caller: &Caller, alias_name: &str, target_key_id: &str) -> KmsResult<()> {
-        let mut ev = Event::new("UpdateAlias", false, json!({"aliasName": alias_name, "targetKeyId": target_key_id}));
+    pub fn update_alias(
+        &self,
+        caller: &Caller,
+        alias_name: &str,
+        target_key_id: &str,
+    ) -> KmsResult<()> {
+        let mut ev = Event::new(
+            "UpdateAlias",
+            false,
+            json!({"aliasName": alias_name, "targetKeyId": target_key_id}),
+        );
         let r = self.mutate(|s, now| {
             if alias_name.starts_with(MANAGED_ALIAS_PREFIX) {
-                return Err(KmsError::access_denied(format!("{alias_name} is managed by kmsfs and cannot be re-pointed")));
+                return Err(KmsError::access_denied(format!(
+                    "{alias_name} is managed by kmsfs and cannot be re-pointed"
+                )));
             }
             validate_alias_name(alias_name, false)?;
             if !s.aliases.contains_key(alias_name) {
-                return Err(KmsError::not_found(format!("alias {alias_name} does not exist")));
+                return Err(KmsError::not_found(format!(
+                    "alias {alias_name} does not exist"
+                )));
             }
-            let key = self.usable(caller, s, target_key_id, &mut ev, "kms:UpdateAlias", Some(Op::AliasTarget))?;
+            let key = self.usable(
+                caller,
+                s,
+                target_key_id,
+                &mut ev,
+                "kms:UpdateAlias",
+                Some(Op::AliasTarget),
+            )?;
             if key.manager == KeyManager::Kmsfs {
-                return Err(KmsError::access_denied("an alias cannot point at a key that kmsfs manages"));
+                return Err(KmsError::access_denied(
+                    "an alias cannot point at a key that kmsfs manages",
+                ));
             }
             let id = key.id;
             let a = s.aliases.get_mut(alias_name).expect("checked");
@@ -875,7 +1172,9 @@ impl Kms {
         let mut ev = Event::new("DeleteAlias", false, json!({"aliasName": alias_name}));
         let r = self.mutate(|s, _| {
             if alias_name.starts_with(MANAGED_ALIAS_PREFIX) {
-                return Err(KmsError::access_denied(format!("{alias_name} is managed by kmsfs and cannot be deleted")));
+                return Err(KmsError::access_denied(format!(
+                    "{alias_name} is managed by kmsfs and cannot be deleted"
+                )));
             }
             let a = s
                 .aliases
@@ -887,8 +1186,18 @@ impl Kms {
         self.finish(caller, ev, r)
     }
 
-    pub fn list_aliases(&self, caller: &Caller, key_id: Option<&str>, limit: Option<u32>, marker: Option<&str>) -> KmsResult<Value> {
-        let mut ev = Event::new("ListAliases", true, json!({"keyId": key_id, "limit": limit}));
+    pub fn list_aliases(
+        &self,
+        caller: &Caller,
+        key_id: Option<&str>,
+        limit: Option<u32>,
+        marker: Option<&str>,
+    ) -> KmsResult<Value> {
+        let mut ev = Event::new(
+            "ListAliases",
+            true,
+            json!({"keyId": key_id, "limit": limit}),
+        );
         let r = self.state().and_then(|s| {
             let filter = match key_id {
                 Some(k) => Some(self.usable(caller, &s, k, &mut ev, "kms:ListAliases", None)?.id),
@@ -917,10 +1226,26 @@ impl Kms {
 
     // ----- tags ---------------------------------------------------------
 
-    pub fn tag_resource(&self, caller: &Caller, key_id: &str, tags: &[(String, String)]) -> KmsResult<()> {
-        let mut ev = Event::new("TagResource", false, json!({"keyId": key_id, "tags": tags_json(tags)}));
+    pub fn tag_resource(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        tags: &[(String, String)],
+    ) -> KmsResult<()> {
+        let mut ev = Event::new(
+            "TagResource",
+            false,
+            json!({"keyId": key_id, "tags": tags_json(tags)}),
+        );
         let r = self.mutate(|s, _| {
-            let key = self.usable(caller, s, key_id, &mut ev, "kms:TagResource", Some(Op::Modify))?;
+            let key = self.usable(
+                caller,
+                s,
+                key_id,
+                &mut ev,
+                "kms:TagResource",
+                Some(Op::Modify),
+            )?;
             let merged = validate_tags(&key.tags, tags)?;
             let id = key.id;
             s.keys.get_mut(&id).expect("resolved").tags = merged;
@@ -929,10 +1254,28 @@ impl Kms {
         self.finish(caller, ev, r)
     }
 
-    pub fn untag_resource(&self, caller: &Caller, key_id: &str, tag_keys: &[String]) -> KmsResult<()> {
-        let mut ev = Event::new("UntagResource", false, json!({"keyId": key_id, "tagKeys": tag_keys}));
+    pub fn untag_resource(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        tag_keys: &[String],
+    ) -> KmsResult<()> {
+        let mut ev = Event::new(
+            "UntagResource",
+            false,
+            json!({"keyId": key_id, "tagKeys": tag_keys}),
+        );
         let r = self.mutate(|s, _| {
-            let id = self.usable(caller, s, key_id, &mut ev, "kms:UntagResource", Some(Op::Modify))?.id;
+            let id = self
+                .usable(
+                    caller,
+                    s,
+                    key_id,
+                    &mut ev,
+                    "kms:UntagResource",
+                    Some(Op::Modify),
+                )?
+                .id;
             let k = s.keys.get_mut(&id).expect("resolved");
             for t in tag_keys {
                 k.tags.remove(t);
@@ -942,13 +1285,22 @@ impl Kms {
         self.finish(caller, ev, r)
     }
 
-    pub fn list_resource_tags(&self, caller: &Caller, key_id: &str, limit: Option<u32>, marker: Option<&str>) -> KmsResult<Value> {
+    pub fn list_resource_tags(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        limit: Option<u32>,
+        marker: Option<&str>,
+    ) -> KmsResult<Value> {
         let mut ev = Event::new("ListResourceTags", true, json!({"keyId": key_id}));
         let r = self.state().and_then(|s| {
             let k = self.usable(caller, &s, key_id, &mut ev, "kms:ListResourceTags", None)?;
             let names: Vec<String> = k.tags.keys().cloned().collect();
             let (page, next) = paginate(&names, limit, marker)?;
-            let items = page.iter().map(|t| json!({"TagKey": t, "TagValue": k.tags[t]})).collect();
+            let items = page
+                .iter()
+                .map(|t| json!({"TagKey": t, "TagValue": k.tags[t]}))
+                .collect();
             Ok(page_json("Tags", items, next))
         });
         self.finish(caller, ev, r)
@@ -993,7 +1345,10 @@ impl Kms {
             if k.id != id {
                 return Err(KmsError::new(
                     ErrorCode::IncorrectKeyException,
-                    format!("the ciphertext was encrypted under key {id}, not under {want} ({})", k.id),
+                    format!(
+                        "the ciphertext was encrypted under key {id}, not under {want} ({})",
+                        k.id
+                    ),
                 ));
             }
         }
@@ -1025,7 +1380,9 @@ impl Kms {
             None | Some(SYMMETRIC_DEFAULT) => Ok(()),
             Some(a) => Err(KmsError::new(
                 ErrorCode::InvalidKeyUsageException,
-                format!("EncryptionAlgorithm {a} is not supported by symmetric keys; use SYMMETRIC_DEFAULT"),
+                format!(
+                    "EncryptionAlgorithm {a} is not supported by symmetric keys; use SYMMETRIC_DEFAULT"
+                ),
             )),
         }
     }
@@ -1038,7 +1395,11 @@ impl Kms {
         ctx: &EncryptionContext,
         algorithm: Option<&str>,
     ) -> KmsResult<EncryptResponse> {
-        let mut ev = Event::new("Encrypt", true, json!({"keyId": key_id, "encryptionContext": ctx, "encryptionAlgorithm": SYMMETRIC_DEFAULT}));
+        let params = CryptoParams {
+            encryption_algorithm: Some(SYMMETRIC_DEFAULT),
+            ..CryptoParams::new(Some(key_id), ctx)
+        };
+        let mut ev = Event::new("Encrypt", true, params);
         let r = (|| {
             Self::check_algorithm(algorithm)?;
             ctx.validate()?;
@@ -1051,7 +1412,10 @@ impl Kms {
             }
             let s = self.state()?;
             let key = self.usable(caller, &s, key_id, &mut ev, "kms:Encrypt", Some(Op::Crypto))?;
-            Ok(EncryptResponse { ciphertext_blob: Self::seal_under(key, plaintext, ctx)?, key_arn: self.arn(&key.id) })
+            Ok(EncryptResponse {
+                ciphertext_blob: Self::seal_under(key, plaintext, ctx)?,
+                key_arn: self.arn(&key.id),
+            })
         })();
         self.finish(caller, ev, r)
     }
@@ -1064,10 +1428,11 @@ impl Kms {
         key_id: Option<&str>,
         algorithm: Option<&str>,
     ) -> KmsResult<DecryptResponse> {
-        let mut ev = Event::new("Decrypt", true, json!({"encryptionContext": ctx, "encryptionAlgorithm": SYMMETRIC_DEFAULT}));
-        if let Some(k) = key_id {
-            ev.params["keyId"] = k.into();
-        }
+        let params = CryptoParams {
+            encryption_algorithm: Some(SYMMETRIC_DEFAULT),
+            ..CryptoParams::new(key_id, ctx)
+        };
+        let mut ev = Event::new("Decrypt", true, params);
         let r = (|| {
             Self::check_algorithm(algorithm)?;
             let s = self.state()?;
@@ -1075,7 +1440,10 @@ impl Kms {
                 self.authorize(caller, k, "kms:Decrypt")?;
                 check_state(Op::Crypto, k)
             })?;
-            Ok(DecryptResponse { plaintext, key_arn: self.arn(&key.id) })
+            Ok(DecryptResponse {
+                plaintext,
+                key_arn: self.arn(&key.id),
+            })
         })();
         self.finish(caller, ev, r)
     }
@@ -1098,13 +1466,21 @@ impl Kms {
         let r = (|| {
             destination_ctx.validate()?;
             let s = self.state()?;
-            let (src, plaintext) = self.open_blob(&s, ciphertext, source_ctx, source_key_id, &mut ev, |k| {
-                self.authorize(caller, k, "kms:ReEncryptFrom")?;
-                check_state(Op::Crypto, k)
-            })?;
+            let (src, plaintext) =
+                self.open_blob(&s, ciphertext, source_ctx, source_key_id, &mut ev, |k| {
+                    self.authorize(caller, k, "kms:ReEncryptFrom")?;
+                    check_state(Op::Crypto, k)
+                })?;
             let src_arn = self.arn(&src.id);
             let mut dev = Event::new("ReEncrypt", true, Value::Null);
-            let dst = self.usable(caller, &s, destination_key_id, &mut dev, "kms:ReEncryptTo", Some(Op::Crypto))?;
+            let dst = self.usable(
+                caller,
+                &s,
+                destination_key_id,
+                &mut dev,
+                "kms:ReEncryptTo",
+                Some(Op::Crypto),
+            )?;
             ev.response = json!({"destinationKeyId": self.arn(&dst.id)});
             Ok(ReEncryptResponse {
                 ciphertext_blob: Self::seal_under(dst, plaintext.as_bytes(), destination_ctx)?,
@@ -1124,13 +1500,22 @@ impl Kms {
         ctx: &EncryptionContext,
         with_plaintext: bool,
     ) -> KmsResult<DataKey> {
-        let name = if with_plaintext { "GenerateDataKey" } else { "GenerateDataKeyWithoutPlaintext" };
-        let mut ev = Event::new(
-            name,
-            true,
-            json!({"keyId": key_id, "encryptionContext": ctx, "keySpec": spec.key_spec, "numberOfBytes": spec.number_of_bytes}),
-        );
-        let action = if with_plaintext { "kms:GenerateDataKey" } else { "kms:GenerateDataKeyWithoutPlaintext" };
+        let name = if with_plaintext {
+            "GenerateDataKey"
+        } else {
+            "GenerateDataKeyWithoutPlaintext"
+        };
+        let params = CryptoParams {
+            key_spec: spec.key_spec.as_deref(),
+            number_of_bytes: spec.number_of_bytes,
+            ..CryptoParams::new(Some(key_id), ctx)
+        };
+        let mut ev = Event::new(name, true, params);
+        let action = if with_plaintext {
+            "kms:GenerateDataKey"
+        } else {
+            "kms:GenerateDataKeyWithoutPlaintext"
+        };
         let r = (|| {
             let len = spec.len()?;
             ctx.validate()?;
@@ -1138,13 +1523,21 @@ impl Kms {
             let key = self.usable(caller, &s, key_id, &mut ev, action, Some(Op::Crypto))?;
             let plaintext = SecretBytes::random(len);
             let ciphertext_blob = Self::seal_under(key, plaintext.as_bytes(), ctx)?;
-            Ok(DataKey { ciphertext_blob, plaintext: with_plaintext.then_some(plaintext), key_arn: self.arn(&key.id) })
+            Ok(DataKey {
+                ciphertext_blob,
+                plaintext: with_plaintext.then_some(plaintext),
+                key_arn: self.arn(&key.id),
+            })
         })();
         self.finish(caller, ev, r)
     }
 
     pub fn generate_random(&self, caller: &Caller, number_of_bytes: u32) -> KmsResult<SecretBytes> {
-        let ev = Event::new("GenerateRandom", true, json!({"numberOfBytes": number_of_bytes}));
+        let ev = Event::new(
+            "GenerateRandom",
+            true,
+            json!({"numberOfBytes": number_of_bytes}),
+        );
         let r = random_len(number_of_bytes).map(SecretBytes::random);
         self.finish(caller, ev, r)
     }
@@ -1182,25 +1575,44 @@ impl Kms {
             // Check the key before spending time on RSA key generation.
             {
                 let s = self.state()?;
-                self.usable(caller, &s, key_id, &mut ev, "kms:GetParametersForImport", Some(Op::GetParametersForImport))?;
+                self.usable(
+                    caller,
+                    &s,
+                    key_id,
+                    &mut ev,
+                    "kms:GetParametersForImport",
+                    Some(Op::GetParametersForImport),
+                )?;
             }
             let wrapping = super::import::WrappingKey::generate(bits)?;
             let token = crate::crypto::random::array::<32>();
             let r = self.mutate(|s, now| {
                 let id = self
-                    .usable(caller, s, key_id, &mut Event::new("", true, Value::Null), "kms:GetParametersForImport", Some(Op::GetParametersForImport))?
+                    .usable(
+                        caller,
+                        s,
+                        key_id,
+                        &mut Event::new("", true, Value::Null),
+                        "kms:GetParametersForImport",
+                        Some(Op::GetParametersForImport),
+                    )?
                     .id;
                 let valid_to = now + IMPORT_PARAMETERS_VALID;
-                s.imports.insert(id, super::keystore::PendingImport {
-                    token: b64(&token),
-                    wrapping_algorithm: wrapping_algorithm.to_string(),
-                    valid_to,
-                    private_key_der: wrapping.private_der.clone(),
-                });
+                s.imports.insert(
+                    id,
+                    super::keystore::PendingImport {
+                        token: b64(&token),
+                        wrapping_algorithm: wrapping_algorithm.to_string(),
+                        valid_to,
+                        private_key_der: wrapping.private_der.clone(),
+                    },
+                );
                 Ok((id, valid_to))
             })?;
-            Ok(json!({"KeyId": self.arn(&r.0), "ImportToken": b64(&token), "PublicKey": b64(&wrapping.public_der),
-                      "ParametersValidTo": rfc3339(r.1)}))
+            Ok(
+                json!({"KeyId": self.arn(&r.0), "ImportToken": b64(&token), "PublicKey": b64(&wrapping.public_der),
+                      "ParametersValidTo": rfc3339(r.1)}),
+            )
         })();
         self.finish(caller, ev, r)
     }
@@ -1274,7 +1686,16 @@ impl Kms {
     pub fn delete_imported_key_material(&self, caller: &Caller, key_id: &str) -> KmsResult<()> {
         let mut ev = Event::new("DeleteImportedKeyMaterial", false, json!({"keyId": key_id}));
         let r = self.mutate(|s, _| {
-            let id = self.usable(caller, s, key_id, &mut ev, "kms:DeleteImportedKeyMaterial", Some(Op::DeleteImportedKeyMaterial))?.id;
+            let id = self
+                .usable(
+                    caller,
+                    s,
+                    key_id,
+                    &mut ev,
+                    "kms:DeleteImportedKeyMaterial",
+                    Some(Op::DeleteImportedKeyMaterial),
+                )?
+                .id;
             let k = s.keys.get_mut(&id).expect("resolved");
             k.materials.clear();
             k.state = KeyState::PendingImport;
@@ -1288,21 +1709,45 @@ impl Kms {
     }
 }
 
+/// eventTime changes once a second; formatting it per record showed in profiles.
+fn cached_rfc3339(t: i64) -> String {
+    thread_local! {
+        static LAST: std::cell::RefCell<(i64, String)> = const { std::cell::RefCell::new((i64::MIN, String::new())) };
+    }
+    LAST.with(|l| {
+        let mut l = l.borrow_mut();
+        if l.0 != t {
+            *l = (t, rfc3339(t));
+        }
+        l.1.clone()
+    })
+}
+
 fn b64(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 fn random_account() -> String {
-    format!("{:012}", u64::from_be_bytes(crate::crypto::random::array::<8>()) % 1_000_000_000_000)
+    format!(
+        "{:012}",
+        u64::from_be_bytes(crate::crypto::random::array::<8>()) % 1_000_000_000_000
+    )
 }
 
 fn tags_json(tags: &[(String, String)]) -> Value {
-    Value::Array(tags.iter().map(|(k, v)| json!({"tagKey": k, "tagValue": v})).collect())
+    Value::Array(
+        tags.iter()
+            .map(|(k, v)| json!({"tagKey": k, "tagValue": v}))
+            .collect(),
+    )
 }
 
 /// AWS's tag rules, applied to `existing` merged with `new`.
-fn validate_tags(existing: &BTreeMap<String, String>, new: &[(String, String)]) -> KmsResult<BTreeMap<String, String>> {
+fn validate_tags(
+    existing: &BTreeMap<String, String>,
+    new: &[(String, String)],
+) -> KmsResult<BTreeMap<String, String>> {
     let tag_err = |m: String| Err(KmsError::new(ErrorCode::TagException, m));
     let mut out = existing.clone();
     for (k, v) in new {
@@ -1310,24 +1755,37 @@ fn validate_tags(existing: &BTreeMap<String, String>, new: &[(String, String)]) 
             return tag_err(format!("tag key {k:?} must be 1 to 128 characters"));
         }
         if v.chars().count() > 256 {
-            return tag_err(format!("the value of tag {k:?} is longer than 256 characters"));
+            return tag_err(format!(
+                "the value of tag {k:?} is longer than 256 characters"
+            ));
         }
         if k.starts_with("aws:") || k.starts_with("kmsfs:") {
-            return tag_err(format!("tag key {k:?} uses a reserved prefix (aws: or kmsfs:)"));
+            return tag_err(format!(
+                "tag key {k:?} uses a reserved prefix (aws: or kmsfs:)"
+            ));
         }
         out.insert(k.clone(), v.clone());
     }
     if out.len() > MAX_TAGS {
-        return Err(KmsError::new(ErrorCode::LimitExceededException, format!("a key can have at most {MAX_TAGS} tags")));
+        return Err(KmsError::new(
+            ErrorCode::LimitExceededException,
+            format!("a key can have at most {MAX_TAGS} tags"),
+        ));
     }
     Ok(out)
 }
 
 /// One page of sorted `items` after `marker` (the last item of the previous page).
-fn paginate<'a>(items: &'a [String], limit: Option<u32>, marker: Option<&str>) -> KmsResult<(&'a [String], Option<String>)> {
+fn paginate<'a>(
+    items: &'a [String],
+    limit: Option<u32>,
+    marker: Option<&str>,
+) -> KmsResult<(&'a [String], Option<String>)> {
     let limit = limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return Err(KmsError::validation(format!("Limit is {limit}; it must be 1 to 1000")));
+        return Err(KmsError::validation(format!(
+            "Limit is {limit}; it must be 1 to 1000"
+        )));
     }
     let start = match marker {
         None => 0,
@@ -1383,7 +1841,12 @@ type MaintenanceEvent = (&'static str, KeyId, Value);
 
 fn apply_maintenance(s: &mut State, now: i64) -> Vec<MaintenanceEvent> {
     let mut events = vec![];
-    let doomed: Vec<KeyId> = s.keys.values().filter(|k| k.deletion_date.is_some_and(|d| d <= now)).map(|k| k.id).collect();
+    let doomed: Vec<KeyId> = s
+        .keys
+        .values()
+        .filter(|k| k.deletion_date.is_some_and(|d| d <= now))
+        .map(|k| k.id)
+        .collect();
     for id in doomed {
         s.keys.remove(&id);
         s.imports.remove(&id);
@@ -1396,9 +1859,16 @@ fn apply_maintenance(s: &mut State, now: i64) -> Vec<MaintenanceEvent> {
             && n <= now
         {
             let v = k.add_material(Key256::random(), now);
-            k.rotations.push(Rotation { date: now, kind: "AUTOMATIC".into() });
+            k.rotations.push(Rotation {
+                date: now,
+                kind: "AUTOMATIC".into(),
+            });
             k.next_rotation = Some(now + p as i64 * DAY);
-            events.push(("RotateKey", k.id, json!({"keyId": k.id.to_string(), "keyMaterialVersion": v})));
+            events.push((
+                "RotateKey",
+                k.id,
+                json!({"keyId": k.id.to_string(), "keyMaterialVersion": v}),
+            ));
         }
         if !k.materials.is_empty()
             && let Some(t) = k.import.as_ref().and_then(|i| i.valid_to)
@@ -1408,7 +1878,11 @@ fn apply_maintenance(s: &mut State, now: i64) -> Vec<MaintenanceEvent> {
             if k.state != KeyState::PendingDeletion {
                 k.state = KeyState::PendingImport;
             }
-            events.push(("DeleteExpiredKeyMaterial", k.id, json!({"keyId": k.id.to_string()})));
+            events.push((
+                "DeleteExpiredKeyMaterial",
+                k.id,
+                json!({"keyId": k.id.to_string()}),
+            ));
         }
     }
     s.imports.retain(|_, p| p.valid_to > now);
