@@ -46,6 +46,35 @@ pub enum Command {
         #[command(subcommand)]
         op: audit_cmd::AuditCommand,
     },
+    /// Create an encrypted filesystem in CIPHERDIR (empty or new).
+    Init {
+        cipherdir: PathBuf,
+        /// CMK to wrap the data keys [default: a new key kmsfs manages, alias/kmsfs/<filesystem id>].
+        #[arg(long)]
+        key_id: Option<String>,
+    },
+    /// Mount CIPHERDIR on MOUNTPOINT; returns once the mount works.
+    Mount {
+        cipherdir: PathBuf,
+        mountpoint: PathBuf,
+        /// Stay in the foreground, logging to stderr.
+        #[arg(short, long)]
+        foreground: bool,
+        /// Mount options, comma-separated: ro, allow_other, and others passed to the kernel.
+        #[arg(short = 'o', value_delimiter = ',')]
+        options: Vec<String>,
+        /// Let other users use the mount (permissions still apply).
+        #[arg(long)]
+        allow_other: bool,
+        /// Log file in the background [default: <kms home>/mount-<filesystem id>.log].
+        #[arg(long)]
+        log_file: Option<PathBuf>,
+        /// FUSE worker threads.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
+    /// Unmount a kmsfs mount and wait until its daemon has written everything.
+    Unmount { mountpoint: PathBuf },
 }
 
 /// Exit codes, as the AWS CLI uses them where they overlap.
@@ -85,13 +114,112 @@ pub fn run(cli: Cli) -> i32 {
         secret,
         command,
     } = cli;
+    let kms_home_flag = kms_home.clone();
     let home = KmsHome::new(kms_home.unwrap_or_else(KmsHome::default_dir));
     match command {
         Command::Kms { output, query, op } => {
             run_kms(&home, &secret, &output, query.as_deref(), op)
         }
         Command::Audit { op } => run_audit(&home, &secret, &op),
+        Command::Init { cipherdir, key_id } => {
+            report(run_init(&home, &secret, &cipherdir, key_id.as_deref()))
+        }
+        Command::Mount {
+            cipherdir,
+            mountpoint,
+            foreground,
+            options,
+            allow_other,
+            log_file,
+            threads,
+        } => report(run_mount(
+            kms_home_flag,
+            &secret,
+            cipherdir,
+            mountpoint,
+            foreground,
+            options,
+            allow_other,
+            log_file,
+            threads,
+        )),
+        Command::Unmount { mountpoint } => report(crate::fs::mount::unmount(&mountpoint)),
     }
+}
+
+fn report(r: Result<(), String>) -> i32 {
+    match r {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("kmsfs: {e}");
+            exit::FAILURE
+        }
+    }
+}
+
+fn run_init(
+    home: &KmsHome,
+    secret: &secret::SecretArgs,
+    cipherdir: &std::path::Path,
+    key_id: Option<&str>,
+) -> Result<(), String> {
+    let kms = open_kms(home, secret, true)?;
+    let cfg = crate::fs::mount::init(&kms, home, cipherdir, key_id)?;
+    println!(
+        "created a kmsfs filesystem in {} (id {})\n  key: {}\n  keystore: {}\nThe data keys of every file are wrapped by that key, which lives only in the keystore: without the keystore and its passphrase or key file, the data is lost. Back both up.\nMount it with: kmsfs mount {} MOUNTPOINT",
+        cipherdir.display(),
+        cfg.filesystem_id,
+        cfg.key_id,
+        home.keystore_path().display(),
+        cipherdir.display()
+    );
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_mount(
+    kms_home_flag: Option<PathBuf>,
+    secret: &secret::SecretArgs,
+    cipherdir: PathBuf,
+    mountpoint: PathBuf,
+    foreground: bool,
+    options: Vec<String>,
+    allow_other: bool,
+    log_file: Option<PathBuf>,
+    threads: usize,
+) -> Result<(), String> {
+    let cfg = crate::fs::config::Config::load(&cipherdir)?;
+    // The KMS home: --kms-home, then $KMSFS_HOME, then where init recorded it.
+    let dir = kms_home_flag
+        .or_else(|| std::env::var_os("KMSFS_HOME").map(PathBuf::from))
+        .or(cfg.kms_home.clone())
+        .unwrap_or_else(KmsHome::default_dir);
+    let home = KmsHome::new(dir);
+    let kms = open_kms(&home, secret, false)?;
+    let mut read_only = false;
+    let mut allow_other = allow_other;
+    let mut rest = vec![];
+    for o in options {
+        match o.as_str() {
+            "ro" => read_only = true,
+            "rw" => read_only = false,
+            "allow_other" => allow_other = true,
+            "" => {}
+            _ => rest.push(o),
+        }
+    }
+    let default_log = home.dir.join(format!("mount-{}.log", cfg.filesystem_id));
+    let args = crate::fs::mount::MountArgs {
+        cipherdir,
+        mountpoint,
+        foreground,
+        read_only,
+        allow_other,
+        options: rest,
+        log_file,
+        threads,
+    };
+    crate::fs::mount::mount(kms, args, default_log)
 }
 
 fn run_kms(

@@ -10,8 +10,22 @@ use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 pub const NONCE_LEN: usize = 12;
 pub const TAG_LEN: usize = 16;
 
-/// An expanded AES-256-GCM key, ready for many seal/open calls.
-pub struct AeadKey(LessSafeKey);
+/// An expanded AES-256-GCM key, ready for many seal/open calls. Its round
+/// keys are wiped on drop (ring does not do it itself).
+pub struct AeadKey(std::mem::ManuallyDrop<LessSafeKey>);
+
+impl Drop for AeadKey {
+    fn drop(&mut self) {
+        // SAFETY: LessSafeKey owns no heap memory and has no drop glue, so
+        // skipping its drop and overwriting its bytes frees nothing twice; the
+        // value is never read again after this.
+        unsafe {
+            let p = &mut *self.0 as *mut LessSafeKey as *mut u8;
+            let bytes = std::slice::from_raw_parts_mut(p, std::mem::size_of::<LessSafeKey>());
+            zeroize::Zeroize::zeroize(bytes);
+        }
+    }
+}
 
 /// Authentication failed: wrong key, wrong AAD, or modified bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,7 +34,7 @@ pub struct AuthError;
 impl AeadKey {
     pub fn new(key: &Key256) -> Self {
         let unbound = UnboundKey::new(&AES_256_GCM, key.as_bytes()).expect("32-byte key");
-        AeadKey(LessSafeKey::new(unbound))
+        AeadKey(std::mem::ManuallyDrop::new(LessSafeKey::new(unbound)))
     }
 
     /// Encrypts `buf` in place and returns the 16-byte tag.

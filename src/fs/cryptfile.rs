@@ -1,0 +1,357 @@
+//! Random-access reads and writes of one encrypted file through its backing
+//! file descriptor: only the blocks a request touches are read, decrypted,
+//! re-encrypted and written, each request in one pread/pwrite.
+//!
+//! Callers serialise writers per file (see `ops`); readers may run alongside
+//! each other.
+
+use super::format::{self, BLOCK_SIZE, BlockError, DISK_BLOCK, FileId, Header, Slot};
+use crate::crypto::{AeadKey, Key256};
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+/// An integrity failure: the read fails with EIO and the reason is logged.
+pub fn integrity_error(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+pub struct CryptFile {
+    pub fd: File,
+    pub header_size: usize,
+    pub file_id: FileId,
+    key: AeadKey,
+}
+
+pub fn read_header(fd: &File, header_size: usize) -> io::Result<Header> {
+    let mut raw = vec![0u8; header_size];
+    let n = read_full_at(fd, &mut raw, 0)?;
+    format::decode_header(header_size, &raw[..n])
+        .map_err(|e| integrity_error(format!("bad header: {e}")))
+}
+
+/// Writes a whole new header (file creation).
+pub fn write_new_header(
+    fd: &File,
+    header_size: usize,
+    file_id: FileId,
+    blob: Vec<u8>,
+) -> io::Result<()> {
+    let h = Header {
+        file_id,
+        slots: [Some(Slot { seq: 1, blob }), None],
+    };
+    fd.write_all_at(&format::encode_header(header_size, &h), 0)
+}
+
+/// Writes one key slot in place.
+pub fn write_slot(
+    fd: &File,
+    header_size: usize,
+    file_id: &FileId,
+    index: usize,
+    slot: Option<&Slot>,
+) -> io::Result<()> {
+    let raw = format::encode_slot(header_size, file_id, slot);
+    fd.write_all_at(&raw, format::slot_offset(header_size, index) as u64)
+}
+
+fn read_full_at(fd: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match fd.read_at(&mut buf[n..], off + n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+impl CryptFile {
+    pub fn new(fd: File, header_size: usize, file_id: FileId, data_key: &Key256) -> Self {
+        let key = AeadKey::new(&format::content_key(data_key, &file_id));
+        CryptFile {
+            fd,
+            header_size,
+            file_id,
+            key,
+        }
+    }
+
+    pub fn plain_size(&self) -> io::Result<u64> {
+        Ok(format::plain_size(
+            self.header_size,
+            self.fd.metadata()?.len(),
+        ))
+    }
+
+    fn block_err(&self, block: u64, e: BlockError) -> io::Error {
+        integrity_error(match e {
+            BlockError::Truncated => format!("block {block} is truncated"),
+            BlockError::Corrupt => {
+                format!("block {block} failed authentication (modified, moved or swapped)")
+            }
+        })
+    }
+
+    /// Decrypts whole blocks `first..=last` from one pread into plaintext.
+    fn read_blocks(&self, first: u64, last: u64, disk_len: u64) -> io::Result<Vec<u8>> {
+        let start = format::block_offset(self.header_size, first);
+        let end = format::block_offset(self.header_size, last + 1).min(disk_len);
+        if end <= start {
+            return Ok(Vec::new());
+        }
+        let mut disk = vec![0u8; (end - start) as usize];
+        let n = read_full_at(&self.fd, &mut disk, start)?;
+        if n < disk.len() {
+            return Err(integrity_error("file shrank while being read".into()));
+        }
+        let mut out = Vec::with_capacity(((last - first + 1) as usize) * BLOCK_SIZE);
+        for (i, chunk) in disk.chunks(DISK_BLOCK).enumerate() {
+            let b = first + i as u64;
+            format::open_block(&self.key, &self.file_id, b, chunk, &mut out)
+                .map_err(|e| self.block_err(b, e))?;
+        }
+        Ok(out)
+    }
+
+    pub fn read_at(&self, off: u64, len: usize) -> io::Result<Vec<u8>> {
+        let disk_len = self.fd.metadata()?.len();
+        let size = format::plain_size(self.header_size, disk_len);
+        if off >= size || len == 0 {
+            return Ok(Vec::new());
+        }
+        let end = (off + len as u64).min(size);
+        let bs = BLOCK_SIZE as u64;
+        let (first, last) = (off / bs, (end - 1) / bs);
+        let plain = self.read_blocks(first, last, disk_len)?;
+        let lo = (off - first * bs) as usize;
+        let hi = (end - first * bs) as usize;
+        if plain.len() < hi {
+            return Err(integrity_error("file is shorter than its size says".into()));
+        }
+        Ok(plain[lo..hi].to_vec())
+    }
+
+    /// Plaintext of block `b` as it is now (empty beyond the end).
+    fn block_plain(&self, b: u64, size: u64, disk_len: u64) -> io::Result<Vec<u8>> {
+        if b * BLOCK_SIZE as u64 >= size {
+            return Ok(Vec::new());
+        }
+        self.read_blocks(b, b, disk_len)
+    }
+
+    fn seal_into(&self, b: u64, plain: &[u8], out: &mut Vec<u8>) {
+        format::seal_block(&self.key, &self.file_id, b, plain, out);
+    }
+
+    /// Re-encrypts the last block, if partial, padded with zeros to `to_len`
+    /// bytes: needed before the file grows past it, since only the last block
+    /// may be short.
+    fn pad_last_block(&self, size: u64, disk_len: u64, to_len: usize) -> io::Result<()> {
+        let bs = BLOCK_SIZE as u64;
+        if size.is_multiple_of(bs) {
+            return Ok(());
+        }
+        let b = size / bs;
+        let mut plain = self.block_plain(b, size, disk_len)?;
+        if plain.len() >= to_len {
+            return Ok(());
+        }
+        plain.resize(to_len, 0);
+        let mut out = Vec::with_capacity(DISK_BLOCK);
+        self.seal_into(b, &plain, &mut out);
+        self.fd
+            .write_all_at(&out, format::block_offset(self.header_size, b))
+    }
+
+    pub fn write_at(&self, off: u64, data: &[u8]) -> io::Result<usize> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let bs = BLOCK_SIZE as u64;
+        let mut disk_len = self.fd.metadata()?.len();
+        let size = format::plain_size(self.header_size, disk_len);
+        let end = off + data.len() as u64;
+        let (first, last) = (off / bs, (end - 1) / bs);
+        if !size.is_multiple_of(bs) && size / bs < first {
+            self.pad_last_block(size, disk_len, BLOCK_SIZE)?;
+            disk_len = self.fd.metadata()?.len();
+        }
+        let size = format::plain_size(self.header_size, disk_len);
+        let mut out = Vec::with_capacity(((last - first + 1) as usize) * DISK_BLOCK);
+        let mut consumed = 0usize;
+        for b in first..=last {
+            let bstart = b * bs;
+            let existing = size.saturating_sub(bstart).min(bs) as usize;
+            let wlo = (off.max(bstart) - bstart) as usize;
+            let whi = (end.min(bstart + bs) - bstart) as usize;
+            let piece = &data[consumed..consumed + (whi - wlo)];
+            consumed += whi - wlo;
+            if wlo == 0 && whi >= existing {
+                self.seal_into(b, piece, &mut out);
+                continue;
+            }
+            let mut plain = self.block_plain(b, size, disk_len)?;
+            if plain.len() < whi {
+                plain.resize(whi, 0);
+            }
+            plain[wlo..whi].copy_from_slice(piece);
+            self.seal_into(b, &plain, &mut out);
+        }
+        self.fd
+            .write_all_at(&out, format::block_offset(self.header_size, first))?;
+        Ok(data.len())
+    }
+
+    pub fn truncate(&self, new: u64) -> io::Result<()> {
+        let bs = BLOCK_SIZE as u64;
+        let disk_len = self.fd.metadata()?.len();
+        let size = format::plain_size(self.header_size, disk_len);
+        if new == size {
+            // Also cuts an invalid trailing fragment.
+            if disk_len != format::disk_size(self.header_size, new) {
+                self.fd.set_len(format::disk_size(self.header_size, new))?;
+            }
+            return Ok(());
+        }
+        if new < size {
+            let r = (new % bs) as usize;
+            if r != 0 {
+                let b = new / bs;
+                let mut plain = self.block_plain(b, size, disk_len)?;
+                plain.truncate(r);
+                let mut out = Vec::with_capacity(DISK_BLOCK);
+                self.seal_into(b, &plain, &mut out);
+                self.fd
+                    .write_all_at(&out, format::block_offset(self.header_size, b))?;
+            }
+            return self.fd.set_len(format::disk_size(self.header_size, new));
+        }
+        // Grow: the old last block is padded (to the new end if that falls in
+        // it); a new partial last block is written as encrypted zeros; whole
+        // blocks in between stay holes.
+        let old_last = size / bs;
+        if !size.is_multiple_of(bs) {
+            let to = if new / bs == old_last {
+                (new % bs) as usize
+            } else {
+                BLOCK_SIZE
+            };
+            self.pad_last_block(size, disk_len, to)?;
+        }
+        let b = new / bs;
+        if !new.is_multiple_of(bs) && b * bs >= size {
+            let zeros = vec![0u8; (new % bs) as usize];
+            let mut out = Vec::with_capacity(DISK_BLOCK);
+            self.seal_into(b, &zeros, &mut out);
+            self.fd
+                .write_all_at(&out, format::block_offset(self.header_size, b))?;
+        }
+        self.fd.set_len(format::disk_size(self.header_size, new))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const H: usize = format::DEFAULT_HEADER_SIZE;
+
+    fn new_file() -> (tempfile::NamedTempFile, CryptFile) {
+        let t = tempfile::NamedTempFile::new().unwrap();
+        let fd = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(t.path())
+            .unwrap();
+        write_new_header(&fd, H, [4; 16], vec![1; 99]).unwrap();
+        let cf = CryptFile::new(fd, H, [4; 16], &Key256::from_bytes([8; 32]));
+        (t, cf)
+    }
+
+    #[derive(Debug, Clone)]
+    enum Action {
+        Write(u64, Vec<u8>),
+        Truncate(u64),
+    }
+
+    fn action() -> impl Strategy<Value = Action> {
+        prop_oneof![
+            (
+                0u64..20_000,
+                proptest::collection::vec(any::<u8>(), 1..9000)
+            )
+                .prop_map(|(o, d)| Action::Write(o, d)),
+            (0u64..25_000).prop_map(Action::Truncate),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Any sequence of writes and truncates reads back like a plain byte vector.
+        #[test]
+        fn behaves_like_a_byte_vector(actions in proptest::collection::vec(action(), 1..12)) {
+            let (_t, f) = new_file();
+            let mut model: Vec<u8> = vec![];
+            for a in actions {
+                match a {
+                    Action::Write(o, d) => {
+                        f.write_at(o, &d).unwrap();
+                        let end = o as usize + d.len();
+                        if model.len() < end { model.resize(end, 0); }
+                        model[o as usize..end].copy_from_slice(&d);
+                    }
+                    Action::Truncate(n) => {
+                        f.truncate(n).unwrap();
+                        model.resize(n as usize, 0);
+                    }
+                }
+                prop_assert_eq!(f.plain_size().unwrap(), model.len() as u64);
+                let all = f.read_at(0, model.len() + 10).unwrap();
+                prop_assert_eq!(&all, &model);
+            }
+            let mid = f.read_at(4000, 300).unwrap();
+            let want: Vec<u8> = model.iter().skip(4000).take(300).copied().collect();
+            prop_assert_eq!(mid, want);
+        }
+    }
+
+    #[test]
+    fn holes_stay_holes() {
+        let (t, f) = new_file();
+        f.write_at(100 * BLOCK_SIZE as u64, b"end").unwrap();
+        let meta = std::fs::metadata(t.path()).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert!(
+            meta.blocks() * 512 < 64 * 1024,
+            "sparse: {} blocks",
+            meta.blocks()
+        );
+        assert_eq!(f.read_at(5 * BLOCK_SIZE as u64, 10).unwrap(), vec![0; 10]);
+        f.truncate(1 << 30).unwrap();
+        assert!(std::fs::metadata(t.path()).unwrap().blocks() * 512 < 64 * 1024);
+        assert_eq!(f.plain_size().unwrap(), 1 << 30);
+    }
+
+    #[test]
+    fn corruption_is_an_error_not_garbage() {
+        let (t, f) = new_file();
+        f.write_at(0, &vec![7u8; 10_000]).unwrap();
+        let raw = std::fs::OpenOptions::new()
+            .write(true)
+            .open(t.path())
+            .unwrap();
+        raw.write_all_at(&[0xff], (H + DISK_BLOCK + 100) as u64)
+            .unwrap();
+        assert!(f.read_at(0, 100).is_ok(), "block 0 is intact");
+        let e = f.read_at(DISK_BLOCK as u64, 100).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        // Truncated mid-block.
+        raw.set_len((H + 2 * DISK_BLOCK + 10) as u64).unwrap();
+        assert_eq!(f.plain_size().unwrap(), 2 * BLOCK_SIZE as u64);
+    }
+}

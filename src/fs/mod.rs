@@ -1,0 +1,14 @@
+//! The encrypting filesystem: the file format (pure), encrypted random access
+//! over a backing file, the inode table, the rename journal, the FUSE
+//! operations and mounting.
+
+pub mod backing;
+pub mod config;
+pub mod cryptfile;
+pub mod format;
+pub mod inode;
+pub mod keys;
+pub mod mount;
+pub mod ops;
+pub mod rename;
+pub mod symlink;

@@ -1,0 +1,1051 @@
+//! The FUSE operations. Each one maps a node to its cipherdir path, does the
+//! backing-file work, and answers with an errno that says what happened: EIO
+//! for integrity failures, EACCES for KMS refusals, the backing errno else.
+
+use super::backing::{Backing, FsError, FsResult, TEMP_PREFIX};
+use super::config::RESERVED_NAMES;
+use super::cryptfile::CryptFile;
+use super::format;
+use super::inode::{self, Inodes};
+use super::rename;
+use super::symlink;
+use crate::kms::{Caller, Via};
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::{self, Metadata};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Per-inode state shared by every handle open on it: one unwrapped key, one
+/// lock that orders writers.
+pub struct OpenFile {
+    cf: CryptFile,
+    io: RwLock<()>,
+}
+
+struct DirSnapshot {
+    entries: Vec<(String, FileType)>,
+}
+
+enum Handle {
+    File(Arc<OpenFile>),
+    Dir(Arc<DirSnapshot>),
+}
+
+pub struct Options {
+    pub attr_ttl: Duration,
+    pub read_only: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            attr_ttl: Duration::from_secs(1),
+            read_only: false,
+        }
+    }
+}
+
+pub struct KmsFs {
+    b: Backing,
+    opts: Options,
+    inodes: Mutex<Inodes>,
+    open: Mutex<HashMap<u64, Weak<OpenFile>>>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_fh: AtomicU64,
+    renames: Mutex<()>,
+    as_root: bool,
+}
+
+fn err(e: i32) -> Errno {
+    Errno::from_i32(e)
+}
+
+fn io_errno(e: &io::Error) -> Errno {
+    err(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+fn kind_of(m: &Metadata) -> FileType {
+    let ft = m.file_type();
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_dir() {
+        FileType::Directory
+    } else if ft.is_symlink() {
+        FileType::Symlink
+    } else if ft.is_fifo() {
+        FileType::NamedPipe
+    } else if ft.is_socket() {
+        FileType::Socket
+    } else if ft.is_char_device() {
+        FileType::CharDevice
+    } else if ft.is_block_device() {
+        FileType::BlockDevice
+    } else {
+        FileType::RegularFile
+    }
+}
+
+fn time(secs: i64, nsecs: i64) -> SystemTime {
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::new(secs as u64, nsecs as u32)
+    } else {
+        UNIX_EPOCH - Duration::from_secs((-secs) as u64)
+    }
+}
+
+/// A name users may create: UTF-8 (it becomes encryption context) and not one
+/// kmsfs keeps for itself.
+fn user_name(parent: &str, name: &OsStr) -> Result<String, Errno> {
+    let n = name.to_str().ok_or(err(libc::EILSEQ))?;
+    if n.starts_with(TEMP_PREFIX) || (parent.is_empty() && RESERVED_NAMES.contains(&n)) {
+        return Err(err(libc::EPERM));
+    }
+    Ok(n.to_string())
+}
+
+fn visible(parent: &str, name: &str) -> bool {
+    !(name.starts_with(TEMP_PREFIX) || (parent.is_empty() && RESERVED_NAMES.contains(&name)))
+}
+
+impl KmsFs {
+    pub fn new(b: Backing, opts: Options) -> Self {
+        KmsFs {
+            b,
+            opts,
+            inodes: Mutex::new(Inodes::default()),
+            open: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            renames: Mutex::new(()),
+            // SAFETY: geteuid has no preconditions.
+            as_root: unsafe { libc::geteuid() } == 0,
+        }
+    }
+
+    fn caller(req: &Request) -> Caller {
+        Caller::local(req.uid(), req.gid(), req.pid(), Via::Mount)
+    }
+
+    fn path(&self, ino: INodeNo) -> Result<String, Errno> {
+        let p = self
+            .inodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .path(ino.0)
+            .ok_or(Errno::ENOENT)?;
+        if p.starts_with('\0') {
+            return Err(Errno::ENOENT);
+        }
+        Ok(p)
+    }
+
+    fn child(&self, parent: INodeNo, name: &OsStr) -> Result<(String, String), Errno> {
+        let pp = self.path(parent)?;
+        let n = name.to_str().ok_or(Errno::ENOENT)?;
+        if !visible(&pp, n) {
+            return Err(Errno::ENOENT);
+        }
+        Ok((inode::join(&pp, n), pp))
+    }
+
+    fn attr(&self, ino: u64, m: &Metadata) -> FileAttr {
+        let kind = kind_of(m);
+        let size = match kind {
+            FileType::RegularFile => format::plain_size(self.b.hs, m.len()),
+            FileType::Symlink => symlink::plain_len(m.len()),
+            _ => m.len(),
+        };
+        FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: m.blocks(),
+            atime: time(m.atime(), m.atime_nsec()),
+            mtime: time(m.mtime(), m.mtime_nsec()),
+            ctime: time(m.ctime(), m.ctime_nsec()),
+            crtime: UNIX_EPOCH,
+            kind,
+            perm: (m.mode() & 0o7777) as u16,
+            nlink: m.nlink() as u32,
+            uid: m.uid(),
+            gid: m.gid(),
+            rdev: m.rdev() as u32,
+            blksize: format::BLOCK_SIZE as u32,
+            flags: 0,
+        }
+    }
+
+    fn log(&self, what: &str, path: &str, e: &FsError) {
+        eprintln!("kmsfs: {what} {path:?}: {e}");
+    }
+
+    fn fs_errno(&self, what: &str, path: &str, e: FsError) -> Errno {
+        let n = e.errno();
+        if n == libc::EIO || n == libc::EACCES {
+            self.log(what, path, &e);
+        }
+        err(n)
+    }
+
+    /// Answers a lookup-like call: lstat, count the lookup, reply.
+    fn entry_for(&self, rel: &str) -> Result<(FileAttr, u64), Errno> {
+        let m = fs::symlink_metadata(self.b.full(rel)).map_err(|e| io_errno(&e))?;
+        let ino = self
+            .inodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .lookup(rel);
+        Ok((self.attr(ino, &m), ino))
+    }
+
+    /// Gives newly created nodes to the requesting user when running as root.
+    fn own(&self, path: &Path, req: &Request) -> io::Result<()> {
+        if self.as_root {
+            std::os::unix::fs::lchown(path, Some(req.uid()), Some(req.gid()))?;
+        }
+        Ok(())
+    }
+
+    fn new_fh(&self, h: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(fh, h);
+        fh
+    }
+
+    fn file_handle(&self, fh: FileHandle) -> Result<Arc<OpenFile>, Errno> {
+        match self
+            .handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh.0)
+        {
+            Some(Handle::File(f)) => Ok(f.clone()),
+            _ => Err(Errno::EBADF),
+        }
+    }
+
+    /// The shared open state of a file, unwrapping its key if no handle has it.
+    fn open_file(&self, ino: u64, rel: &str, caller: &Caller) -> FsResult<Arc<OpenFile>> {
+        if let Some(f) = self
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&ino)
+            .and_then(Weak::upgrade)
+        {
+            return Ok(f);
+        }
+        let cf = self.b.open_crypt(rel, caller)?;
+        Ok(self.publish(ino, cf))
+    }
+
+    fn publish(&self, ino: u64, cf: CryptFile) -> Arc<OpenFile> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = open.get(&ino).and_then(Weak::upgrade) {
+            return f; // another thread won the race; our copy is dropped and wiped
+        }
+        let f = Arc::new(OpenFile {
+            cf,
+            io: RwLock::new(()),
+        });
+        open.insert(ino, Arc::downgrade(&f));
+        open.retain(|_, w| w.strong_count() > 0);
+        f
+    }
+
+    fn snapshot(&self, rel: &str) -> io::Result<DirSnapshot> {
+        let mut entries = vec![];
+        for e in fs::read_dir(self.b.full(rel))? {
+            let e = e?;
+            let Some(name) = e.file_name().to_str().map(String::from) else {
+                continue;
+            };
+            if !visible(rel, &name) {
+                continue;
+            }
+            let Ok(m) = e.metadata() else { continue };
+            entries.push((name, kind_of(&m)));
+        }
+        Ok(DirSnapshot { entries })
+    }
+
+    fn dir_handle(&self, fh: FileHandle) -> Result<Arc<DirSnapshot>, Errno> {
+        match self
+            .handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh.0)
+        {
+            Some(Handle::Dir(d)) => Ok(d.clone()),
+            _ => Err(Errno::EBADF),
+        }
+    }
+
+    fn set_times(
+        &self,
+        path: &Path,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+    ) -> io::Result<()> {
+        let ts = |t: Option<TimeOrNow>| match t {
+            None => libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_OMIT,
+            },
+            Some(TimeOrNow::Now) => libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_NOW,
+            },
+            Some(TimeOrNow::SpecificTime(t)) => {
+                let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+                libc::timespec {
+                    tv_sec: d.as_secs() as i64,
+                    tv_nsec: d.subsec_nanos() as i64,
+                }
+            }
+        };
+        let times = [ts(atime), ts(mtime)];
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: valid path and a two-element timespec array.
+        let r = unsafe {
+            libc::utimensat(
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                times.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    fn create_file(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+    ) -> Result<(String, Arc<OpenFile>), Errno> {
+        let pp = self.path(parent)?;
+        let n = user_name(&pp, name)?;
+        let rel = inode::join(&pp, &n);
+        let full = self.b.full(&rel);
+        let fd = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(mode & !umask & 0o7777)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&full)
+            .map_err(|e| io_errno(&e))?;
+        let caller = Self::caller(req);
+        let (key, id) = match self.b.init_file(&fd, &rel, &caller) {
+            Ok(k) => k,
+            Err(e) => {
+                let _ = fs::remove_file(&full);
+                return Err(self.fs_errno("create", &rel, e));
+            }
+        };
+        self.own(&full, req).map_err(|e| io_errno(&e))?;
+        let ino = self
+            .inodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .lookup(&rel);
+        let f = self.publish(ino, CryptFile::new(fd, self.b.hs, id, &key));
+        Ok((rel, f))
+    }
+}
+
+impl Filesystem for KmsFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.add_capabilities(
+            fuser::InitFlags::FUSE_DO_READDIRPLUS
+                | fuser::InitFlags::FUSE_PARALLEL_DIROPS
+                | fuser::InitFlags::FUSE_MAX_PAGES,
+        );
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        if let Ok(f) = fs::File::open(&self.b.root) {
+            use std::os::unix::io::AsRawFd;
+            // SAFETY: syncfs on an open descriptor.
+            unsafe { libc::syncfs(f.as_raw_fd()) };
+        }
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self
+            .child(parent, name)
+            .and_then(|(rel, _)| self.entry_for(&rel))
+        {
+            Ok((attr, _)) => reply.entry(&self.opts.attr_ttl, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.inodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let r = self
+            .path(ino)
+            .and_then(|p| fs::symlink_metadata(self.b.full(&p)).map_err(|e| io_errno(&e)));
+        match r {
+            Ok(m) => reply.attr(&self.opts.attr_ttl, &self.attr(ino.0, &m)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let rel = match self.path(ino) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let full = self.b.full(&rel);
+        let r = (|| -> Result<(), Errno> {
+            if let Some(m) = mode {
+                fs::set_permissions(&full, fs::Permissions::from_mode(m & 0o7777))
+                    .map_err(|e| io_errno(&e))?;
+            }
+            if uid.is_some() || gid.is_some() {
+                std::os::unix::fs::lchown(&full, uid, gid).map_err(|e| io_errno(&e))?;
+            }
+            if let Some(sz) = size {
+                let f = match fh.map(|h| self.file_handle(h)) {
+                    Some(Ok(f)) => f,
+                    _ => self
+                        .open_file(ino.0, &rel, &Self::caller(req))
+                        .map_err(|e| self.fs_errno("truncate", &rel, e))?,
+                };
+                let _w = f.io.write().unwrap_or_else(|e| e.into_inner());
+                f.cf.truncate(sz)
+                    .map_err(|e| self.fs_errno("truncate", &rel, e.into()))?;
+            }
+            if atime.is_some() || mtime.is_some() {
+                self.set_times(&full, atime, mtime)
+                    .map_err(|e| io_errno(&e))?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = r {
+            return reply.error(e);
+        }
+        match fs::symlink_metadata(&full) {
+            Ok(m) => reply.attr(&self.opts.attr_ttl, &self.attr(ino.0, &m)),
+            Err(e) => reply.error(io_errno(&e)),
+        }
+    }
+
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        let rel = match self.path(ino) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let stored = match fs::read_link(self.b.full(&rel)) {
+            Ok(s) => s,
+            Err(e) => return reply.error(io_errno(&e)),
+        };
+        match self
+            .b
+            .decrypt_symlink(&rel, stored.as_os_str().as_bytes(), &Self::caller(req))
+        {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(self.fs_errno("readlink", &rel, e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let kind = mode & libc::S_IFMT;
+        if kind == libc::S_IFREG {
+            return match self.create_file(req, parent, name, mode, umask) {
+                Ok((rel, _)) => match self.entry_for(&rel) {
+                    Ok((attr, _)) => reply.entry(&self.opts.attr_ttl, &attr, Generation(0)),
+                    Err(e) => reply.error(e),
+                },
+                Err(e) => reply.error(e),
+            };
+        }
+        if kind != libc::S_IFIFO && kind != libc::S_IFSOCK {
+            // Device nodes would let a cipherdir carry devices into the mount.
+            return reply.error(Errno::EPERM);
+        }
+        let r = (|| {
+            let pp = self.path(parent)?;
+            let rel = inode::join(&pp, &user_name(&pp, name)?);
+            let full = self.b.full(&rel);
+            let c =
+                std::ffi::CString::new(full.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
+            // SAFETY: valid path; mode and rdev come from the kernel.
+            if unsafe {
+                libc::mknod(
+                    c.as_ptr(),
+                    (mode & !umask) as libc::mode_t,
+                    rdev as libc::dev_t,
+                )
+            } != 0
+            {
+                return Err(io_errno(&io::Error::last_os_error()));
+            }
+            self.own(&full, req).map_err(|e| io_errno(&e))?;
+            self.entry_for(&rel)
+        })();
+        match r {
+            Ok((attr, _)) => reply.entry(&self.opts.attr_ttl, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = (|| {
+            let pp = self.path(parent)?;
+            let rel = inode::join(&pp, &user_name(&pp, name)?);
+            let full = self.b.full(&rel);
+            fs::DirBuilder::new()
+                .mode(mode & !umask & 0o7777)
+                .create(&full)
+                .map_err(|e| io_errno(&e))?;
+            self.own(&full, req).map_err(|e| io_errno(&e))?;
+            self.entry_for(&rel)
+        })();
+        match r {
+            Ok((attr, _)) => reply.entry(&self.opts.attr_ttl, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = self.child(parent, name).and_then(|(rel, _)| {
+            fs::remove_file(self.b.full(&rel)).map_err(|e| io_errno(&e))?;
+            self.inodes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .unlink(&rel);
+            Ok(())
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = self.child(parent, name).and_then(|(rel, _)| {
+            fs::remove_dir(self.b.full(&rel)).map_err(|e| io_errno(&e))?;
+            self.inodes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .unlink(&rel);
+            Ok(())
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let r = (|| {
+            let pp = self.path(parent)?;
+            let rel = inode::join(&pp, &user_name(&pp, link_name)?);
+            let full = self.b.full(&rel);
+            let enc = self
+                .b
+                .encrypt_symlink(&rel, target.as_os_str().as_bytes(), &Self::caller(req))
+                .map_err(|e| self.fs_errno("symlink", &rel, e))?;
+            std::os::unix::fs::symlink(enc, &full).map_err(|e| io_errno(&e))?;
+            self.own(&full, req).map_err(|e| io_errno(&e))?;
+            self.entry_for(&rel)
+        })();
+        match r {
+            Ok((attr, _)) => reply.entry(&self.opts.attr_ttl, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if flags.contains(RenameFlags::RENAME_EXCHANGE)
+            || flags.contains(RenameFlags::RENAME_WHITEOUT)
+        {
+            // Exchanging two names would need both keys re-wrapped atomically.
+            return reply.error(Errno::EINVAL);
+        }
+        let r = (|| {
+            let (from, _) = self.child(parent, name)?;
+            let np = self.path(newparent)?;
+            let to = inode::join(&np, &user_name(&np, newname)?);
+            if from == to {
+                return Ok(());
+            }
+            let _serial = self.renames.lock().unwrap_or_else(|e| e.into_inner());
+            let m = fs::symlink_metadata(self.b.full(&from)).map_err(|e| io_errno(&e))?;
+            let caller = Self::caller(req);
+            let ft = m.file_type();
+            let res = if ft.is_dir() {
+                rename::rename_dir(&self.b, &from, &to, flags.bits(), &caller)
+            } else if ft.is_file() {
+                rename::rename_file(&self.b, &from, &to, flags.bits(), &caller)
+            } else if ft.is_symlink() {
+                rename::rename_symlink(&self.b, &from, &to, flags.bits(), &caller)
+            } else {
+                rename::renameat2(&self.b.full(&from), &self.b.full(&to), flags.bits())
+                    .map_err(FsError::from)
+            };
+            res.map_err(|e| self.fs_errno("rename", &from, e))?;
+            self.inodes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .rename(&from, &to);
+            Ok(())
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        // A data key is bound to one path; a second name could not decrypt.
+        reply.error(Errno::EPERM);
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let r = self.path(ino).and_then(|rel| {
+            let m = fs::symlink_metadata(self.b.full(&rel)).map_err(|e| io_errno(&e))?;
+            if !m.is_file() {
+                return Err(Errno::EINVAL);
+            }
+            self.open_file(ino.0, &rel, &Self::caller(req))
+                .map_err(|e| self.fs_errno("open", &rel, e))
+        });
+        match r {
+            Ok(f) => reply.opened(
+                FileHandle(self.new_fh(Handle::File(f))),
+                FopenFlags::empty(),
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let f = match self.file_handle(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        let _r = f.io.read().unwrap_or_else(|e| e.into_inner());
+        match f.cf.read_at(offset, size as usize) {
+            Ok(data) => reply.data(&data),
+            Err(e) => {
+                let rel = self.path(ino).unwrap_or_default();
+                reply.error(self.fs_errno("read", &rel, e.into()))
+            }
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let f = match self.file_handle(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        let _w = f.io.write().unwrap_or_else(|e| e.into_inner());
+        match f.cf.write_at(offset, data) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => {
+                let rel = self.path(ino).unwrap_or_default();
+                reply.error(self.fs_errno("write", &rel, e.into()))
+            }
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Writes reach the backing file as they come; nothing is buffered here.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Dropping the last handle drops the key (wiped on drop).
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let r = self.file_handle(fh).and_then(|f| {
+            let res = if datasync {
+                f.cf.fd.sync_data()
+            } else {
+                f.cf.fd.sync_all()
+            };
+            res.map_err(|e| io_errno(&e))
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self
+            .path(ino)
+            .and_then(|p| self.snapshot(&p).map_err(|e| io_errno(&e)))
+        {
+            Ok(s) => reply.opened(
+                FileHandle(self.new_fh(Handle::Dir(Arc::new(s)))),
+                FopenFlags::empty(),
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let (d, rel) = match self.dir_handle(fh).and_then(|d| Ok((d, self.path(ino)?))) {
+            Ok(x) => x,
+            Err(e) => return reply.error(e),
+        };
+        let inodes = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
+        let dots = [(".", FileType::Directory), ("..", FileType::Directory)];
+        let all = dots
+            .iter()
+            .map(|(n, k)| (n.to_string(), *k))
+            .chain(d.entries.iter().cloned());
+        for (i, (name, kind)) in all.enumerate().skip(offset as usize) {
+            let child = inode::join(&rel, &name);
+            // A stable number for names the kernel has not looked up yet.
+            let n = inodes
+                .peek(&child)
+                .unwrap_or_else(|| 1 << 62 | (fxhash(&child) >> 2));
+            if reply.add(INodeNo(n), i as u64 + 1, kind, &name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let (d, rel) = match self.dir_handle(fh).and_then(|d| Ok((d, self.path(ino)?))) {
+            Ok(x) => x,
+            Err(e) => return reply.error(e),
+        };
+        for (i, (name, _)) in d.entries.iter().enumerate().skip(offset as usize) {
+            let child = inode::join(&rel, name);
+            let Ok(m) = fs::symlink_metadata(self.b.full(&child)) else {
+                continue;
+            };
+            let n = self
+                .inodes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .lookup(&child);
+            let attr = self.attr(n, &m);
+            if reply.add(
+                INodeNo(n),
+                i as u64 + 1,
+                name,
+                &self.opts.attr_ttl,
+                &attr,
+                Generation(0),
+            ) {
+                // Not sent: the kernel will not count this lookup.
+                self.inodes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .forget(n, 1);
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.path(ino).and_then(|p| {
+            fs::File::open(self.b.full(&p))
+                .and_then(|f| f.sync_all())
+                .map_err(|e| io_errno(&e))
+        }) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let c = std::ffi::CString::new(self.b.root.as_os_str().as_bytes())
+            .expect("no NUL in cipherdir");
+        // SAFETY: valid path and an out-struct statvfs fills in.
+        let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+            return reply.error(io_errno(&io::Error::last_os_error()));
+        }
+        reply.statfs(
+            s.f_blocks,
+            s.f_bfree,
+            s.f_bavail,
+            s.f_files,
+            s.f_ffree,
+            s.f_bsize as u32,
+            255,
+            s.f_frsize as u32,
+        );
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        // Format v1 keeps no extended attributes (values would need their own
+        // path-bound keys); see README.
+        reply.error(Errno::EOPNOTSUPP);
+    }
+
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
+        reply.error(err(libc::ENODATA));
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if size == 0 {
+            reply.size(0)
+        } else {
+            reply.data(&[])
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(err(libc::ENODATA));
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // Mounted with default_permissions: the kernel checks mode bits.
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match self.create_file(req, parent, name, mode, umask) {
+            Ok((rel, f)) => match fs::symlink_metadata(self.b.full(&rel)) {
+                Ok(m) => {
+                    let ino = self
+                        .inodes
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .peek(&rel)
+                        .unwrap_or(0);
+                    let fh = self.new_fh(Handle::File(f));
+                    reply.created(
+                        &self.opts.attr_ttl,
+                        &self.attr(ino, &m),
+                        Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                    )
+                }
+                Err(e) => reply.error(io_errno(&e)),
+            },
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _length: u64,
+        _mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        // Preallocated space would have to be encrypted zeros; not in format v1.
+        reply.error(Errno::EOPNOTSUPP);
+    }
+}
+
+/// FNV-1a: a stable 64-bit number for a path.
+fn fxhash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
+}
