@@ -1,0 +1,252 @@
+//! Shared set-up for tests that mount: a fixture with a cipherdir, a
+//! mountpoint and a KMS home, and a guard that always unmounts, with a
+//! watchdog that aborts the FUSE connection if a test hangs.
+#![allow(dead_code)]
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_kmsfs");
+
+/// Mount tests need /dev/fuse; without it they fail, loudly.
+pub fn require_fuse() {
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse is missing: these tests mount real FUSE filesystems; run them where FUSE works (as root, or with fuse3 installed)"
+    );
+}
+
+/// Runs a command, killing it after `secs`.
+pub fn run_timeout(cmd: &mut Command, secs: u64) -> Output {
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(_st) = child.try_wait().expect("wait") {
+            return child.wait_with_output().expect("output");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!("{cmd:?} did not finish within {secs}s; stderr: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub fn sh(script: &str) -> Output {
+    run_timeout(Command::new("bash").arg("-c").arg(script), 120)
+}
+
+pub fn sh_ok(script: &str) -> String {
+    let o = sh(script);
+    assert!(o.status.success(), "{script} failed: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub cipher: PathBuf,
+    pub mnt: PathBuf,
+    pub home: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Fixture {
+    /// A fresh filesystem (kmsfs init) with its own KMS home and root key file.
+    pub fn new() -> Self {
+        require_fuse();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cipher, mnt, home, key) =
+            (dir.path().join("cipher"), dir.path().join("mnt"), dir.path().join("home"), dir.path().join("root.key"));
+        std::fs::create_dir(&mnt).unwrap();
+        std::fs::write(&key, [0x42u8; 32]).unwrap();
+        let fx = Fixture { dir, cipher, mnt, home, key };
+        let o = fx.cli(&["init", fx.cipher.to_str().unwrap()]);
+        assert!(o.status.success(), "init: {}", String::from_utf8_lossy(&o.stderr));
+        fx
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("--kms-home").arg(&self.home).arg("--key-file").arg(&self.key);
+        c.env_remove("KMSFS_HOME").env_remove("KMSFS_PASSPHRASE_FILE").env_remove("KMSFS_KEY_FILE");
+        c
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        run_timeout(self.cmd().args(args), 60)
+    }
+
+    pub fn m(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    pub fn c(&self, rel: &str) -> PathBuf {
+        self.cipher.join(rel)
+    }
+
+    pub fn config(&self) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(self.c("kmsfs.conf")).unwrap()).unwrap()
+    }
+
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.home.join("audit.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Mounts in the background through the CLI (returns once mounted).
+    pub fn mount(&self) -> Mounted<'_> {
+        self.mount_with(&[])
+    }
+
+    pub fn mount_with(&self, extra: &[&str]) -> Mounted<'_> {
+        let mut args = vec!["mount", self.cipher.to_str().unwrap(), self.mnt.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let o = self.cli(&args);
+        assert!(o.status.success(), "mount: {}", String::from_utf8_lossy(&o.stderr));
+        Mounted::new(self, None)
+    }
+
+    /// Mounts in the foreground as a child process, so a test can kill it.
+    pub fn mount_foreground(&self) -> Mounted<'_> {
+        let child = self
+            .cmd()
+            .args(["mount", "-f", self.cipher.to_str().unwrap(), self.mnt.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn kmsfs mount -f");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !is_mounted(&self.mnt) {
+            assert!(Instant::now() < deadline, "kmsfs mount -f did not mount within 30s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Mounted::new(self, Some(child))
+    }
+}
+
+pub fn is_mounted(mnt: &Path) -> bool {
+    let mp = std::fs::canonicalize(mnt).unwrap_or(mnt.to_path_buf());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(mp.to_str().unwrap_or("")))
+}
+
+/// Aborts the FUSE connection behind `mnt` (unblocks any hung syscall) and
+/// detaches the mount.
+fn force_unmount(mnt: &Path, conn: Option<u32>) {
+    if let Some(c) = conn {
+        let ctl = Path::new("/sys/fs/fuse/connections");
+        if std::fs::read_dir(ctl).map(|mut d| d.next().is_none()).unwrap_or(true) {
+            let _ = Command::new("mount").args(["-t", "fusectl", "none", "/sys/fs/fuse/connections"]).output();
+        }
+        let _ = std::fs::write(ctl.join(c.to_string()).join("abort"), "1");
+    }
+    let _ = Command::new("umount").arg("-l").arg(mnt).output();
+}
+
+pub struct Mounted<'a> {
+    pub fx: &'a Fixture,
+    pub child: Option<Child>,
+    done: Arc<AtomicBool>,
+    conn: Option<u32>,
+}
+
+impl<'a> Mounted<'a> {
+    fn new(fx: &'a Fixture, child: Option<Child>) -> Self {
+        let dev = std::fs::metadata(&fx.mnt).map(|m| m.dev()).ok();
+        // SAFETY: minor() is a pure computation on the device number.
+        let conn = dev.map(|d| libc::minor(d));
+        let done = Arc::new(AtomicBool::new(false));
+        let (d2, mnt) = (done.clone(), fx.mnt.clone());
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while Instant::now() < deadline {
+                if d2.load(Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            eprintln!("watchdog: mount {} outlived 600s; aborting it", mnt.display());
+            force_unmount(&mnt, conn);
+        });
+        Mounted { fx, child, done, conn }
+    }
+
+    /// SIGKILLs the foreground daemon (a crash), then detaches the dead mount.
+    pub fn kill(mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.child = None;
+        force_unmount(&self.fx.mnt, self.conn);
+        self.done.store(true, Ordering::SeqCst);
+        std::mem::forget(self);
+    }
+
+    /// Clean unmount through `kmsfs unmount`, asserting it worked.
+    pub fn unmount(mut self) {
+        let o = self.fx.cli(&["unmount", self.fx.mnt.to_str().unwrap()]);
+        assert!(o.status.success(), "unmount: {}", String::from_utf8_lossy(&o.stderr));
+        if let Some(mut c) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while c.try_wait().unwrap().is_none() {
+                assert!(Instant::now() < deadline, "daemon did not exit after unmount");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        self.done.store(true, Ordering::SeqCst);
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Mounted<'_> {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::SeqCst);
+        let ok = Command::new("timeout")
+            .args(["30", BIN, "unmount"])
+            .arg(&self.fx.mnt)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if !ok || is_mounted(&self.fx.mnt) {
+            force_unmount(&self.fx.mnt, self.conn);
+        }
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A small deterministic PRNG (xorshift64*), so failures reproduce from the seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545F4914F6CDD1D)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+pub fn read_err(p: &Path) -> Option<i32> {
+    std::fs::read(p).err().and_then(|e| e.raw_os_error())
+}
