@@ -14,21 +14,41 @@ fn plaintext_in_mount_ciphertext_in_cipherdir() {
     fs::write(fx.m("doc.txt"), &secret).unwrap();
     assert_eq!(fs::read(fx.m("doc.txt")).unwrap(), secret);
     let raw = fs::read(fx.c("doc.txt")).unwrap();
-    assert!(!raw.windows(9).any(|w| w == b"quick bro"), "plaintext leaked into the cipherdir");
+    assert!(
+        !raw.windows(9).any(|w| w == b"quick bro"),
+        "plaintext leaked into the cipherdir"
+    );
     assert_eq!(&raw[..8], b"KMSFS\0v1");
     // stat agrees without decrypting; config and lock files are hidden.
-    assert_eq!(fs::metadata(fx.m("doc.txt")).unwrap().len(), secret.len() as u64);
-    let names: Vec<String> = fs::read_dir(&fx.mnt).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert_eq!(
+        fs::metadata(fx.m("doc.txt")).unwrap().len(),
+        secret.len() as u64
+    );
+    let names: Vec<String> = fs::read_dir(&fx.mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     assert_eq!(names, vec!["doc.txt".to_string()]);
     // Every unwrap is audited with the path and the reading process.
     let recs = fx.audit();
-    let dec = recs.iter().filter(|r| r["eventName"] == "Decrypt").last().expect("a Decrypt record");
-    assert_eq!(dec["requestParameters"]["encryptionContext"]["kmsfs:path"], "doc.txt");
+    let dec = recs
+        .iter()
+        .filter(|r| r["eventName"] == "Decrypt")
+        .last()
+        .expect("a Decrypt record");
+    assert_eq!(
+        dec["requestParameters"]["encryptionContext"]["kmsfs:path"],
+        "doc.txt"
+    );
     assert_eq!(dec["userIdentity"]["invokedBy"], "mount");
     assert!(dec["userIdentity"]["pid"].as_u64().unwrap() > 0);
     m.unmount();
     let m = fx.mount();
-    assert_eq!(fs::read(fx.m("doc.txt")).unwrap(), secret, "survives a remount");
+    assert_eq!(
+        fs::read(fx.m("doc.txt")).unwrap(),
+        secret,
+        "survives a remount"
+    );
     m.unmount();
 }
 
@@ -42,9 +62,17 @@ fn open_flags_truncate_append_excl() {
     f.write_all(b"abc").unwrap();
     drop(f);
     assert_eq!(fs::read(&p).unwrap(), b"0123456789abc");
-    let e = OpenOptions::new().write(true).create_new(true).open(&p).unwrap_err();
+    let e = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&p)
+        .unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EEXIST));
-    OpenOptions::new().write(true).truncate(true).open(&p).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&p)
+        .unwrap();
     assert_eq!(fs::read(&p).unwrap(), b"");
     // Truncate grows with zeros and shrinks mid-block.
     let f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
@@ -78,22 +106,38 @@ fn metadata_dirs_links_fifos() {
     std::os::unix::fs::chown(&p, Some(1234), Some(4321)).unwrap();
     let md = fs::metadata(&p).unwrap();
     assert_eq!((md.uid(), md.gid()), (1234, 4321));
-    sh_ok(&format!("touch -d '2001-02-03 04:05:06 UTC' {}", p.display()));
+    sh_ok(&format!(
+        "touch -d '2001-02-03 04:05:06 UTC' {}",
+        p.display()
+    ));
     assert_eq!(fs::metadata(&p).unwrap().mtime(), 981173106);
 
     fs::create_dir_all(fx.m("a/b/c")).unwrap();
-    assert_eq!(fs::remove_dir(fx.m("a")).unwrap_err().raw_os_error(), Some(libc::ENOTEMPTY));
+    assert_eq!(
+        fs::remove_dir(fx.m("a")).unwrap_err().raw_os_error(),
+        Some(libc::ENOTEMPTY)
+    );
     fs::remove_dir(fx.m("a/b/c")).unwrap();
 
     std::os::unix::fs::symlink("../f", fx.m("a/link")).unwrap();
-    assert_eq!(fs::read_link(fx.m("a/link")).unwrap().to_str().unwrap(), "../f");
+    assert_eq!(
+        fs::read_link(fx.m("a/link")).unwrap().to_str().unwrap(),
+        "../f"
+    );
     assert_eq!(fs::symlink_metadata(fx.m("a/link")).unwrap().len(), 4);
     assert_eq!(fs::read(fx.m("a/link")).unwrap(), b"x");
     let stored = fs::read_link(fx.c("a/link")).unwrap();
-    assert!(stored.to_str().unwrap().starts_with("kmsfs1:"), "target is encrypted: {stored:?}");
+    assert!(
+        stored.to_str().unwrap().starts_with("kmsfs1:"),
+        "target is encrypted: {stored:?}"
+    );
 
     let e = fs::hard_link(&p, fx.m("hard")).unwrap_err();
-    assert_eq!(e.raw_os_error(), Some(libc::EPERM), "hard links are refused");
+    assert_eq!(
+        e.raw_os_error(),
+        Some(libc::EPERM),
+        "hard links are refused"
+    );
 
     sh_ok(&format!("mkfifo {}", fx.m("fifo").display()));
     assert!(fs::metadata(fx.m("fifo")).unwrap().file_type().is_fifo());
@@ -103,10 +147,17 @@ fn metadata_dirs_links_fifos() {
     assert!(fs::write(fx.m(".kmsfs-x"), b"x").is_err());
 
     // xattrs: a documented decision (not supported in format v1).
-    let o = sh(&format!("setfattr -n user.k -v v {} 2>&1 || python3 -c \"import os; os.setxattr('{}', 'user.k', b'v')\"", p.display(), p.display()));
+    let o = sh(&format!(
+        "setfattr -n user.k -v v {} 2>&1 || python3 -c \"import os; os.setxattr('{}', 'user.k', b'v')\"",
+        p.display(),
+        p.display()
+    ));
     assert!(!o.status.success());
     let st = sh_ok(&format!("stat -f -c %b {}", fx.mnt.display()));
-    assert!(st.trim().parse::<u64>().unwrap() > 0, "statfs reports the backing filesystem");
+    assert!(
+        st.trim().parse::<u64>().unwrap() > 0,
+        "statfs reports the backing filesystem"
+    );
 }
 
 #[test]
@@ -120,7 +171,10 @@ fn renames_files_dirs_and_noreplace() {
     fs::rename(fx.m("d"), fx.m("e")).unwrap();
     assert_eq!(fs::read(fx.m("e/one")).unwrap(), b"1");
     assert_eq!(fs::read(fx.m("e/sub/two")).unwrap(), b"2");
-    assert_eq!(fs::read_link(fx.m("e/ln")).unwrap().to_str().unwrap(), "one");
+    assert_eq!(
+        fs::read_link(fx.m("e/ln")).unwrap().to_str().unwrap(),
+        "one"
+    );
     assert!(!fx.c("d").exists());
     fs::rename(fx.m("e/one"), fx.m("top")).unwrap();
     assert_eq!(fs::read(fx.m("top")).unwrap(), b"1");
@@ -129,17 +183,49 @@ fn renames_files_dirs_and_noreplace() {
     fs::rename(fx.m("top"), fx.m("other")).unwrap();
     assert_eq!(fs::read(fx.m("other")).unwrap(), b"1");
     // No journal or temporaries are left behind.
-    let left: Vec<_> = fs::read_dir(&fx.cipher).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert!(left.iter().all(|n| !n.to_string_lossy().contains("journal")), "{left:?}");
+    let left: Vec<_> = fs::read_dir(&fx.cipher)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        left.iter()
+            .all(|n| !n.to_string_lossy().contains("journal")),
+        "{left:?}"
+    );
     // RENAME_NOREPLACE via renameat2.
     fs::write(fx.m("a"), b"a").unwrap();
-    let (a, b) = (std::ffi::CString::new(fx.m("a").to_str().unwrap()).unwrap(), std::ffi::CString::new(fx.m("other").to_str().unwrap()).unwrap());
-    let r = unsafe { libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_NOREPLACE) };
+    let (a, b) = (
+        std::ffi::CString::new(fx.m("a").to_str().unwrap()).unwrap(),
+        std::ffi::CString::new(fx.m("other").to_str().unwrap()).unwrap(),
+    );
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
     assert_eq!(r, -1);
-    assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EEXIST));
-    let r = unsafe { libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE) };
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EEXIST)
+    );
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
     assert_eq!(r, -1);
-    assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EINVAL));
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EINVAL)
+    );
     assert_eq!(fs::read(fx.m("a")).unwrap(), b"a");
 }
 
@@ -149,12 +235,29 @@ fn mmap_shared_writable() {
     let _m = fx.mount();
     let p = fx.m("mapped");
     fs::write(&p, vec![b'a'; 3 * 4096 + 100]).unwrap();
-    let f = OpenOptions::new().read(true).write(true).custom_flags(0).open(&p).unwrap();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(0)
+        .open(&p)
+        .unwrap();
     let len = 3 * 4096 + 100;
     use std::os::unix::io::AsRawFd;
     unsafe {
-        let ptr = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, f.as_raw_fd(), 0);
-        assert_ne!(ptr, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+        let ptr = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
+        assert_ne!(
+            ptr,
+            libc::MAP_FAILED,
+            "mmap: {}",
+            std::io::Error::last_os_error()
+        );
         let s = std::slice::from_raw_parts_mut(ptr as *mut u8, len);
         assert_eq!(s[5000], b'a');
         s[5000] = b'Z';
@@ -177,7 +280,11 @@ fn disabled_key_gives_eacces_and_durability_after_fsync_and_kill() {
     drop(f);
     m.kill();
     let m = fx.mount();
-    assert_eq!(fs::read(fx.m("durable")).unwrap(), vec![9u8; 100_000], "fsync'd data survives SIGKILL");
+    assert_eq!(
+        fs::read(fx.m("durable")).unwrap(),
+        vec![9u8; 100_000],
+        "fsync'd data survives SIGKILL"
+    );
     m.unmount();
 
     // The filesystem's key is managed by kmsfs: the CLI cannot disable it...
@@ -190,28 +297,81 @@ fn disabled_key_gives_eacces_and_durability_after_fsync_and_kill() {
 fn customer_key_disabled_while_mounted_gives_eacces() {
     require_fuse();
     let dir = tempfile::tempdir().unwrap();
-    let (cipher, mnt, home, key) = (dir.path().join("c"), dir.path().join("m"), dir.path().join("h"), dir.path().join("k"));
+    let (cipher, mnt, home, key) = (
+        dir.path().join("c"),
+        dir.path().join("m"),
+        dir.path().join("h"),
+        dir.path().join("k"),
+    );
     fs::create_dir(&mnt).unwrap();
     fs::write(&key, [1u8; 32]).unwrap();
     let cli = |args: &[&str]| {
-        run_timeout(std::process::Command::new(BIN).arg("--kms-home").arg(&home).arg("--key-file").arg(&key).args(args), 60)
+        run_timeout(
+            std::process::Command::new(BIN)
+                .arg("--kms-home")
+                .arg(&home)
+                .arg("--key-file")
+                .arg(&key)
+                .args(args),
+            60,
+        )
     };
-    let o = cli(&["kms", "create-key", "--query", "KeyMetadata.KeyId", "--output", "text"]);
+    let o = cli(&[
+        "kms",
+        "create-key",
+        "--query",
+        "KeyMetadata.KeyId",
+        "--output",
+        "text",
+    ]);
     let kid = String::from_utf8_lossy(&o.stdout).trim().to_string();
-    assert!(cli(&["init", cipher.to_str().unwrap(), "--key-id", &kid]).status.success());
-    let fx = Fixture { dir, cipher, mnt, home, key };
+    assert!(
+        cli(&["init", cipher.to_str().unwrap(), "--key-id", &kid])
+            .status
+            .success()
+    );
+    let fx = Fixture {
+        dir,
+        cipher,
+        mnt,
+        home,
+        key,
+    };
     let m = fx.mount();
     fs::write(fx.m("a"), b"data").unwrap();
-    assert!(fx.cli(&["kms", "disable-key", "--key-id", &kid]).status.success());
+    assert!(
+        fx.cli(&["kms", "disable-key", "--key-id", &kid])
+            .status
+            .success()
+    );
     assert_eq!(read_err(&fx.m("a")), Some(libc::EACCES));
-    assert_eq!(fs::write(fx.m("b"), b"x").unwrap_err().raw_os_error(), Some(libc::EACCES));
-    assert!(fx.cli(&["kms", "enable-key", "--key-id", &kid]).status.success());
+    assert_eq!(
+        fs::write(fx.m("b"), b"x").unwrap_err().raw_os_error(),
+        Some(libc::EACCES)
+    );
+    assert!(
+        fx.cli(&["kms", "enable-key", "--key-id", &kid])
+            .status
+            .success()
+    );
     assert_eq!(fs::read(fx.m("a")).unwrap(), b"data");
     m.unmount();
     // Mounting with the key disabled fails with a reason.
-    assert!(fx.cli(&["kms", "disable-key", "--key-id", &kid]).status.success());
-    let o = fx.cli(&["mount", fx.cipher.to_str().unwrap(), fx.mnt.to_str().unwrap()]);
+    assert!(
+        fx.cli(&["kms", "disable-key", "--key-id", &kid])
+            .status
+            .success()
+    );
+    let o = fx.cli(&[
+        "mount",
+        fx.cipher.to_str().unwrap(),
+        fx.mnt.to_str().unwrap(),
+    ]);
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("Disabled"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Disabled"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(!is_mounted(&fx.mnt));
 }

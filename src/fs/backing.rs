@@ -216,7 +216,7 @@ impl Backing {
     }
 
     /// Empties the older slot of a file whose newest slot is current.
-    pub fn drop_older_slot(&self, path: &Path) -> io::Result<()> {
+    pub fn drop_older_slot(&self, path: &Path) -> io::Result<File> {
         let fd = OpenOptions::new()
             .read(true)
             .write(true)
@@ -227,7 +227,7 @@ impl Backing {
         if order.len() == 2 {
             self.drop_slot(&fd, &h.file_id, order[1])?;
         }
-        Ok(())
+        Ok(fd)
     }
 
     pub fn encrypt_symlink(&self, rel: &str, target: &[u8], caller: &Caller) -> FsResult<String> {

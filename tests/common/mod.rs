@@ -22,7 +22,12 @@ pub fn require_fuse() {
 
 /// Runs a command, killing it after `secs`.
 pub fn run_timeout(cmd: &mut Command, secs: u64) -> Output {
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         if let Some(_st) = child.try_wait().expect("wait") {
@@ -31,7 +36,10 @@ pub fn run_timeout(cmd: &mut Command, secs: u64) -> Output {
         if Instant::now() > deadline {
             let _ = child.kill();
             let out = child.wait_with_output().expect("output");
-            panic!("{cmd:?} did not finish within {secs}s; stderr: {}", String::from_utf8_lossy(&out.stderr));
+            panic!(
+                "{cmd:?} did not finish within {secs}s; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -43,7 +51,12 @@ pub fn sh(script: &str) -> Output {
 
 pub fn sh_ok(script: &str) -> String {
     let o = sh(script);
-    assert!(o.status.success(), "{script} failed: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{script} failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).to_string()
 }
 
@@ -60,20 +73,39 @@ impl Fixture {
     pub fn new() -> Self {
         require_fuse();
         let dir = tempfile::tempdir().expect("tempdir");
-        let (cipher, mnt, home, key) =
-            (dir.path().join("cipher"), dir.path().join("mnt"), dir.path().join("home"), dir.path().join("root.key"));
+        let (cipher, mnt, home, key) = (
+            dir.path().join("cipher"),
+            dir.path().join("mnt"),
+            dir.path().join("home"),
+            dir.path().join("root.key"),
+        );
         std::fs::create_dir(&mnt).unwrap();
         std::fs::write(&key, [0x42u8; 32]).unwrap();
-        let fx = Fixture { dir, cipher, mnt, home, key };
+        let fx = Fixture {
+            dir,
+            cipher,
+            mnt,
+            home,
+            key,
+        };
         let o = fx.cli(&["init", fx.cipher.to_str().unwrap()]);
-        assert!(o.status.success(), "init: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "init: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         fx
     }
 
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(BIN);
-        c.arg("--kms-home").arg(&self.home).arg("--key-file").arg(&self.key);
-        c.env_remove("KMSFS_HOME").env_remove("KMSFS_PASSPHRASE_FILE").env_remove("KMSFS_KEY_FILE");
+        c.arg("--kms-home")
+            .arg(&self.home)
+            .arg("--key-file")
+            .arg(&self.key);
+        c.env_remove("KMSFS_HOME")
+            .env_remove("KMSFS_PASSPHRASE_FILE")
+            .env_remove("KMSFS_KEY_FILE");
         c
     }
 
@@ -107,10 +139,18 @@ impl Fixture {
     }
 
     pub fn mount_with(&self, extra: &[&str]) -> Mounted<'_> {
-        let mut args = vec!["mount", self.cipher.to_str().unwrap(), self.mnt.to_str().unwrap()];
+        let mut args = vec![
+            "mount",
+            self.cipher.to_str().unwrap(),
+            self.mnt.to_str().unwrap(),
+        ];
         args.extend_from_slice(extra);
         let o = self.cli(&args);
-        assert!(o.status.success(), "mount: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "mount: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         Mounted::new(self, None)
     }
 
@@ -118,7 +158,12 @@ impl Fixture {
     pub fn mount_foreground(&self) -> Mounted<'_> {
         let child = self
             .cmd()
-            .args(["mount", "-f", self.cipher.to_str().unwrap(), self.mnt.to_str().unwrap()])
+            .args([
+                "mount",
+                "-f",
+                self.cipher.to_str().unwrap(),
+                self.mnt.to_str().unwrap(),
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -126,7 +171,10 @@ impl Fixture {
             .expect("spawn kmsfs mount -f");
         let deadline = Instant::now() + Duration::from_secs(30);
         while !is_mounted(&self.mnt) {
-            assert!(Instant::now() < deadline, "kmsfs mount -f did not mount within 30s");
+            assert!(
+                Instant::now() < deadline,
+                "kmsfs mount -f did not mount within 30s"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Mounted::new(self, Some(child))
@@ -146,8 +194,13 @@ pub fn is_mounted(mnt: &Path) -> bool {
 fn force_unmount(mnt: &Path, conn: Option<u32>) {
     if let Some(c) = conn {
         let ctl = Path::new("/sys/fs/fuse/connections");
-        if std::fs::read_dir(ctl).map(|mut d| d.next().is_none()).unwrap_or(true) {
-            let _ = Command::new("mount").args(["-t", "fusectl", "none", "/sys/fs/fuse/connections"]).output();
+        if std::fs::read_dir(ctl)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(true)
+        {
+            let _ = Command::new("mount")
+                .args(["-t", "fusectl", "none", "/sys/fs/fuse/connections"])
+                .output();
         }
         let _ = std::fs::write(ctl.join(c.to_string()).join("abort"), "1");
     }
@@ -176,10 +229,18 @@ impl<'a> Mounted<'a> {
                 }
                 std::thread::sleep(Duration::from_millis(200));
             }
-            eprintln!("watchdog: mount {} outlived 600s; aborting it", mnt.display());
+            eprintln!(
+                "watchdog: mount {} outlived 600s; aborting it",
+                mnt.display()
+            );
             force_unmount(&mnt, conn);
         });
-        Mounted { fx, child, done, conn }
+        Mounted {
+            fx,
+            child,
+            done,
+            conn,
+        }
     }
 
     /// SIGKILLs the foreground daemon (a crash), then detaches the dead mount.
@@ -197,11 +258,18 @@ impl<'a> Mounted<'a> {
     /// Clean unmount through `kmsfs unmount`, asserting it worked.
     pub fn unmount(mut self) {
         let o = self.fx.cli(&["unmount", self.fx.mnt.to_str().unwrap()]);
-        assert!(o.status.success(), "unmount: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "unmount: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         if let Some(mut c) = self.child.take() {
             let deadline = Instant::now() + Duration::from_secs(30);
             while c.try_wait().unwrap().is_none() {
-                assert!(Instant::now() < deadline, "daemon did not exit after unmount");
+                assert!(
+                    Instant::now() < deadline,
+                    "daemon did not exit after unmount"
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
