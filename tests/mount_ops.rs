@@ -29,19 +29,6 @@ fn plaintext_in_mount_ciphertext_in_cipherdir() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert_eq!(names, vec!["doc.txt".to_string()]);
-    // Every unwrap is audited with the path and the reading process.
-    let recs = fx.audit();
-    let dec = recs
-        .iter()
-        .filter(|r| r["eventName"] == "Decrypt")
-        .last()
-        .expect("a Decrypt record");
-    assert_eq!(
-        dec["requestParameters"]["encryptionContext"]["kmsfs:path"],
-        "doc.txt"
-    );
-    assert_eq!(dec["userIdentity"]["invokedBy"], "mount");
-    assert!(dec["userIdentity"]["pid"].as_u64().unwrap() > 0);
     m.unmount();
     let m = fx.mount();
     assert_eq!(
@@ -49,6 +36,19 @@ fn plaintext_in_mount_ciphertext_in_cipherdir() {
         secret,
         "survives a remount"
     );
+    // The unwrap on the fresh mount is audited with the path and the reader.
+    let recs = fx.audit();
+    let dec = recs
+        .iter()
+        .rev()
+        .find(|r| r["eventName"] == "Decrypt")
+        .expect("a Decrypt record");
+    assert_eq!(
+        dec["requestParameters"]["encryptionContext"]["kmsfs:path"],
+        "doc.txt"
+    );
+    assert_eq!(dec["userIdentity"]["invokedBy"], "mount");
+    assert!(dec["userIdentity"]["pid"].as_u64().unwrap() > 0);
     m.unmount();
 }
 

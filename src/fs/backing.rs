@@ -187,16 +187,42 @@ impl Backing {
             .custom_flags(libc::O_NOFOLLOW)
             .open(path)?;
         let h = cryptfile::read_header(&fd, self.hs)?;
-        let newest = h.slots_newest_first()[0];
-        let blob = &h.slots[newest].as_ref().expect("newest").blob;
-        let new_blob = self.kms.rewrap(
-            caller,
-            blob,
-            &self.ctx(from),
-            &self.cfg.key_id,
-            &self.ctx(to),
-        )?;
-        let (index, seq) = h.next_slot();
+        // The slot that opens the file at `from` may not be the newest: a
+        // crash or a failed rename can leave a newer slot for another path.
+        let (from_ctx, to_ctx) = (self.ctx(from), self.ctx(to));
+        let mut found = None;
+        let mut first_err = None;
+        for i in h.slots_newest_first() {
+            let blob = &h.slots[i].as_ref().expect("listed").blob;
+            match self
+                .kms
+                .rewrap(caller, blob, &from_ctx, &self.cfg.key_id, &to_ctx)
+            {
+                Ok(b) => {
+                    found = Some((i, b));
+                    break;
+                }
+                Err(e)
+                    if matches!(
+                        e.code,
+                        ErrorCode::InvalidCiphertextException | ErrorCode::NotFoundException
+                    ) =>
+                {
+                    first_err.get_or_insert(e);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let Some((good, new_blob)) = found else {
+            let e = first_err.expect("a header has at least one slot");
+            return Err(FsError::Io(integrity_error(format!(
+                "{from}: no key slot opens it here: {}",
+                e.message
+            ))));
+        };
+        // Overwrite the other slot, keeping the one that works until the rename is done.
+        let index = 1 - good;
+        let seq = h.slots.iter().flatten().map(|s| s.seq).max().unwrap_or(0) + 1;
         cryptfile::write_slot(
             &fd,
             self.hs,
@@ -279,5 +305,51 @@ impl Backing {
         let _ = std::fs::remove_file(new_path);
         std::os::unix::fs::symlink(enc, new_path)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kms::{Kms, Via};
+
+    #[test]
+    fn a_stale_newer_slot_does_not_block_the_next_rename() {
+        let d = tempfile::tempdir().unwrap();
+        let kms = Arc::new(Kms::in_memory());
+        let caller = Caller::this_process(Via::Mount);
+        let key = kms.create_managed_key(&caller, "t", "t").unwrap().arn;
+        let b = Backing::new(
+            d.path().to_path_buf(),
+            Config::new("fs".into(), key, None),
+            kms,
+        );
+        let p = d.path().join("f");
+        let fd = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&p)
+            .unwrap();
+        b.init_file(&fd, "a", &caller).unwrap();
+        // A rename to "b" that never happened leaves a newer slot for "b".
+        b.rewrap_file(&p, "a", "b", &caller).unwrap();
+        assert!(
+            b.unwrap_file(&fd, "a", &caller).is_ok(),
+            "the older slot still opens it"
+        );
+        // Renaming to "c" works from the slot that opens it, and keeps it.
+        let (_, idx, _) = b.rewrap_file(&p, "a", "c", &caller).unwrap();
+        assert!(b.unwrap_file(&fd, "c", &caller).is_ok());
+        assert!(b.unwrap_file(&fd, "a", &caller).is_ok());
+        b.drop_slot(
+            &fd,
+            &cryptfile::read_header(&fd, b.hs).unwrap().file_id,
+            1 - idx,
+        )
+        .unwrap();
+        assert!(b.unwrap_file(&fd, "a", &caller).is_err());
+        assert!(b.unwrap_file(&fd, "c", &caller).is_ok());
     }
 }

@@ -350,8 +350,13 @@ mod tests {
         assert!(f.read_at(0, 100).is_ok(), "block 0 is intact");
         let e = f.read_at(DISK_BLOCK as u64, 100).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
-        // Truncated mid-block.
+        // Truncated mid-block: the torn tail fails, the blocks before read.
         raw.set_len((H + 2 * DISK_BLOCK + 10) as u64).unwrap();
-        assert_eq!(f.plain_size().unwrap(), 2 * BLOCK_SIZE as u64);
+        assert_eq!(f.plain_size().unwrap(), 2 * BLOCK_SIZE as u64 + 1);
+        assert_eq!(
+            f.read_at(2 * BLOCK_SIZE as u64, 1).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        assert!(f.read_at(0, 100).is_ok());
     }
 }

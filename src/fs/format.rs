@@ -207,7 +207,9 @@ impl Header {
 }
 
 /// Plaintext size of a file whose backing file is `disk` bytes: no decryption.
-/// A trailing fragment too short to hold a block's nonce and tag counts as 0.
+/// A trailing fragment too short to hold a block's nonce and tag (a file cut
+/// mid-block) counts as one byte, so that reading it fails instead of the file
+/// silently looking shorter.
 pub fn plain_size(header_size: usize, disk: u64) -> u64 {
     if disk <= header_size as u64 {
         return 0;
@@ -215,7 +217,12 @@ pub fn plain_size(header_size: usize, disk: u64) -> u64 {
     let body = disk - header_size as u64;
     let full = body / DISK_BLOCK as u64;
     let rem = body % DISK_BLOCK as u64;
-    full * BLOCK_SIZE as u64 + rem.saturating_sub(BLOCK_OVERHEAD as u64)
+    let tail = match rem {
+        0 => 0,
+        r if r <= BLOCK_OVERHEAD as u64 => 1,
+        r => r - BLOCK_OVERHEAD as u64,
+    };
+    full * BLOCK_SIZE as u64 + tail
 }
 
 /// Backing-file size for a plaintext size.
@@ -380,8 +387,10 @@ mod tests {
             assert_eq!(plain_size(H, disk_size(H, p)), p, "{p}");
         }
         assert_eq!(disk_size(H, 1), H as u64 + 29);
-        // A fragment of 28 bytes or fewer cannot hold data.
-        assert_eq!(plain_size(H, H as u64 + 28), 0);
+        // A fragment of 28 bytes or fewer cannot hold data: it shows as one
+        // byte, whose read fails.
+        assert_eq!(plain_size(H, H as u64 + 28), 1);
+        assert_eq!(plain_size(H, H as u64 + 29), 1);
     }
 
     #[test]

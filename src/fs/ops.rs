@@ -108,14 +108,28 @@ fn time(secs: i64, nsecs: i64) -> SystemTime {
 /// kmsfs keeps for itself.
 fn user_name(parent: &str, name: &OsStr) -> Result<String, Errno> {
     let n = name.to_str().ok_or(err(libc::EILSEQ))?;
-    if n.starts_with(TEMP_PREFIX) || (parent.is_empty() && RESERVED_NAMES.contains(&n)) {
+    if !visible(parent, n) {
         return Err(err(libc::EPERM));
     }
     Ok(n.to_string())
 }
 
+/// Names kmsfs keeps for itself: `.kmsfs-*` anywhere (rename temporaries),
+/// and in the root the config, lock and journal files with their temporary
+/// copies (`.NAME.tmp-PID`).
 fn visible(parent: &str, name: &str) -> bool {
-    !(name.starts_with(TEMP_PREFIX) || (parent.is_empty() && RESERVED_NAMES.contains(&name)))
+    if name.starts_with(TEMP_PREFIX) {
+        return false;
+    }
+    if parent.is_empty() {
+        let base = name
+            .strip_prefix('.')
+            .filter(|b| b.starts_with(".kmsfs") || b.starts_with("kmsfs.conf"))
+            .unwrap_or(name);
+        let base = base.split(".tmp-").next().unwrap_or(base);
+        return !RESERVED_NAMES.contains(&base);
+    }
+    true
 }
 
 impl KmsFs {
@@ -237,17 +251,12 @@ impl KmsFs {
         }
     }
 
-    /// The shared open state of a file, unwrapping its key if no handle has it.
+    /// The shared open state of a file. Every open unwraps the data key
+    /// through the KMS, even when another handle already holds it: that is
+    /// the access check (key state, and policies later) and the audit record
+    /// naming the opening process. The unwrapped key is then used only if no
+    /// handle has one yet.
     fn open_file(&self, ino: u64, rel: &str, caller: &Caller) -> FsResult<Arc<OpenFile>> {
-        if let Some(f) = self
-            .open
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&ino)
-            .and_then(Weak::upgrade)
-        {
-            return Ok(f);
-        }
         let cf = self.b.open_crypt(rel, caller)?;
         Ok(self.publish(ino, cf))
     }
@@ -1048,4 +1057,28 @@ fn fxhash(s: &str) -> u64 {
     s.bytes().fold(0xcbf29ce484222325u64, |h, b| {
         (h ^ b as u64).wrapping_mul(0x100000001b3)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::visible;
+
+    #[test]
+    fn reserved_names_are_hidden() {
+        for n in [
+            "kmsfs.conf",
+            ".kmsfs.lock",
+            ".kmsfs.journal",
+            "..kmsfs.journal.tmp-12",
+            ".kmsfs.conf.tmp-9",
+            ".kmsfs-link-3",
+        ] {
+            assert!(!visible("", n), "{n}");
+        }
+        assert!(!visible("a/b", ".kmsfs-rewrap.x"));
+        for n in ["normal", ".hidden", "kmsfs.conf2", ".kmsfsx"] {
+            assert!(visible("", n), "{n}");
+        }
+        assert!(visible("sub", "kmsfs.conf"));
+    }
 }

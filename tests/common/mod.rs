@@ -151,7 +151,9 @@ impl Fixture {
             "mount: {}",
             String::from_utf8_lossy(&o.stderr)
         );
-        Mounted::new(self, None)
+        let mut m = Mounted::new(self, None);
+        m.stderr = String::from_utf8_lossy(&o.stderr).to_string();
+        m
     }
 
     /// Mounts in the foreground as a child process, so a test can kill it.
@@ -209,6 +211,8 @@ fn force_unmount(mnt: &Path, conn: Option<u32>) {
 
 pub struct Mounted<'a> {
     pub fx: &'a Fixture,
+    /// What `kmsfs mount` printed (background mounts).
+    pub stderr: String,
     pub child: Option<Child>,
     done: Arc<AtomicBool>,
     conn: Option<u32>,
@@ -237,6 +241,7 @@ impl<'a> Mounted<'a> {
         });
         Mounted {
             fx,
+            stderr: String::new(),
             child,
             done,
             conn,
