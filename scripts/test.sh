@@ -11,4 +11,10 @@ fi
 if [ -d /sys/fs/fuse/connections ] && ! grep -q fusectl /proc/mounts; then
   mount -t fusectl none /sys/fs/fuse/connections 2>/dev/null || true
 fi
-cargo test --locked "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --locked "$@" 2>&1 | tee "$log" || status=$?
+awk '/^test result:/ { for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "all tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
