@@ -375,3 +375,48 @@ fn customer_key_disabled_while_mounted_gives_eacces() {
     );
     assert!(!is_mounted(&fx.mnt));
 }
+
+#[test]
+fn sigterm_sigint_umount_and_ro_end_cleanly() {
+    let fx = Fixture::new();
+    for (i, how) in ["TERM", "INT", "umount"].iter().enumerate() {
+        let mut m = fx.mount_foreground();
+        let data = vec![i as u8 + 1; 70_000];
+        fs::write(fx.m(&format!("f{i}")), &data).unwrap();
+        let pid = m.child.as_ref().unwrap().id();
+        if *how == "umount" {
+            sh_ok(&format!("umount {}", fx.mnt.display()));
+        } else {
+            sh_ok(&format!("kill -{how} {pid}"));
+        }
+        let mut child = m.child.take().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "daemon did not exit after {how}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert!(status.success(), "daemon exit after {how}: {status:?}");
+        assert!(!is_mounted(&fx.mnt), "still mounted after {how}");
+        drop(m);
+        let m = fx.mount();
+        assert_eq!(
+            fs::read(fx.m(&format!("f{i}"))).unwrap(),
+            data,
+            "data written before {how}"
+        );
+        m.unmount();
+    }
+    // A read-only mount reads but refuses writes.
+    let _m = fx.mount_with(&["-o", "ro"]);
+    assert_eq!(fs::read(fx.m("f0")).unwrap().len(), 70_000);
+    assert_eq!(
+        fs::write(fx.m("new"), b"x").unwrap_err().raw_os_error(),
+        Some(libc::EROFS)
+    );
+}
