@@ -634,3 +634,304 @@ fn bad_input_gets_clear_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn key_policy_get_put_lockout_and_malformed() {
+    let env = Env::new();
+    let key = env.create_key();
+    let p = env.ok(&[
+        "kms",
+        "get-key-policy",
+        "--key-id",
+        &key,
+        "--policy-name",
+        "default",
+    ]);
+    assert_eq!(p["PolicyName"], "default");
+    let doc: serde_json::Value = serde_json::from_str(p["Policy"].as_str().unwrap()).unwrap();
+    assert_eq!(doc["Statement"][0]["Principal"]["Unix"][0], "uid:0");
+    // Malformed and oversized documents name the problem.
+    let err = env.fails(
+        &[
+            "kms",
+            "put-key-policy",
+            "--key-id",
+            &key,
+            "--policy",
+            "{\"Statement\": 5}",
+        ],
+        "MalformedPolicyDocumentException",
+    );
+    assert!(err.contains("Statement"), "{err}");
+    let big = format!(
+        "{{\"Statement\":[{{\"Sid\":\"{}\",\"Effect\":\"Allow\",\"Principal\":\"*\",\"Action\":\"kms:*\",\"Resource\":\"*\"}}]}}",
+        "s".repeat(33_000)
+    );
+    let bigf = env.path("big.json");
+    std::fs::write(&bigf, big).unwrap();
+    env.fails(
+        &[
+            "kms",
+            "put-key-policy",
+            "--key-id",
+            &key,
+            "--policy",
+            &format!("file://{}", bigf.display()),
+        ],
+        "MalformedPolicyDocumentException",
+    );
+    // A policy that leaves no one able to change it is refused, unless bypassed.
+    let lockout = r#"{"Version":"2012-10-17","Statement":[{"Sid":"OnlyUse","Effect":"Allow","Principal":{"Unix":["uid:0"]},"Action":["kms:Encrypt","kms:Decrypt"],"Resource":"*"}]}"#;
+    let err = env.fails(
+        &[
+            "kms",
+            "put-key-policy",
+            "--key-id",
+            &key,
+            "--policy",
+            lockout,
+        ],
+        "MalformedPolicyDocumentException",
+    );
+    assert!(err.contains("bypass-policy-lockout-safety-check"), "{err}");
+    env.ok(&[
+        "kms",
+        "put-key-policy",
+        "--key-id",
+        &key,
+        "--policy",
+        lockout,
+        "--bypass-policy-lockout-safety-check",
+    ]);
+    // Now even root cannot describe or disable it, but can still encrypt.
+    env.fails(
+        &["kms", "describe-key", "--key-id", &key],
+        "AccessDeniedException",
+    );
+    env.fails(
+        &["kms", "disable-key", "--key-id", &key],
+        "AccessDeniedException",
+    );
+    env.ok(&["kms", "encrypt", "--key-id", &key, "--plaintext", "eA=="]);
+    // The denial is audited with the decision.
+    let log = std::fs::read_to_string(env.home.join("audit.log")).unwrap();
+    let last_denied = log
+        .lines()
+        .filter(|l| l.contains("AccessDeniedException"))
+        .last()
+        .unwrap();
+    assert!(last_denied.contains("default deny"), "{last_denied}");
+    // A key created with a policy gets it.
+    let own = r#"{"Statement":[{"Sid":"Root","Effect":"Allow","Principal":{"Unix":"uid:0"},"Action":"kms:*","Resource":"*"},
+                 {"Sid":"NoDecrypt","Effect":"Deny","Principal":"*","Action":"kms:Decrypt","Resource":"*","Condition":{"StringEquals":{"kms:EncryptionContext:tier":"secret"}}}]}"#;
+    let k2 = env.ok(&["kms", "create-key", "--policy", own])["KeyMetadata"]["KeyId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let blob = env.ok(&[
+        "kms",
+        "encrypt",
+        "--key-id",
+        &k2,
+        "--plaintext",
+        "eA==",
+        "--encryption-context",
+        "tier=secret",
+    ])["CiphertextBlob"]
+        .clone();
+    env.fails(
+        &[
+            "kms",
+            "decrypt",
+            "--ciphertext-blob",
+            blob.as_str().unwrap(),
+            "--encryption-context",
+            "tier=secret",
+        ],
+        "AccessDeniedException",
+    );
+}
+
+#[test]
+fn grants_and_grant_tokens() {
+    let env = Env::new();
+    let key = env.create_key();
+    // Hand the key to uid 4242 only through grants: root keeps the default policy.
+    let g = env.ok(&[
+        "kms",
+        "create-grant",
+        "--key-id",
+        &key,
+        "--grantee-principal",
+        "uid:4242",
+        "--retiring-principal",
+        "uid:0",
+        "--operations",
+        "Decrypt",
+        "Encrypt",
+        "--constraints",
+        r#"{"EncryptionContextSubset":{"app":"x"}}"#,
+        "--name",
+        "app-x",
+    ]);
+    let (gid, token) = (
+        g["GrantId"].as_str().unwrap().to_string(),
+        g["GrantToken"].as_str().unwrap().to_string(),
+    );
+    // Retrying with the same name and parameters returns the same grant.
+    let again = env.ok(&[
+        "kms",
+        "create-grant",
+        "--key-id",
+        &key,
+        "--grantee-principal",
+        "uid:4242",
+        "--retiring-principal",
+        "uid:0",
+        "--operations",
+        "Decrypt",
+        "Encrypt",
+        "--constraints",
+        r#"{"EncryptionContextSubset":{"app":"x"}}"#,
+        "--name",
+        "app-x",
+    ]);
+    assert_eq!(again["GrantId"].as_str().unwrap(), gid);
+    let list = env.ok(&["kms", "list-grants", "--key-id", &key]);
+    assert_eq!(list["Grants"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        list["Grants"][0]["Operations"],
+        serde_json::json!(["Decrypt", "Encrypt"])
+    );
+    assert_eq!(
+        list["Grants"][0]["Constraints"]["EncryptionContextSubset"]["app"],
+        "x"
+    );
+    let ret = env.ok(&[
+        "kms",
+        "list-retirable-grants",
+        "--retiring-principal",
+        "uid:0",
+    ]);
+    assert_eq!(ret["Grants"][0]["GrantId"].as_str().unwrap(), gid);
+    // Grant tokens are accepted by cryptographic operations; unknown ones are refused.
+    env.ok(&[
+        "kms",
+        "encrypt",
+        "--key-id",
+        &key,
+        "--plaintext",
+        "eA==",
+        "--grant-tokens",
+        &token,
+    ]);
+    env.fails(
+        &[
+            "kms",
+            "encrypt",
+            "--key-id",
+            &key,
+            "--plaintext",
+            "eA==",
+            "--grant-tokens",
+            "bogus",
+        ],
+        "InvalidGrantTokenException",
+    );
+    env.fails(
+        &[
+            "kms",
+            "create-grant",
+            "--key-id",
+            &key,
+            "--grantee-principal",
+            "uid:1",
+            "--operations",
+            "Sign",
+        ],
+        "ValidationException",
+    );
+    env.fails(
+        &[
+            "kms",
+            "create-grant",
+            "--key-id",
+            &key,
+            "--grantee-principal",
+            "*",
+            "--operations",
+            "Decrypt",
+        ],
+        "ValidationException",
+    );
+    // Retire by token, then the token is no longer valid.
+    env.ok(&["kms", "retire-grant", "--grant-token", &token]);
+    env.fails(
+        &[
+            "kms",
+            "encrypt",
+            "--key-id",
+            &key,
+            "--plaintext",
+            "eA==",
+            "--grant-tokens",
+            &token,
+        ],
+        "InvalidGrantTokenException",
+    );
+    assert_eq!(
+        env.ok(&["kms", "list-grants", "--key-id", &key])["Grants"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    // Retire by key and id, and revoke.
+    let g2 = env.ok(&[
+        "kms",
+        "create-grant",
+        "--key-id",
+        &key,
+        "--grantee-principal",
+        "user:root",
+        "--operations",
+        "Decrypt",
+    ]);
+    env.ok(&[
+        "kms",
+        "retire-grant",
+        "--key-id",
+        &key,
+        "--grant-id",
+        g2["GrantId"].as_str().unwrap(),
+    ]);
+    let g3 = env.ok(&[
+        "kms",
+        "create-grant",
+        "--key-id",
+        &key,
+        "--grantee-principal",
+        "gid:0",
+        "--operations",
+        "DescribeKey",
+    ]);
+    env.ok(&[
+        "kms",
+        "revoke-grant",
+        "--key-id",
+        &key,
+        "--grant-id",
+        g3["GrantId"].as_str().unwrap(),
+    ]);
+    env.fails(
+        &[
+            "kms",
+            "revoke-grant",
+            "--key-id",
+            &key,
+            "--grant-id",
+            g3["GrantId"].as_str().unwrap(),
+        ],
+        "InvalidGrantIdException",
+    );
+}

@@ -936,3 +936,92 @@ fn unwritable_audit_log_fails_closed() {
         ErrorCode::KMSInternalException
     );
 }
+
+fn user(uid: u32) -> Caller {
+    Caller {
+        uid,
+        gid: uid,
+        ..Caller::this_process(Via::Mount)
+    }
+}
+
+#[test]
+fn policies_and_grants_through_the_library() {
+    use kmsfs::kms::grant::Constraints;
+    use kmsfs::kms::service::GrantRequest;
+    let kms = Kms::in_memory();
+    let k = new_key(&kms);
+    let c = ctx(&[("app", "x")]);
+    let blob = kms
+        .encrypt(&cli(), &k, b"s", &c, None)
+        .unwrap()
+        .ciphertext_blob;
+    // uid 4242 is in no policy statement.
+    assert_eq!(
+        code(kms.decrypt(&user(4242), &blob, &c, None, None)),
+        ErrorCode::AccessDeniedException
+    );
+    let sub = Constraints {
+        encryption_context_subset: Some([("app".to_string(), "x".to_string())].into()),
+        encryption_context_equals: None,
+    };
+    let g = kms
+        .create_grant(
+            &cli(),
+            &k,
+            GrantRequest {
+                grantee: "uid:4242".into(),
+                operations: vec!["Decrypt".into(), "CreateGrant".into()],
+                constraints: Some(sub),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        kms.decrypt(&user(4242), &blob, &c, None, None)
+            .unwrap()
+            .plaintext
+            .as_bytes(),
+        b"s"
+    );
+    let other = kms
+        .encrypt(&cli(), &k, b"s", &ctx(&[("app", "y")]), None)
+        .unwrap()
+        .ciphertext_blob;
+    assert_eq!(
+        code(kms.decrypt(&user(4242), &other, &ctx(&[("app", "y")]), None, None)),
+        ErrorCode::AccessDeniedException
+    );
+    assert_eq!(
+        code(kms.encrypt(&user(4242), &k, b"s", &c, None)),
+        ErrorCode::AccessDeniedException
+    );
+    // A grant made under that grant cannot add operations it lacks.
+    let sub2 = Some(Constraints {
+        encryption_context_subset: Some([("app".to_string(), "x".to_string())].into()),
+        encryption_context_equals: None,
+    });
+    let wider = GrantRequest {
+        grantee: "uid:5000".into(),
+        operations: vec!["Encrypt".into()],
+        constraints: sub2.clone(),
+        ..Default::default()
+    };
+    let mut with_ctx_caller = user(4242);
+    with_ctx_caller.grant_tokens = vec![g["GrantToken"].as_str().unwrap().to_string()];
+    assert_eq!(
+        code(kms.create_grant(&with_ctx_caller, &k, wider)),
+        ErrorCode::AccessDeniedException
+    );
+    // Revoked: denied again on the next call.
+    kms.revoke_grant(&cli(), &k, g["GrantId"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(
+        code(kms.decrypt(&user(4242), &blob, &c, None, None)),
+        ErrorCode::AccessDeniedException
+    );
+    assert_eq!(
+        code(kms.decrypt(&with_ctx_caller, &blob, &c, None, None)),
+        ErrorCode::InvalidGrantTokenException
+    );
+}

@@ -43,8 +43,80 @@ pub enum KmsCommand {
         origin: Option<String>,
         #[arg(long)]
         key_spec: Option<String>,
+        /// Key policy (JSON, or file://FILE) [default: root and the creator may do everything].
+        #[arg(long)]
+        policy: Option<String>,
+        #[arg(long)]
+        bypass_policy_lockout_safety_check: bool,
     },
     DescribeKey(KeyIdArg),
+    GetKeyPolicy {
+        #[command(flatten)]
+        key: KeyIdArg,
+        #[arg(long)]
+        policy_name: Option<String>,
+    },
+    PutKeyPolicy {
+        #[command(flatten)]
+        key: KeyIdArg,
+        #[arg(long)]
+        policy_name: Option<String>,
+        /// JSON, or file://FILE.
+        #[arg(long)]
+        policy: String,
+        #[arg(long)]
+        bypass_policy_lockout_safety_check: bool,
+    },
+    CreateGrant {
+        #[command(flatten)]
+        key: KeyIdArg,
+        /// uid:N, user:NAME, gid:N or group:NAME.
+        #[arg(long)]
+        grantee_principal: String,
+        #[arg(long)]
+        retiring_principal: Option<String>,
+        /// Decrypt, Encrypt, GenerateDataKey, GenerateDataKeyWithoutPlaintext,
+        /// ReEncryptFrom, ReEncryptTo, CreateGrant, RetireGrant, DescribeKey.
+        #[arg(long, num_args = 1.., required = true, value_delimiter = ',')]
+        operations: Vec<String>,
+        /// `EncryptionContextSubset={k=v,...}`, `EncryptionContextEquals={...}`, or JSON.
+        #[arg(long)]
+        constraints: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, num_args = 1..)]
+        grant_tokens: Vec<String>,
+    },
+    ListGrants {
+        #[command(flatten)]
+        key: KeyIdArg,
+        #[arg(long)]
+        grant_id: Option<String>,
+        #[arg(long)]
+        grantee_principal: Option<String>,
+        #[command(flatten)]
+        paging: Paging,
+    },
+    ListRetirableGrants {
+        #[arg(long)]
+        retiring_principal: String,
+        #[command(flatten)]
+        paging: Paging,
+    },
+    RetireGrant {
+        #[arg(long)]
+        grant_token: Option<String>,
+        #[arg(long)]
+        key_id: Option<String>,
+        #[arg(long)]
+        grant_id: Option<String>,
+    },
+    RevokeGrant {
+        #[command(flatten)]
+        key: KeyIdArg,
+        #[arg(long)]
+        grant_id: String,
+    },
     ListKeys(Paging),
     EnableKey(KeyIdArg),
     DisableKey(KeyIdArg),
@@ -248,13 +320,46 @@ fn ctx_opt(s: &Option<String>) -> Result<EncryptionContext, String> {
         .map(Option::unwrap_or_default)
 }
 
-fn check_grant_tokens(tokens: &[String]) -> Result<(), String> {
-    // Grant tokens are accepted and validated by the policy layer once grants
-    // exist; until then a token cannot refer to anything.
+/// The caller with the request's grant tokens (checked by the KMS).
+fn with_tokens(caller: &Caller, tokens: Vec<String>) -> Result<Caller, String> {
     if tokens.iter().any(|t| t.is_empty()) {
         return Err("--grant-tokens: empty token".into());
     }
-    Ok(())
+    Ok(Caller {
+        grant_tokens: tokens,
+        ..caller.clone()
+    })
+}
+
+/// `EncryptionContextSubset={k=v,k2=v2}` (AWS CLI shorthand) or JSON.
+fn parse_constraints(s: &str) -> Result<crate::kms::grant::Constraints, String> {
+    let text = text_arg(s, "--constraints")?;
+    let t = text.trim();
+    if t.starts_with('{') {
+        return serde_json::from_str(t).map_err(|e| format!("--constraints: malformed JSON: {e}"));
+    }
+    let (kind, body) = t
+        .split_once('=')
+        .ok_or("--constraints: expected EncryptionContextSubset={k=v,...}")?;
+    let inner = body
+        .strip_prefix('{')
+        .and_then(|b| b.strip_suffix('}'))
+        .ok_or("--constraints: the pairs go in braces: EncryptionContextSubset={k=v,...}")?;
+    let map: std::collections::BTreeMap<String, String> = EncryptionContext::parse_cli(inner)?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut c = crate::kms::grant::Constraints::default();
+    match kind {
+        "EncryptionContextSubset" => c.encryption_context_subset = Some(map),
+        "EncryptionContextEquals" => c.encryption_context_equals = Some(map),
+        other => {
+            return Err(format!(
+                "--constraints: {other} is not EncryptionContextSubset or EncryptionContextEquals"
+            ));
+        }
+    }
+    Ok(c)
 }
 
 /// The operation's AWS name, used in error messages as the AWS CLI does.
@@ -273,17 +378,100 @@ pub fn run(kms: &Kms, caller: &Caller, cmd: KmsCommand) -> Result<Value, CmdErro
             key_usage,
             origin,
             key_spec,
+            policy,
+            bypass_policy_lockout_safety_check,
         } => {
+            let policy = policy.map(|p| text_arg(&p, "--policy")).transpose()?;
             let req = CreateKeyRequest {
                 description,
                 tags: parse_tags(&tags)?,
                 key_usage,
                 origin,
                 key_spec,
+                policy,
+                bypass_policy_lockout_safety_check,
             };
             json!({"KeyMetadata": kms.create_key(caller, req)?})
         }
         DescribeKey(k) => json!({"KeyMetadata": kms.describe_key(caller, &k.key_id)?}),
+        GetKeyPolicy { key, policy_name } => {
+            kms.get_key_policy(caller, &key.key_id, policy_name.as_deref())?
+        }
+        PutKeyPolicy {
+            key,
+            policy_name,
+            policy,
+            bypass_policy_lockout_safety_check,
+        } => {
+            let doc = text_arg(&policy, "--policy")?;
+            kms.put_key_policy(
+                caller,
+                &key.key_id,
+                policy_name.as_deref(),
+                &doc,
+                bypass_policy_lockout_safety_check,
+            )?;
+            Value::Null
+        }
+        CreateGrant {
+            key,
+            grantee_principal,
+            retiring_principal,
+            operations,
+            constraints,
+            name,
+            grant_tokens,
+        } => {
+            let caller = &with_tokens(caller, grant_tokens)?;
+            let constraints = constraints.map(|c| parse_constraints(&c)).transpose()?;
+            let req = crate::kms::service::GrantRequest {
+                grantee: grantee_principal,
+                retiring: retiring_principal,
+                operations,
+                constraints,
+                name,
+            };
+            kms.create_grant(caller, &key.key_id, req)?
+        }
+        ListGrants {
+            key,
+            grant_id,
+            grantee_principal,
+            paging,
+        } => kms.list_grants(
+            caller,
+            &key.key_id,
+            grant_id.as_deref(),
+            grantee_principal.as_deref(),
+            paging.limit,
+            paging.marker.as_deref(),
+        )?,
+        ListRetirableGrants {
+            retiring_principal,
+            paging,
+        } => kms.list_retirable_grants(
+            caller,
+            &retiring_principal,
+            paging.limit,
+            paging.marker.as_deref(),
+        )?,
+        RetireGrant {
+            grant_token,
+            key_id,
+            grant_id,
+        } => {
+            kms.retire_grant(
+                caller,
+                grant_token.as_deref(),
+                key_id.as_deref(),
+                grant_id.as_deref(),
+            )?;
+            Value::Null
+        }
+        RevokeGrant { key, grant_id } => {
+            kms.revoke_grant(caller, &key.key_id, &grant_id)?;
+            Value::Null
+        }
         ListKeys(p) => kms.list_keys(caller, p.limit, p.marker.as_deref())?,
         EnableKey(k) => {
             kms.enable_key(caller, &k.key_id)?;
@@ -360,7 +548,7 @@ pub fn run(kms: &Kms, caller: &Caller, cmd: KmsCommand) -> Result<Value, CmdErro
             encryption_algorithm,
             grant_tokens,
         } => {
-            check_grant_tokens(&grant_tokens)?;
+            let caller = &with_tokens(caller, grant_tokens)?;
             let pt = zeroize::Zeroizing::new(blob_arg(&plaintext, "--plaintext")?);
             let ctx = ctx_opt(&encryption_context)?;
             let r = kms.encrypt(
@@ -379,7 +567,7 @@ pub fn run(kms: &Kms, caller: &Caller, cmd: KmsCommand) -> Result<Value, CmdErro
             encryption_algorithm,
             grant_tokens,
         } => {
-            check_grant_tokens(&grant_tokens)?;
+            let caller = &with_tokens(caller, grant_tokens)?;
             let blob = blob_arg(&ciphertext_blob, "--ciphertext-blob")?;
             let ctx = ctx_opt(&encryption_context)?;
             let r = kms.decrypt(
@@ -399,7 +587,7 @@ pub fn run(kms: &Kms, caller: &Caller, cmd: KmsCommand) -> Result<Value, CmdErro
             destination_encryption_context,
             grant_tokens,
         } => {
-            check_grant_tokens(&grant_tokens)?;
+            let caller = &with_tokens(caller, grant_tokens)?;
             let blob = blob_arg(&ciphertext_blob, "--ciphertext-blob")?;
             let r = kms.re_encrypt(
                 caller,
@@ -419,7 +607,7 @@ pub fn run(kms: &Kms, caller: &Caller, cmd: KmsCommand) -> Result<Value, CmdErro
             encryption_context,
             grant_tokens,
         } => {
-            check_grant_tokens(&grant_tokens)?;
+            let caller = &with_tokens(caller, grant_tokens)?;
             let spec = DataKeySpec {
                 key_spec,
                 number_of_bytes,
@@ -441,7 +629,7 @@ pub fn run(kms: &Kms, caller: &Caller, cmd: KmsCommand) -> Result<Value, CmdErro
             encryption_context,
             grant_tokens,
         } => {
-            check_grant_tokens(&grant_tokens)?;
+            let caller = &with_tokens(caller, grant_tokens)?;
             let spec = DataKeySpec {
                 key_spec,
                 number_of_bytes,

@@ -130,6 +130,23 @@ impl Backing {
         Ok((key, file_id))
     }
 
+    /// Empties a file and gives it a new data key and file id. The old
+    /// blocks go first, so a crash leaves an empty file under either key.
+    pub fn rekey_file(&self, fd: File, rel: &str, caller: &Caller) -> FsResult<CryptFile> {
+        let (key, blob) = self
+            .kms
+            .new_data_key(caller, &self.cfg.key_id, &self.ctx(rel))?;
+        if blob.len() > format::max_blob_len(self.hs) {
+            return Err(FsError::Io(io::Error::other(
+                "wrapped data key does not fit the header",
+            )));
+        }
+        fd.set_len(self.hs as u64)?;
+        let file_id = crate::crypto::random::array::<16>();
+        cryptfile::write_new_header(&fd, self.hs, file_id, blob)?;
+        Ok(CryptFile::new(fd, self.hs, file_id, &key))
+    }
+
     /// Unwraps the data key of the file open as `fd` at `rel`. The newest slot
     /// is tried first; the other one is there after a crash between writing a
     /// new slot and the rename it was for.

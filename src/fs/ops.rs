@@ -27,11 +27,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Per-inode state shared by every handle open on it: one unwrapped key, one
-/// lock that orders writers.
+/// Per-inode state shared by every handle open on it: one unwrapped key
+/// behind one lock that orders writers (and lets a truncation to zero swap
+/// in a new key).
 pub struct OpenFile {
-    cf: CryptFile,
-    io: RwLock<()>,
+    io: RwLock<CryptFile>,
 }
 
 struct DirSnapshot {
@@ -267,12 +267,34 @@ impl KmsFs {
             return f; // another thread won the race; our copy is dropped and wiped
         }
         let f = Arc::new(OpenFile {
-            cf,
-            io: RwLock::new(()),
+            io: RwLock::new(cf),
         });
         open.insert(ino, Arc::downgrade(&f));
         open.retain(|_, w| w.strong_count() > 0);
         f
+    }
+
+    /// Truncation to zero (O_TRUNC, `> file`): an overwrite. The file gets a
+    /// new data key and file id, which needs kms:GenerateDataKey rather than
+    /// Decrypt; handles open on it switch to the new key.
+    fn overwrite(&self, ino: u64, rel: &str, caller: &Caller) -> FsResult<()> {
+        let open = self
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&ino)
+            .and_then(Weak::upgrade);
+        let fd = self.b.open_rw(&self.b.full(rel))?;
+        match open {
+            Some(f) => {
+                let mut cf = f.io.write().unwrap_or_else(|e| e.into_inner());
+                *cf = self.b.rekey_file(fd, rel, caller)?;
+            }
+            None => {
+                self.b.rekey_file(fd, rel, caller)?;
+            }
+        }
+        Ok(())
     }
 
     fn snapshot(&self, rel: &str) -> io::Result<DirSnapshot> {
@@ -462,15 +484,18 @@ impl Filesystem for KmsFs {
             if uid.is_some() || gid.is_some() {
                 std::os::unix::fs::lchown(&full, uid, gid).map_err(|e| io_errno(&e))?;
             }
-            if let Some(sz) = size {
+            if let Some(0) = size {
+                self.overwrite(ino.0, &rel, &Self::caller(req))
+                    .map_err(|e| self.fs_errno("truncate", &rel, e))?;
+            } else if let Some(sz) = size {
                 let f = match fh.map(|h| self.file_handle(h)) {
                     Some(Ok(f)) => f,
                     _ => self
                         .open_file(ino.0, &rel, &Self::caller(req))
                         .map_err(|e| self.fs_errno("truncate", &rel, e))?,
                 };
-                let _w = f.io.write().unwrap_or_else(|e| e.into_inner());
-                f.cf.truncate(sz)
+                let cf = f.io.write().unwrap_or_else(|e| e.into_inner());
+                cf.truncate(sz)
                     .map_err(|e| self.fs_errno("truncate", &rel, e.into()))?;
             }
             if atime.is_some() || mtime.is_some() {
@@ -733,8 +758,8 @@ impl Filesystem for KmsFs {
             Ok(f) => f,
             Err(e) => return reply.error(e),
         };
-        let _r = f.io.read().unwrap_or_else(|e| e.into_inner());
-        match f.cf.read_at(offset, size as usize) {
+        let cf = f.io.read().unwrap_or_else(|e| e.into_inner());
+        match cf.read_at(offset, size as usize) {
             Ok(data) => reply.data(&data),
             Err(e) => {
                 let rel = self.path(ino).unwrap_or_default();
@@ -759,8 +784,8 @@ impl Filesystem for KmsFs {
             Ok(f) => f,
             Err(e) => return reply.error(e),
         };
-        let _w = f.io.write().unwrap_or_else(|e| e.into_inner());
-        match f.cf.write_at(offset, data) {
+        let cf = f.io.write().unwrap_or_else(|e| e.into_inner());
+        match cf.write_at(offset, data) {
             Ok(n) => reply.written(n as u32),
             Err(e) => {
                 let rel = self.path(ino).unwrap_or_default();
@@ -808,10 +833,11 @@ impl Filesystem for KmsFs {
         reply: ReplyEmpty,
     ) {
         let r = self.file_handle(fh).and_then(|f| {
+            let cf = f.io.read().unwrap_or_else(|e| e.into_inner());
             let res = if datasync {
-                f.cf.fd.sync_data()
+                cf.fd.sync_data()
             } else {
-                f.cf.fd.sync_all()
+                cf.fd.sync_all()
             };
             res.map_err(|e| io_errno(&e))
         });

@@ -73,6 +73,9 @@ pub struct Record {
     pub management_event: bool,
     pub recipient_account_id: String,
     pub event_category: &'static str,
+    /// Which policy statement or grant allowed or denied the call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub additional_event_data: Option<Value>,
 }
 
 /// State of the chain at the end of the file as this process last saw it.
@@ -427,6 +430,7 @@ mod tests {
             management_event: true,
             recipient_account_id: "1".into(),
             event_category: "Management",
+            additional_event_data: None,
         }
     }
 

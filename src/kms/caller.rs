@@ -23,6 +23,8 @@ pub struct Caller {
     pub via: Via,
     /// Peer address for network callers; `None` for local ones.
     pub source_ip: Option<String>,
+    /// Grant tokens sent with the request (AWS's GrantTokens parameter).
+    pub grant_tokens: Vec<String>,
 }
 
 impl Caller {
@@ -37,6 +39,7 @@ impl Caller {
             process: process_name(pid as u32),
             via,
             source_ip: None,
+            grant_tokens: vec![],
         }
     }
 
@@ -49,6 +52,7 @@ impl Caller {
             process: process_name(pid),
             via,
             source_ip: None,
+            grant_tokens: vec![],
         }
     }
 
@@ -70,4 +74,20 @@ pub fn process_name(pid: u32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .ok()
         .map(|s| s.trim_end().to_string())
+}
+
+/// Supplementary groups of a process, from /proc/PID/status ("Groups:").
+pub fn supplementary_groups(pid: u32) -> Vec<u32> {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return vec![];
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|g| {
+            g.split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }

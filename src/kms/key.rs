@@ -114,6 +114,9 @@ pub struct Key {
     pub import: Option<ImportState>,
     /// The key policy document, `None` for the default policy.
     pub policy: Option<String>,
+    /// Who created the key: the default policy lets them administer it.
+    #[serde(default)]
+    pub creator: Option<u32>,
 }
 
 impl Key {
@@ -238,6 +241,7 @@ mod tests {
             tags: BTreeMap::new(),
             import: None,
             policy: None,
+            creator: None,
         }
     }
 

@@ -68,6 +68,8 @@ pub struct State {
     pub keys: BTreeMap<KeyId, Key>,
     pub aliases: BTreeMap<String, Alias>,
     pub imports: BTreeMap<KeyId, PendingImport>,
+    #[serde(default)]
+    pub grants: Vec<super::grant::Grant>,
 }
 
 /// How the root key is obtained; stored in the clear beside the sealed body.

@@ -11,10 +11,12 @@ pub mod caller;
 pub mod clock;
 pub mod context;
 pub mod error;
+pub mod grant;
 pub mod import;
 pub mod key;
 pub mod keyref;
 pub mod keystore;
+pub mod policy;
 mod serde_secret;
 pub mod service;
 

@@ -11,17 +11,19 @@ use super::caller::{Caller, Via};
 use super::clock::{Clock, DAY, SystemClock, rfc3339};
 use super::context::EncryptionContext;
 use super::error::{ErrorCode, KmsError, KmsResult};
+use super::grant::{self, Constraints, Grant};
 use super::key::{ImportState, Key, KeyManager, KeyState, Op, Origin, Rotation, check_state};
 use super::keyref::{KeyId, KeyRef, MANAGED_ALIAS_PREFIX, validate_alias_name};
 use super::keystore::{
     Alias, HomeError, HomeErrorKind, KmsHome, RootKeySpec, RootKeys, RootSecret, Stamp, State,
 };
+use super::policy::{self, Decision, Policy, Request as PolicyRequest, Subject, SystemNames};
 use crate::crypto::kdf::{Argon2Params, hkdf256, hmac_sha256};
 use crate::crypto::{AeadKey, Key256, SecretBytes};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -73,6 +75,9 @@ pub struct CreateKeyRequest {
     pub origin: Option<String>,
     /// Only SYMMETRIC_DEFAULT.
     pub key_spec: Option<String>,
+    /// The key policy; the default policy (root and the creator) if absent.
+    pub policy: Option<String>,
+    pub bypass_policy_lockout_safety_check: bool,
 }
 
 #[derive(Debug)]
@@ -154,6 +159,12 @@ struct Event {
     params: Box<RawValue>,
     response: Value,
     key: Option<KeyId>,
+    /// What authorisation sees of the request: the encryption context and,
+    /// for CreateGrant, the operations being granted.
+    ctx: Option<EncryptionContext>,
+    grant_ops: Option<Vec<String>>,
+    /// How the call was allowed or denied, for the audit record.
+    authz: Option<Value>,
 }
 
 impl Event {
@@ -166,7 +177,15 @@ impl Event {
             params,
             response: Value::Null,
             key: None,
+            ctx: None,
+            grant_ops: None,
+            authz: None,
         }
+    }
+
+    fn with_ctx(mut self, ctx: &EncryptionContext) -> Self {
+        self.ctx = Some(ctx.clone());
+        self
     }
 }
 
@@ -228,8 +247,13 @@ impl Default for Options {
     }
 }
 
+/// A parsed policy and the text it was parsed from (`None`: the default).
+type CachedPolicy = (Option<String>, Arc<Policy>);
+
 pub struct Kms {
     account: String,
+    /// Parsed key policies, keyed by key and checked against the policy text.
+    policies: Mutex<HashMap<KeyId, CachedPolicy>>,
     inner: RwLock<Inner>,
     store: Option<Store>,
     audit: Option<AuditLog>,
@@ -351,6 +375,7 @@ impl Kms {
         let due = next_due(&state);
         Kms {
             account,
+            policies: Mutex::new(HashMap::new()),
             inner: RwLock::new(Inner {
                 state: Arc::new(state),
                 stamp,
@@ -538,6 +563,7 @@ impl Kms {
             management_event: true,
             recipient_account_id: self.account.clone(),
             event_category: "Management",
+            additional_event_data: ev.authz.map(|a| json!({"authorization": a})),
         };
         log.append(&rec).map_err(|e| {
             KmsError::internal(format!(
@@ -556,20 +582,107 @@ impl Kms {
         }
     }
 
-    /// Who may do what. Keys that kmsfs manages for a filesystem are used only
-    /// through the mount; users may read their metadata. Key policies and
-    /// grants plug in here.
-    fn authorize(&self, caller: &Caller, key: &Key, action: &str) -> KmsResult<()> {
+    /// Who may do what, in AWS's order: the managed-key rule, then the key
+    /// policy (an explicit Deny wins, then an Allow), then grants, else deny.
+    /// The decision is kept on the event for the audit record.
+    fn authorize(
+        &self,
+        caller: &Caller,
+        state: &State,
+        key: &Key,
+        action: &str,
+        ev: &mut Event,
+    ) -> KmsResult<()> {
         if key.manager == KeyManager::Kmsfs
             && !matches!(caller.via, Via::Mount | Via::Service)
             && !is_read_action(action)
         {
+            ev.authz = Some(json!({"decision": "Deny", "by": "kmsfs managed-key rule"}));
             return Err(KmsError::access_denied(format!(
                 "key {} is managed by kmsfs for a filesystem: it can be described, but {action} on it is allowed only through the mount",
                 key.id
             )));
         }
-        Ok(())
+        if caller.via == Via::Service {
+            return Ok(());
+        }
+        for t in &caller.grant_tokens {
+            if !state.grants.iter().any(|g| g.token == *t) {
+                return Err(KmsError::new(
+                    ErrorCode::InvalidGrantTokenException,
+                    "a grant token does not belong to any current grant (retired, revoked or malformed)",
+                ));
+            }
+        }
+        let policy = self.policy_of(key)?;
+        let subject = subject_of(
+            caller,
+            policy.names_groups || state.grants.iter().any(|g| g.grantee.starts_with("g")),
+        );
+        let arn = self.arn(&key.id);
+        let req = PolicyRequest {
+            subject: &subject,
+            action,
+            resource: &arn,
+            context: ev.ctx.as_ref(),
+            grant_operations: ev.grant_ops.as_deref(),
+            via_mount: caller.via == Via::Mount,
+        };
+        let principal = caller.principal();
+        match policy.evaluate(&req) {
+            Decision::Allow(sid) => {
+                ev.authz =
+                    Some(json!({"decision": "Allow", "by": format!("key policy statement {sid}")}));
+                Ok(())
+            }
+            Decision::Deny(sid) => {
+                ev.authz =
+                    Some(json!({"decision": "Deny", "by": format!("key policy statement {sid}")}));
+                Err(KmsError::access_denied(format!(
+                    "{principal} may not {action} key {}: explicitly denied by key policy statement {sid}",
+                    key.id
+                )))
+            }
+            Decision::DefaultDeny => {
+                let op = action.strip_prefix("kms:").unwrap_or(action);
+                let names = SystemNames;
+                if let Some(g) = state
+                    .grants
+                    .iter()
+                    .find(|g| g.allows(&subject, op, &key.id, ev.ctx.as_ref(), &names))
+                {
+                    ev.authz =
+                        Some(json!({"decision": "Allow", "by": format!("grant {}", g.grant_id)}));
+                    return Ok(());
+                }
+                ev.authz = Some(
+                    json!({"decision": "Deny", "by": "no statement or grant allows it (default deny)"}),
+                );
+                Err(KmsError::access_denied(format!(
+                    "{principal} may not {action} key {}: no key policy statement or grant allows it",
+                    key.id
+                )))
+            }
+        }
+    }
+
+    /// The key's policy, parsed once per policy text.
+    fn policy_of(&self, key: &Key) -> KmsResult<Arc<Policy>> {
+        let mut cache = self.policies.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((text, p)) = cache.get(&key.id)
+            && *text == key.policy
+        {
+            return Ok(p.clone());
+        }
+        let doc = effective_policy(key);
+        let parsed = Arc::new(policy::parse(&doc, &SystemNames).map_err(|e| {
+            KmsError::access_denied(format!(
+                "the key policy of {} cannot be evaluated ({e}); fix it with put-key-policy",
+                key.id
+            ))
+        })?);
+        cache.insert(key.id, (key.policy.clone(), parsed.clone()));
+        Ok(parsed)
     }
 
     fn resolve<'s>(&self, state: &'s State, key_ref: &str) -> KmsResult<&'s Key> {
@@ -601,7 +714,7 @@ impl Kms {
     ) -> KmsResult<&'s Key> {
         let key = self.resolve(state, key_ref)?;
         ev.key = Some(key.id);
-        self.authorize(caller, key, action)?;
+        self.authorize(caller, state, key, action, ev)?;
         if let Some(op) = op {
             check_state(op, key)?;
         }
@@ -643,7 +756,7 @@ impl Kms {
             json!({"description": req.description, "keyUsage": req.key_usage, "origin": req.origin,
                    "keySpec": req.key_spec, "tags": tags_json(&req.tags)}),
         );
-        let r = self.create_key_inner(&req, KeyManager::Customer, None, &mut ev);
+        let r = self.create_key_inner(caller, &req, KeyManager::Customer, None, &mut ev);
         if let Ok(m) = &r {
             ev.response = json!({"keyMetadata": m});
         }
@@ -667,7 +780,7 @@ impl Kms {
             description: description.into(),
             ..Default::default()
         };
-        let r = self.create_key_inner(&req, KeyManager::Kmsfs, Some(alias), &mut ev);
+        let r = self.create_key_inner(caller, &req, KeyManager::Kmsfs, Some(alias), &mut ev);
         if let Ok(m) = &r {
             ev.response = json!({"keyMetadata": m});
         }
@@ -676,6 +789,7 @@ impl Kms {
 
     fn create_key_inner(
         &self,
+        caller: &Caller,
         req: &CreateKeyRequest,
         manager: KeyManager,
         alias: Option<String>,
@@ -713,6 +827,9 @@ impl Kms {
         if let Some(a) = &alias {
             validate_alias_name(a, true)?;
         }
+        if let Some(p) = &req.policy {
+            self.check_new_policy(caller, p, req.bypass_policy_lockout_safety_check)?;
+        }
         let meta = self.mutate(|s, now| {
             let mut key = Key {
                 id: KeyId::random(),
@@ -737,7 +854,8 @@ impl Kms {
                     valid_to: None,
                     fingerprint: None,
                 }),
-                policy: None,
+                policy: req.policy.clone(),
+                creator: Some(caller.uid),
             };
             if origin == Origin::Kmsfs {
                 key.add_material(Key256::random(), now);
@@ -1306,6 +1424,336 @@ impl Kms {
         self.finish(caller, ev, r)
     }
 
+    // ----- key policies and grants --------------------------------------
+
+    /// Validates a policy document and refuses one that would keep the
+    /// caller from changing the policy again (AWS's lockout safety check).
+    fn check_new_policy(&self, caller: &Caller, doc: &str, bypass: bool) -> KmsResult<()> {
+        let malformed = |m: String| KmsError::new(ErrorCode::MalformedPolicyDocumentException, m);
+        let parsed = policy::parse(doc, &SystemNames).map_err(malformed)?;
+        if !bypass {
+            let subject = subject_of(caller, parsed.names_groups);
+            let req = PolicyRequest {
+                subject: &subject,
+                action: "kms:PutKeyPolicy",
+                resource: "*",
+                context: None,
+                grant_operations: None,
+                via_mount: caller.via == Via::Mount,
+            };
+            if !matches!(parsed.evaluate(&req), Decision::Allow(_)) {
+                return Err(malformed(format!(
+                    "the policy would not let {} (who is making this request) change it again: every administrator would be locked out; pass --bypass-policy-lockout-safety-check if that is intended",
+                    caller.principal()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn get_key_policy(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        policy_name: Option<&str>,
+    ) -> KmsResult<Value> {
+        let mut ev = Event::new(
+            "GetKeyPolicy",
+            true,
+            json!({"keyId": key_id, "policyName": policy_name}),
+        );
+        let r = (|| {
+            check_policy_name(policy_name)?;
+            let s = self.state()?;
+            let k = self.usable(caller, &s, key_id, &mut ev, "kms:GetKeyPolicy", None)?;
+            Ok(json!({"Policy": effective_policy(k), "PolicyName": "default"}))
+        })();
+        self.finish(caller, ev, r)
+    }
+
+    pub fn put_key_policy(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        policy_name: Option<&str>,
+        doc: &str,
+        bypass: bool,
+    ) -> KmsResult<()> {
+        let mut ev = Event::new(
+            "PutKeyPolicy",
+            false,
+            json!({"keyId": key_id, "policyName": policy_name, "policy": doc, "bypassPolicyLockoutSafetyCheck": bypass}),
+        );
+        let r = self.mutate(|s, _| {
+            check_policy_name(policy_name)?;
+            let id = self
+                .usable(
+                    caller,
+                    s,
+                    key_id,
+                    &mut ev,
+                    "kms:PutKeyPolicy",
+                    Some(Op::Modify),
+                )?
+                .id;
+            self.check_new_policy(caller, doc, bypass)?;
+            s.keys.get_mut(&id).expect("resolved").policy = Some(doc.to_string());
+            Ok(())
+        });
+        self.finish(caller, ev, r)
+    }
+
+    /// CreateGrant; returns GrantToken and GrantId.
+    pub fn create_grant(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        req: GrantRequest,
+    ) -> KmsResult<Value> {
+        let mut ev = Event::new(
+            "CreateGrant",
+            false,
+            json!({"keyId": key_id, "granteePrincipal": req.grantee, "retiringPrincipal": req.retiring,
+                   "operations": req.operations, "constraints": req.constraints, "name": req.name}),
+        );
+        ev.grant_ops = Some(req.operations.clone());
+        let r = self.mutate(|s, now| {
+            grant::validate(&req.operations, req.constraints.as_ref())
+                .map_err(KmsError::validation)?;
+            for p in std::iter::once(&req.grantee).chain(req.retiring.iter()) {
+                match policy::parse_principal(p, &SystemNames) {
+                    Ok(policy::Principal::Any) => {
+                        return Err(KmsError::validation("a grant names one principal, not *"));
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(KmsError::validation(e)),
+                }
+            }
+            if let Some(n) = &req.name
+                && (n.is_empty()
+                    || n.len() > 256
+                    || !n
+                        .bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || b":/_-".contains(&c)))
+            {
+                return Err(KmsError::validation(
+                    "Name must be 1 to 256 characters of letters, digits and :/_-",
+                ));
+            }
+            let key = self.usable(
+                caller,
+                s,
+                key_id,
+                &mut ev,
+                "kms:CreateGrant",
+                Some(Op::Crypto),
+            )?;
+            // A grant made under another grant cannot give more than that one has.
+            if let Some(by) = ev
+                .authz
+                .as_ref()
+                .and_then(|a| a["by"].as_str())
+                .and_then(|b| b.strip_prefix("grant "))
+                && let Some(parent) = s.grants.iter().find(|g| g.grant_id == by)
+                && let Some(op) = req
+                    .operations
+                    .iter()
+                    .find(|o| !parent.operations.contains(o))
+            {
+                return Err(KmsError::access_denied(format!(
+                    "grant {by} does not include {op}, so it cannot grant it"
+                )));
+            }
+            let id = key.id;
+            let mut g = Grant {
+                grant_id: String::new(),
+                token: String::new(),
+                key_id: id,
+                name: req.name.clone(),
+                grantee: req.grantee.clone(),
+                retiring: req.retiring.clone(),
+                operations: req.operations.clone(),
+                constraints: req.constraints.clone(),
+                created: now,
+                issuer_uid: caller.uid,
+            };
+            if let Some(existing) = s.grants.iter().find(|e| e.same_request(&g)) {
+                return Ok(json!({"GrantToken": existing.token, "GrantId": existing.grant_id}));
+            }
+            let mut gid = String::new();
+            crate::crypto::hex_into(&crate::crypto::random::array::<32>(), &mut gid);
+            g.token = format!(
+                "kmsfs-grant-{}",
+                b64url(&crate::crypto::random::array::<48>())
+            );
+            g.grant_id = gid;
+            let out = json!({"GrantToken": g.token, "GrantId": g.grant_id});
+            s.grants.push(g);
+            Ok(out)
+        });
+        if let Ok(v) = &r {
+            ev.response = json!({"grantId": v["GrantId"]});
+        }
+        self.finish(caller, ev, r)
+    }
+
+    fn grant_json(&self, g: &Grant) -> Value {
+        let mut v = json!({
+            "KeyId": self.arn(&g.key_id), "GrantId": g.grant_id, "CreationDate": rfc3339(g.created),
+            "GranteePrincipal": g.grantee, "IssuingAccount": self.account, "Operations": g.operations,
+        });
+        if let Some(n) = &g.name {
+            v["Name"] = n.clone().into();
+        }
+        if let Some(r) = &g.retiring {
+            v["RetiringPrincipal"] = r.clone().into();
+        }
+        if let Some(c) = &g.constraints {
+            v["Constraints"] = serde_json::to_value(c).expect("constraints serialise");
+        }
+        v
+    }
+
+    pub fn list_grants(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        grant_id: Option<&str>,
+        grantee: Option<&str>,
+        limit: Option<u32>,
+        marker: Option<&str>,
+    ) -> KmsResult<Value> {
+        let mut ev = Event::new(
+            "ListGrants",
+            true,
+            json!({"keyId": key_id, "grantId": grant_id, "granteePrincipal": grantee}),
+        );
+        let r = self.state().and_then(|s| {
+            let id = self
+                .usable(caller, &s, key_id, &mut ev, "kms:ListGrants", None)?
+                .id;
+            let ids: Vec<String> = s
+                .grants
+                .iter()
+                .filter(|g| {
+                    g.key_id == id
+                        && grant_id.is_none_or(|x| x == g.grant_id)
+                        && grantee.is_none_or(|x| x == g.grantee)
+                })
+                .map(|g| g.grant_id.clone())
+                .collect();
+            let mut ids = ids;
+            ids.sort();
+            let (page, next) = paginate(&ids, limit, marker)?;
+            let items = page
+                .iter()
+                .filter_map(|i| s.grants.iter().find(|g| g.grant_id == *i))
+                .map(|g| self.grant_json(g))
+                .collect();
+            Ok(page_json("Grants", items, next))
+        });
+        self.finish(caller, ev, r)
+    }
+
+    pub fn list_retirable_grants(
+        &self,
+        caller: &Caller,
+        retiring: &str,
+        limit: Option<u32>,
+        marker: Option<&str>,
+    ) -> KmsResult<Value> {
+        let ev = Event::new(
+            "ListRetirableGrants",
+            true,
+            json!({"retiringPrincipal": retiring}),
+        );
+        let r = self.state().and_then(|s| {
+            let mut ids: Vec<String> = s
+                .grants
+                .iter()
+                .filter(|g| g.retiring.as_deref() == Some(retiring))
+                .map(|g| g.grant_id.clone())
+                .collect();
+            ids.sort();
+            let (page, next) = paginate(&ids, limit, marker)?;
+            let items = page
+                .iter()
+                .filter_map(|i| s.grants.iter().find(|g| g.grant_id == *i))
+                .map(|g| self.grant_json(g))
+                .collect();
+            Ok(page_json("Grants", items, next))
+        });
+        self.finish(caller, ev, r)
+    }
+
+    /// RetireGrant, by token or by key and grant id.
+    pub fn retire_grant(
+        &self,
+        caller: &Caller,
+        token: Option<&str>,
+        key_id: Option<&str>,
+        grant_id: Option<&str>,
+    ) -> KmsResult<()> {
+        let mut ev = Event::new(
+            "RetireGrant",
+            false,
+            json!({"keyId": key_id, "grantId": grant_id}),
+        );
+        let r = self.mutate(|s, _| {
+            let idx = match (token, key_id, grant_id) {
+                (Some(t), None, None) => s.grants.iter().position(|g| g.token == t).ok_or_else(|| {
+                    KmsError::new(ErrorCode::InvalidGrantTokenException, "no current grant has this token")
+                })?,
+                (None, Some(k), Some(gid)) => {
+                    let key = self.resolve(s, k)?.id;
+                    s.grants.iter().position(|g| g.key_id == key && g.grant_id == gid).ok_or_else(|| {
+                        KmsError::new(ErrorCode::InvalidGrantIdException, format!("key {key} has no grant {gid}"))
+                    })?
+                }
+                _ => return Err(KmsError::validation("give either --grant-token, or both --key-id and --grant-id")),
+            };
+            let g = &s.grants[idx];
+            ev.key = Some(g.key_id);
+            let subject = subject_of(caller, g.grantee.starts_with('g') || g.retiring.as_deref().is_some_and(|r| r.starts_with('g')));
+            if !g.can_retire(&subject, &SystemNames) {
+                return Err(KmsError::access_denied(format!(
+                    "{} is neither the retiring principal of grant {} nor its grantee with RetireGrant",
+                    caller.principal(),
+                    g.grant_id
+                )));
+            }
+            s.grants.remove(idx);
+            Ok(())
+        });
+        self.finish(caller, ev, r)
+    }
+
+    pub fn revoke_grant(&self, caller: &Caller, key_id: &str, grant_id: &str) -> KmsResult<()> {
+        let mut ev = Event::new(
+            "RevokeGrant",
+            false,
+            json!({"keyId": key_id, "grantId": grant_id}),
+        );
+        let r = self.mutate(|s, _| {
+            let id = self
+                .usable(caller, s, key_id, &mut ev, "kms:RevokeGrant", None)?
+                .id;
+            let idx = s
+                .grants
+                .iter()
+                .position(|g| g.key_id == id && g.grant_id == grant_id)
+                .ok_or_else(|| {
+                    KmsError::new(
+                        ErrorCode::InvalidGrantIdException,
+                        format!("key {id} has no grant {grant_id}"),
+                    )
+                })?;
+            s.grants.remove(idx);
+            Ok(())
+        });
+        self.finish(caller, ev, r)
+    }
+
     // ----- cryptographic operations -------------------------------------
 
     fn seal_under(key: &Key, plaintext: &[u8], ctx: &EncryptionContext) -> KmsResult<Vec<u8>> {
@@ -1334,7 +1782,7 @@ impl Kms {
         ctx: &EncryptionContext,
         expected_key: Option<&str>,
         ev: &mut Event,
-        check: impl FnOnce(&Key) -> KmsResult<()>,
+        check: impl FnOnce(&Key, &mut Event) -> KmsResult<()>,
     ) -> KmsResult<(&'s Key, SecretBytes)> {
         ctx.validate()?;
         let b = blob::parse(ciphertext).map_err(|e| KmsError::invalid_ciphertext(e.to_string()))?;
@@ -1357,7 +1805,7 @@ impl Kms {
                 "the key that encrypted this ciphertext ({id}) does not exist; it may have been deleted"
             ))
         })?;
-        check(key)?;
+        check(key, ev)?;
         let m = key.material(b.header.material_version).ok_or_else(|| {
             KmsError::invalid_ciphertext(format!(
                 "key {id} has no material version {}; the ciphertext is corrupt or its material was deleted",
@@ -1399,7 +1847,7 @@ impl Kms {
             encryption_algorithm: Some(SYMMETRIC_DEFAULT),
             ..CryptoParams::new(Some(key_id), ctx)
         };
-        let mut ev = Event::new("Encrypt", true, params);
+        let mut ev = Event::new("Encrypt", true, params).with_ctx(ctx);
         let r = (|| {
             Self::check_algorithm(algorithm)?;
             ctx.validate()?;
@@ -1432,14 +1880,15 @@ impl Kms {
             encryption_algorithm: Some(SYMMETRIC_DEFAULT),
             ..CryptoParams::new(key_id, ctx)
         };
-        let mut ev = Event::new("Decrypt", true, params);
+        let mut ev = Event::new("Decrypt", true, params).with_ctx(ctx);
         let r = (|| {
             Self::check_algorithm(algorithm)?;
             let s = self.state()?;
-            let (key, plaintext) = self.open_blob(&s, ciphertext, ctx, key_id, &mut ev, |k| {
-                self.authorize(caller, k, "kms:Decrypt")?;
-                check_state(Op::Crypto, k)
-            })?;
+            let (key, plaintext) =
+                self.open_blob(&s, ciphertext, ctx, key_id, &mut ev, |k, ev| {
+                    self.authorize(caller, &s, k, "kms:Decrypt", ev)?;
+                    check_state(Op::Crypto, k)
+                })?;
             Ok(DecryptResponse {
                 plaintext,
                 key_arn: self.arn(&key.id),
@@ -1462,17 +1911,24 @@ impl Kms {
             true,
             json!({"sourceEncryptionContext": source_ctx, "destinationKeyId": destination_key_id,
                    "destinationEncryptionContext": destination_ctx, "sourceKeyId": source_key_id}),
-        );
+        )
+        .with_ctx(source_ctx);
         let r = (|| {
             destination_ctx.validate()?;
             let s = self.state()?;
-            let (src, plaintext) =
-                self.open_blob(&s, ciphertext, source_ctx, source_key_id, &mut ev, |k| {
-                    self.authorize(caller, k, "kms:ReEncryptFrom")?;
+            let (src, plaintext) = self.open_blob(
+                &s,
+                ciphertext,
+                source_ctx,
+                source_key_id,
+                &mut ev,
+                |k, ev| {
+                    self.authorize(caller, &s, k, "kms:ReEncryptFrom", ev)?;
                     check_state(Op::Crypto, k)
-                })?;
+                },
+            )?;
             let src_arn = self.arn(&src.id);
-            let mut dev = Event::new("ReEncrypt", true, Value::Null);
+            let mut dev = Event::new("ReEncrypt", true, Value::Null).with_ctx(destination_ctx);
             let dst = self.usable(
                 caller,
                 &s,
@@ -1480,7 +1936,9 @@ impl Kms {
                 &mut dev,
                 "kms:ReEncryptTo",
                 Some(Op::Crypto),
-            )?;
+            );
+            ev.authz = Some(json!({"source": ev.authz.take(), "destination": dev.authz}));
+            let dst = dst?;
             ev.response = json!({"destinationKeyId": self.arn(&dst.id)});
             Ok(ReEncryptResponse {
                 ciphertext_blob: Self::seal_under(dst, plaintext.as_bytes(), destination_ctx)?,
@@ -1510,7 +1968,7 @@ impl Kms {
             number_of_bytes: spec.number_of_bytes,
             ..CryptoParams::new(Some(key_id), ctx)
         };
-        let mut ev = Event::new(name, true, params);
+        let mut ev = Event::new(name, true, params).with_ctx(ctx);
         let action = if with_plaintext {
             "kms:GenerateDataKey"
         } else {
@@ -1887,4 +2345,52 @@ fn apply_maintenance(s: &mut State, now: i64) -> Vec<MaintenanceEvent> {
     }
     s.imports.retain(|_, p| p.valid_to > now);
     events
+}
+
+fn check_policy_name(name: Option<&str>) -> KmsResult<()> {
+    match name {
+        None | Some("default") => Ok(()),
+        Some(n) => Err(KmsError::not_found(format!(
+            "key policies are named \"default\"; there is no policy {n:?}"
+        ))),
+    }
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// What CreateGrant asks for.
+#[derive(Debug, Clone, Default)]
+pub struct GrantRequest {
+    pub grantee: String,
+    pub retiring: Option<String>,
+    pub operations: Vec<String>,
+    pub constraints: Option<Constraints>,
+    pub name: Option<String>,
+}
+
+/// The policy document in force for a key.
+fn effective_policy(key: &Key) -> String {
+    match (&key.policy, key.manager) {
+        (Some(p), _) => p.clone(),
+        (None, KeyManager::Kmsfs) => policy::managed_key_policy(),
+        (None, KeyManager::Customer) => policy::default_policy(key.creator),
+    }
+}
+
+/// The caller as policies see it; supplementary groups only when asked for
+/// (they cost a read of /proc).
+fn subject_of(caller: &Caller, with_groups: bool) -> Subject {
+    let groups = if with_groups {
+        super::caller::supplementary_groups(caller.pid)
+    } else {
+        vec![]
+    };
+    Subject {
+        uid: caller.uid,
+        gid: caller.gid,
+        groups,
+    }
 }

@@ -1,0 +1,226 @@
+//! Key policies and grants enforced inside the mount, with real users:
+//! root may do everything; alice may Decrypt and GenerateDataKey except
+//! under private/; group backup may Decrypt under projects/; carol, absent
+//! from the policy, gets EACCES until a grant lets her read one file.
+
+mod common;
+use common::*;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+fn ensure_users() {
+    sh_ok("getent group backup >/dev/null || groupadd backup");
+    for u in ["kmsfs-alice", "kmsfs-bob", "kmsfs-carol"] {
+        sh_ok(&format!(
+            "id {u} >/dev/null 2>&1 || useradd -M -N -s /usr/sbin/nologin {u}"
+        ));
+    }
+    sh_ok("usermod -aG backup kmsfs-bob");
+}
+
+/// Runs `cmd` as `user`; returns the errno-ish outcome: Ok(stdout) or Err(stderr).
+fn as_user(user: &str, script: &str) -> Result<String, String> {
+    let o = run_timeout(
+        Command::new("runuser").args(["-u", user, "--", "sh", "-c", script]),
+        60,
+    );
+    if o.status.success() {
+        Ok(String::from_utf8_lossy(&o.stdout).to_string())
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).to_string())
+    }
+}
+
+fn denied(r: Result<String, String>) -> bool {
+    matches!(r, Err(e) if e.contains("Permission denied"))
+}
+
+const POLICY: &str = r#"{
+  "Version": "2012-10-17",
+  "Statement": [
+    {"Sid": "RootAll", "Effect": "Allow", "Principal": {"Unix": ["uid:0"]}, "Action": "kms:*", "Resource": "*"},
+    {"Sid": "AliceUse", "Effect": "Allow", "Principal": {"Unix": ["user:kmsfs-alice"]},
+     "Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Resource": "*"},
+    {"Sid": "AliceNotPrivate", "Effect": "Deny", "Principal": {"Unix": ["user:kmsfs-alice"]}, "Action": "kms:*", "Resource": "*",
+     "Condition": {"StringLike": {"kms:EncryptionContext:kmsfs:path": "private/*"}}},
+    {"Sid": "BackupReadsProjects", "Effect": "Allow", "Principal": {"Unix": ["group:backup"]}, "Action": "kms:Decrypt", "Resource": "*",
+     "Condition": {"StringLike": {"kms:EncryptionContext:kmsfs:path": "projects/*"}}}
+  ]
+}"#;
+
+#[test]
+fn policy_and_grants_decide_who_reads_what() {
+    require_fuse();
+    ensure_users();
+    let dir = tempfile::tempdir().unwrap();
+    // The users need to reach the mountpoint.
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let (cipher, mnt, home, key) = (
+        dir.path().join("c"),
+        dir.path().join("m"),
+        dir.path().join("h"),
+        dir.path().join("k"),
+    );
+    fs::create_dir(&mnt).unwrap();
+    fs::write(&key, [3u8; 32]).unwrap();
+    let pfile = dir.path().join("policy.json");
+    fs::write(&pfile, POLICY).unwrap();
+    let fx = Fixture {
+        dir,
+        cipher,
+        mnt,
+        home,
+        key,
+    };
+    let o = fx.cli(&[
+        "kms",
+        "create-key",
+        "--policy",
+        &format!("file://{}", pfile.display()),
+        "--query",
+        "KeyMetadata.KeyId",
+        "--output",
+        "text",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let kid = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    assert!(
+        fx.cli(&["init", fx.cipher.to_str().unwrap(), "--key-id", &kid])
+            .status
+            .success()
+    );
+    let _m = fx.mount_with(&["--allow-other"]);
+
+    for d in ["projects", "private", "shared"] {
+        fs::create_dir(fx.m(d)).unwrap();
+        fs::set_permissions(fx.m(d), fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    fs::write(fx.m("projects/x"), b"project data").unwrap();
+    fs::write(fx.m("private/y"), b"private data").unwrap();
+    fs::write(fx.m("shared/report.txt"), b"the report").unwrap();
+    let m = |p: &str| fx.m(p).display().to_string();
+
+    // bob (group backup): projects yes, private no, and no GenerateDataKey.
+    assert_eq!(
+        as_user("kmsfs-bob", &format!("cat {}", m("projects/x"))).unwrap(),
+        "project data"
+    );
+    assert!(denied(as_user(
+        "kmsfs-bob",
+        &format!("cat {}", m("private/y"))
+    )));
+    assert!(denied(as_user(
+        "kmsfs-bob",
+        &format!("echo hi > {}", m("projects/new-by-bob"))
+    )));
+    // alice: reads projects, the explicit Deny wins on private, and she may create files.
+    assert_eq!(
+        as_user("kmsfs-alice", &format!("cat {}", m("projects/x"))).unwrap(),
+        "project data"
+    );
+    assert!(denied(as_user(
+        "kmsfs-alice",
+        &format!("cat {}", m("private/y"))
+    )));
+    as_user(
+        "kmsfs-alice",
+        &format!("echo hi > {}", m("projects/by-alice")),
+    )
+    .unwrap();
+    assert!(denied(as_user(
+        "kmsfs-alice",
+        &format!("echo hi > {}", m("private/by-alice"))
+    )));
+    // carol: nothing, whatever the mode bits say.
+    assert!(denied(as_user(
+        "kmsfs-carol",
+        &format!("cat {}", m("projects/x"))
+    )));
+    assert!(denied(as_user(
+        "kmsfs-carol",
+        &format!("cat {}", m("shared/report.txt"))
+    )));
+
+    // A grant constrained to one path lets carol read that file and nothing else.
+    let g = fx.cli(&[
+        "kms",
+        "create-grant",
+        "--key-id",
+        &kid,
+        "--grantee-principal",
+        "user:kmsfs-carol",
+        "--operations",
+        "Decrypt",
+        "--constraints",
+        "EncryptionContextSubset={kmsfs:path=shared/report.txt}",
+        "--name",
+        "carol-report",
+    ]);
+    assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
+    let gv: serde_json::Value = serde_json::from_slice(&g.stdout).unwrap();
+    let gid = gv["GrantId"].as_str().unwrap().to_string();
+    assert_eq!(
+        as_user("kmsfs-carol", &format!("cat {}", m("shared/report.txt"))).unwrap(),
+        "the report"
+    );
+    assert!(denied(as_user(
+        "kmsfs-carol",
+        &format!("cat {}", m("projects/x"))
+    )));
+    assert!(denied(as_user(
+        "kmsfs-carol",
+        &format!("cat {}", m("private/y"))
+    )));
+    // Revoking takes effect on her next open.
+    assert!(
+        fx.cli(&["kms", "revoke-grant", "--key-id", &kid, "--grant-id", &gid])
+            .status
+            .success()
+    );
+    assert!(denied(as_user(
+        "kmsfs-carol",
+        &format!("cat {}", m("shared/report.txt"))
+    )));
+
+    // The audit log says who was refused, and which statement or grant decided.
+    let recs = fx.audit();
+    let carol_uid: u64 = sh_ok("id -u kmsfs-carol").trim().parse().unwrap();
+    let alice_uid: u64 = sh_ok("id -u kmsfs-alice").trim().parse().unwrap();
+    let find = |uid: u64, path: &str, err: bool| {
+        recs.iter().any(|r| {
+            r["eventName"] == "Decrypt"
+                && r["userIdentity"]["uid"] == uid
+                && r["requestParameters"]["encryptionContext"]["kmsfs:path"] == path
+                && r.get("errorCode").is_some() == err
+        })
+    };
+    assert!(
+        find(carol_uid, "shared/report.txt", false) && find(carol_uid, "shared/report.txt", true)
+    );
+    let by = |uid: u64, path: &str| -> Vec<String> {
+        recs.iter()
+            .filter(|r| {
+                r["userIdentity"]["uid"] == uid
+                    && r["requestParameters"]["encryptionContext"]["kmsfs:path"] == path
+            })
+            .filter_map(|r| {
+                r["additionalEventData"]["authorization"]["by"]
+                    .as_str()
+                    .map(String::from)
+            })
+            .collect()
+    };
+    assert!(
+        by(alice_uid, "private/y")
+            .iter()
+            .any(|b| b.contains("AliceNotPrivate")),
+        "{:?}",
+        by(alice_uid, "private/y")
+    );
+    assert!(
+        by(carol_uid, "shared/report.txt")
+            .iter()
+            .any(|b| b.contains(&format!("grant {gid}")))
+    );
+}
