@@ -717,8 +717,8 @@ fn key_policy_get_put_lockout_and_malformed() {
     let log = std::fs::read_to_string(env.home.join("audit.log")).unwrap();
     let last_denied = log
         .lines()
-        .filter(|l| l.contains("AccessDeniedException"))
-        .last()
+        .rev()
+        .find(|l| l.contains("AccessDeniedException"))
         .unwrap();
     assert!(last_denied.contains("default deny"), "{last_denied}");
     // A key created with a policy gets it.
