@@ -50,11 +50,21 @@ enum Op {
     Null,
 }
 
+/// Condition keys, resolved at parse time so evaluation does no string work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CondKey {
+    /// `kms:EncryptionContext:<key>`, the key lowercased.
+    Context(String),
+    ContextKeys,
+    GrantOperations,
+    ViaMount,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Condition {
     qualifier: Qualifier,
     op: Op,
-    key: String,
+    key: CondKey,
     values: Vec<String>,
 }
 
@@ -74,6 +84,9 @@ pub struct Policy {
     /// Whether any principal is a group: only then are a caller's
     /// supplementary groups worth looking up.
     pub names_groups: bool,
+    /// Whether any statement names a resource other than `*`: only then is
+    /// the key's ARN needed.
+    pub names_resources: bool,
 }
 
 /// Who is asking, as policies see it.
@@ -249,10 +262,18 @@ fn parse_condition_block(v: &Value) -> Result<Vec<Condition>, String> {
                     "{key} has several values: use ForAnyValue:{base} or ForAllValues:{base}"
                 ));
             }
+            let ck = match lower.strip_prefix("kms:encryptioncontext:") {
+                Some(k) => CondKey::Context(k.to_string()),
+                None => match lower.as_str() {
+                    "kms:encryptioncontextkeys" => CondKey::ContextKeys,
+                    "kms:grantoperations" => CondKey::GrantOperations,
+                    _ => CondKey::ViaMount,
+                },
+            };
             out.push(Condition {
                 qualifier,
                 op,
-                key: key.clone(),
+                key: ck,
                 values: strings(vals, key)?,
             });
         }
@@ -346,8 +367,13 @@ pub fn parse(doc: &str, names: &dyn NameResolver) -> Result<Policy, String> {
             "Action",
         )
         .map_err(err)?;
+        // Actions are case-insensitive: kept lowercased for evaluation.
+        let actions: Vec<String> = actions
+            .into_iter()
+            .map(|a| a.to_ascii_lowercase())
+            .collect();
         for a in &actions {
-            if a != "*" && !a.to_ascii_lowercase().starts_with("kms:") {
+            if a != "*" && !a.starts_with("kms:") {
                 return Err(err(format!("action {a:?} is not a kms: action")));
             }
         }
@@ -370,33 +396,75 @@ pub fn parse(doc: &str, names: &dyn NameResolver) -> Result<Policy, String> {
             conditions,
         });
     }
+    let names_resources = statements
+        .iter()
+        .any(|s| s.resources.iter().any(|r| r != "*"));
     Ok(Policy {
         statements,
         names_groups,
+        names_resources,
     })
 }
 
 /// `*` and `?` wildcards, as in StringLike, actions and resources.
 pub fn like(pattern: &str, s: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), s.chars().collect());
-    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    like_with(pattern, s, false)
+}
+
+/// Wildcard match without allocating; `fold` compares ASCII letters without
+/// regard to case (for actions). Non-ASCII text falls back to characters so
+/// that `?` matches one character.
+fn like_with(pattern: &str, s: &str, fold: bool) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    if !pattern.contains(['*', '?']) {
+        return if fold {
+            pattern.eq_ignore_ascii_case(s)
+        } else {
+            pattern == s
+        };
+    }
+    if pattern.is_ascii() && s.is_ascii() {
+        wild(pattern.as_bytes(), s.as_bytes(), |a, b| {
+            if fold {
+                a.eq_ignore_ascii_case(&b)
+            } else {
+                a == b
+            }
+        })
+    } else {
+        let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), s.chars().collect());
+        wild(&p, &t, |a, b| {
+            if fold {
+                a.eq_ignore_ascii_case(&b)
+            } else {
+                a == b
+            }
+        })
+    }
+}
+
+fn wild<T: Copy + PartialEq + From<u8>>(p: &[T], t: &[T], eq: impl Fn(T, T) -> bool) -> bool {
+    let (star, any) = (T::from(b'*'), T::from(b'?'));
+    let (mut pi, mut ti, mut back, mut mark) = (0, 0, None, 0);
     while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+        if pi < p.len() && p[pi] != star && (p[pi] == any || eq(p[pi], t[ti])) {
             pi += 1;
             ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
+        } else if pi < p.len() && p[pi] == star {
+            back = Some(pi);
             mark = ti;
             pi += 1;
-        } else if let Some(sp) = star {
-            pi = sp + 1;
+        } else if let Some(b) = back {
+            pi = b + 1;
             mark += 1;
             ti = mark;
         } else {
             return false;
         }
     }
-    p[pi..].iter().all(|&c| c == '*')
+    p[pi..].iter().all(|&c| c == star)
 }
 
 fn principal_matches(p: &Principal, s: &Subject) -> bool {
@@ -404,28 +472,6 @@ fn principal_matches(p: &Principal, s: &Subject) -> bool {
         Principal::Any => true,
         Principal::Uid(u) => *u == s.uid,
         Principal::Gid(g) => *g == s.gid || s.groups.contains(g),
-    }
-}
-
-/// The values a condition key has in this request; `None` when absent.
-fn key_values(key: &str, r: &Request) -> Option<Vec<String>> {
-    let lower = key.to_ascii_lowercase();
-    if let Some(ck) = lower.strip_prefix("kms:encryptioncontext:") {
-        // The key part is compared without regard to case; only one pair
-        // can match in a well-formed context, the first is taken.
-        let ctx = r.context?;
-        return ctx
-            .iter()
-            .find(|(k, _)| k.to_ascii_lowercase() == ck)
-            .map(|(_, v)| vec![v.clone()]);
-    }
-    match lower.as_str() {
-        "kms:encryptioncontextkeys" => r
-            .context
-            .map(|c| c.iter().map(|(k, _)| k.clone()).collect()),
-        "kms:grantoperations" => r.grant_operations.map(|g| g.to_vec()),
-        "kmsfs:viamount" => Some(vec![r.via_mount.to_string()]),
-        _ => None,
     }
 }
 
@@ -447,34 +493,55 @@ fn negated(op: Op) -> bool {
     )
 }
 
-fn condition_holds(c: &Condition, r: &Request) -> bool {
-    let vals = key_values(&c.key, r);
+/// Judges a condition against the key's values in the request (`None`: the
+/// key is absent).
+fn judge<'a>(c: &Condition, vals: Option<impl Iterator<Item = &'a str>>) -> bool {
     if c.op == Op::Null {
         let want_absent = c.values.iter().any(|v| v == "true");
-        let absent = vals.as_ref().is_none_or(|v| v.is_empty());
+        let absent = vals.is_none_or(|mut v| v.next().is_none());
         return absent == want_absent;
     }
-    // One request value against the condition's values (any of them).
     let one = |v: &str| {
         let hit = c.values.iter().any(|p| value_matches(c.op, p, v));
         if negated(c.op) { !hit } else { hit }
     };
     match c.qualifier {
-        Qualifier::Single => match vals {
-            Some(v) if !v.is_empty() => one(&v[0]),
+        Qualifier::Single => match vals.and_then(|mut v| v.next()) {
+            Some(v) => one(v),
             // An absent key fails positive operators and satisfies negated ones.
-            _ => negated(c.op),
+            None => negated(c.op),
         },
-        Qualifier::ForAnyValue => vals.is_some_and(|v| v.iter().any(|x| one(x))),
-        Qualifier::ForAllValues => vals.is_none_or(|v| v.iter().all(|x| one(x))),
+        Qualifier::ForAnyValue => vals.is_some_and(|mut v| v.any(one)),
+        Qualifier::ForAllValues => vals.is_none_or(|mut v| v.all(one)),
+    }
+}
+
+fn condition_holds(c: &Condition, r: &Request) -> bool {
+    match &c.key {
+        // The key part is compared without regard to case; the first pair
+        // that matches is taken.
+        CondKey::Context(k) => {
+            let v = r.context.and_then(|ctx| {
+                ctx.iter()
+                    .find(|(ck, _)| ck.eq_ignore_ascii_case(k))
+                    .map(|(_, v)| v.as_str())
+            });
+            judge(c, v.map(std::iter::once))
+        }
+        CondKey::ContextKeys => judge(c, r.context.map(|ctx| ctx.iter().map(|(k, _)| k.as_str()))),
+        CondKey::GrantOperations => {
+            judge(c, r.grant_operations.map(|g| g.iter().map(String::as_str)))
+        }
+        CondKey::ViaMount => judge(
+            c,
+            Some(std::iter::once(if r.via_mount { "true" } else { "false" })),
+        ),
     }
 }
 
 fn statement_applies(s: &Statement, r: &Request) -> bool {
     s.principals.iter().any(|p| principal_matches(p, r.subject))
-        && s.actions
-            .iter()
-            .any(|a| like(&a.to_ascii_lowercase(), &r.action.to_ascii_lowercase()))
+        && s.actions.iter().any(|a| like_with(a, r.action, true))
         && s.resources.iter().any(|res| like(res, r.resource))
         && s.conditions.iter().all(|c| condition_holds(c, r))
 }
@@ -491,11 +558,15 @@ impl Policy {
             match s.effect {
                 Effect::Deny => return Decision::Deny(label(i, s)),
                 Effect::Allow => {
-                    allow.get_or_insert_with(|| label(i, s));
+                    if allow.is_none() {
+                        allow = Some(i);
+                    }
                 }
             }
         }
-        allow.map_or(Decision::DefaultDeny, Decision::Allow)
+        allow.map_or(Decision::DefaultDeny, |i| {
+            Decision::Allow(label(i, &self.statements[i]))
+        })
     }
 }
 

@@ -619,7 +619,11 @@ impl Kms {
             caller,
             policy.names_groups || state.grants.iter().any(|g| g.grantee.starts_with("g")),
         );
-        let arn = self.arn(&key.id);
+        let arn = if policy.names_resources {
+            self.arn(&key.id)
+        } else {
+            String::new()
+        };
         let req = PolicyRequest {
             subject: &subject,
             action,
@@ -628,7 +632,6 @@ impl Kms {
             grant_operations: ev.grant_ops.as_deref(),
             via_mount: caller.via == Via::Mount,
         };
-        let principal = caller.principal();
         match policy.evaluate(&req) {
             Decision::Allow(sid) => {
                 ev.authz =
@@ -639,7 +642,8 @@ impl Kms {
                 ev.authz =
                     Some(json!({"decision": "Deny", "by": format!("key policy statement {sid}")}));
                 Err(KmsError::access_denied(format!(
-                    "{principal} may not {action} key {}: explicitly denied by key policy statement {sid}",
+                    "{} may not {action} key {}: explicitly denied by key policy statement {sid}",
+                    caller.principal(),
                     key.id
                 )))
             }
@@ -659,7 +663,8 @@ impl Kms {
                     json!({"decision": "Deny", "by": "no statement or grant allows it (default deny)"}),
                 );
                 Err(KmsError::access_denied(format!(
-                    "{principal} may not {action} key {}: no key policy statement or grant allows it",
+                    "{} may not {action} key {}: no key policy statement or grant allows it",
+                    caller.principal(),
                     key.id
                 )))
             }
