@@ -72,6 +72,10 @@ pub enum Command {
         /// FUSE worker threads.
         #[arg(long, default_value_t = 2)]
         threads: usize,
+        /// Send every write to the daemon as it happens instead of through
+        /// the kernel's writeback cache.
+        #[arg(long)]
+        no_writeback_cache: bool,
     },
     /// Unmount a kmsfs mount and wait until its daemon has written everything.
     Unmount { mountpoint: PathBuf },
@@ -132,9 +136,11 @@ pub fn run(cli: Cli) -> i32 {
             allow_other,
             log_file,
             threads,
+            no_writeback_cache,
         } => report(run_mount(
             kms_home_flag,
             &secret,
+            !no_writeback_cache,
             cipherdir,
             mountpoint,
             foreground,
@@ -180,6 +186,7 @@ fn run_init(
 fn run_mount(
     kms_home_flag: Option<PathBuf>,
     secret: &secret::SecretArgs,
+    writeback_cache: bool,
     cipherdir: PathBuf,
     mountpoint: PathBuf,
     foreground: bool,
@@ -218,6 +225,7 @@ fn run_mount(
         options: rest,
         log_file,
         threads,
+        writeback_cache,
     };
     crate::fs::mount::mount(kms, args, default_log)
 }

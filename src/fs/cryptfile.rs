@@ -6,7 +6,7 @@
 //! each other.
 
 use super::format::{self, BLOCK_SIZE, BlockError, DISK_BLOCK, FileId, Header, Slot};
-use crate::crypto::{AeadKey, Key256};
+use crate::crypto::{AeadKey, Key256, NONCE_LEN};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -144,7 +144,8 @@ impl CryptFile {
     }
 
     fn seal_into(&self, b: u64, plain: &[u8], out: &mut Vec<u8>) {
-        format::seal_block(&self.key, &self.file_id, b, plain, out);
+        let nonce = crate::crypto::random::array::<NONCE_LEN>();
+        format::seal_block(&self.key, &self.file_id, b, plain, &nonce, out);
     }
 
     /// Re-encrypts the last block, if partial, padded with zeros to `to_len`
@@ -183,7 +184,13 @@ impl CryptFile {
         let size = format::plain_size(self.header_size, disk_len);
         let mut out = Vec::with_capacity(((last - first + 1) as usize) * DISK_BLOCK);
         let mut consumed = 0usize;
+        // One getrandom call for every block's nonce, not one per block.
+        let mut nonces = vec![0u8; ((last - first + 1) as usize) * NONCE_LEN];
+        crate::crypto::random::fill(&mut nonces);
         for b in first..=last {
+            let nonce: &[u8; NONCE_LEN] = nonces[((b - first) as usize) * NONCE_LEN..][..NONCE_LEN]
+                .try_into()
+                .expect("12 bytes");
             let bstart = b * bs;
             let existing = size.saturating_sub(bstart).min(bs) as usize;
             let wlo = (off.max(bstart) - bstart) as usize;
@@ -191,7 +198,7 @@ impl CryptFile {
             let piece = &data[consumed..consumed + (whi - wlo)];
             consumed += whi - wlo;
             if wlo == 0 && whi >= existing {
-                self.seal_into(b, piece, &mut out);
+                format::seal_block(&self.key, &self.file_id, b, piece, nonce, &mut out);
                 continue;
             }
             let mut plain = self.block_plain(b, size, disk_len)?;
@@ -199,7 +206,7 @@ impl CryptFile {
                 plain.resize(whi, 0);
             }
             plain[wlo..whi].copy_from_slice(piece);
-            self.seal_into(b, &plain, &mut out);
+            format::seal_block(&self.key, &self.file_id, b, &plain, nonce, &mut out);
         }
         self.fd
             .write_all_at(&out, format::block_offset(self.header_size, first))?;

@@ -254,15 +254,21 @@ fn block_aad(file_id: &FileId, block: u64) -> [u8; 24] {
     aad
 }
 
-/// Encrypts `plain` (at most BLOCK_SIZE bytes) as block number `block`,
-/// appending nonce || ciphertext || tag to `out`.
-pub fn seal_block(key: &AeadKey, file_id: &FileId, block: u64, plain: &[u8], out: &mut Vec<u8>) {
+/// Encrypts `plain` (at most BLOCK_SIZE bytes) as block number `block` with a
+/// fresh random `nonce`, appending nonce || ciphertext || tag to `out`.
+pub fn seal_block(
+    key: &AeadKey,
+    file_id: &FileId,
+    block: u64,
+    plain: &[u8],
+    nonce: &[u8; NONCE_LEN],
+    out: &mut Vec<u8>,
+) {
     debug_assert!(plain.len() <= BLOCK_SIZE && !plain.is_empty());
-    let nonce = crate::crypto::random::array::<NONCE_LEN>();
-    out.extend_from_slice(&nonce);
+    out.extend_from_slice(nonce);
     let start = out.len();
     out.extend_from_slice(plain);
-    let tag = key.seal_in_place(&nonce, &block_aad(file_id, block), &mut out[start..]);
+    let tag = key.seal_in_place(nonce, &block_aad(file_id, block), &mut out[start..]);
     out.extend_from_slice(&tag);
 }
 
@@ -398,7 +404,7 @@ mod tests {
         let key = AeadKey::new(&Key256::from_bytes([3; 32]));
         let id = [1u8; 16];
         let mut disk = vec![];
-        seal_block(&key, &id, 5, b"hello", &mut disk);
+        seal_block(&key, &id, 5, b"hello", &[9; NONCE_LEN], &mut disk);
         let mut out = vec![];
         open_block(&key, &id, 5, &disk, &mut out).unwrap();
         assert_eq!(out, b"hello");

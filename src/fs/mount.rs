@@ -84,6 +84,7 @@ pub struct MountArgs {
     pub options: Vec<String>,
     pub log_file: Option<PathBuf>,
     pub threads: usize,
+    pub writeback_cache: bool,
 }
 
 /// Holds the cipherdir's lock: one daemon per cipherdir.
@@ -195,6 +196,7 @@ pub fn mount(kms: Kms, args: MountArgs, default_log: PathBuf) -> Result<(), Stri
         backing,
         FsOptions {
             read_only: args.read_only,
+            writeback_cache: args.writeback_cache,
             ..FsOptions::default()
         },
     );

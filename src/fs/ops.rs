@@ -46,6 +46,9 @@ enum Handle {
 pub struct Options {
     pub attr_ttl: Duration,
     pub read_only: bool,
+    /// The kernel's writeback cache: writes land in the page cache and reach
+    /// the daemon in large batches; the kernel keeps size and mtime.
+    pub writeback_cache: bool,
 }
 
 impl Default for Options {
@@ -53,6 +56,7 @@ impl Default for Options {
         Options {
             attr_ttl: Duration::from_secs(1),
             read_only: false,
+            writeback_cache: true,
         }
     }
 }
@@ -66,6 +70,8 @@ pub struct KmsFs {
     next_fh: AtomicU64,
     renames: Mutex<()>,
     as_root: bool,
+    /// Any metadata, to fill the unused attributes of negative entries.
+    root_meta: Metadata,
 }
 
 fn err(e: i32) -> Errno {
@@ -134,6 +140,7 @@ fn visible(parent: &str, name: &str) -> bool {
 
 impl KmsFs {
     pub fn new(b: Backing, opts: Options) -> Self {
+        let b_root = b.root.clone();
         KmsFs {
             b,
             opts,
@@ -144,6 +151,7 @@ impl KmsFs {
             renames: Mutex::new(()),
             // SAFETY: geteuid has no preconditions.
             as_root: unsafe { libc::geteuid() } == 0,
+            root_meta: fs::symlink_metadata(&b_root).expect("the cipherdir exists"),
         }
     }
 
@@ -415,6 +423,9 @@ impl Filesystem for KmsFs {
                 | fuser::InitFlags::FUSE_PARALLEL_DIROPS
                 | fuser::InitFlags::FUSE_MAX_PAGES,
         );
+        if self.opts.writeback_cache && !self.opts.read_only {
+            let _ = config.add_capabilities(fuser::InitFlags::FUSE_WRITEBACK_CACHE);
+        }
         Ok(())
     }
 
@@ -432,6 +443,15 @@ impl Filesystem for KmsFs {
             .and_then(|(rel, _)| self.entry_for(&rel))
         {
             Ok((attr, _)) => reply.entry(&self.opts.attr_ttl, &attr, Generation(0)),
+            // A negative entry (node id 0) the kernel may cache: names are only
+            // created through this mount, which invalidates it.
+            Err(e) if e == Errno::ENOENT => {
+                let attr = FileAttr {
+                    ino: INodeNo(0),
+                    ..self.attr(0, &self.root_meta)
+                };
+                reply.entry(&self.opts.attr_ttl, &attr, Generation(0))
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -997,8 +1017,10 @@ impl Filesystem for KmsFs {
         reply: ReplyEmpty,
     ) {
         // Format v1 keeps no extended attributes (values would need their own
-        // path-bound keys); see README.
-        reply.error(Errno::EOPNOTSUPP);
+        // path-bound keys); see README. ENOSYS makes the kernel stop asking and
+        // answer EOPNOTSUPP itself, which also spares a getxattr round trip
+        // (security.capability) on every write.
+        reply.error(Errno::ENOSYS);
     }
 
     fn getxattr(
@@ -1009,19 +1031,15 @@ impl Filesystem for KmsFs {
         _size: u32,
         reply: ReplyXattr,
     ) {
-        reply.error(err(libc::ENODATA));
+        reply.error(Errno::ENOSYS);
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
-        if size == 0 {
-            reply.size(0)
-        } else {
-            reply.data(&[])
-        }
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        reply.error(Errno::ENOSYS);
     }
 
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(err(libc::ENODATA));
+        reply.error(Errno::ENOSYS);
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
