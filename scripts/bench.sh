@@ -57,7 +57,7 @@ mount_all() {
   fi
   if command -v cryfs >/dev/null; then
     mkdir -p "$W/c_cryfs" "$W/m_cryfs"
-    echo bench | CRYFS_FRONTEND=noninteractive CRYFS_NO_UPDATE_CHECK=true cryfs "$W/c_cryfs" "$W/m_cryfs" >/dev/null 2>&1 &&
+    echo bench | CRYFS_FRONTEND=noninteractive CRYFS_NO_UPDATE_CHECK=true cryfs --allow-replaced-filesystem "$W/c_cryfs" "$W/m_cryfs" >/dev/null 2>&1 &&
       SYSTEMS+=(cryfs)
   fi
   if command -v bindfs >/dev/null; then
@@ -114,6 +114,9 @@ run_system() {
 }
 
 mount_all
+for s in kmsfs gocryptfs securefs cryfs bindfs; do
+  [[ " ${SYSTEMS[*]} " == *" $s "* ]] || echo "skipping $s: not installed or did not mount" >&2
+done
 echo "systems: ${SYSTEMS[*]}; $ROUNDS rounds" >&2
 n=${#SYSTEMS[@]}
 for r in $(seq 1 "$ROUNDS"); do
