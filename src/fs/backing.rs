@@ -158,29 +158,39 @@ impl Backing {
     ) -> FsResult<(Key256, format::FileId)> {
         let h = cryptfile::read_header(fd, self.hs)?;
         let ctx = self.ctx(rel);
+        let (_, key) = self.first_slot(&h, |blob| self.kms.unwrap(caller, blob, &ctx)).map_err(|m| {
+            FsError::Io(integrity_error(format!(
+                "the data key of {rel} does not unwrap for this path and filesystem (moved, renamed, copied or swapped behind kmsfs's back?): {m}"
+            )))
+        })??;
+        Ok((key, h.file_id))
+    }
+
+    /// Tries `op` on each key slot, newest first, and returns the first that
+    /// works. A slot for another path (or from another KMS) is skipped; if
+    /// every slot is, the outer error carries the first such message. Any
+    /// other KMS refusal (disabled key, policy) stops at once.
+    fn first_slot<T>(
+        &self,
+        h: &format::Header,
+        mut op: impl FnMut(&[u8]) -> Result<T, KmsError>,
+    ) -> Result<FsResult<(usize, T)>, String> {
         let mut first_err = None;
         for i in h.slots_newest_first() {
-            let blob = &h.slots[i].as_ref().expect("listed").blob;
-            match self.kms.unwrap(caller, blob, &ctx) {
-                Ok(k) => return Ok((k, h.file_id)),
-                // A blob naming an unknown key comes from another KMS: as wrong
-                // as a blob for another path.
+            match op(&h.slots[i].as_ref().expect("listed").blob) {
+                Ok(v) => return Ok(Ok((i, v))),
                 Err(e)
                     if matches!(
                         e.code,
                         ErrorCode::InvalidCiphertextException | ErrorCode::NotFoundException
                     ) =>
                 {
-                    first_err.get_or_insert(e);
+                    first_err.get_or_insert(e.message);
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Ok(Err(e.into())),
             }
         }
-        let e = first_err.expect("a header has at least one slot");
-        Err(FsError::Io(integrity_error(format!(
-            "the data key of {rel} does not unwrap for this path and filesystem (moved, renamed, copied or swapped behind kmsfs's back?): {}",
-            e.message
-        ))))
+        Err(first_err.expect("a header has at least one slot"))
     }
 
     pub fn open_crypt(&self, rel: &str, caller: &Caller) -> FsResult<CryptFile> {
@@ -207,36 +217,16 @@ impl Backing {
         // The slot that opens the file at `from` may not be the newest: a
         // crash or a failed rename can leave a newer slot for another path.
         let (from_ctx, to_ctx) = (self.ctx(from), self.ctx(to));
-        let mut found = None;
-        let mut first_err = None;
-        for i in h.slots_newest_first() {
-            let blob = &h.slots[i].as_ref().expect("listed").blob;
-            match self
-                .kms
-                .rewrap(caller, blob, &from_ctx, &self.cfg.key_id, &to_ctx)
-            {
-                Ok(b) => {
-                    found = Some((i, b));
-                    break;
-                }
-                Err(e)
-                    if matches!(
-                        e.code,
-                        ErrorCode::InvalidCiphertextException | ErrorCode::NotFoundException
-                    ) =>
-                {
-                    first_err.get_or_insert(e);
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let Some((good, new_blob)) = found else {
-            let e = first_err.expect("a header has at least one slot");
-            return Err(FsError::Io(integrity_error(format!(
-                "{from}: no key slot opens it here: {}",
-                e.message
-            ))));
-        };
+        let (good, new_blob) = self
+            .first_slot(&h, |blob| {
+                self.kms
+                    .rewrap(caller, blob, &from_ctx, &self.cfg.key_id, &to_ctx)
+            })
+            .map_err(|m| {
+                FsError::Io(integrity_error(format!(
+                    "{from}: no key slot opens it here: {m}"
+                )))
+            })??;
         // Overwrite the other slot, keeping the one that works until the rename is done.
         let index = 1 - good;
         let seq = h.slots.iter().flatten().map(|s| s.seq).max().unwrap_or(0) + 1;

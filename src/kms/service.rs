@@ -1637,25 +1637,16 @@ impl Kms {
             let id = self
                 .usable(caller, &s, key_id, &mut ev, "kms:ListGrants", None)?
                 .id;
-            let ids: Vec<String> = s
-                .grants
-                .iter()
-                .filter(|g| {
+            self.grants_page(
+                &s,
+                |g| {
                     g.key_id == id
                         && grant_id.is_none_or(|x| x == g.grant_id)
                         && grantee.is_none_or(|x| x == g.grantee)
-                })
-                .map(|g| g.grant_id.clone())
-                .collect();
-            let mut ids = ids;
-            ids.sort();
-            let (page, next) = paginate(&ids, limit, marker)?;
-            let items = page
-                .iter()
-                .filter_map(|i| s.grants.iter().find(|g| g.grant_id == *i))
-                .map(|g| self.grant_json(g))
-                .collect();
-            Ok(page_json("Grants", items, next))
+                },
+                limit,
+                marker,
+            )
         });
         self.finish(caller, ev, r)
     }
@@ -1673,22 +1664,38 @@ impl Kms {
             json!({"retiringPrincipal": retiring}),
         );
         let r = self.state().and_then(|s| {
-            let mut ids: Vec<String> = s
-                .grants
-                .iter()
-                .filter(|g| g.retiring.as_deref() == Some(retiring))
-                .map(|g| g.grant_id.clone())
-                .collect();
-            ids.sort();
-            let (page, next) = paginate(&ids, limit, marker)?;
-            let items = page
-                .iter()
-                .filter_map(|i| s.grants.iter().find(|g| g.grant_id == *i))
-                .map(|g| self.grant_json(g))
-                .collect();
-            Ok(page_json("Grants", items, next))
+            self.grants_page(
+                &s,
+                |g| g.retiring.as_deref() == Some(retiring),
+                limit,
+                marker,
+            )
         });
         self.finish(caller, ev, r)
+    }
+
+    /// One page of the grants that `keep` selects, ordered by grant id.
+    fn grants_page(
+        &self,
+        s: &State,
+        keep: impl Fn(&Grant) -> bool,
+        limit: Option<u32>,
+        marker: Option<&str>,
+    ) -> KmsResult<Value> {
+        let mut ids: Vec<String> = s
+            .grants
+            .iter()
+            .filter(|g| keep(g))
+            .map(|g| g.grant_id.clone())
+            .collect();
+        ids.sort();
+        let (page, next) = paginate(&ids, limit, marker)?;
+        let items = page
+            .iter()
+            .filter_map(|i| s.grants.iter().find(|g| g.grant_id == *i))
+            .map(|g| self.grant_json(g))
+            .collect();
+        Ok(page_json("Grants", items, next))
     }
 
     /// RetireGrant, by token or by key and grant id.
