@@ -280,32 +280,30 @@ pub enum BlockError {
     Corrupt,
 }
 
-/// Decrypts one on-disk block into `out` (appending). An all-zero full block is
-/// a hole and reads as zeros.
-pub fn open_block(
+/// Decrypts one on-disk block in place: afterwards the plaintext sits after
+/// the 12-byte nonce. An all-zero full block is a hole: it is left as zeros.
+pub fn open_block_in_place(
     key: &AeadKey,
     file_id: &FileId,
     block: u64,
-    disk: &[u8],
-    out: &mut Vec<u8>,
+    disk: &mut [u8],
 ) -> Result<(), BlockError> {
     if disk.len() <= BLOCK_OVERHEAD {
         return Err(BlockError::Truncated);
     }
-    let plain_len = disk.len() - BLOCK_OVERHEAD;
     if disk.len() == DISK_BLOCK && disk.iter().all(|&b| b == 0) {
-        out.resize(out.len() + BLOCK_SIZE, 0);
         return Ok(());
     }
+    let n = disk.len();
     let nonce: [u8; NONCE_LEN] = disk[..NONCE_LEN].try_into().expect("nonce");
-    let tag: [u8; TAG_LEN] = disk[disk.len() - TAG_LEN..].try_into().expect("tag");
-    let start = out.len();
-    out.extend_from_slice(&disk[NONCE_LEN..NONCE_LEN + plain_len]);
-    key.open_in_place(&nonce, &block_aad(file_id, block), &mut out[start..], &tag)
-        .map_err(|_| {
-            out.truncate(start);
-            BlockError::Corrupt
-        })
+    let tag: [u8; TAG_LEN] = disk[n - TAG_LEN..].try_into().expect("tag");
+    key.open_in_place(
+        &nonce,
+        &block_aad(file_id, block),
+        &mut disk[NONCE_LEN..n - TAG_LEN],
+        &tag,
+    )
+    .map_err(|_| BlockError::Corrupt)
 }
 
 #[cfg(test)]
@@ -405,31 +403,20 @@ mod tests {
         let id = [1u8; 16];
         let mut disk = vec![];
         seal_block(&key, &id, 5, b"hello", &[9; NONCE_LEN], &mut disk);
-        let mut out = vec![];
-        open_block(&key, &id, 5, &disk, &mut out).unwrap();
-        assert_eq!(out, b"hello");
-        assert_eq!(
-            open_block(&key, &id, 6, &disk, &mut vec![]),
-            Err(BlockError::Corrupt)
-        );
-        assert_eq!(
-            open_block(&key, &[2; 16], 5, &disk, &mut vec![]),
-            Err(BlockError::Corrupt)
-        );
+        let open = |id: &FileId, b: u64, d: &[u8]| {
+            let mut d = d.to_vec();
+            open_block_in_place(&key, id, b, &mut d)
+                .map(|_| d[NONCE_LEN..d.len() - TAG_LEN].to_vec())
+        };
+        assert_eq!(open(&id, 5, &disk).unwrap(), b"hello");
+        assert_eq!(open(&id, 6, &disk), Err(BlockError::Corrupt));
+        assert_eq!(open(&[2; 16], 5, &disk), Err(BlockError::Corrupt));
         let mut t = disk.clone();
         t[13] ^= 1;
-        assert_eq!(
-            open_block(&key, &id, 5, &t, &mut vec![]),
-            Err(BlockError::Corrupt)
-        );
-        assert_eq!(
-            open_block(&key, &id, 5, &disk[..20], &mut vec![]),
-            Err(BlockError::Truncated)
-        );
+        assert_eq!(open(&id, 5, &t), Err(BlockError::Corrupt));
+        assert_eq!(open(&id, 5, &disk[..20]), Err(BlockError::Truncated));
         let hole = vec![0u8; DISK_BLOCK];
-        let mut z = vec![];
-        open_block(&key, &id, 0, &hole, &mut z).unwrap();
-        assert_eq!(z, vec![0u8; BLOCK_SIZE]);
+        assert_eq!(open(&id, 0, &hole).unwrap(), vec![0u8; BLOCK_SIZE]);
     }
 
     #[test]

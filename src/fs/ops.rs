@@ -779,13 +779,25 @@ impl Filesystem for KmsFs {
             Ok(f) => f,
             Err(e) => return reply.error(e),
         };
+        thread_local! {
+            static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
         let cf = f.io.read().unwrap_or_else(|e| e.into_inner());
-        match cf.read_at(offset, size as usize) {
-            Ok(data) => reply.data(&data),
-            Err(e) => {
-                let rel = self.path(ino).unwrap_or_default();
-                reply.error(self.fs_errno("read", &rel, e.into()))
+        // Decrypted into a per-thread buffer and sent from there: no
+        // allocation or copy per request.
+        let res = READ_BUF.with(move |b| {
+            let mut b = b.borrow_mut();
+            match cf.read_into(offset, size as usize, &mut b) {
+                Ok(r) => {
+                    reply.data(&b[r]);
+                    Ok(())
+                }
+                Err(e) => Err((e, reply)),
             }
+        });
+        if let Err((e, reply)) = res {
+            let rel = self.path(ino).unwrap_or_default();
+            reply.error(self.fs_errno("read", &rel, e.into()))
         }
     }
 
