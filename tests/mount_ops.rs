@@ -413,7 +413,12 @@ fn sigterm_sigint_umount_and_ro_end_cleanly() {
         m.unmount();
     }
     // A read-only mount reads but refuses writes.
-    let _m = fx.mount_with(&["-o", "ro"]);
+    let _m = fx.mount_with(&["-o", "ro,noexec,noatime"]);
+    let opts = sh_ok(&format!("findmnt -n -o OPTIONS {}", fx.mnt.display()));
+    assert!(
+        opts.contains("ro") && opts.contains("noexec") && opts.contains("noatime"),
+        "{opts}"
+    );
     assert_eq!(fs::read(fx.m("f0")).unwrap().len(), 70_000);
     assert_eq!(
         fs::write(fx.m("new"), b"x").unwrap_err().raw_os_error(),

@@ -172,14 +172,20 @@ pub fn mount(kms: Kms, args: MountArgs, default_log: PathBuf) -> Result<(), Stri
         fuser::MountOption::FSName(cipherdir.display().to_string()),
         fuser::MountOption::Subtype("kmsfs".into()),
         fuser::MountOption::DefaultPermissions,
-        fuser::MountOption::NoDev,
-        fuser::MountOption::NoSuid,
     ];
+    // nodev and nosuid unless asked otherwise: a cipherdir should not carry
+    // devices or set-id programs into the mount.
+    if !args.options.iter().any(|o| o == "dev") {
+        opts.push(fuser::MountOption::NoDev);
+    }
+    if !args.options.iter().any(|o| o == "suid") {
+        opts.push(fuser::MountOption::NoSuid);
+    }
     if args.read_only {
         opts.push(fuser::MountOption::RO);
     }
     for o in &args.options {
-        opts.push(fuser::MountOption::CUSTOM(o.clone()));
+        opts.push(mount_option(o));
     }
     let mut config = fuser::Config::default();
     config.mount_options = opts;
@@ -232,6 +238,26 @@ pub fn mount(kms: Kms, args: MountArgs, default_log: PathBuf) -> Result<(), Stri
     eprintln!("kmsfs: unmounted {}", mountpoint.display());
     drop(lock);
     r.map_err(|e| format!("the FUSE session ended with an error: {e}"))
+}
+
+/// Mount flags by their usual names; anything else goes to the kernel as a
+/// FUSE mount option (where an unknown one makes the mount fail with a reason).
+fn mount_option(o: &str) -> fuser::MountOption {
+    use fuser::MountOption::*;
+    match o {
+        "noatime" => NoAtime,
+        "atime" => Atime,
+        "noexec" => NoExec,
+        "exec" => Exec,
+        "nosuid" => NoSuid,
+        "suid" => Suid,
+        "nodev" => NoDev,
+        "dev" => Dev,
+        "sync" => Sync,
+        "async" => Async,
+        "dirsync" => DirSync,
+        _ => CUSTOM(o.to_string()),
+    }
 }
 
 fn pipe() -> io::Result<(File, File)> {
