@@ -377,6 +377,36 @@ impl KmsFs {
         }
     }
 
+    /// unlink and rmdir: remove the backing name, then detach the node.
+    fn remove(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        op: impl FnOnce(&Path) -> io::Result<()>,
+        reply: ReplyEmpty,
+    ) {
+        let r = self.child(parent, name).and_then(|(rel, _)| {
+            op(&self.b.full(&rel)).map_err(|e| io_errno(&e))?;
+            self.inodes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .unlink(&rel);
+            Ok(())
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    /// Answers a call that made a node (mkdir, mknod, symlink).
+    fn reply_entry(&self, r: Result<(FileAttr, u64), Errno>, reply: ReplyEntry) {
+        match r {
+            Ok((attr, _)) => reply.entry(&self.opts.attr_ttl, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
     fn create_file(
         &self,
         req: &Request,
@@ -597,10 +627,7 @@ impl Filesystem for KmsFs {
             self.own(&full, req).map_err(|e| io_errno(&e))?;
             self.entry_for(&rel)
         })();
-        match r {
-            Ok((attr, _)) => reply.entry(&self.opts.attr_ttl, &attr, Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        self.reply_entry(r, reply)
     }
 
     fn mkdir(
@@ -623,40 +650,15 @@ impl Filesystem for KmsFs {
             self.own(&full, req).map_err(|e| io_errno(&e))?;
             self.entry_for(&rel)
         })();
-        match r {
-            Ok((attr, _)) => reply.entry(&self.opts.attr_ttl, &attr, Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        self.reply_entry(r, reply)
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = self.child(parent, name).and_then(|(rel, _)| {
-            fs::remove_file(self.b.full(&rel)).map_err(|e| io_errno(&e))?;
-            self.inodes
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .unlink(&rel);
-            Ok(())
-        });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.remove(parent, name, |p| fs::remove_file(p), reply)
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = self.child(parent, name).and_then(|(rel, _)| {
-            fs::remove_dir(self.b.full(&rel)).map_err(|e| io_errno(&e))?;
-            self.inodes
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .unlink(&rel);
-            Ok(())
-        });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.remove(parent, name, |p| fs::remove_dir(p), reply)
     }
 
     fn symlink(
@@ -679,10 +681,7 @@ impl Filesystem for KmsFs {
             self.own(&full, req).map_err(|e| io_errno(&e))?;
             self.entry_for(&rel)
         })();
-        match r {
-            Ok((attr, _)) => reply.entry(&self.opts.attr_ttl, &attr, Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        self.reply_entry(r, reply)
     }
 
     fn rename(

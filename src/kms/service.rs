@@ -1192,6 +1192,25 @@ impl Kms {
 
     // ----- aliases ------------------------------------------------------
 
+    /// The key an alias may point at: usable for aliasing, and not one that
+    /// kmsfs manages (its aliases are kmsfs's own).
+    fn alias_target(
+        &self,
+        caller: &Caller,
+        s: &State,
+        key_ref: &str,
+        ev: &mut Event,
+        action: &str,
+    ) -> KmsResult<KeyId> {
+        let key = self.usable(caller, s, key_ref, ev, action, Some(Op::AliasTarget))?;
+        if key.manager == KeyManager::Kmsfs {
+            return Err(KmsError::access_denied(
+                "aliases of keys that kmsfs manages are reserved to kmsfs",
+            ));
+        }
+        Ok(key.id)
+    }
+
     pub fn create_alias(
         &self,
         caller: &Caller,
@@ -1213,20 +1232,7 @@ impl Kms {
                     "TargetKeyId must be a key id or key ARN, not an alias",
                 ));
             }
-            let key = self.usable(
-                caller,
-                s,
-                target_key_id,
-                &mut ev,
-                "kms:CreateAlias",
-                Some(Op::AliasTarget),
-            )?;
-            if key.manager == KeyManager::Kmsfs {
-                return Err(KmsError::access_denied(
-                    "aliases of keys that kmsfs manages are reserved to kmsfs",
-                ));
-            }
-            let id = key.id;
+            let id = self.alias_target(caller, s, target_key_id, &mut ev, "kms:CreateAlias")?;
             if s.aliases.contains_key(alias_name) {
                 return Err(KmsError::new(
                     ErrorCode::AlreadyExistsException,
@@ -1269,20 +1275,7 @@ impl Kms {
                     "alias {alias_name} does not exist"
                 )));
             }
-            let key = self.usable(
-                caller,
-                s,
-                target_key_id,
-                &mut ev,
-                "kms:UpdateAlias",
-                Some(Op::AliasTarget),
-            )?;
-            if key.manager == KeyManager::Kmsfs {
-                return Err(KmsError::access_denied(
-                    "an alias cannot point at a key that kmsfs manages",
-                ));
-            }
-            let id = key.id;
+            let id = self.alias_target(caller, s, target_key_id, &mut ev, "kms:UpdateAlias")?;
             let a = s.aliases.get_mut(alias_name).expect("checked");
             a.target = id;
             a.updated = now;
