@@ -142,6 +142,13 @@ fn metadata_dirs_links_fifos() {
     sh_ok(&format!("mkfifo {}", fx.m("fifo").display()));
     assert!(fs::metadata(fx.m("fifo")).unwrap().file_type().is_fifo());
 
+    // Mode bits still decide execution without default_permissions.
+    fs::write(fx.m("s.sh"), b"#!/bin/sh\necho ran\n").unwrap();
+    fs::set_permissions(fx.m("s.sh"), fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(!sh(&fx.m("s.sh").display().to_string()).status.success());
+    fs::set_permissions(fx.m("s.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(sh_ok(&fx.m("s.sh").display().to_string()).trim(), "ran");
+
     // Reserved names cannot be created or seen.
     assert!(fs::write(fx.m("kmsfs.conf"), b"x").is_err());
     assert!(fs::write(fx.m(".kmsfs-x"), b"x").is_err());

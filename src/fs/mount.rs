@@ -171,8 +171,15 @@ pub fn mount(kms: Kms, args: MountArgs, default_log: PathBuf) -> Result<(), Stri
     let mut opts = vec![
         fuser::MountOption::FSName(cipherdir.display().to_string()),
         fuser::MountOption::Subtype("kmsfs".into()),
-        fuser::MountOption::DefaultPermissions,
     ];
+    // With allow_other the kernel must check mode bits for every user.
+    // Without it only the mounting user gets in, and the daemon runs as that
+    // user, so the backing files' own permissions apply; skipping the
+    // kernel's checks spares a GETATTR of the parent after every create and
+    // unlink.
+    if args.allow_other {
+        opts.push(fuser::MountOption::DefaultPermissions);
+    }
     // nodev and nosuid unless asked otherwise: a cipherdir should not carry
     // devices or set-id programs into the mount.
     if !args.options.iter().any(|o| o == "dev") {

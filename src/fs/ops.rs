@@ -1054,9 +1054,24 @@ impl Filesystem for KmsFs {
         reply.error(Errno::ENOSYS);
     }
 
-    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
-        // Mounted with default_permissions: the kernel checks mode bits.
-        reply.ok();
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        // With allow_other the kernel checks mode bits (default_permissions)
+        // and never asks. Otherwise the caller is the mounting user, as the
+        // daemon is: the backing file answers for it.
+        let r = self.path(ino).and_then(|rel| {
+            let c = std::ffi::CString::new(self.b.full(&rel).as_os_str().as_bytes())
+                .map_err(|_| Errno::EINVAL)?;
+            // SAFETY: a valid path; faccessat has no other preconditions.
+            if unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), mask.bits(), 0) } == 0 {
+                Ok(())
+            } else {
+                Err(io_errno(&io::Error::last_os_error()))
+            }
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn create(
