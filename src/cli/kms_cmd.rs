@@ -28,6 +28,23 @@ fn ctx_arg(s: &str) -> Result<EncryptionContext, String> {
     EncryptionContext::parse_cli(&text)
 }
 
+/// The flags GenerateDataKey and GenerateDataKeyWithoutPlaintext share.
+#[derive(Args, Debug, Clone)]
+pub struct DataKeyArgs {
+    #[command(flatten)]
+    pub key: KeyIdArg,
+    /// AES_256 or AES_128.
+    #[arg(long)]
+    pub key_spec: Option<String>,
+    /// 1 to 1024, instead of --key-spec.
+    #[arg(long)]
+    pub number_of_bytes: Option<u32>,
+    #[arg(long)]
+    pub encryption_context: Option<String>,
+    #[arg(long, num_args = 1..)]
+    pub grant_tokens: Vec<String>,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum KmsCommand {
     CreateKey {
@@ -229,30 +246,8 @@ pub enum KmsCommand {
         #[arg(long, num_args = 1..)]
         grant_tokens: Vec<String>,
     },
-    GenerateDataKey {
-        #[command(flatten)]
-        key: KeyIdArg,
-        #[arg(long)]
-        key_spec: Option<String>,
-        #[arg(long)]
-        number_of_bytes: Option<u32>,
-        #[arg(long)]
-        encryption_context: Option<String>,
-        #[arg(long, num_args = 1..)]
-        grant_tokens: Vec<String>,
-    },
-    GenerateDataKeyWithoutPlaintext {
-        #[command(flatten)]
-        key: KeyIdArg,
-        #[arg(long)]
-        key_spec: Option<String>,
-        #[arg(long)]
-        number_of_bytes: Option<u32>,
-        #[arg(long)]
-        encryption_context: Option<String>,
-        #[arg(long, num_args = 1..)]
-        grant_tokens: Vec<String>,
-    },
+    GenerateDataKey(DataKeyArgs),
+    GenerateDataKeyWithoutPlaintext(DataKeyArgs),
     GenerateRandom {
         #[arg(long)]
         number_of_bytes: u32,
@@ -318,6 +313,33 @@ fn ctx_opt(s: &Option<String>) -> Result<EncryptionContext, String> {
         .map(ctx_arg)
         .transpose()
         .map(Option::unwrap_or_default)
+}
+
+fn data_key(
+    kms: &Kms,
+    caller: &Caller,
+    a: DataKeyArgs,
+    with_plaintext: bool,
+) -> Result<Value, CmdError> {
+    let caller = &with_tokens(caller, a.grant_tokens)?;
+    let spec = DataKeySpec {
+        key_spec: a.key_spec,
+        number_of_bytes: a.number_of_bytes,
+    };
+    let r = kms.generate_data_key(
+        caller,
+        &a.key.key_id,
+        &spec,
+        &ctx_opt(&a.encryption_context)?,
+        with_plaintext,
+    )?;
+    // AWS's field order: CiphertextBlob, Plaintext, KeyId.
+    Ok(match &r.plaintext {
+        Some(p) => {
+            json!({"CiphertextBlob": b64(&r.ciphertext_blob), "Plaintext": b64(p.as_bytes()), "KeyId": r.key_arn})
+        }
+        None => json!({"CiphertextBlob": b64(&r.ciphertext_blob), "KeyId": r.key_arn}),
+    })
 }
 
 /// The caller with the request's grant tokens (checked by the KMS).
@@ -600,49 +622,8 @@ pub fn run(kms: &Kms, caller: &Caller, cmd: KmsCommand) -> Result<Value, CmdErro
             json!({"CiphertextBlob": b64(&r.ciphertext_blob), "SourceKeyId": r.source_key_arn, "KeyId": r.key_arn,
                    "SourceEncryptionAlgorithm": "SYMMETRIC_DEFAULT", "DestinationEncryptionAlgorithm": "SYMMETRIC_DEFAULT"})
         }
-        GenerateDataKey {
-            key,
-            key_spec,
-            number_of_bytes,
-            encryption_context,
-            grant_tokens,
-        } => {
-            let caller = &with_tokens(caller, grant_tokens)?;
-            let spec = DataKeySpec {
-                key_spec,
-                number_of_bytes,
-            };
-            let r = kms.generate_data_key(
-                caller,
-                &key.key_id,
-                &spec,
-                &ctx_opt(&encryption_context)?,
-                true,
-            )?;
-            let pt = r.plaintext.as_ref().map(|p| b64(p.as_bytes()));
-            json!({"CiphertextBlob": b64(&r.ciphertext_blob), "Plaintext": pt, "KeyId": r.key_arn})
-        }
-        GenerateDataKeyWithoutPlaintext {
-            key,
-            key_spec,
-            number_of_bytes,
-            encryption_context,
-            grant_tokens,
-        } => {
-            let caller = &with_tokens(caller, grant_tokens)?;
-            let spec = DataKeySpec {
-                key_spec,
-                number_of_bytes,
-            };
-            let r = kms.generate_data_key(
-                caller,
-                &key.key_id,
-                &spec,
-                &ctx_opt(&encryption_context)?,
-                false,
-            )?;
-            json!({"CiphertextBlob": b64(&r.ciphertext_blob), "KeyId": r.key_arn})
-        }
+        GenerateDataKey(a) => data_key(kms, caller, a, true)?,
+        GenerateDataKeyWithoutPlaintext(a) => data_key(kms, caller, a, false)?,
         GenerateRandom { number_of_bytes } => {
             json!({"Plaintext": b64(kms.generate_random(caller, number_of_bytes)?.as_bytes())})
         }
