@@ -240,6 +240,23 @@ impl KmsFs {
         Ok(())
     }
 
+    /// release and releasedir: forget the handle; the last handle of a file
+    /// takes its key (wiped on drop) and its entry in the open map with it.
+    fn drop_handle(&self, ino: u64, fh: FileHandle) {
+        let h = self
+            .handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh.0);
+        if let Some(Handle::File(f)) = h {
+            drop(f);
+            let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+            if open.get(&ino).is_some_and(|w| w.strong_count() == 0) {
+                open.remove(&ino);
+            }
+        }
+    }
+
     fn new_fh(&self, h: Handle) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles
@@ -267,6 +284,19 @@ impl KmsFs {
     /// naming the opening process. The unwrapped key is then used only if no
     /// handle has one yet.
     fn open_file(&self, ino: u64, rel: &str, caller: &Caller) -> FsResult<Arc<OpenFile>> {
+        let existing = self
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&ino)
+            .and_then(Weak::upgrade);
+        if let Some(f) = existing {
+            // The check and the record, through the descriptor already open.
+            let cf = f.io.read().unwrap_or_else(|e| e.into_inner());
+            self.b.unwrap_file(&cf.fd, rel, caller)?;
+            drop(cf);
+            return Ok(f);
+        }
         let cf = self.b.open_crypt(rel, caller)?;
         Ok(self.publish(ino, cf))
     }
@@ -280,7 +310,6 @@ impl KmsFs {
             io: RwLock::new(cf),
         });
         open.insert(ino, Arc::downgrade(&f));
-        open.retain(|_, w| w.strong_count() > 0);
         f
     }
 
@@ -841,18 +870,14 @@ impl Filesystem for KmsFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        // Dropping the last handle drops the key (wiped on drop).
-        self.handles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&fh.0);
+        self.drop_handle(ino.0, fh);
         reply.ok();
     }
 
@@ -968,15 +993,12 @@ impl Filesystem for KmsFs {
     fn releasedir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.handles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&fh.0);
+        self.drop_handle(ino.0, fh);
         reply.ok();
     }
 

@@ -4,6 +4,7 @@
 
 use super::context::EncryptionContext;
 use super::keyref::KeyId;
+pub use super::policy::names_group;
 use super::policy::{NameResolver, Principal, Subject, parse_principal};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

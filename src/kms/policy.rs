@@ -183,6 +183,12 @@ fn strings(v: &Value, what: &str) -> Result<Vec<String>, String> {
     }
 }
 
+/// Whether a principal string names a group (so the caller's
+/// supplementary groups are needed to judge it).
+pub fn names_group(principal: &str) -> bool {
+    principal.starts_with("gid:") || principal.starts_with("group:")
+}
+
 pub fn parse_principal(s: &str, names: &dyn NameResolver) -> Result<Principal, String> {
     if s == "*" {
         return Ok(Principal::Any);
@@ -348,7 +354,7 @@ pub fn parse(doc: &str, names: &dyn NameResolver) -> Result<Policy, String> {
                         )));
                     }
                     for s in strings(v, "Principal")? {
-                        if s.starts_with("group:") || s.starts_with("gid:") {
+                        if names_group(&s) {
                             names_groups = true;
                         }
                         out.push(parse_principal(&s, names).map_err(err)?);

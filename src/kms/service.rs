@@ -617,7 +617,7 @@ impl Kms {
         let policy = self.policy_of(key)?;
         let subject = subject_of(
             caller,
-            policy.names_groups || state.grants.iter().any(|g| g.grantee.starts_with("g")),
+            policy.names_groups || state.grants.iter().any(|g| grant::names_group(&g.grantee)),
         );
         let arn = if policy.names_resources {
             self.arn(&key.id)
@@ -1719,7 +1719,7 @@ impl Kms {
             };
             let g = &s.grants[idx];
             ev.key = Some(g.key_id);
-            let subject = subject_of(caller, g.grantee.starts_with('g') || g.retiring.as_deref().is_some_and(|r| r.starts_with('g')));
+            let subject = subject_of(caller, grant::names_group(&g.grantee) || g.retiring.as_deref().is_some_and(grant::names_group));
             if !g.can_retire(&subject, &SystemNames) {
                 return Err(KmsError::access_denied(format!(
                     "{} is neither the retiring principal of grant {} nor its grantee with RetireGrant",
