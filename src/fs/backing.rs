@@ -90,13 +90,18 @@ impl Backing {
         file_context(&self.cfg.filesystem_id, rel)
     }
 
-    pub fn open_rw(&self, path: &Path) -> io::Result<File> {
-        match OpenOptions::new()
+    /// Read-write, not following a symlink swapped in behind our back.
+    fn open_update(path: &Path) -> io::Result<File> {
+        OpenOptions::new()
             .read(true)
             .write(true)
             .custom_flags(libc::O_NOFOLLOW)
             .open(path)
-        {
+    }
+
+    /// Read-write where the backing file allows it, else read-only.
+    pub fn open_rw(&self, path: &Path) -> io::Result<File> {
+        match Self::open_update(path) {
             Err(e)
                 if e.raw_os_error() == Some(libc::EACCES)
                     || e.raw_os_error() == Some(libc::EROFS) =>
@@ -208,11 +213,7 @@ impl Backing {
         to: &str,
         caller: &Caller,
     ) -> FsResult<(File, usize, format::FileId)> {
-        let fd = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)?;
+        let fd = Self::open_update(path)?;
         let h = cryptfile::read_header(&fd, self.hs)?;
         // The slot that opens the file at `from` may not be the newest: a
         // crash or a failed rename can leave a newer slot for another path.
@@ -250,11 +251,7 @@ impl Backing {
 
     /// Empties the older slot of a file whose newest slot is current.
     pub fn drop_older_slot(&self, path: &Path) -> io::Result<File> {
-        let fd = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)?;
+        let fd = Self::open_update(path)?;
         let h = cryptfile::read_header(&fd, self.hs)?;
         let order = h.slots_newest_first();
         if order.len() == 2 {
