@@ -6,7 +6,7 @@
 mod common;
 use common::*;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 
 fn ensure_users() {
@@ -49,8 +49,8 @@ const POLICY: &str = r#"{
   ]
 }"#;
 
-#[test]
-fn policy_and_grants_decide_who_reads_what() {
+/// A filesystem whose key has `policy`, in a directory the test users can reach.
+fn policy_fixture(policy: &str) -> (Fixture, String) {
     require_fuse();
     ensure_users();
     let dir = tempfile::tempdir().unwrap();
@@ -65,7 +65,7 @@ fn policy_and_grants_decide_who_reads_what() {
     fs::create_dir(&mnt).unwrap();
     fs::write(&key, [3u8; 32]).unwrap();
     let pfile = dir.path().join("policy.json");
-    fs::write(&pfile, POLICY).unwrap();
+    fs::write(&pfile, policy).unwrap();
     let fx = Fixture {
         dir,
         cipher,
@@ -90,6 +90,12 @@ fn policy_and_grants_decide_who_reads_what() {
             .status
             .success()
     );
+    (fx, kid)
+}
+
+#[test]
+fn policy_and_grants_decide_who_reads_what() {
+    let (fx, kid) = policy_fixture(POLICY);
     let _m = fx.mount_with(&["--allow-other"]);
 
     for d in ["projects", "private", "shared"] {
@@ -223,4 +229,60 @@ fn policy_and_grants_decide_who_reads_what() {
             .iter()
             .any(|b| b.contains(&format!("grant {gid}")))
     );
+}
+
+const OPEN_POLICY: &str = r#"{
+  "Version": "2012-10-17",
+  "Statement": [
+    {"Sid": "Everyone", "Effect": "Allow", "Principal": {"Unix": ["*"]}, "Action": "kms:*", "Resource": "*"}
+  ]
+}"#;
+
+/// The mount clears set-user-id and set-group-id bits where the kernel would
+/// (FUSE_HANDLE_KILLPRIV leaves that to the daemon): the same steps on a
+/// plain directory and in the mount end with the same modes.
+#[test]
+fn set_id_bits_are_cleared_like_on_a_native_filesystem() {
+    let (fx, _) = policy_fixture(OPEN_POLICY);
+    let _m = fx.mount_with(&["--allow-other"]);
+    let native = fx.dir.path().join("native");
+    fs::create_dir(&native).unwrap();
+    let run = |d: &std::path::Path| -> Vec<String> {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o777)).unwrap();
+        let f = |n: &str| d.join(n).display().to_string();
+        let mode = |n: &str| format!("{n}:{:o}", fs::metadata(d.join(n)).unwrap().mode() & 0o7777);
+        let mut modes = vec![];
+        // A write by an unprivileged user clears both bits (group execute set).
+        fs::write(d.join("w"), b"data").unwrap();
+        fs::set_permissions(d.join("w"), fs::Permissions::from_mode(0o6777)).unwrap();
+        as_user("kmsfs-bob", &format!("echo more >> {}", f("w"))).unwrap();
+        modes.push(mode("w"));
+        // Without group execute, set-group-id stays (it means mandatory locking).
+        fs::write(d.join("g"), b"data").unwrap();
+        fs::set_permissions(d.join("g"), fs::Permissions::from_mode(0o6766)).unwrap();
+        as_user("kmsfs-bob", &format!("echo more >> {}", f("g"))).unwrap();
+        modes.push(mode("g"));
+        // Truncation by an unprivileged user.
+        fs::write(d.join("t"), b"data").unwrap();
+        fs::set_permissions(d.join("t"), fs::Permissions::from_mode(0o4777)).unwrap();
+        as_user("kmsfs-bob", &format!("truncate -s 2 {}", f("t"))).unwrap();
+        modes.push(mode("t"));
+        // chown, even by root.
+        fs::write(d.join("c"), b"data").unwrap();
+        fs::set_permissions(d.join("c"), fs::Permissions::from_mode(0o4755)).unwrap();
+        sh_ok(&format!("chown kmsfs-bob {}", f("c")));
+        modes.push(mode("c"));
+        // root keeps them when writing (CAP_FSETID).
+        fs::write(d.join("r"), b"data").unwrap();
+        fs::set_permissions(d.join("r"), fs::Permissions::from_mode(0o4755)).unwrap();
+        sh_ok(&format!("echo more >> {}", f("r")));
+        modes.push(mode("r"));
+        modes
+    };
+    let want = run(&native);
+    let got = run(&fx.mnt);
+    assert_eq!(got, want);
+    // The contents survived the mode changes.
+    assert_eq!(fs::read(fx.m("w")).unwrap(), b"datamore\n");
+    assert_eq!(fs::read(fx.m("t")).unwrap(), b"da");
 }

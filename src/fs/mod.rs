@@ -11,4 +11,5 @@ pub mod keys;
 pub mod mount;
 pub mod ops;
 pub mod rename;
+pub mod stat;
 pub mod symlink;

@@ -8,6 +8,7 @@ use super::cryptfile::CryptFile;
 use super::format;
 use super::inode::{self, Inodes};
 use super::rename;
+use super::stat::{self, NodeStat};
 use super::symlink;
 use crate::kms::{Caller, Via};
 use fuser::{
@@ -21,7 +22,7 @@ use std::ffi::OsStr;
 use std::fs::{self, Metadata};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -34,7 +35,10 @@ pub struct OpenFile {
     io: RwLock<CryptFile>,
 }
 
+/// The names of a directory as of opendir, with the directory kept open so
+/// readdirplus stats each entry relative to it.
 struct DirSnapshot {
+    dir: fs::File,
     entries: Vec<(String, FileType)>,
 }
 
@@ -82,26 +86,6 @@ fn err(e: i32) -> Errno {
 
 fn io_errno(e: &io::Error) -> Errno {
     err(e.raw_os_error().unwrap_or(libc::EIO))
-}
-
-fn kind_of(m: &Metadata) -> FileType {
-    let ft = m.file_type();
-    use std::os::unix::fs::FileTypeExt;
-    if ft.is_dir() {
-        FileType::Directory
-    } else if ft.is_symlink() {
-        FileType::Symlink
-    } else if ft.is_fifo() {
-        FileType::NamedPipe
-    } else if ft.is_socket() {
-        FileType::Socket
-    } else if ft.is_char_device() {
-        FileType::CharDevice
-    } else if ft.is_block_device() {
-        FileType::BlockDevice
-    } else {
-        FileType::RegularFile
-    }
 }
 
 fn time(secs: i64, nsecs: i64) -> SystemTime {
@@ -183,20 +167,21 @@ impl KmsFs {
         Ok((inode::join(&pp, n), pp))
     }
 
-    fn attr(&self, ino: u64, m: &Metadata) -> FileAttr {
-        let kind = kind_of(m);
+    fn attr(&self, ino: u64, m: &impl NodeStat) -> FileAttr {
+        let kind = stat::kind(m.mode());
         let size = match kind {
-            FileType::RegularFile => format::plain_size(self.b.hs, m.len()),
-            FileType::Symlink => symlink::plain_len(m.len()),
-            _ => m.len(),
+            FileType::RegularFile => format::plain_size(self.b.hs, m.size()),
+            FileType::Symlink => symlink::plain_len(m.size()),
+            _ => m.size(),
         };
+        let (at, mt, ct) = (m.atime(), m.mtime(), m.ctime());
         FileAttr {
             ino: INodeNo(ino),
             size,
             blocks: m.blocks(),
-            atime: time(m.atime(), m.atime_nsec()),
-            mtime: time(m.mtime(), m.mtime_nsec()),
-            ctime: time(m.ctime(), m.ctime_nsec()),
+            atime: time(at.0, at.1),
+            mtime: time(mt.0, mt.1),
+            ctime: time(ct.0, ct.1),
             crtime: UNIX_EPOCH,
             kind,
             perm: (m.mode() & 0o7777) as u16,
@@ -337,8 +322,10 @@ impl KmsFs {
     }
 
     fn snapshot(&self, rel: &str) -> io::Result<DirSnapshot> {
+        let full = self.b.full(rel);
+        let dir = fs::File::open(&full)?;
         let mut entries = vec![];
-        for e in fs::read_dir(self.b.full(rel))? {
+        for e in fs::read_dir(&full)? {
             let e = e?;
             let Some(name) = e.file_name().to_str().map(String::from) else {
                 continue;
@@ -346,10 +333,11 @@ impl KmsFs {
             if !visible(rel, &name) {
                 continue;
             }
-            let Ok(m) = e.metadata() else { continue };
-            entries.push((name, kind_of(&m)));
+            // The type comes with the directory entry (d_type): no stat here.
+            let Ok(t) = e.file_type() else { continue };
+            entries.push((name, stat::kind_of_type(t)));
         }
-        Ok(DirSnapshot { entries })
+        Ok(DirSnapshot { dir, entries })
     }
 
     fn dir_handle(&self, fh: FileHandle) -> Result<Arc<DirSnapshot>, Errno> {
@@ -443,7 +431,7 @@ impl KmsFs {
         name: &OsStr,
         mode: u32,
         umask: u32,
-    ) -> Result<(String, Arc<OpenFile>), Errno> {
+    ) -> Result<(String, Arc<OpenFile>, Metadata), Errno> {
         let pp = self.path(parent)?;
         let n = user_name(&pp, name)?;
         let rel = inode::join(&pp, &n);
@@ -464,14 +452,18 @@ impl KmsFs {
                 return Err(self.fs_errno("create", &rel, e));
             }
         };
-        self.own(&full, req).map_err(|e| io_errno(&e))?;
+        let mut m = fd.metadata().map_err(|e| io_errno(&e))?;
+        if self.as_root && (NodeStat::uid(&m), NodeStat::gid(&m)) != (req.uid(), req.gid()) {
+            self.own(&full, req).map_err(|e| io_errno(&e))?;
+            m = fd.metadata().map_err(|e| io_errno(&e))?;
+        }
         let ino = self
             .inodes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .lookup(&rel);
         let f = self.publish(ino, CryptFile::new(fd, self.b.hs, id, &key));
-        Ok((rel, f))
+        Ok((rel, f, m))
     }
 }
 
@@ -482,7 +474,12 @@ impl Filesystem for KmsFs {
         let _ = config.add_capabilities(
             fuser::InitFlags::FUSE_DO_READDIRPLUS
                 | fuser::InitFlags::FUSE_PARALLEL_DIROPS
-                | fuser::InitFlags::FUSE_MAX_PAGES,
+                | fuser::InitFlags::FUSE_MAX_PAGES
+                // Symlink targets never change: the kernel may keep them.
+                | fuser::InitFlags::FUSE_CACHE_SYMLINKS
+                // Set-id bits are cleared here (see setattr): one GETATTR
+                // less per chown, which tar and rsync do for every file.
+                | fuser::InitFlags::FUSE_HANDLE_KILLPRIV,
         );
         if self.opts.writeback_cache && !self.opts.read_only {
             let _ = config.add_capabilities(fuser::InitFlags::FUSE_WRITEBACK_CACHE);
@@ -544,7 +541,7 @@ impl Filesystem for KmsFs {
         size: Option<u64>,
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
+        ctime: Option<SystemTime>,
         fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
@@ -557,7 +554,22 @@ impl Filesystem for KmsFs {
             Err(e) => return reply.error(e),
         };
         let full = self.b.full(&rel);
+        // With FUSE_HANDLE_KILLPRIV the kernel leaves clearing set-id bits to
+        // us (and skips a GETATTR before every chown). It asks with a setattr
+        // that sets nothing (a write by a process without CAP_FSETID) or with
+        // a truncation; chown clears them in the backing filesystem itself.
+        let nothing = mode.is_none()
+            && uid.is_none()
+            && gid.is_none()
+            && size.is_none()
+            && atime.is_none()
+            && mtime.is_none()
+            && ctime.is_none();
+        let kill_setid = nothing || (size.is_some() && req.uid() != 0);
         let r = (|| -> Result<(), Errno> {
+            if kill_setid {
+                clear_setid(&full, req).map_err(|e| io_errno(&e))?;
+            }
             if let Some(m) = mode {
                 fs::set_permissions(&full, fs::Permissions::from_mode(m & 0o7777))
                     .map_err(|e| io_errno(&e))?;
@@ -625,10 +637,16 @@ impl Filesystem for KmsFs {
         let kind = mode & libc::S_IFMT;
         if kind == libc::S_IFREG {
             return match self.create_file(req, parent, name, mode, umask) {
-                Ok((rel, _)) => match self.entry_for(&rel) {
-                    Ok((attr, _)) => reply.entry(&self.opts.attr_ttl, &attr, Generation(0)),
-                    Err(e) => reply.error(e),
-                },
+                // create_file counted the lookup this reply stands for.
+                Ok((rel, _, m)) => {
+                    let ino = self
+                        .inodes
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .peek(&rel)
+                        .unwrap_or(0);
+                    reply.entry(&self.opts.attr_ttl, &self.attr(ino, &m), Generation(0))
+                }
                 Err(e) => reply.error(e),
             };
         }
@@ -863,8 +881,11 @@ impl Filesystem for KmsFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Writes reach the backing file as they come; nothing is buffered here.
-        reply.ok();
+        // Nothing is buffered here: writes reach the backing file as they
+        // come. ENOSYS makes the kernel stop sending flush on every close (it
+        // still writes back its dirty pages and reports their errors first),
+        // one round trip less per file.
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(
@@ -961,10 +982,10 @@ impl Filesystem for KmsFs {
             Err(e) => return reply.error(e),
         };
         for (i, (name, _)) in d.entries.iter().enumerate().skip(offset as usize) {
-            let child = inode::join(&rel, name);
-            let Ok(m) = fs::symlink_metadata(self.b.full(&child)) else {
+            let Ok(m) = stat::lstat_at(&d.dir, name) else {
                 continue;
             };
+            let child = inode::join(&rel, name);
             let n = self
                 .inodes
                 .lock()
@@ -1107,25 +1128,22 @@ impl Filesystem for KmsFs {
         reply: ReplyCreate,
     ) {
         match self.create_file(req, parent, name, mode, umask) {
-            Ok((rel, f)) => match fs::symlink_metadata(self.b.full(&rel)) {
-                Ok(m) => {
-                    let ino = self
-                        .inodes
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .peek(&rel)
-                        .unwrap_or(0);
-                    let fh = self.new_fh(Handle::File(f));
-                    reply.created(
-                        &self.opts.attr_ttl,
-                        &self.attr(ino, &m),
-                        Generation(0),
-                        FileHandle(fh),
-                        FopenFlags::empty(),
-                    )
-                }
-                Err(e) => reply.error(io_errno(&e)),
-            },
+            Ok((rel, f, m)) => {
+                let ino = self
+                    .inodes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .peek(&rel)
+                    .unwrap_or(0);
+                let fh = self.new_fh(Handle::File(f));
+                reply.created(
+                    &self.opts.attr_ttl,
+                    &self.attr(ino, &m),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                )
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -1143,6 +1161,31 @@ impl Filesystem for KmsFs {
         // Preallocated space would have to be encrypted zeros; not in format v1.
         reply.error(Errno::EOPNOTSUPP);
     }
+}
+
+/// Clears the set-id bits of a regular file as the kernel does when an
+/// unprivileged process writes to or truncates it: set-user-id always,
+/// set-group-id when group execute is set or the writer is not in the
+/// file's group.
+fn clear_setid(full: &Path, req: &Request) -> io::Result<()> {
+    let m = fs::symlink_metadata(full)?;
+    let mode = NodeStat::mode(&m);
+    if !m.is_file() {
+        return Ok(());
+    }
+    let mut new = mode & 0o7777 & !libc::S_ISUID;
+    if mode & libc::S_ISGID != 0 {
+        let gid = NodeStat::gid(&m);
+        let in_group =
+            gid == req.gid() || crate::kms::caller::supplementary_groups(req.pid()).contains(&gid);
+        if mode & libc::S_IXGRP != 0 || !in_group {
+            new &= !libc::S_ISGID;
+        }
+    }
+    if new != mode & 0o7777 {
+        fs::set_permissions(full, fs::Permissions::from_mode(new))?;
+    }
+    Ok(())
 }
 
 /// FNV-1a: a stable 64-bit number for a path.
