@@ -1,6 +1,6 @@
-//! Tampering with the cipherdir while unmounted: every altered file fails
-//! with EIO (and an audit record), never with wrong plaintext; every other
-//! file keeps working.
+//! Tampering with the cipherdir, unmounted or behind a live mount: every
+//! altered file fails with EIO (and an audit record), never with wrong or
+//! stale plaintext; every other file keeps working.
 
 mod common;
 use common::*;
@@ -155,4 +155,42 @@ fn one_slot_torn_still_opens() {
     f.write_all_at(&[1, 2, 3], empty + 50).unwrap();
     let _m = fx.mount();
     assert_eq!(fs::read(fx.m("g1")).unwrap(), content(1));
+}
+
+/// The mount lets the kernel keep a file's cached plaintext across opens
+/// while the backing file is unchanged. A change behind the mount's back,
+/// even one that restores the mtime, must end that: the next open reads and
+/// authenticates the ciphertext again.
+#[test]
+fn tampering_behind_a_live_mount_is_not_hidden_by_the_page_cache() {
+    let fx = Fixture::new();
+    let _m = fx.mount();
+    fs::write(fx.m("a"), content(1)).unwrap();
+    fs::write(fx.m("b"), content(2)).unwrap();
+    // Two reads: the second open may be served from the kernel's cache.
+    assert_eq!(fs::read(fx.m("a")).unwrap(), content(1));
+    assert_eq!(fs::read(fx.m("a")).unwrap(), content(1));
+    let before = fs::metadata(fx.c("a")).unwrap().modified().unwrap();
+    let raw = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(fx.c("a"))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    raw.read_exact_at(&mut byte, H + 100).unwrap();
+    raw.write_all_at(&[byte[0] ^ 1], H + 100).unwrap();
+    raw.set_modified(before).unwrap();
+    drop(raw);
+    assert_eq!(read_err(&fx.m("a")), Some(libc::EIO));
+    // Putting the original byte back (mtime again restored) makes it readable.
+    let raw = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(fx.c("a"))
+        .unwrap();
+    raw.write_all_at(&byte, H + 100).unwrap();
+    raw.set_modified(before).unwrap();
+    drop(raw);
+    assert_eq!(fs::read(fx.m("a")).unwrap(), content(1));
+    assert_eq!(fs::read(fx.m("b")).unwrap(), content(2));
 }

@@ -77,9 +77,10 @@ impl Inodes {
         self.by_path.get(path).copied()
     }
 
-    pub fn forget(&mut self, ino: u64, n: u64) {
+    /// Drops `n` kernel references; true when the node is gone.
+    pub fn forget(&mut self, ino: u64, n: u64) -> bool {
         if ino == ROOT {
-            return;
+            return false;
         }
         let gone = match self.nodes.get_mut(&ino) {
             Some(node) => {
@@ -94,6 +95,7 @@ impl Inodes {
                 self.by_path.remove(&node.path);
             }
         }
+        gone
     }
 
     /// Detaches `path` (unlinked or replaced): its node stays valid for open

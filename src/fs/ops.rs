@@ -37,6 +37,28 @@ pub struct OpenFile {
 
 /// The names of a directory as of opendir, with the directory kept open so
 /// readdirplus stats each entry relative to it.
+/// What identifies a version of a backing file: any write, truncation,
+/// re-key or rename changes its ctime, and so does any change made behind the
+/// mount's back (ctime cannot be set from user space).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct CacheStamp {
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl CacheStamp {
+    fn of(m: &Metadata) -> Self {
+        CacheStamp {
+            ino: std::os::unix::fs::MetadataExt::ino(m),
+            size: m.len(),
+            mtime: NodeStat::mtime(m),
+            ctime: NodeStat::ctime(m),
+        }
+    }
+}
+
 struct DirSnapshot {
     dir: fs::File,
     entries: Vec<(String, FileType)>,
@@ -72,6 +94,11 @@ pub struct KmsFs {
     opts: Options,
     inodes: Mutex<Inodes>,
     open: Mutex<HashMap<u64, Weak<OpenFile>>>,
+    /// The backing file's state when the kernel's cached plaintext of it was
+    /// last known right (an open that dropped the cache), forgotten on any
+    /// change through the mount: an open that finds the same state lets the
+    /// kernel keep its cache.
+    cached: Mutex<HashMap<u64, CacheStamp>>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
     renames: Mutex<()>,
@@ -132,6 +159,7 @@ impl KmsFs {
             opts,
             inodes: Mutex::new(Inodes::default()),
             open: Mutex::new(HashMap::new()),
+            cached: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             renames: Mutex::new(()),
@@ -240,6 +268,34 @@ impl KmsFs {
                 open.remove(&ino);
             }
         }
+    }
+
+    /// Whether the kernel may keep its cached plaintext of this file: the
+    /// backing file is in the state recorded when that cache was last
+    /// dropped, with no change through the mount since. When not, the kernel
+    /// drops it and the state now is recorded. Recording at open (never at
+    /// close, which the kernel sends asynchronously) means a change behind
+    /// the mount's back is never mistaken for the cached state.
+    fn keep_cache(&self, ino: u64, f: &Arc<OpenFile>) -> bool {
+        let cf = f.io.read().unwrap_or_else(|e| e.into_inner());
+        let now = cf.fd.metadata().ok().map(|m| CacheStamp::of(&m));
+        let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        if now.is_some() && cached.get(&ino) == now.as_ref() {
+            return true;
+        }
+        match now {
+            Some(st) => cached.insert(ino, st),
+            None => cached.remove(&ino),
+        };
+        false
+    }
+
+    /// The file changes through the mount: the next open drops the cache.
+    fn changed(&self, ino: u64) {
+        self.cached
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&ino);
     }
 
     fn new_fh(&self, h: Handle) -> u64 {
@@ -515,10 +571,17 @@ impl Filesystem for KmsFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.inodes
+        let gone = self
+            .inodes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .forget(ino.0, nlookup);
+        if gone {
+            self.cached
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&ino.0);
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -576,6 +639,9 @@ impl Filesystem for KmsFs {
             }
             if uid.is_some() || gid.is_some() {
                 std::os::unix::fs::lchown(&full, uid, gid).map_err(|e| io_errno(&e))?;
+            }
+            if size.is_some() {
+                self.changed(ino.0);
             }
             if let Some(0) = size {
                 self.overwrite(ino.0, &rel, &Self::caller(req))
@@ -802,10 +868,14 @@ impl Filesystem for KmsFs {
                 .map_err(|e| self.fs_errno("open", &rel, e))
         });
         match r {
-            Ok(f) => reply.opened(
-                FileHandle(self.new_fh(Handle::File(f))),
-                FopenFlags::empty(),
-            ),
+            Ok(f) => {
+                let flags = if self.keep_cache(ino.0, &f) {
+                    FopenFlags::FOPEN_KEEP_CACHE
+                } else {
+                    FopenFlags::empty()
+                };
+                reply.opened(FileHandle(self.new_fh(Handle::File(f))), flags)
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -864,6 +934,7 @@ impl Filesystem for KmsFs {
             Err(e) => return reply.error(e),
         };
         let cf = f.io.write().unwrap_or_else(|e| e.into_inner());
+        self.changed(ino.0);
         match cf.write_at(offset, data) {
             Ok(n) => reply.written(n as u32),
             Err(e) => {
