@@ -1001,9 +1001,12 @@ impl Filesystem for KmsFs {
             .path(ino)
             .and_then(|p| self.snapshot(&p).map_err(|e| io_errno(&e)))
         {
+            // The kernel may cache the listing and reuse it across opens
+            // while the directory is unchanged (it checks the directory's
+            // version and mtime): rm -rf, for one, reads each directory twice.
             Ok(s) => reply.opened(
                 FileHandle(self.new_fh(Handle::Dir(Arc::new(s)))),
-                FopenFlags::empty(),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
             ),
             Err(e) => reply.error(e),
         }

@@ -135,6 +135,9 @@ struct Commit {
     queued: u64,
     done: u64,
     leader: bool,
+    /// Threads asleep on `committed`: a wake-up is a syscall, made only
+    /// when someone waits.
+    sleepers: usize,
     /// Ticket ranges whose batch failed to write, with the error.
     failures: Vec<(u64, u64, String)>,
 }
@@ -270,7 +273,9 @@ impl AuditLog {
                 }
                 c = self.commit.lock().unwrap_or_else(|e| e.into_inner());
                 if c.done < mine && c.leader {
+                    c.sleepers += 1;
                     c = self.committed.wait(c).unwrap_or_else(|e| e.into_inner());
+                    c.sleepers -= 1;
                 }
                 continue;
             }
@@ -289,7 +294,9 @@ impl AuditLog {
             c.done = hi;
             self.done.store(hi, Ordering::Release);
             c.leader = false;
-            self.committed.notify_all();
+            if c.sleepers > 0 {
+                self.committed.notify_all();
+            }
         }
     }
 
