@@ -244,7 +244,6 @@ const OPEN_POLICY: &str = r#"{
 #[test]
 fn set_id_bits_are_cleared_like_on_a_native_filesystem() {
     let (fx, _) = policy_fixture(OPEN_POLICY);
-    let _m = fx.mount_with(&["--allow-other"]);
     let native = fx.dir.path().join("native");
     fs::create_dir(&native).unwrap();
     let run = |d: &std::path::Path| -> Vec<String> {
@@ -280,9 +279,18 @@ fn set_id_bits_are_cleared_like_on_a_native_filesystem() {
         modes
     };
     let want = run(&native);
-    let got = run(&fx.mnt);
-    assert_eq!(got, want);
-    // The contents survived the mode changes.
-    assert_eq!(fs::read(fx.m("w")).unwrap(), b"datamore\n");
-    assert_eq!(fs::read(fx.m("t")).unwrap(), b"da");
+    // Both write paths: through the kernel's writeback cache and without it.
+    for (mode, extra) in [
+        ("writeback", &["--allow-other"][..]),
+        ("direct", &["--allow-other", "--no-writeback-cache"][..]),
+    ] {
+        let m = fx.mount_with(extra);
+        let d = fx.m(mode);
+        fs::create_dir(&d).unwrap();
+        assert_eq!(run(&d), want, "{mode}");
+        // The contents survived the mode changes.
+        assert_eq!(fs::read(d.join("w")).unwrap(), b"datamore\n");
+        assert_eq!(fs::read(d.join("t")).unwrap(), b"da");
+        m.unmount();
+    }
 }
