@@ -432,3 +432,41 @@ fn sigterm_sigint_umount_and_ro_end_cleanly() {
         Some(libc::EROFS)
     );
 }
+
+/// Listings come straight from the backing directory at its own positions:
+/// the dots are there, a directory larger than one reply is listed whole and
+/// once, and deleting entries while reading (what `rm -rf` and
+/// `find -delete` do) skips none of the others. Reserved names stay hidden.
+#[test]
+fn listings_are_whole_and_survive_deletion_while_reading() {
+    let fx = Fixture::new();
+    let _m = fx.mount();
+    fs::create_dir(fx.m("big")).unwrap();
+    for i in 0..3000 {
+        fs::write(fx.m(&format!("big/file-with-a-longish-name-{i:05}")), b"x").unwrap();
+    }
+    // Through a file: the test harness reads output only at the end.
+    let out = fx.dir.path().join("ls.txt");
+    sh_ok(&format!(
+        "ls -a {} > {}",
+        fx.m("big").display(),
+        out.display()
+    ));
+    let ls = fs::read_to_string(&out).unwrap();
+    let names: Vec<&str> = ls.lines().collect();
+    assert_eq!(names.len(), 3002);
+    assert_eq!(&names[..2], &[".", ".."]);
+    let mut uniq = names.clone();
+    uniq.dedup();
+    assert_eq!(uniq.len(), 3002, "no entry listed twice");
+    let root = sh_ok(&format!("ls -a {}", fx.mnt.display()));
+    assert_eq!(root.lines().collect::<Vec<_>>(), [".", "..", "big"]);
+    // find -delete unlinks each entry as it reads the directory.
+    sh_ok(&format!(
+        "find {} -mindepth 1 -delete",
+        fx.m("big").display()
+    ));
+    assert_eq!(fs::read_dir(fx.m("big")).unwrap().count(), 0);
+    assert_eq!(fs::read_dir(fx.c("big")).unwrap().count(), 0);
+    fs::remove_dir(fx.m("big")).unwrap();
+}

@@ -48,6 +48,11 @@ pub fn join(parent: &str, name: &str) -> String {
     }
 }
 
+/// The parent of a path, with the root as "" (and the root its own parent).
+pub fn parent(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(p, _)| p)
+}
+
 impl Inodes {
     pub fn path(&self, ino: u64) -> Option<String> {
         self.nodes.get(&ino).map(|n| n.path.clone())

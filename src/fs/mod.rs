@@ -8,6 +8,7 @@ pub mod cryptfile;
 pub mod format;
 pub mod inode;
 pub mod keys;
+pub mod listing;
 pub mod mount;
 pub mod ops;
 pub mod rename;

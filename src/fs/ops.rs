@@ -7,6 +7,7 @@ use super::config::RESERVED_NAMES;
 use super::cryptfile::CryptFile;
 use super::format;
 use super::inode::{self, Inodes};
+use super::listing;
 use super::rename;
 use super::stat::{self, NodeStat};
 use super::symlink;
@@ -35,8 +36,6 @@ pub struct OpenFile {
     io: RwLock<CryptFile>,
 }
 
-/// The names of a directory as of opendir, with the directory kept open so
-/// readdirplus stats each entry relative to it.
 /// What identifies a version of a backing file: any write, truncation,
 /// re-key or rename changes its ctime, and so does any change made behind the
 /// mount's back (ctime cannot be set from user space).
@@ -59,14 +58,8 @@ impl CacheStamp {
     }
 }
 
-struct DirSnapshot {
-    dir: fs::File,
-    entries: Vec<(String, FileType)>,
-}
-
 enum Handle {
     File(Arc<OpenFile>),
-    Dir(Arc<DirSnapshot>),
 }
 
 pub struct Options {
@@ -298,6 +291,16 @@ impl KmsFs {
             .remove(&ino);
     }
 
+    /// The node number of a path the kernel has looked up, else a stable
+    /// number for it (plain readdir does not count lookups).
+    fn peek_or_hash(&self, rel: &str) -> u64 {
+        self.inodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .peek(rel)
+            .unwrap_or_else(|| 1 << 62 | (fxhash(rel) >> 2))
+    }
+
     fn new_fh(&self, h: Handle) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles
@@ -375,37 +378,6 @@ impl KmsFs {
             }
         }
         Ok(())
-    }
-
-    fn snapshot(&self, rel: &str) -> io::Result<DirSnapshot> {
-        let full = self.b.full(rel);
-        let dir = fs::File::open(&full)?;
-        let mut entries = vec![];
-        for e in fs::read_dir(&full)? {
-            let e = e?;
-            let Some(name) = e.file_name().to_str().map(String::from) else {
-                continue;
-            };
-            if !visible(rel, &name) {
-                continue;
-            }
-            // The type comes with the directory entry (d_type): no stat here.
-            let Ok(t) = e.file_type() else { continue };
-            entries.push((name, stat::kind_of_type(t)));
-        }
-        Ok(DirSnapshot { dir, entries })
-    }
-
-    fn dir_handle(&self, fh: FileHandle) -> Result<Arc<DirSnapshot>, Errno> {
-        match self
-            .handles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&fh.0)
-        {
-            Some(Handle::Dir(d)) => Ok(d.clone()),
-            _ => Err(Errno::EBADF),
-        }
     }
 
     fn set_times(
@@ -535,7 +507,9 @@ impl Filesystem for KmsFs {
                 | fuser::InitFlags::FUSE_CACHE_SYMLINKS
                 // Set-id bits are cleared here (see setattr): one GETATTR
                 // less per chown, which tar and rsync do for every file.
-                | fuser::InitFlags::FUSE_HANDLE_KILLPRIV,
+                | fuser::InitFlags::FUSE_HANDLE_KILLPRIV
+                // See opendir.
+                | fuser::InitFlags::FUSE_NO_OPENDIR_SUPPORT,
         );
         if self.opts.writeback_cache && !self.opts.read_only {
             let _ = config.add_capabilities(fuser::InitFlags::FUSE_WRITEBACK_CACHE);
@@ -996,105 +970,107 @@ impl Filesystem for KmsFs {
         }
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self
-            .path(ino)
-            .and_then(|p| self.snapshot(&p).map_err(|e| io_errno(&e)))
-        {
-            // The kernel may cache the listing and reuse it across opens
-            // while the directory is unchanged (it checks the directory's
-            // version and mtime): rm -rf, for one, reads each directory twice.
-            Ok(s) => reply.opened(
-                FileHandle(self.new_fh(Handle::Dir(Arc::new(s)))),
-                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-            ),
-            Err(e) => reply.error(e),
-        }
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // Listings are read straight from the backing directory at the
+        // positions the kernel passes (listing.rs), so there is nothing to
+        // open: ENOSYS with FUSE_NO_OPENDIR_SUPPORT makes the kernel stop
+        // sending opendir and releasedir, two round trips per directory read.
+        reply.error(Errno::ENOSYS);
     }
 
     fn readdir(
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let (d, rel) = match self.dir_handle(fh).and_then(|d| Ok((d, self.path(ino)?))) {
-            Ok(x) => x,
+        let rel = match self.path(ino) {
+            Ok(r) => r,
             Err(e) => return reply.error(e),
         };
-        let inodes = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
-        let dots = [(".", FileType::Directory), ("..", FileType::Directory)];
-        let all = dots
-            .iter()
-            .map(|(n, k)| (n.to_string(), *k))
-            .chain(d.entries.iter().cloned());
-        for (i, (name, kind)) in all.enumerate().skip(offset as usize) {
-            let child = inode::join(&rel, &name);
-            // A stable number for names the kernel has not looked up yet.
-            let n = inodes
-                .peek(&child)
-                .unwrap_or_else(|| 1 << 62 | (fxhash(&child) >> 2));
-            if reply.add(INodeNo(n), i as u64 + 1, kind, &name) {
-                break;
-            }
+        let parent = inode::parent(&rel);
+        let r = listing::for_each(&self.b.full(&rel), offset, |e, _| {
+            let n = match e.name {
+                "." => ino.0,
+                ".." => self.peek_or_hash(parent),
+                name if !visible(&rel, name) => return false,
+                name => self.peek_or_hash(&inode::join(&rel, name)),
+            };
+            reply.add(INodeNo(n), e.next, e.kind, e.name)
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(io_errno(&e)),
         }
-        reply.ok();
     }
 
     fn readdirplus(
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let (d, rel) = match self.dir_handle(fh).and_then(|d| Ok((d, self.path(ino)?))) {
-            Ok(x) => x,
+        let rel = match self.path(ino) {
+            Ok(r) => r,
             Err(e) => return reply.error(e),
         };
-        for (i, (name, _)) in d.entries.iter().enumerate().skip(offset as usize) {
-            let Ok(m) = stat::lstat_at(&d.dir, name) else {
-                continue;
+        let parent = inode::parent(&rel);
+        let r = listing::for_each(&self.b.full(&rel), offset, |e, dir| {
+            if !visible(&rel, e.name) {
+                return false;
+            }
+            let Ok(m) = stat::lstat_at(dir, e.name) else {
+                return false;
             };
-            let child = inode::join(&rel, name);
+            // The kernel passes the dots on without counting a lookup.
+            if e.name == "." || e.name == ".." {
+                let n = if e.name == "." {
+                    ino.0
+                } else {
+                    self.peek_or_hash(parent)
+                };
+                let attr = self.attr(n, &m);
+                return reply.add(
+                    INodeNo(n),
+                    e.next,
+                    e.name,
+                    &self.opts.attr_ttl,
+                    &attr,
+                    Generation(0),
+                );
+            }
+            let child = inode::join(&rel, e.name);
             let n = self
                 .inodes
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .lookup(&child);
             let attr = self.attr(n, &m);
-            if reply.add(
+            let full = reply.add(
                 INodeNo(n),
-                i as u64 + 1,
-                name,
+                e.next,
+                e.name,
                 &self.opts.attr_ttl,
                 &attr,
                 Generation(0),
-            ) {
+            );
+            if full {
                 // Not sent: the kernel will not count this lookup.
                 self.inodes
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .forget(n, 1);
-                break;
             }
+            full
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(io_errno(&e)),
         }
-        reply.ok();
-    }
-
-    fn releasedir(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
-        self.drop_handle(ino.0, fh);
-        reply.ok();
     }
 
     fn fsyncdir(

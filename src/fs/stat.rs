@@ -102,26 +102,6 @@ pub fn kind(mode: u32) -> FileType {
     }
 }
 
-/// The FUSE node kind of a directory entry's type (from d_type, no stat).
-pub fn kind_of_type(t: std::fs::FileType) -> FileType {
-    use std::os::unix::fs::FileTypeExt;
-    if t.is_dir() {
-        FileType::Directory
-    } else if t.is_symlink() {
-        FileType::Symlink
-    } else if t.is_fifo() {
-        FileType::NamedPipe
-    } else if t.is_socket() {
-        FileType::Socket
-    } else if t.is_char_device() {
-        FileType::CharDevice
-    } else if t.is_block_device() {
-        FileType::BlockDevice
-    } else {
-        FileType::RegularFile
-    }
-}
-
 /// lstat of `name` inside the open directory `dir`.
 pub fn lstat_at(dir: &File, name: &str) -> io::Result<libc::stat> {
     let c = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;

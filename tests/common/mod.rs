@@ -28,17 +28,40 @@ pub fn run_timeout(cmd: &mut Command, secs: u64) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
+    // Drained while the child runs, so a large output cannot fill the pipe
+    // and stall the child until the deadline.
+    // (A grandchild that outlives a killed child may hold the pipe open: the
+    // readers are then waited for at most a second.)
+    let drain = |r: Option<Box<dyn std::io::Read + Send>>| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = vec![];
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            let _ = tx.send(buf);
+        });
+        rx
+    };
+    let out = drain(child.stdout.take().map(|r| Box::new(r) as _));
+    let err = drain(child.stderr.take().map(|r| Box::new(r) as _));
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
-        if let Some(_st) = child.try_wait().expect("wait") {
-            return child.wait_with_output().expect("output");
+        if let Some(status) = child.try_wait().expect("wait") {
+            let wait = Duration::from_secs(5);
+            return Output {
+                status,
+                stdout: out.recv_timeout(wait).unwrap_or_default(),
+                stderr: err.recv_timeout(wait).unwrap_or_default(),
+            };
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            let out = child.wait_with_output().expect("output");
+            let _ = child.wait();
+            let stderr = err.recv_timeout(Duration::from_secs(1)).unwrap_or_default();
             panic!(
                 "{cmd:?} did not finish within {secs}s; stderr: {}",
-                String::from_utf8_lossy(&out.stderr)
+                String::from_utf8_lossy(&stderr)
             );
         }
         std::thread::sleep(Duration::from_millis(10));
