@@ -253,8 +253,16 @@ impl KmsHome {
     }
 
     fn read_envelope(&self) -> Result<Envelope, HomeError> {
+        Ok(self.read_envelope_stamped()?.0)
+    }
+
+    /// The envelope and the stamp of the very file it was read from: a stamp
+    /// taken by path before or after the read could belong to a keystore that
+    /// another process renamed into place in between, and a state cached
+    /// under that stamp would then silently drop that process's change.
+    fn read_envelope_stamped(&self) -> Result<(Envelope, Stamp), HomeError> {
         let p = self.keystore_path();
-        let f = match File::open(&p) {
+        let mut f = match File::open(&p) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(HomeError::new(
@@ -267,17 +275,19 @@ impl KmsHome {
             }
             Err(e) => return Err(HomeError::io("cannot open", &p, e)),
         };
-        let len = f
+        let meta = f
             .metadata()
-            .map_err(|e| HomeError::io("cannot stat", &p, e))?
-            .len();
+            .map_err(|e| HomeError::io("cannot stat", &p, e))?;
+        let len = meta.len();
         if len > MAX_KEYSTORE_BYTES {
             return Err(HomeError::new(
                 HomeErrorKind::Corrupt,
                 format!("{} is {len} bytes, too large to be a keystore", p.display()),
             ));
         }
-        let data = fs::read(&p).map_err(|e| HomeError::io("cannot read", &p, e))?;
+        let mut data = Vec::with_capacity(len as usize);
+        io::Read::read_to_end(&mut f, &mut data)
+            .map_err(|e| HomeError::io("cannot read", &p, e))?;
         let env: Envelope = serde_json::from_slice(&data).map_err(|e| {
             HomeError::new(
                 HomeErrorKind::Corrupt,
@@ -298,7 +308,7 @@ impl KmsHome {
                 ),
             ));
         }
-        Ok(env)
+        Ok((env, stamp_of(&meta)))
     }
 
     /// Derives the root key for an existing keystore's spec.
@@ -335,7 +345,7 @@ impl KmsHome {
 
     /// Opens an existing keystore: (account, root keys, state, stamp).
     pub fn open(&self, secret: &RootSecret) -> Result<Opened, HomeError> {
-        let env = self.read_envelope()?;
+        let (env, stamp) = self.read_envelope_stamped()?;
         let root = Self::derive_root(&env.root_key, secret)?;
         let keys = RootKeys::derive(&root);
         let check = B64.decode(&env.check).unwrap_or_default();
@@ -355,6 +365,7 @@ impl KmsHome {
             keys,
             state,
             generation: env.generation,
+            stamp: Some(stamp),
         })
     }
 
@@ -385,9 +396,9 @@ impl KmsHome {
     }
 
     /// Re-reads the keystore with keys already derived (after another process wrote it).
-    pub fn reload(&self, keys: &RootKeys) -> Result<(State, u64), HomeError> {
-        let env = self.read_envelope()?;
-        Ok((self.unseal(&env, keys)?, env.generation))
+    pub fn reload(&self, keys: &RootKeys) -> Result<(State, u64, Option<Stamp>), HomeError> {
+        let (env, stamp) = self.read_envelope_stamped()?;
+        Ok((self.unseal(&env, keys)?, env.generation, Some(stamp)))
     }
 
     /// Creates a new, empty keystore. Fails if one exists.
@@ -425,6 +436,7 @@ impl KmsHome {
             keys,
             state: State::default(),
             generation: 0,
+            stamp: None,
         };
         self.write(
             &opened.account,
@@ -433,8 +445,10 @@ impl KmsHome {
             &opened.state,
             1,
         )?;
+        // Still under the lock: the file just written.
         Ok(Opened {
             generation: 1,
+            stamp: self.stamp(),
             ..opened
         })
     }
@@ -508,6 +522,8 @@ pub struct Opened {
     pub keys: RootKeys,
     pub state: State,
     pub generation: u64,
+    /// The keystore file `state` was read from (or written as).
+    pub stamp: Option<Stamp>,
 }
 
 #[cfg(test)]

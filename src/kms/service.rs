@@ -344,7 +344,7 @@ impl Kms {
                     audit_path.display()
                 ),
             })?;
-        let stamp = home.stamp();
+        let stamp = opened.stamp;
         let store = Store {
             home,
             spec: opened.spec,
@@ -409,10 +409,11 @@ impl Kms {
     /// after any due maintenance (deletion, automatic rotation, expiry).
     fn state(&self) -> KmsResult<Arc<State>> {
         if let Some(store) = &self.store {
-            let stamp = store.home.stamp();
-            let stale = self.inner.read().unwrap_or_else(|e| e.into_inner()).stamp != stamp;
+            let stale =
+                self.inner.read().unwrap_or_else(|e| e.into_inner()).stamp != store.home.stamp();
             if stale {
-                let (state, generation) = store.home.reload(&store.keys).map_err(home_err)?;
+                let (state, generation, stamp) =
+                    store.home.reload(&store.keys).map_err(home_err)?;
                 self.next_due.store(next_due(&state), Ordering::Relaxed);
                 let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
                 *inner = Inner {
@@ -460,7 +461,8 @@ impl Kms {
                 ((*inner.state).clone(), inner.generation)
             } else {
                 drop(inner);
-                store.home.reload(&store.keys).map_err(home_err)?
+                let (s, generation, _) = store.home.reload(&store.keys).map_err(home_err)?;
+                (s, generation)
             }
         };
         let r = f(&mut s, now)?;
