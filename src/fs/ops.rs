@@ -58,10 +58,6 @@ impl CacheStamp {
     }
 }
 
-enum Handle {
-    File(Arc<OpenFile>),
-}
-
 pub struct Options {
     pub attr_ttl: Duration,
     pub read_only: bool,
@@ -92,7 +88,8 @@ pub struct KmsFs {
     /// change through the mount: an open that finds the same state lets the
     /// kernel keep its cache.
     cached: Mutex<HashMap<u64, CacheStamp>>,
-    handles: Mutex<HashMap<u64, Handle>>,
+    /// Open file handles (directories have none: see opendir).
+    handles: Mutex<HashMap<u64, Arc<OpenFile>>>,
     next_fh: AtomicU64,
     renames: Mutex<()>,
     as_root: bool,
@@ -246,15 +243,15 @@ impl KmsFs {
         Ok(())
     }
 
-    /// release and releasedir: forget the handle; the last handle of a file
-    /// takes its key (wiped on drop) and its entry in the open map with it.
+    /// release: forget the handle; the last handle of a file takes its key
+    /// (wiped on drop) and its entry in the open map with it.
     fn drop_handle(&self, ino: u64, fh: FileHandle) {
         let h = self
             .handles
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&fh.0);
-        if let Some(Handle::File(f)) = h {
+        if let Some(f) = h {
             drop(f);
             let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
             if open.get(&ino).is_some_and(|w| w.strong_count() == 0) {
@@ -291,6 +288,16 @@ impl KmsFs {
             .remove(&ino);
     }
 
+    /// The node numbers of a directory's `.` and `..` entries; None for other
+    /// names. The kernel passes the dots on without counting a lookup.
+    fn dot_ino(&self, name: &str, dir: INodeNo, rel: &str) -> Option<u64> {
+        match name {
+            "." => Some(dir.0),
+            ".." => Some(self.peek_or_hash(inode::parent(rel))),
+            _ => None,
+        }
+    }
+
     /// The node number of a path the kernel has looked up, else a stable
     /// number for it (plain readdir does not count lookups).
     fn peek_or_hash(&self, rel: &str) -> u64 {
@@ -301,7 +308,7 @@ impl KmsFs {
             .unwrap_or_else(|| 1 << 62 | (fxhash(rel) >> 2))
     }
 
-    fn new_fh(&self, h: Handle) -> u64 {
+    fn new_fh(&self, h: Arc<OpenFile>) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles
             .lock()
@@ -311,15 +318,12 @@ impl KmsFs {
     }
 
     fn file_handle(&self, fh: FileHandle) -> Result<Arc<OpenFile>, Errno> {
-        match self
-            .handles
+        self.handles
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&fh.0)
-        {
-            Some(Handle::File(f)) => Ok(f.clone()),
-            _ => Err(Errno::EBADF),
-        }
+            .cloned()
+            .ok_or(Errno::EBADF)
     }
 
     /// The shared open state of a file. Every open unwraps the data key
@@ -459,7 +463,7 @@ impl KmsFs {
         name: &OsStr,
         mode: u32,
         umask: u32,
-    ) -> Result<(String, Arc<OpenFile>, Metadata), Errno> {
+    ) -> Result<(u64, Arc<OpenFile>, Metadata), Errno> {
         let pp = self.path(parent)?;
         let n = user_name(&pp, name)?;
         let rel = inode::join(&pp, &n);
@@ -491,7 +495,7 @@ impl KmsFs {
             .unwrap_or_else(|e| e.into_inner())
             .lookup(&rel);
         let f = self.publish(ino, CryptFile::new(fd, self.b.hs, id, &key));
-        Ok((rel, f, m))
+        Ok((ino, f, m))
     }
 }
 
@@ -678,13 +682,7 @@ impl Filesystem for KmsFs {
         if kind == libc::S_IFREG {
             return match self.create_file(req, parent, name, mode, umask) {
                 // create_file counted the lookup this reply stands for.
-                Ok((rel, _, m)) => {
-                    let ino = self
-                        .inodes
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .peek(&rel)
-                        .unwrap_or(0);
+                Ok((ino, _, m)) => {
                     reply.entry(&self.opts.attr_ttl, &self.attr(ino, &m), Generation(0))
                 }
                 Err(e) => reply.error(e),
@@ -848,7 +846,7 @@ impl Filesystem for KmsFs {
                 } else {
                     FopenFlags::empty()
                 };
-                reply.opened(FileHandle(self.new_fh(Handle::File(f))), flags)
+                reply.opened(FileHandle(self.new_fh(f)), flags)
             }
             Err(e) => reply.error(e),
         }
@@ -990,14 +988,13 @@ impl Filesystem for KmsFs {
             Ok(r) => r,
             Err(e) => return reply.error(e),
         };
-        let parent = inode::parent(&rel);
         let r = listing::for_each(&self.b.full(&rel), offset, |e, _| {
-            let n = match e.name {
-                "." => ino.0,
-                ".." => self.peek_or_hash(parent),
-                name if !visible(&rel, name) => return false,
-                name => self.peek_or_hash(&inode::join(&rel, name)),
-            };
+            if !visible(&rel, e.name) {
+                return false;
+            }
+            let n = self
+                .dot_ino(e.name, ino, &rel)
+                .unwrap_or_else(|| self.peek_or_hash(&inode::join(&rel, e.name)));
             reply.add(INodeNo(n), e.next, e.kind, e.name)
         });
         match r {
@@ -1018,7 +1015,6 @@ impl Filesystem for KmsFs {
             Ok(r) => r,
             Err(e) => return reply.error(e),
         };
-        let parent = inode::parent(&rel);
         let r = listing::for_each(&self.b.full(&rel), offset, |e, dir| {
             if !visible(&rel, e.name) {
                 return false;
@@ -1026,13 +1022,7 @@ impl Filesystem for KmsFs {
             let Ok(m) = stat::lstat_at(dir, e.name) else {
                 return false;
             };
-            // The kernel passes the dots on without counting a lookup.
-            if e.name == "." || e.name == ".." {
-                let n = if e.name == "." {
-                    ino.0
-                } else {
-                    self.peek_or_hash(parent)
-                };
+            if let Some(n) = self.dot_ino(e.name, ino, &rel) {
                 let attr = self.attr(n, &m);
                 return reply.add(
                     INodeNo(n),
@@ -1178,14 +1168,8 @@ impl Filesystem for KmsFs {
         reply: ReplyCreate,
     ) {
         match self.create_file(req, parent, name, mode, umask) {
-            Ok((rel, f, m)) => {
-                let ino = self
-                    .inodes
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .peek(&rel)
-                    .unwrap_or(0);
-                let fh = self.new_fh(Handle::File(f));
+            Ok((ino, f, m)) => {
+                let fh = self.new_fh(f);
                 reply.created(
                     &self.opts.attr_ttl,
                     &self.attr(ino, &m),
