@@ -54,20 +54,17 @@ pub fn for_each(
             (CStr::from_ptr(e.d_name.as_ptr()), e.d_type, e.d_off as u64)
         };
         let Ok(name) = name.to_str() else { continue };
-        let kind = match d_type {
-            libc::DT_DIR => FileType::Directory,
-            libc::DT_LNK => FileType::Symlink,
-            libc::DT_FIFO => FileType::NamedPipe,
-            libc::DT_SOCK => FileType::Socket,
-            libc::DT_CHR => FileType::CharDevice,
-            libc::DT_BLK => FileType::BlockDevice,
-            libc::DT_REG => FileType::RegularFile,
-            // Filesystems without d_type: ask.
-            _ => match super::stat::lstat_at(&file, name) {
-                Ok(st) => super::stat::kind(st.st_mode),
+        // A d_type is the file-type bits of a mode shifted down by 12 (see
+        // IFTODT); filesystems without one say DT_UNKNOWN, and are asked.
+        let mode = if d_type == libc::DT_UNKNOWN {
+            match super::stat::lstat_at(&file, name) {
+                Ok(st) => st.st_mode,
                 Err(_) => continue,
-            },
+            }
+        } else {
+            u32::from(d_type) << 12
         };
+        let kind = super::stat::kind(mode);
         if f(&Entry { name, kind, next }, &file) {
             return Ok(());
         }
