@@ -250,33 +250,37 @@ fn set_id_bits_are_cleared_like_on_a_native_filesystem() {
         fs::set_permissions(d, fs::Permissions::from_mode(0o777)).unwrap();
         let f = |n: &str| d.join(n).display().to_string();
         let mode = |n: &str| format!("{n}:{:o}", fs::metadata(d.join(n)).unwrap().mode() & 0o7777);
-        let mut modes = vec![];
-        // A write by an unprivileged user clears both bits (group execute set).
-        fs::write(d.join("w"), b"data").unwrap();
-        fs::set_permissions(d.join("w"), fs::Permissions::from_mode(0o6777)).unwrap();
-        as_user("kmsfs-bob", &format!("echo more >> {}", f("w"))).unwrap();
-        modes.push(mode("w"));
-        // Without group execute, set-group-id stays (it means mandatory locking).
-        fs::write(d.join("g"), b"data").unwrap();
-        fs::set_permissions(d.join("g"), fs::Permissions::from_mode(0o6766)).unwrap();
-        as_user("kmsfs-bob", &format!("echo more >> {}", f("g"))).unwrap();
-        modes.push(mode("g"));
-        // Truncation by an unprivileged user.
-        fs::write(d.join("t"), b"data").unwrap();
-        fs::set_permissions(d.join("t"), fs::Permissions::from_mode(0o4777)).unwrap();
-        as_user("kmsfs-bob", &format!("truncate -s 2 {}", f("t"))).unwrap();
-        modes.push(mode("t"));
-        // chown, even by root.
-        fs::write(d.join("c"), b"data").unwrap();
-        fs::set_permissions(d.join("c"), fs::Permissions::from_mode(0o4755)).unwrap();
-        sh_ok(&format!("chown kmsfs-bob {}", f("c")));
-        modes.push(mode("c"));
-        // root keeps them when writing (CAP_FSETID).
-        fs::write(d.join("r"), b"data").unwrap();
-        fs::set_permissions(d.join("r"), fs::Permissions::from_mode(0o4755)).unwrap();
-        sh_ok(&format!("echo more >> {}", f("r")));
-        modes.push(mode("r"));
-        modes
+        // (name, starting mode, who acts, what they run on the file)
+        let cases = [
+            // A write by an unprivileged user clears both bits (group execute set).
+            ("w", 0o6777, Some("kmsfs-bob"), "echo more >>"),
+            // Without group execute, set-group-id stays unless the writer is
+            // outside the file's group (bob is).
+            ("g", 0o6766, Some("kmsfs-bob"), "echo more >>"),
+            // Truncation by an unprivileged user.
+            ("t", 0o4777, Some("kmsfs-bob"), "truncate -s 2"),
+            // chown, even by root.
+            ("c", 0o4755, None, "chown kmsfs-bob"),
+            // root keeps them when writing (CAP_FSETID).
+            ("r", 0o4755, None, "echo more >>"),
+        ];
+        cases
+            .iter()
+            .map(|&(n, start, user, cmd)| {
+                fs::write(d.join(n), b"data").unwrap();
+                fs::set_permissions(d.join(n), fs::Permissions::from_mode(start)).unwrap();
+                let script = format!("{cmd} {}", f(n));
+                match user {
+                    Some(u) => {
+                        as_user(u, &script).unwrap();
+                    }
+                    None => {
+                        sh_ok(&script);
+                    }
+                }
+                mode(n)
+            })
+            .collect()
     };
     let want = run(&native);
     // Both write paths: through the kernel's writeback cache and without it.
