@@ -69,9 +69,9 @@ pub enum Command {
         /// Log file in the background [default: <kms home>/mount-<filesystem id>.log].
         #[arg(long)]
         log_file: Option<PathBuf>,
-        /// FUSE worker threads.
-        #[arg(long, default_value_t = 2)]
-        threads: usize,
+        /// FUSE worker threads [default: twice the CPUs, 4 to 16].
+        #[arg(long)]
+        threads: Option<usize>,
         /// Send every write to the daemon as it happens instead of through
         /// the kernel's writeback cache.
         #[arg(long)]
@@ -193,7 +193,7 @@ fn run_mount(
     options: Vec<String>,
     allow_other: bool,
     log_file: Option<PathBuf>,
-    threads: usize,
+    threads: Option<usize>,
 ) -> Result<(), String> {
     let cfg = crate::fs::config::Config::load(&cipherdir)?;
     // The KMS home: --kms-home, then $KMSFS_HOME, then where init recorded it.
@@ -224,7 +224,7 @@ fn run_mount(
         allow_other,
         options: rest,
         log_file,
-        threads,
+        threads: threads.unwrap_or_else(crate::fs::mount::default_threads),
         writeback_cache,
     };
     crate::fs::mount::mount(kms, args, default_log)

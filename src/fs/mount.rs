@@ -87,6 +87,19 @@ pub struct MountArgs {
     pub writeback_cache: bool,
 }
 
+/// Worker threads when `--threads` is not given: twice the CPUs, at least 4 and
+/// at most 16. A caller blocks on every FUSE request, and the asynchronous
+/// RELEASE and FORGET that follow each file occupy workers too, so a small pool
+/// leaves requests waiting for a worker to come back to read(). Chosen by
+/// measurement, not derived: on 2 CPUs, medians of 4 interleaved
+/// rounds went from 2 workers to 4: rm -rf 1.56 s to 1.32 s, ls -lR 0.40 to
+/// 0.34, reading every file 3.28 to 3.00, untar 4.31 to 4.22; 8 workers were
+/// no better than 4, and large sequential and random I/O did not change.
+pub fn default_threads() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    (2 * cpus).clamp(4, 16)
+}
+
 /// Holds the cipherdir's lock: one daemon per cipherdir.
 fn lock_cipherdir(cipherdir: &Path) -> Result<File, String> {
     let p = cipherdir.join(LOCK_NAME);
