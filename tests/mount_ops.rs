@@ -470,3 +470,67 @@ fn listings_are_whole_and_survive_deletion_while_reading() {
     assert_eq!(fs::read_dir(fx.c("big")).unwrap().count(), 0);
     fs::remove_dir(fx.m("big")).unwrap();
 }
+
+/// A file unlinked while open keeps working, as on a native filesystem:
+/// temporary files are created, unlinked, then written, truncated, chmod'ed
+/// and stat'ed through the descriptor. Each step's outcome is compared with
+/// the same steps in a plain directory, with and without the writeback cache.
+#[test]
+fn an_open_file_keeps_working_after_its_name_is_unlinked() {
+    fn outcome<T: std::fmt::Debug>(r: std::io::Result<T>) -> String {
+        match r {
+            Ok(v) => format!("{v:?}"),
+            Err(e) => format!("error: {e}"),
+        }
+    }
+    let run = |d: &std::path::Path| -> Vec<String> {
+        let p = d.join("tmp");
+        fs::write(&p, b"hello world").unwrap();
+        let mut f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+        fs::remove_file(&p).unwrap();
+        let epoch = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        let mut steps = vec![
+            outcome(f.metadata().map(|m| m.len())),
+            outcome(f.set_permissions(fs::Permissions::from_mode(0o600))),
+            outcome(f.metadata().map(|m| format!("{:o}", m.mode() & 0o7777))),
+            outcome(std::os::unix::fs::fchown(&f, Some(0), Some(0))),
+            outcome(f.set_len(5)),
+            outcome(f.metadata().map(|m| m.len())),
+            outcome(f.set_times(fs::FileTimes::new().set_modified(epoch))),
+            outcome(f.metadata().map(|m| m.mtime())),
+            outcome(
+                f.seek(SeekFrom::End(0))
+                    .and_then(|_| f.write_all(b", again")),
+            ),
+            outcome(f.set_len(16)),
+            outcome(f.sync_all()),
+            outcome(f.metadata().map(|m| m.len())),
+        ];
+        let mut back = vec![];
+        steps.push(outcome(
+            f.seek(SeekFrom::Start(0))
+                .and_then(|_| f.read_to_end(&mut back)),
+        ));
+        steps.push(format!("{back:?}"));
+        steps
+    };
+    let fx = Fixture::new();
+    let native = fx.dir.path().join("native");
+    fs::create_dir(&native).unwrap();
+    let want = run(&native);
+    assert_eq!(
+        want[want.len() - 1],
+        format!("{:?}", b"hello, again\0\0\0\0")
+    );
+    for (mode, extra) in [
+        ("writeback", &[][..]),
+        ("direct", &["--no-writeback-cache"][..]),
+    ] {
+        let m = fx.mount_with(extra);
+        fs::create_dir(fx.m(mode)).unwrap();
+        assert_eq!(run(&fx.m(mode)), want, "{mode}");
+        // The backing file went with its last descriptor.
+        assert_eq!(fs::read_dir(fx.c(mode)).unwrap().count(), 0, "{mode}");
+        m.unmount();
+    }
+}

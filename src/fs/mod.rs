@@ -10,6 +10,7 @@ pub mod inode;
 pub mod keys;
 pub mod listing;
 pub mod mount;
+pub mod node;
 pub mod ops;
 pub mod rename;
 pub mod stat;

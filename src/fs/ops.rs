@@ -8,6 +8,7 @@ use super::cryptfile::CryptFile;
 use super::format;
 use super::inode::{self, Inodes};
 use super::listing;
+use super::node::{self, Target};
 use super::rename;
 use super::stat::{self, NodeStat};
 use super::symlink;
@@ -23,7 +24,7 @@ use std::ffi::OsStr;
 use std::fs::{self, Metadata};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -326,6 +327,18 @@ impl KmsFs {
             .ok_or(Errno::EBADF)
     }
 
+    /// An open file of the node: the handle the kernel named, else any handle
+    /// open on it. What is left of a file unlinked while open.
+    fn open_handle(&self, ino: u64, fh: Option<FileHandle>) -> Option<Arc<OpenFile>> {
+        fh.and_then(|h| self.file_handle(h).ok()).or_else(|| {
+            self.open
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&ino)
+                .and_then(Weak::upgrade)
+        })
+    }
+
     /// The shared open state of a file. Every open unwraps the data key
     /// through the KMS, even when another handle already holds it: that is
     /// the access check (key state, and policies later) and the audit record
@@ -382,48 +395,6 @@ impl KmsFs {
             }
         }
         Ok(())
-    }
-
-    fn set_times(
-        &self,
-        path: &Path,
-        atime: Option<TimeOrNow>,
-        mtime: Option<TimeOrNow>,
-    ) -> io::Result<()> {
-        let ts = |t: Option<TimeOrNow>| match t {
-            None => libc::timespec {
-                tv_sec: 0,
-                tv_nsec: libc::UTIME_OMIT,
-            },
-            Some(TimeOrNow::Now) => libc::timespec {
-                tv_sec: 0,
-                tv_nsec: libc::UTIME_NOW,
-            },
-            Some(TimeOrNow::SpecificTime(t)) => {
-                let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-                libc::timespec {
-                    tv_sec: d.as_secs() as i64,
-                    tv_nsec: d.subsec_nanos() as i64,
-                }
-            }
-        };
-        let times = [ts(atime), ts(mtime)];
-        let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        // SAFETY: valid path and a two-element timespec array.
-        let r = unsafe {
-            libc::utimensat(
-                libc::AT_FDCWD,
-                c.as_ptr(),
-                times.as_ptr(),
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
     }
 
     /// unlink and rmdir: remove the backing name, then detach the node.
@@ -562,10 +533,19 @@ impl Filesystem for KmsFs {
         }
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let r = self
-            .path(ino)
-            .and_then(|p| fs::symlink_metadata(self.b.full(&p)).map_err(|e| io_errno(&e)));
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let r = match self.path(ino) {
+            Ok(p) => fs::symlink_metadata(self.b.full(&p)).map_err(|e| io_errno(&e)),
+            // Unlinked while open: fstat(2) still answers, and the kernel asks
+            // before reading past the size it knows.
+            Err(e) => match self.open_handle(ino.0, fh) {
+                Some(f) => {
+                    let cf = f.io.read().unwrap_or_else(|e| e.into_inner());
+                    cf.fd.metadata().map_err(|e| io_errno(&e))
+                }
+                None => Err(e),
+            },
+        };
         match r {
             Ok(m) => reply.attr(&self.opts.attr_ttl, &self.attr(ino.0, &m)),
             Err(e) => reply.error(e),
@@ -590,11 +570,31 @@ impl Filesystem for KmsFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let rel = match self.path(ino) {
-            Ok(p) => p,
-            Err(e) => return reply.error(e),
+        // The node by its name; a file unlinked while open, through its open
+        // descriptor (fchmod, ftruncate, futimens and fsync's time update).
+        let (rel, open) = match self.path(ino) {
+            Ok(p) => (Some(p), None),
+            Err(e) => match self.open_handle(ino.0, fh) {
+                Some(f) => (None, Some(f)),
+                None => return reply.error(e),
+            },
         };
-        let full = self.b.full(&rel);
+        let full = rel.as_deref().map(|r| self.b.full(r));
+        let dup = match (&full, &open) {
+            (None, Some(f)) => {
+                let cf = f.io.read().unwrap_or_else(|e| e.into_inner());
+                match cf.fd.try_clone() {
+                    Ok(d) => Some(d),
+                    Err(e) => return reply.error(io_errno(&e)),
+                }
+            }
+            _ => None,
+        };
+        let target = match (&full, &dup) {
+            (Some(p), _) => Target::Path(p),
+            (None, Some(d)) => Target::Open(d),
+            (None, None) => return reply.error(Errno::ENOENT),
+        };
         // With FUSE_HANDLE_KILLPRIV the kernel leaves clearing set-id bits to
         // us (and skips a GETATTR before every chown). It asks with a setattr
         // that sets nothing (a write by a process without CAP_FSETID) or with
@@ -607,36 +607,44 @@ impl Filesystem for KmsFs {
             && mtime.is_none()
             && ctime.is_none();
         let kill_setid = nothing || (size.is_some() && req.uid() != 0);
+        let name = rel.as_deref().unwrap_or("(unlinked)");
         let r = (|| -> Result<(), Errno> {
             if kill_setid {
-                clear_setid(&full, req).map_err(|e| io_errno(&e))?;
+                clear_setid(&target, req).map_err(|e| io_errno(&e))?;
             }
             if let Some(m) = mode {
-                fs::set_permissions(&full, fs::Permissions::from_mode(m & 0o7777))
-                    .map_err(|e| io_errno(&e))?;
+                target.chmod(m).map_err(|e| io_errno(&e))?;
             }
             if uid.is_some() || gid.is_some() {
-                std::os::unix::fs::lchown(&full, uid, gid).map_err(|e| io_errno(&e))?;
+                target.chown(uid, gid).map_err(|e| io_errno(&e))?;
             }
             if size.is_some() {
                 self.changed(ino.0);
             }
-            if let Some(0) = size {
-                self.overwrite(ino.0, &rel, &Self::caller(req))
-                    .map_err(|e| self.fs_errno("truncate", &rel, e))?;
-            } else if let Some(sz) = size {
-                let f = match fh.map(|h| self.file_handle(h)) {
-                    Some(Ok(f)) => f,
-                    _ => self
-                        .open_file(ino.0, &rel, &Self::caller(req))
-                        .map_err(|e| self.fs_errno("truncate", &rel, e))?,
-                };
-                let cf = f.io.write().unwrap_or_else(|e| e.into_inner());
-                cf.truncate(sz)
-                    .map_err(|e| self.fs_errno("truncate", &rel, e.into()))?;
+            match (size, &rel) {
+                // A named file truncated to zero gets a new data key; one
+                // unlinked while open keeps its key (no one can open it again).
+                (Some(0), Some(rel)) => self
+                    .overwrite(ino.0, rel, &Self::caller(req))
+                    .map_err(|e| self.fs_errno("truncate", rel, e))?,
+                (Some(sz), _) => {
+                    let f = match (fh.map(|h| self.file_handle(h)), &open, &rel) {
+                        (Some(Ok(f)), _, _) => f,
+                        (_, Some(f), _) => f.clone(),
+                        (_, None, Some(rel)) => self
+                            .open_file(ino.0, rel, &Self::caller(req))
+                            .map_err(|e| self.fs_errno("truncate", rel, e))?,
+                        (_, None, None) => return Err(Errno::ENOENT),
+                    };
+                    let cf = f.io.write().unwrap_or_else(|e| e.into_inner());
+                    cf.truncate(sz)
+                        .map_err(|e| self.fs_errno("truncate", name, e.into()))?;
+                }
+                (None, _) => {}
             }
             if atime.is_some() || mtime.is_some() {
-                self.set_times(&full, atime, mtime)
+                target
+                    .set_times(&utimens(atime, mtime))
                     .map_err(|e| io_errno(&e))?;
             }
             Ok(())
@@ -644,7 +652,7 @@ impl Filesystem for KmsFs {
         if let Err(e) = r {
             return reply.error(e);
         }
-        match fs::symlink_metadata(&full) {
+        match target.metadata() {
             Ok(m) => reply.attr(&self.opts.attr_ttl, &self.attr(ino.0, &m)),
             Err(e) => reply.error(io_errno(&e)),
         }
@@ -1201,25 +1209,40 @@ impl Filesystem for KmsFs {
 /// unprivileged process writes to or truncates it: set-user-id always,
 /// set-group-id when group execute is set or the writer is not in the
 /// file's group.
-fn clear_setid(full: &Path, req: &Request) -> io::Result<()> {
-    let m = fs::symlink_metadata(full)?;
-    let mode = NodeStat::mode(&m);
+fn clear_setid(t: &Target, req: &Request) -> io::Result<()> {
+    let m = t.metadata()?;
     if !m.is_file() {
         return Ok(());
     }
-    let mut new = mode & 0o7777 & !libc::S_ISUID;
-    if mode & libc::S_ISGID != 0 {
-        let gid = NodeStat::gid(&m);
-        let in_group =
-            gid == req.gid() || crate::kms::caller::supplementary_groups(req.pid()).contains(&gid);
-        if mode & libc::S_IXGRP != 0 || !in_group {
-            new &= !libc::S_ISGID;
+    let gid = NodeStat::gid(&m);
+    let in_group =
+        || gid == req.gid() || crate::kms::caller::supplementary_groups(req.pid()).contains(&gid);
+    match node::setid_cleared(NodeStat::mode(&m), in_group) {
+        Some(new) => t.chmod(new),
+        None => Ok(()),
+    }
+}
+
+/// The times a setattr asks for, as utimensat(2) and futimens(2) take them.
+fn utimens(atime: Option<TimeOrNow>, mtime: Option<TimeOrNow>) -> [libc::timespec; 2] {
+    let ts = |t: Option<TimeOrNow>| match t {
+        None => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        Some(TimeOrNow::Now) => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        Some(TimeOrNow::SpecificTime(t)) => {
+            let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+            libc::timespec {
+                tv_sec: d.as_secs() as i64,
+                tv_nsec: d.subsec_nanos() as i64,
+            }
         }
-    }
-    if new != mode & 0o7777 {
-        fs::set_permissions(full, fs::Permissions::from_mode(new))?;
-    }
-    Ok(())
+    };
+    [ts(atime), ts(mtime)]
 }
 
 /// FNV-1a: a stable 64-bit number for a path.
