@@ -26,10 +26,38 @@ const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 /// Lowercase hex, appended to `out`: on the audit hot path, where `format!`
 /// per byte showed up in profiles.
+/// The low `digits` hex digits of `v`, most significant first, zero-padded:
+/// `format!("{v:0digits$x}")` without the formatting machinery.
+pub fn hex_u64_into(v: u64, digits: usize, out: &mut String) {
+    for i in (0..digits).rev() {
+        out.push(HEX_DIGITS[((v >> (4 * i)) & 15) as usize] as char);
+    }
+}
+
 pub fn hex_into(bytes: &[u8], out: &mut String) {
     out.reserve(bytes.len() * 2);
     for &b in bytes {
         out.push(HEX_DIGITS[(b >> 4) as usize] as char);
         out.push(HEX_DIGITS[(b & 15) as usize] as char);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hex_digits_match_format() {
+        for (v, d) in [
+            (0u64, 3),
+            (0xabc, 3),
+            (0x1234, 3),
+            (u64::MAX, 12),
+            (42, 12),
+            (7, 1),
+        ] {
+            let mut s = String::new();
+            super::hex_u64_into(v, d, &mut s);
+            let want = format!("{:0d$x}", v & ((1u64 << (4 * d)) - 1), d = d);
+            assert_eq!(s, want, "{v:x}/{d}");
+        }
     }
 }

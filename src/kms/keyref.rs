@@ -50,8 +50,34 @@ impl KeyId {
         (n == 16).then_some(KeyId(out))
     }
 
+    /// Built by hand: every audited operation writes one or two (format!
+    /// showed in profiles).
     pub fn arn(&self, account: &str) -> String {
-        format!("{ARN_PREFIX}{account}:key/{self}")
+        let mut s = String::with_capacity(ARN_PREFIX.len() + account.len() + 5 + 36);
+        s.push_str(ARN_PREFIX);
+        s.push_str(account);
+        s.push_str(":key/");
+        self.push_to(&mut s);
+        s
+    }
+
+    /// The id in its usual form (8-4-4-4-12 hex digits), appended to `s`.
+    fn push_to(&self, s: &mut String) {
+        for (i, chunk) in [
+            &self.0[0..4],
+            &self.0[4..6],
+            &self.0[6..8],
+            &self.0[8..10],
+            &self.0[10..16],
+        ]
+        .iter()
+        .enumerate()
+        {
+            if i > 0 {
+                s.push('-');
+            }
+            crate::crypto::hex_into(chunk, s);
+        }
     }
 }
 
@@ -67,21 +93,7 @@ fn hexval(c: u8) -> Option<u8> {
 impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut s = String::with_capacity(36);
-        for (i, chunk) in [
-            &self.0[0..4],
-            &self.0[4..6],
-            &self.0[6..8],
-            &self.0[8..10],
-            &self.0[10..16],
-        ]
-        .iter()
-        .enumerate()
-        {
-            if i > 0 {
-                s.push('-');
-            }
-            crate::crypto::hex_into(chunk, &mut s);
-        }
+        self.push_to(&mut s);
         f.write_str(&s)
     }
 }
@@ -218,6 +230,8 @@ mod tests {
         let acct = "111122223333";
         assert_eq!(KeyRef::parse(&k.to_string(), acct).unwrap(), KeyRef::Id(k));
         assert_eq!(KeyRef::parse(&k.arn(acct), acct).unwrap(), KeyRef::Id(k));
+        assert_eq!(k.arn(acct), format!("arn:kmsfs:kms:local:{acct}:key/{k}"));
+        assert_eq!(k.to_string().len(), 36);
         assert_eq!(
             KeyRef::parse("alias/app", acct).unwrap(),
             KeyRef::Alias("alias/app".into())

@@ -424,7 +424,9 @@ fn like_with(pattern: &str, s: &str, fold: bool) -> bool {
     if pattern == "*" {
         return true;
     }
-    if !pattern.contains(['*', '?']) {
+    // A byte scan: `contains(['*', '?'])` goes through the generic
+    // char-pattern searcher, which showed in profiles of 20-statement policies.
+    if !pattern.bytes().any(|b| b == b'*' || b == b'?') {
         return if fold {
             pattern.eq_ignore_ascii_case(s)
         } else {

@@ -5,7 +5,7 @@
 //! file changes on disk (another process wrote it); writes take the keystore's
 //! file lock, apply the change to a copy, persist it, then publish it.
 
-use super::audit::{AuditLog, Record, Resource, UserIdentity};
+use super::audit::{AdditionalEventData, AuditLog, Record, Resource, UserIdentity};
 use super::blob::{self, BlobHeader};
 use super::caller::{Caller, Via};
 use super::clock::{Clock, DAY, SystemClock, rfc3339};
@@ -260,7 +260,8 @@ pub struct Kms {
     clock: Arc<dyn Clock>,
     next_due: AtomicI64,
     request_counter: AtomicU64,
-    request_prefix: u64,
+    /// The constant part of request ids: random per instance.
+    request_prefix: String,
     user_agent: String,
 }
 
@@ -386,7 +387,15 @@ impl Kms {
             clock: options.clock,
             next_due: AtomicI64::new(due),
             request_counter: AtomicU64::new(0),
-            request_prefix: u64::from_be_bytes(crate::crypto::random::array::<8>()),
+            request_prefix: {
+                let p = u64::from_be_bytes(crate::crypto::random::array::<8>());
+                format!(
+                    "{:08x}-{:04x}-4{:03x}-8",
+                    (p >> 32) as u32,
+                    (p >> 16) as u16,
+                    (p & 0xfff) as u16
+                )
+            },
             user_agent: options.user_agent,
         }
     }
@@ -500,17 +509,17 @@ impl Kms {
         id.arn(&self.account)
     }
 
+    /// A UUID-shaped id per request: the instance's random prefix and a
+    /// counter, written digit by digit (one per operation, format! showed in
+    /// profiles).
     fn request_id(&self) -> String {
         let n = self.request_counter.fetch_add(1, Ordering::Relaxed);
-        let p = self.request_prefix;
-        format!(
-            "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
-            (p >> 32) as u32,
-            (p >> 16) as u16,
-            (p & 0xfff) as u16,
-            (n >> 48) & 0xfff,
-            n & 0xffff_ffff_ffff
-        )
+        let mut s = String::with_capacity(36);
+        s.push_str(&self.request_prefix);
+        crate::crypto::hex_u64_into((n >> 48) & 0xfff, 3, &mut s);
+        s.push('-');
+        crate::crypto::hex_u64_into(n & 0xffff_ffff_ffff, 12, &mut s);
+        s
     }
 
     fn audit_event<T>(&self, caller: &Caller, ev: Event, result: &KmsResult<T>) -> KmsResult<()> {
@@ -565,7 +574,9 @@ impl Kms {
             management_event: true,
             recipient_account_id: self.account.clone(),
             event_category: "Management",
-            additional_event_data: ev.authz.map(|a| json!({"authorization": a})),
+            additional_event_data: ev
+                .authz
+                .map(|authorization| AdditionalEventData { authorization }),
         };
         log.append(&rec).map_err(|e| {
             KmsError::internal(format!(
