@@ -9,14 +9,16 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::PathBuf;
 
-pub enum Target<'a> {
-    Path(&'a Path),
-    Open(&'a File),
+pub enum Target {
+    Path(PathBuf),
+    /// A duplicate of the open file's descriptor, so that no lock on the open
+    /// file is held while the change is made (a truncation takes it).
+    Open(File),
 }
 
-impl Target<'_> {
+impl Target {
     pub fn metadata(&self) -> io::Result<Metadata> {
         match self {
             Target::Path(p) => fs::symlink_metadata(p),

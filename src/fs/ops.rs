@@ -37,6 +37,13 @@ pub struct OpenFile {
     io: RwLock<CryptFile>,
 }
 
+/// The node a setattr changes: by its name, or, unlinked while open, through
+/// the open file.
+enum Node {
+    Named(String),
+    Unlinked(Arc<OpenFile>),
+}
+
 /// What identifies a version of a backing file: any write, truncation,
 /// re-key or rename changes its ctime, and so does any change made behind the
 /// mount's back (ctime cannot be set from user space).
@@ -572,28 +579,25 @@ impl Filesystem for KmsFs {
     ) {
         // The node by its name; a file unlinked while open, through its open
         // descriptor (fchmod, ftruncate, futimens and fsync's time update).
-        let (rel, open) = match self.path(ino) {
-            Ok(p) => (Some(p), None),
+        let (node, target) = match self.path(ino) {
+            Ok(p) => {
+                let full = self.b.full(&p);
+                (Node::Named(p), Target::Path(full))
+            }
             Err(e) => match self.open_handle(ino.0, fh) {
-                Some(f) => (None, Some(f)),
+                Some(f) => {
+                    let dup =
+                        f.io.read()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .fd
+                            .try_clone();
+                    match dup {
+                        Ok(d) => (Node::Unlinked(f), Target::Open(d)),
+                        Err(e) => return reply.error(io_errno(&e)),
+                    }
+                }
                 None => return reply.error(e),
             },
-        };
-        let full = rel.as_deref().map(|r| self.b.full(r));
-        let dup = match (&full, &open) {
-            (None, Some(f)) => {
-                let cf = f.io.read().unwrap_or_else(|e| e.into_inner());
-                match cf.fd.try_clone() {
-                    Ok(d) => Some(d),
-                    Err(e) => return reply.error(io_errno(&e)),
-                }
-            }
-            _ => None,
-        };
-        let target = match (&full, &dup) {
-            (Some(p), _) => Target::Path(p),
-            (None, Some(d)) => Target::Open(d),
-            (None, None) => return reply.error(Errno::ENOENT),
         };
         // With FUSE_HANDLE_KILLPRIV the kernel leaves clearing set-id bits to
         // us (and skips a GETATTR before every chown). It asks with a setattr
@@ -607,7 +611,6 @@ impl Filesystem for KmsFs {
             && mtime.is_none()
             && ctime.is_none();
         let kill_setid = nothing || (size.is_some() && req.uid() != 0);
-        let name = rel.as_deref().unwrap_or("(unlinked)");
         let r = (|| -> Result<(), Errno> {
             if kill_setid {
                 clear_setid(&target, req).map_err(|e| io_errno(&e))?;
@@ -618,29 +621,32 @@ impl Filesystem for KmsFs {
             if uid.is_some() || gid.is_some() {
                 target.chown(uid, gid).map_err(|e| io_errno(&e))?;
             }
-            if size.is_some() {
+            if let Some(sz) = size {
                 self.changed(ino.0);
-            }
-            match (size, &rel) {
-                // A named file truncated to zero gets a new data key; one
-                // unlinked while open keeps its key (no one can open it again).
-                (Some(0), Some(rel)) => self
-                    .overwrite(ino.0, rel, &Self::caller(req))
-                    .map_err(|e| self.fs_errno("truncate", rel, e))?,
-                (Some(sz), _) => {
-                    let f = match (fh.map(|h| self.file_handle(h)), &open, &rel) {
-                        (Some(Ok(f)), _, _) => f,
-                        (_, Some(f), _) => f.clone(),
-                        (_, None, Some(rel)) => self
-                            .open_file(ino.0, rel, &Self::caller(req))
-                            .map_err(|e| self.fs_errno("truncate", rel, e))?,
-                        (_, None, None) => return Err(Errno::ENOENT),
-                    };
+                let truncate = match &node {
+                    // A named file truncated to zero gets a new data key; one
+                    // unlinked while open keeps its key (no one can open it
+                    // again).
+                    Node::Named(rel) if sz == 0 => {
+                        self.overwrite(ino.0, rel, &Self::caller(req))
+                            .map_err(|e| self.fs_errno("truncate", rel, e))?;
+                        None
+                    }
+                    Node::Named(rel) => match fh.and_then(|h| self.file_handle(h).ok()) {
+                        Some(f) => Some((f, rel.as_str())),
+                        None => Some((
+                            self.open_file(ino.0, rel, &Self::caller(req))
+                                .map_err(|e| self.fs_errno("truncate", rel, e))?,
+                            rel.as_str(),
+                        )),
+                    },
+                    Node::Unlinked(f) => Some((f.clone(), "(unlinked)")),
+                };
+                if let Some((f, name)) = truncate {
                     let cf = f.io.write().unwrap_or_else(|e| e.into_inner());
                     cf.truncate(sz)
                         .map_err(|e| self.fs_errno("truncate", name, e.into()))?;
                 }
-                (None, _) => {}
             }
             if atime.is_some() || mtime.is_some() {
                 target
@@ -1030,23 +1036,15 @@ impl Filesystem for KmsFs {
             let Ok(m) = stat::lstat_at(dir, e.name) else {
                 return false;
             };
-            if let Some(n) = self.dot_ino(e.name, ino, &rel) {
-                let attr = self.attr(n, &m);
-                return reply.add(
-                    INodeNo(n),
-                    e.next,
-                    e.name,
-                    &self.opts.attr_ttl,
-                    &attr,
-                    Generation(0),
-                );
-            }
-            let child = inode::join(&rel, e.name);
-            let n = self
-                .inodes
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .lookup(&child);
+            // A child's entry counts a lookup; the dots' do not.
+            let (n, counted) = match self.dot_ino(e.name, ino, &rel) {
+                Some(n) => (n, false),
+                None => {
+                    let child = inode::join(&rel, e.name);
+                    let mut inodes = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
+                    (inodes.lookup(&child), true)
+                }
+            };
             let attr = self.attr(n, &m);
             let full = reply.add(
                 INodeNo(n),
@@ -1056,7 +1054,7 @@ impl Filesystem for KmsFs {
                 &attr,
                 Generation(0),
             );
-            if full {
+            if full && counted {
                 // Not sent: the kernel will not count this lookup.
                 self.inodes
                     .lock()
