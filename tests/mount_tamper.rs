@@ -171,26 +171,25 @@ fn tampering_behind_a_live_mount_is_not_hidden_by_the_page_cache() {
     assert_eq!(fs::read(fx.m("a")).unwrap(), content(1));
     assert_eq!(fs::read(fx.m("a")).unwrap(), content(1));
     let before = fs::metadata(fx.c("a")).unwrap().modified().unwrap();
-    let raw = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(fx.c("a"))
-        .unwrap();
-    let mut byte = [0u8; 1];
-    raw.read_exact_at(&mut byte, H + 100).unwrap();
-    raw.write_all_at(&[byte[0] ^ 1], H + 100).unwrap();
-    raw.set_modified(before).unwrap();
-    drop(raw);
+    // Writes one ciphertext byte behind the mount, mtime put back; returns
+    // the byte it replaced.
+    let put = |b: Option<u8>| -> u8 {
+        let raw = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(fx.c("a"))
+            .unwrap();
+        let mut old = [0u8; 1];
+        raw.read_exact_at(&mut old, H + 100).unwrap();
+        raw.write_all_at(&[b.unwrap_or(old[0] ^ 1)], H + 100)
+            .unwrap();
+        raw.set_modified(before).unwrap();
+        old[0]
+    };
+    let byte = put(None);
     assert_eq!(read_err(&fx.m("a")), Some(libc::EIO));
     // Putting the original byte back (mtime again restored) makes it readable.
-    let raw = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(fx.c("a"))
-        .unwrap();
-    raw.write_all_at(&byte, H + 100).unwrap();
-    raw.set_modified(before).unwrap();
-    drop(raw);
+    put(Some(byte));
     assert_eq!(fs::read(fx.m("a")).unwrap(), content(1));
     assert_eq!(fs::read(fx.m("b")).unwrap(), content(2));
 }

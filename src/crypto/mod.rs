@@ -24,8 +24,6 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 
 const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
-/// Lowercase hex, appended to `out`: on the audit hot path, where `format!`
-/// per byte showed up in profiles.
 /// The low `digits` hex digits of `v`, most significant first, zero-padded:
 /// `format!("{v:0digits$x}")` without the formatting machinery.
 pub fn hex_u64_into(v: u64, digits: usize, out: &mut String) {
@@ -34,6 +32,8 @@ pub fn hex_u64_into(v: u64, digits: usize, out: &mut String) {
     }
 }
 
+/// Lowercase hex, appended to `out`: on the audit hot path, where `format!`
+/// per byte showed up in profiles.
 pub fn hex_into(bytes: &[u8], out: &mut String) {
     out.reserve(bytes.len() * 2);
     for &b in bytes {

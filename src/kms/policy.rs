@@ -738,7 +738,6 @@ mod tests {
         EncryptionContext::from_pairs([("kmsfs:path", p), ("kmsfs:fs", "f")])
     }
 
-    /// The policy of the issue's mount test.
     /// The action mask worked out at parse time decides as matching the
     /// patterns as text does (an action in another case is not in the table,
     /// so it takes the text path).
@@ -763,6 +762,7 @@ mod tests {
         assert_eq!(decided.len(), 5, "{decided:?}");
     }
 
+    /// The policy of the issue's mount test.
     fn team_policy() -> Policy {
         parse(
             r#"{"Version":"2012-10-17","Statement":[
