@@ -7,8 +7,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
-cargo build --release --quiet
+echo "== building kmsfs (release; about a minute the first time)" >&2
+cargo build --release --locked
 KMSFS="$PWD/target/release/kmsfs"
+# Put kmsfs where the commands it prints will find it.
+if [ "$(id -u)" -eq 0 ]; then
+  install -m 0755 "$KMSFS" /usr/local/bin/kmsfs
+  KMSFS=/usr/local/bin/kmsfs
+  echo "== installed $KMSFS" >&2
+fi
 DEMO="${DEMO:-/tmp/kmsfs-demo}"
 mkdir -p "$DEMO/plain"
 export KMSFS_HOME="$DEMO/kms"
@@ -37,3 +44,4 @@ echo "== the last key uses, from the audit log ($KMSFS_HOME/audit.log)"
 echo
 echo "Mounted. Try: KMSFS_HOME=$KMSFS_HOME $KMSFS audit show --path hello.txt --table"
 echo "Unmount:   $KMSFS unmount $DEMO/plain"
+echo "Remount:   KMSFS_HOME=$KMSFS_HOME KMSFS_KEY_FILE=$KMSFS_KEY_FILE $KMSFS mount $DEMO/cipher $DEMO/plain"

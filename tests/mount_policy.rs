@@ -10,13 +10,14 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 
 fn ensure_users() {
-    sh_ok("getent group backup >/dev/null || groupadd backup");
-    for u in ["kmsfs-alice", "kmsfs-bob", "kmsfs-carol"] {
-        sh_ok(&format!(
-            "id {u} >/dev/null 2>&1 || useradd -M -N -s /usr/sbin/nologin {u}"
-        ));
-    }
-    sh_ok("usermod -aG backup kmsfs-bob");
+    common::ensure_users(
+        &["backup"],
+        &[
+            ("kmsfs-alice", &[]),
+            ("kmsfs-bob", &["backup"]),
+            ("kmsfs-carol", &[]),
+        ],
+    );
 }
 
 /// Runs `cmd` as `user`; returns the errno-ish outcome: Ok(stdout) or Err(stderr).

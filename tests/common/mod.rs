@@ -346,3 +346,37 @@ impl Rng {
 pub fn read_err(p: &Path) -> Option<i32> {
     std::fs::read(p).err().and_then(|e| e.raw_os_error())
 }
+
+/// Creates the local users and groups a test needs, if missing: safe when
+/// several test binaries or threads ask at once (one lock file serialises
+/// them, because useradd refuses to run beside another useradd and `id u ||
+/// useradd u` races), and a no-op once they exist. `users` are (name,
+/// supplementary groups).
+pub fn ensure_users(groups: &[&str], users: &[(&str, &[&str])]) {
+    let mut script = String::from("set -e\n");
+    for g in groups {
+        script.push_str(&format!("getent group {g} >/dev/null || groupadd {g}\n"));
+    }
+    for (u, gs) in users {
+        script.push_str(&format!(
+            "id {u} >/dev/null 2>&1 || useradd -M -N -s /usr/sbin/nologin {u}\n"
+        ));
+        for g in gs.iter() {
+            script.push_str(&format!(
+                "id -nG {u} | tr ' ' '\\n' | grep -qx {g} || usermod -aG {g} {u}\n"
+            ));
+        }
+    }
+    let o = run_timeout(
+        Command::new("flock")
+            .args(["-w", "60", "/run/lock/kmsfs-test-users.lock", "sh", "-c"])
+            .arg(&script),
+        90,
+    );
+    assert!(
+        o.status.success(),
+        "creating test users failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
