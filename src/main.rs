@@ -3,6 +3,8 @@
 use clap::Parser;
 
 fn main() {
+    // Before anything can hold a key: no core dumps, no same-user ptrace.
+    kmsfs::crypto::memory::protect_process();
     let cli = kmsfs::cli::Cli::parse();
     std::process::exit(kmsfs::cli::run(cli));
 }

@@ -15,7 +15,11 @@ use std::path::PathBuf;
 #[command(
     name = "kmsfs",
     version,
-    about = "Encrypting FUSE filesystem with an embedded AWS-KMS-style key service"
+    about = "Encrypting FUSE filesystem with an embedded AWS-KMS-style key service",
+    // The global options reach a subcommand only when clap builds it, so
+    // hiding them where they do nothing waits until then (`defer`).
+    mut_subcommand("unmount", |c| c.defer(hide_keystore_args)),
+    mut_subcommand("audit", |c| c.mut_subcommand("show", |c| c.defer(hide_secret_args))),
 )]
 pub struct Cli {
     /// Directory holding the keystore and audit log [default: $KMSFS_HOME,
@@ -28,14 +32,26 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Still accepted where they do nothing, so that `kmsfs --key-file K
+/// unmount M` parses like every other command, but not listed there.
+fn hide_secret_args(cmd: clap::Command) -> clap::Command {
+    ["key_file", "passphrase_file", "extpass"]
+        .into_iter()
+        .fold(cmd, |c, id| c.mut_arg(id, |a| a.hide(true)))
+}
+
+fn hide_keystore_args(cmd: clap::Command) -> clap::Command {
+    hide_secret_args(cmd).mut_arg("kms_home", |a| a.hide(true))
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Key management and envelope encryption, as `aws kms`.
     Kms {
-        /// json (default) or text.
-        #[arg(long, default_value = "json", global = true)]
+        /// The formatting style for command output (text is tab-separated, as the AWS CLI's).
+        #[arg(long, default_value = "json", global = true, value_parser = ["json", "text"])]
         output: String,
-        /// Print only this field (e.g. Plaintext, KeyMetadata.KeyId).
+        /// Print only this field of the response (e.g. Plaintext, KeyMetadata.KeyId, Keys[0].KeyId).
         #[arg(long, global = true)]
         query: Option<String>,
         #[command(subcommand)]
@@ -48,6 +64,7 @@ pub enum Command {
     },
     /// Create an encrypted filesystem in CIPHERDIR (empty or new).
     Init {
+        /// Directory for the encrypted files: empty, or created.
         cipherdir: PathBuf,
         /// CMK to wrap the data keys [default: a new key kmsfs manages, alias/kmsfs/<filesystem id>].
         #[arg(long)]
@@ -55,7 +72,9 @@ pub enum Command {
     },
     /// Mount CIPHERDIR on MOUNTPOINT; returns once the mount works.
     Mount {
+        /// Directory holding the encrypted files (made by `kmsfs init`).
         cipherdir: PathBuf,
+        /// Directory where the decrypted view appears.
         mountpoint: PathBuf,
         /// Stay in the foreground, logging to stderr.
         #[arg(short, long)]
@@ -76,9 +95,17 @@ pub enum Command {
         /// the kernel's writeback cache.
         #[arg(long)]
         no_writeback_cache: bool,
+        /// With --allow-other, serve a cipherdir that other users can enter
+        /// or change (refused without this: they could read or swap the
+        /// ciphertext behind the mount).
+        #[arg(long)]
+        shared_cipherdir: bool,
     },
     /// Unmount a kmsfs mount and wait until its daemon has written everything.
-    Unmount { mountpoint: PathBuf },
+    Unmount {
+        /// Where the filesystem is mounted.
+        mountpoint: PathBuf,
+    },
 }
 
 /// Exit codes, as the AWS CLI uses them where they overlap.
@@ -137,6 +164,7 @@ pub fn run(cli: Cli) -> i32 {
             log_file,
             threads,
             no_writeback_cache,
+            shared_cipherdir,
         } => report(run_mount(
             kms_home_flag,
             &secret,
@@ -148,6 +176,7 @@ pub fn run(cli: Cli) -> i32 {
             allow_other,
             log_file,
             threads,
+            shared_cipherdir,
         )),
         Command::Unmount { mountpoint } => report(crate::fs::mount::unmount(&mountpoint)),
     }
@@ -194,6 +223,7 @@ fn run_mount(
     allow_other: bool,
     log_file: Option<PathBuf>,
     threads: Option<usize>,
+    shared_cipherdir: bool,
 ) -> Result<(), String> {
     let cfg = crate::fs::config::Config::load(&cipherdir)?;
     // The KMS home: --kms-home, then $KMSFS_HOME, then where init recorded it.
@@ -226,6 +256,8 @@ fn run_mount(
         log_file,
         threads: threads.unwrap_or_else(crate::fs::mount::default_threads),
         writeback_cache,
+        shared_cipherdir,
+        kms_home: home.dir.clone(),
     };
     crate::fs::mount::mount(kms, args, default_log)
 }
@@ -257,7 +289,11 @@ fn run_kms(
                     return exit::USAGE;
                 }
             };
-            println!("{}", awsargs::render(&v, output));
+            let text = awsargs::render(&v, output);
+            // Text output of an empty list is nothing at all, as in the AWS CLI.
+            if !text.is_empty() {
+                println!("{text}");
+            }
             exit::OK
         }
         Err(kms_cmd::CmdError::Usage(e)) => {

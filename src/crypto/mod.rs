@@ -6,6 +6,7 @@
 
 pub mod aead;
 pub mod kdf;
+pub mod memory;
 pub mod random;
 pub mod secret;
 

@@ -5,15 +5,15 @@
 use super::config::Config;
 use super::cryptfile::{self, CryptFile, integrity_error};
 use super::format::{self, Slot};
-use super::keys::{KeyBackend, file_context};
+use super::keys::{KeyBackend, Purpose, file_context};
 use super::symlink;
+use super::tree::Tree;
 use crate::crypto::Key256;
 use crate::kms::{Caller, ErrorCode, KmsError};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use zeroize::Zeroizing;
 
 /// Prefix of temporary names kmsfs uses inside the cipherdir; hidden from the
 /// mount and refused as user names.
@@ -24,7 +24,7 @@ pub const TEMP_PREFIX: &str = ".kmsfs-";
 const PREFETCH_ON_OPEN: i64 = 128 << 10;
 
 pub struct Backing {
-    pub root: PathBuf,
+    pub tree: Tree,
     pub cfg: Config,
     pub hs: usize,
     pub kms: Arc<dyn KeyBackend>,
@@ -77,46 +77,63 @@ impl FsError {
 pub type FsResult<T> = Result<T, FsError>;
 
 impl Backing {
-    pub fn new(root: PathBuf, cfg: Config, kms: Arc<dyn KeyBackend>) -> Self {
+    pub fn new(tree: Tree, cfg: Config, kms: Arc<dyn KeyBackend>) -> Self {
         let hs = cfg.header_size as usize;
-        Backing { root, cfg, hs, kms }
+        Backing { tree, cfg, hs, kms }
     }
 
-    pub fn full(&self, rel: &str) -> PathBuf {
-        if rel.is_empty() {
-            self.root.clone()
-        } else {
-            self.root.join(rel)
-        }
-    }
-
+    /// The encryption context of the data key of the file at `rel`.
     pub fn ctx(&self, rel: &str) -> crate::kms::EncryptionContext {
-        file_context(&self.cfg.filesystem_id, rel)
+        file_context(&self.cfg, Purpose::DataKey, rel)
     }
 
-    /// Read-write, not following a symlink swapped in behind our back.
-    fn open_update(path: &Path) -> io::Result<File> {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
+    fn link_ctx(&self, rel: &str) -> crate::kms::EncryptionContext {
+        file_context(&self.cfg, Purpose::Symlink, rel)
     }
 
-    /// Read-write where the backing file allows it, else read-only.
-    pub fn open_rw(&self, path: &Path) -> io::Result<File> {
-        match Self::open_update(path) {
+    /// Opens an existing regular file read-write where the backing file
+    /// allows it, else read-only. A symlink in any component fails (ELOOP);
+    /// anything but a regular file (a FIFO, a device planted in a restored
+    /// backup) is refused before it is read or written: O_NONBLOCK keeps a
+    /// FIFO's open from waiting, O_NOCTTY a terminal from attaching.
+    pub fn open_rw(&self, rel: &str) -> io::Result<File> {
+        let flags = libc::O_NONBLOCK | libc::O_NOCTTY;
+        let fd = match self.tree.open_file(rel, libc::O_RDWR | flags) {
             Err(e)
                 if e.raw_os_error() == Some(libc::EACCES)
                     || e.raw_os_error() == Some(libc::EROFS) =>
             {
-                OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(path)
+                self.tree.open_file(rel, libc::O_RDONLY | flags)?
             }
-            other => other,
+            other => other?,
+        };
+        if !fd.metadata()?.is_file() {
+            return Err(integrity_error(format!(
+                "{rel} is not a regular file in the cipherdir (planted there?)"
+            )));
         }
+        Ok(fd)
+    }
+
+    /// Read-write, for the header rewrites of a rename.
+    fn open_update(&self, rel: &str) -> io::Result<File> {
+        let fd = self
+            .tree
+            .open_file(rel, libc::O_RDWR | libc::O_NONBLOCK | libc::O_NOCTTY)?;
+        if !fd.metadata()?.is_file() {
+            return Err(integrity_error(format!(
+                "{rel} is not a regular file in the cipherdir (planted there?)"
+            )));
+        }
+        Ok(fd)
+    }
+
+    /// Refuses a write to the file at `rel` unless the caller may create
+    /// data keys for it (kms:GenerateDataKey with its context).
+    pub fn check_write(&self, rel: &str, caller: &Caller) -> FsResult<()> {
+        self.kms
+            .may_generate(caller, &self.cfg.key_id, &self.ctx(rel))
+            .map_err(FsError::from)
     }
 
     /// Writes the header of a new, empty file with a fresh data key.
@@ -203,7 +220,7 @@ impl Backing {
     }
 
     pub fn open_crypt(&self, rel: &str, caller: &Caller) -> FsResult<CryptFile> {
-        let fd = self.open_rw(&self.full(rel))?;
+        let fd = self.open_rw(rel)?;
         // An open is nearly always followed by a read from the start: ask for
         // the first blocks along with the header, in one disk request, rather
         // than the few pages a 512-byte read would bring in.
@@ -220,16 +237,17 @@ impl Backing {
         Ok(CryptFile::new(fd, self.hs, id, &key))
     }
 
-    /// Writes a slot holding the data key re-wrapped for `to`; returns the
-    /// slot index written. The old slot stays until `drop_slot`.
+    /// Writes a slot holding the data key of the backing file `at`,
+    /// re-wrapped from path `from` to path `to`; returns the slot index
+    /// written. The old slot stays until `drop_slot`.
     pub fn rewrap_file(
         &self,
-        path: &Path,
+        at: &str,
         from: &str,
         to: &str,
         caller: &Caller,
     ) -> FsResult<(File, usize, format::FileId)> {
-        let fd = Self::open_update(path)?;
+        let fd = self.open_update(at)?;
         let h = cryptfile::read_header(&fd, self.hs)?;
         // The slot that opens the file at `from` may not be the newest: a
         // crash or a failed rename can leave a newer slot for another path.
@@ -246,7 +264,21 @@ impl Backing {
             })??;
         // Overwrite the other slot, keeping the one that works until the rename is done.
         let index = 1 - good;
-        let seq = h.slots.iter().flatten().map(|s| s.seq).max().unwrap_or(0) + 1;
+        // A sequence number read from disk: a wrapped one would order the
+        // slots wrongly, so the file is refused instead.
+        let seq = h
+            .slots
+            .iter()
+            .flatten()
+            .map(|s| s.seq)
+            .max()
+            .unwrap_or(0)
+            .checked_add(1)
+            .ok_or_else(|| {
+                FsError::Io(integrity_error(format!(
+                    "{from}: key slot sequence number at its maximum (damaged header?)"
+                )))
+            })?;
         cryptfile::write_slot(
             &fd,
             self.hs,
@@ -266,8 +298,8 @@ impl Backing {
     }
 
     /// Empties the older slot of a file whose newest slot is current.
-    pub fn drop_older_slot(&self, path: &Path) -> io::Result<File> {
-        let fd = Self::open_update(path)?;
+    pub fn drop_older_slot(&self, rel: &str) -> io::Result<File> {
+        let fd = self.open_update(rel)?;
         let h = cryptfile::read_header(&fd, self.hs)?;
         let order = h.slots_newest_first();
         if order.len() == 2 {
@@ -284,47 +316,83 @@ impl Backing {
         }
         let blob = self
             .kms
-            .encrypt(caller, &self.cfg.key_id, target, &self.ctx(rel))?;
+            .encrypt(caller, &self.cfg.key_id, target, &self.link_ctx(rel))?;
         Ok(symlink::encode(&blob))
     }
 
-    pub fn decrypt_symlink(&self, rel: &str, stored: &[u8], caller: &Caller) -> FsResult<Vec<u8>> {
+    /// The target of the symlink at `rel`, stored as `stored`; zeroized
+    /// when dropped.
+    pub fn decrypt_symlink(
+        &self,
+        rel: &str,
+        stored: &[u8],
+        caller: &Caller,
+    ) -> FsResult<Zeroizing<Vec<u8>>> {
+        self.decrypt_symlink_as(rel, stored, caller, &self.link_ctx(rel))
+    }
+
+    fn decrypt_symlink_as(
+        &self,
+        rel: &str,
+        stored: &[u8],
+        caller: &Caller,
+        ctx: &crate::kms::EncryptionContext,
+    ) -> FsResult<Zeroizing<Vec<u8>>> {
         let blob = symlink::decode(stored).ok_or_else(|| {
             FsError::Io(integrity_error(format!(
                 "symlink {rel} is not a kmsfs encrypted link"
             )))
         })?;
-        match self.kms.decrypt(caller, &blob, &self.ctx(rel)) {
+        match self.kms.decrypt(caller, &blob, ctx) {
             Ok(t) => Ok(t),
             Err(e) if e.code == ErrorCode::InvalidCiphertextException => {
                 Err(FsError::Io(integrity_error(format!(
-                    "symlink {rel} does not decrypt for this path (moved behind kmsfs's back?)"
+                    "symlink {rel} does not decrypt as a symlink at this path (moved behind kmsfs's back, or a blob made for another purpose?)"
                 ))))
             }
             Err(e) => Err(e.into()),
         }
     }
 
-    /// Re-encrypts the symlink at `from_path` (stored for `from`) for path
-    /// `to`, as a new link at `new_path`.
+    /// Re-encrypts the symlink at backing name `at` (stored for path `from`)
+    /// for path `to`, as a new link at backing name `new`.
     pub fn rewrap_symlink(
         &self,
-        from_path: &Path,
+        at: &str,
         from: &str,
         to: &str,
-        new_path: &Path,
+        new: &str,
         caller: &Caller,
     ) -> FsResult<()> {
-        let stored = std::fs::read_link(from_path)?;
-        let target = self.decrypt_symlink(
-            from,
-            std::os::unix::ffi::OsStrExt::as_bytes(stored.as_os_str()),
-            caller,
-        )?;
+        let stored = self.tree.readlink(at)?;
+        let target = self.decrypt_symlink(from, &stored, caller)?;
         let enc = self.encrypt_symlink(to, &target, caller)?;
-        let _ = std::fs::remove_file(new_path);
-        std::os::unix::fs::symlink(enc, new_path)?;
+        match self.tree.unlink(new) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+        self.tree.symlink(enc.as_bytes(), new)?;
         Ok(())
+    }
+
+    /// Re-encrypts a symlink made before symlink targets had a context of
+    /// their own (format 1 without TypedContexts) under the symlink context,
+    /// in place: a twin, then a rename over the original.
+    pub fn upgrade_symlink(&self, rel: &str, twin: &str, caller: &Caller) -> FsResult<bool> {
+        let stored = self.tree.readlink(rel)?;
+        if self.decrypt_symlink(rel, &stored, caller).is_ok() {
+            return Ok(false);
+        }
+        let legacy = file_context(&self.cfg, Purpose::Legacy, rel);
+        let target = self.decrypt_symlink_as(rel, &stored, caller, &legacy)?;
+        let enc = self.encrypt_symlink(rel, &target, caller)?;
+        match self.tree.unlink(twin) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+        self.tree.symlink(enc.as_bytes(), twin)?;
+        self.tree.rename(twin, rel, 0)?;
+        Ok(true)
     }
 }
 
@@ -340,27 +408,21 @@ mod tests {
         let caller = Caller::this_process(Via::Mount);
         let key = kms.create_managed_key(&caller, "t", "t").unwrap().arn;
         let b = Backing::new(
-            d.path().to_path_buf(),
+            Tree::open(d.path()).unwrap(),
             Config::new("fs".into(), key, None),
             kms,
         );
-        let p = d.path().join("f");
-        let fd = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&p)
-            .unwrap();
+        let p = "f";
+        let fd = b.tree.create_new(p, 0o600).unwrap();
         b.init_file(&fd, "a", &caller).unwrap();
         // A rename to "b" that never happened leaves a newer slot for "b".
-        b.rewrap_file(&p, "a", "b", &caller).unwrap();
+        b.rewrap_file(p, "a", "b", &caller).unwrap();
         assert!(
             b.unwrap_file(&fd, "a", &caller).is_ok(),
             "the older slot still opens it"
         );
         // Renaming to "c" works from the slot that opens it, and keeps it.
-        let (_, idx, _) = b.rewrap_file(&p, "a", "c", &caller).unwrap();
+        let (_, idx, _) = b.rewrap_file(p, "a", "c", &caller).unwrap();
         assert!(b.unwrap_file(&fd, "c", &caller).is_ok());
         assert!(b.unwrap_file(&fd, "a", &caller).is_ok());
         b.drop_slot(

@@ -2,8 +2,15 @@
 //!
 //! It names the CMK and fixes the layout; an unknown feature flag means a newer
 //! kmsfs wrote it, and mounting is refused rather than misreading the files.
+//! The cipherdir is not trusted, so the config carries a seal: the SHA-256 of
+//! every other field, encrypted by the filesystem's CMK under the config's own
+//! encryption context. Only a caller who may use the CMK can make one, and the
+//! mount checks it before it trusts any field (the KMS home it names above
+//! all).
 
+use super::tree::Tree;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 pub const CONFIG_NAME: &str = "kmsfs.conf";
@@ -13,16 +20,31 @@ pub const RESERVED_NAMES: &[&str] = &[
     ".kmsfs.lock",
     ".kmsfs.journal",
     ".kmsfs.journal.tmp",
+    ROOT_ATTR_NAME,
 ];
+
+/// The mount root's own mode and owner, kept apart from the cipherdir's.
+pub const ROOT_ATTR_NAME: &str = ".kmsfs.root";
+
+/// Longest config file read: a real one is under 1 KiB.
+const MAX_CONFIG_LEN: u64 = 64 << 10;
 
 /// Feature flags this version understands.
 pub const FLAG_PATH_BOUND_KEYS: &str = "PathBoundKeys";
 pub const FLAG_PLAINTEXT_NAMES: &str = "PlaintextNames";
 pub const FLAG_ENCRYPTED_SYMLINKS: &str = "EncryptedSymlinks";
+/// Every blob's context names its purpose (`kmsfs:type`). Filesystems made
+/// without it have their symlinks upgraded at mount and keep their data keys'
+/// legacy context.
+pub const FLAG_TYPED_CONTEXTS: &str = "TypedContexts";
+/// Only the symlinks of an older filesystem have been upgraded.
+pub const FLAG_TYPED_SYMLINKS: &str = "TypedSymlinks";
 const KNOWN_FLAGS: &[&str] = &[
     FLAG_PATH_BOUND_KEYS,
     FLAG_PLAINTEXT_NAMES,
     FLAG_ENCRYPTED_SYMLINKS,
+    FLAG_TYPED_CONTEXTS,
+    FLAG_TYPED_SYMLINKS,
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -37,9 +59,14 @@ pub struct Config {
     pub key_id: String,
     pub block_size: u32,
     pub header_size: u32,
-    /// Where the KMS home was when the filesystem was created (a hint; the
-    /// mount's --kms-home wins).
+    /// Where the KMS home was when the filesystem was created (the mount's
+    /// --kms-home or $KMSFS_HOME wins).
     pub kms_home: Option<PathBuf>,
+    /// base64 of the KMS blob sealing the other fields (see the module doc).
+    /// Absent only in configs written before seals, which the first mount
+    /// seals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<String>,
 }
 
 impl Config {
@@ -51,19 +78,45 @@ impl Config {
                 FLAG_PATH_BOUND_KEYS.into(),
                 FLAG_PLAINTEXT_NAMES.into(),
                 FLAG_ENCRYPTED_SYMLINKS.into(),
+                FLAG_TYPED_CONTEXTS.into(),
             ],
             filesystem_id,
             key_id,
             block_size: super::format::BLOCK_SIZE as u32,
             header_size: super::format::DEFAULT_HEADER_SIZE as u32,
             kms_home,
+            seal: None,
         }
+    }
+
+    pub fn has(&self, flag: &str) -> bool {
+        self.feature_flags.iter().any(|f| f == flag)
+    }
+
+    /// Whether data keys are wrapped under a context naming their purpose.
+    pub fn typed_contexts(&self) -> bool {
+        self.has(FLAG_TYPED_CONTEXTS)
+    }
+
+    /// Whether every symlink's target is encrypted under the symlink context.
+    pub fn typed_symlinks(&self) -> bool {
+        self.has(FLAG_TYPED_CONTEXTS) || self.has(FLAG_TYPED_SYMLINKS)
+    }
+
+    /// What the seal covers: every field but the seal, in a fixed order.
+    pub fn digest(&self) -> [u8; 32] {
+        let unsealed = Config {
+            seal: None,
+            ..self.clone()
+        };
+        let bytes = serde_json::to_vec(&unsealed).expect("config serialises");
+        Sha256::digest(&bytes).into()
     }
 
     /// Parses and checks a config; errors say what is wrong and what to do.
     pub fn parse(bytes: &[u8]) -> Result<Self, String> {
         let c: Config = serde_json::from_slice(bytes)
-            .map_err(|e| format!("{CONFIG_NAME} is not valid ({e})"))?;
+            .map_err(|e| format!("{CONFIG_NAME} is not valid JSON of a kmsfs config ({e})"))?;
         if c.format_version != super::format::FORMAT_VERSION {
             return Err(format!(
                 "{CONFIG_NAME} has format version {}; this kmsfs reads version {}",
@@ -102,22 +155,44 @@ impl Config {
         Ok(c)
     }
 
+    /// Reads the config of the cipherdir at `cipherdir`; errors name the file.
     pub fn load(cipherdir: &Path) -> Result<Self, String> {
-        let p = cipherdir.join(CONFIG_NAME);
-        let bytes = std::fs::read(&p).map_err(|e| {
-            format!(
-                "cannot read {}: {e}; is {} a kmsfs cipherdir (made by `kmsfs init`)?",
-                p.display(),
-                cipherdir.display()
-            )
-        })?;
-        Self::parse(&bytes)
+        let tree = Tree::open(cipherdir)
+            .map_err(|e| format!("cannot open the cipherdir {}: {e}", cipherdir.display()))?;
+        Self::load_from(&tree)
     }
 
-    pub fn save(&self, cipherdir: &Path) -> Result<(), String> {
+    /// Reads the config through the cipherdir's descriptor (never following a
+    /// symlink planted as `kmsfs.conf`), bounded in size.
+    pub fn load_from(tree: &Tree) -> Result<Self, String> {
+        use std::io::Read;
+        let p = format!("{}/{CONFIG_NAME}", tree.display());
+        let f = tree
+            .open_file(CONFIG_NAME, libc::O_RDONLY | libc::O_NONBLOCK)
+            .map_err(|e| {
+                format!(
+                    "cannot read {p}: {e}; is {} a kmsfs cipherdir (made by `kmsfs init`)?",
+                    tree.display()
+                )
+            })?;
+        let meta = f.metadata().map_err(|e| format!("cannot read {p}: {e}"))?;
+        if !meta.is_file() || meta.len() > MAX_CONFIG_LEN {
+            return Err(format!(
+                "{p} is not a kmsfs config (not a regular file of at most {MAX_CONFIG_LEN} bytes)"
+            ));
+        }
+        let mut bytes = vec![];
+        f.take(MAX_CONFIG_LEN)
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("cannot read {p}: {e}"))?;
+        Self::parse(&bytes).map_err(|e| format!("{p}: {e}"))
+    }
+
+    /// Replaces the config atomically (a new file, then a rename over it).
+    pub fn save(&self, tree: &Tree) -> Result<(), String> {
         let bytes = serde_json::to_vec_pretty(self).expect("config serialises");
-        crate::kms::keystore::atomic_write(&cipherdir.join(CONFIG_NAME), &bytes)
-            .map_err(|e| e.message)
+        tree.replace(CONFIG_NAME, &bytes, 0o600)
+            .map_err(|e| format!("cannot write {}/{CONFIG_NAME}: {e}", tree.display()))
     }
 }
 
@@ -140,7 +215,14 @@ mod tests {
                 .unwrap_err()
                 .contains("upgrade kmsfs")
         );
-        assert!(Config::parse(b"{").is_err());
+        assert!(Config::parse(b"{").unwrap_err().contains("not valid JSON"));
+        // The seal covers every field but itself.
+        let mut sealed = c.clone();
+        sealed.seal = Some("x".into());
+        assert_eq!(sealed.digest(), c.digest());
+        let mut moved = c.clone();
+        moved.kms_home = Some("/elsewhere".into());
+        assert_ne!(moved.digest(), c.digest());
         let mut v: serde_json::Value = serde_json::from_slice(&b).unwrap();
         v["HeaderSize"] = 10.into();
         assert!(Config::parse(&serde_json::to_vec(&v).unwrap()).is_err());

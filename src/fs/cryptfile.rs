@@ -10,6 +10,7 @@ use crate::crypto::{AeadKey, Key256, NONCE_LEN};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
+use zeroize::Zeroizing;
 
 /// An integrity failure: the read fails with EIO and the reason is logged.
 pub fn integrity_error(what: String) -> io::Error {
@@ -171,12 +172,18 @@ impl CryptFile {
     }
 
     /// Plaintext of block `b` as it is now (empty beyond the end).
-    fn block_plain(&self, b: u64, size: u64) -> io::Result<Vec<u8>> {
+    /// One block's plaintext, for a read-modify-write. Zeroized on drop, in
+    /// buffers sized up front so no reallocation leaves a copy behind.
+    fn block_plain(&self, b: u64, size: u64) -> io::Result<Zeroizing<Vec<u8>>> {
+        let mut out = Zeroizing::new(Vec::with_capacity(BLOCK_SIZE));
         let start = b * BLOCK_SIZE as u64;
         if start >= size {
-            return Ok(Vec::new());
+            return Ok(out);
         }
-        self.read_at(start, BLOCK_SIZE)
+        let mut buf = Zeroizing::new(Vec::with_capacity(DISK_BLOCK));
+        let r = self.read_into(start, BLOCK_SIZE, &mut buf)?;
+        out.extend_from_slice(&buf[r]);
+        Ok(out)
     }
 
     fn seal_into(&self, b: u64, plain: &[u8], out: &mut Vec<u8>) {

@@ -2,15 +2,59 @@
 //! data key, unwrap one, and re-wrap one for a new path. The embedded `Kms`
 //! implements it; a remote KMS speaking the AWS JSON API can later do the same.
 
+use super::config::Config;
 use crate::crypto::Key256;
 use crate::kms::{Caller, DataKeySpec, EncryptionContext, Kms, KmsError};
+use zeroize::Zeroizing;
 
 /// Encryption-context keys that policies and grants match on.
 pub const CTX_PATH: &str = "kmsfs:path";
 pub const CTX_FS: &str = "kmsfs:fs";
+/// What a blob is for, so that one made for one purpose never decrypts as
+/// another (a file's wrapped data key read back as a "symlink target").
+pub const CTX_TYPE: &str = "kmsfs:type";
 
-pub fn file_context(fs_id: &str, rel_path: &str) -> EncryptionContext {
-    EncryptionContext::from_pairs([(CTX_PATH, rel_path), (CTX_FS, fs_id)])
+/// The purposes the mount asks the KMS for blobs for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// A file's data key, in its header.
+    DataKey,
+    /// A symlink's target.
+    Symlink,
+    /// What filesystems made before purposes were bound used for both:
+    /// path and filesystem only. Read for their data keys, and once for
+    /// each symlink while it is upgraded at mount.
+    Legacy,
+}
+
+impl Purpose {
+    pub fn label(self) -> Option<&'static str> {
+        match self {
+            Purpose::DataKey => Some("data-key"),
+            Purpose::Symlink => Some("symlink"),
+            Purpose::Legacy => None,
+        }
+    }
+}
+
+/// The encryption context of a blob for the node at `rel_path`. Data keys of
+/// a filesystem made before purposes were bound keep the legacy context
+/// (their headers were wrapped under it); its symlinks are upgraded.
+pub fn file_context(cfg: &Config, purpose: Purpose, rel_path: &str) -> EncryptionContext {
+    let purpose = match purpose {
+        Purpose::DataKey if !cfg.typed_contexts() => Purpose::Legacy,
+        p => p,
+    };
+    let base = [(CTX_PATH, rel_path), (CTX_FS, cfg.filesystem_id.as_str())];
+    match purpose.label() {
+        Some(t) => EncryptionContext::from_pairs(base.into_iter().chain([(CTX_TYPE, t)])),
+        None => EncryptionContext::from_pairs(base),
+    }
+}
+
+/// The context of the seal over `kmsfs.conf`: the filesystem, no path.
+pub fn config_context(fs_id: &str) -> EncryptionContext {
+    EncryptionContext::from_pairs([(CTX_FS, fs_id), (CTX_TYPE, "config")])
 }
 
 pub trait KeyBackend: Send + Sync {
@@ -27,6 +71,15 @@ pub trait KeyBackend: Send + Sync {
         blob: &[u8],
         ctx: &EncryptionContext,
     ) -> Result<Key256, KmsError>;
+    /// Whether `caller` may make a data key under `key_id` for `ctx` (AWS's
+    /// GenerateDataKey with DryRun): writing to a file needs the right that
+    /// creating it does, not merely Decrypt.
+    fn may_generate(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        ctx: &EncryptionContext,
+    ) -> Result<(), KmsError>;
     fn rewrap(
         &self,
         caller: &Caller,
@@ -43,12 +96,13 @@ pub trait KeyBackend: Send + Sync {
         plain: &[u8],
         ctx: &EncryptionContext,
     ) -> Result<Vec<u8>, KmsError>;
+    /// Zeroized when dropped: a symlink target is plaintext.
     fn decrypt(
         &self,
         caller: &Caller,
         blob: &[u8],
         ctx: &EncryptionContext,
-    ) -> Result<Vec<u8>, KmsError>;
+    ) -> Result<Zeroizing<Vec<u8>>, KmsError>;
 }
 
 impl KeyBackend for Kms {
@@ -62,6 +116,19 @@ impl KeyBackend for Kms {
         let plain = dk.plaintext.expect("GenerateDataKey returns plaintext");
         let key = Key256::from_slice(plain.as_bytes()).expect("AES_256 data keys are 32 bytes");
         Ok((key, dk.ciphertext_blob))
+    }
+
+    fn may_generate(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        ctx: &EncryptionContext,
+    ) -> Result<(), KmsError> {
+        match self.generate_data_key_dry_run(caller, key_id, ctx) {
+            Err(e) if e.code == crate::kms::ErrorCode::DryRunOperationException => Ok(()),
+            Err(e) => Err(e),
+            Ok(()) => Ok(()),
+        }
     }
 
     fn unwrap(
@@ -103,10 +170,12 @@ impl KeyBackend for Kms {
         caller: &Caller,
         blob: &[u8],
         ctx: &EncryptionContext,
-    ) -> Result<Vec<u8>, KmsError> {
-        Ok(Kms::decrypt(self, caller, blob, ctx, None, None)?
-            .plaintext
-            .as_bytes()
-            .to_vec())
+    ) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+        Ok(Zeroizing::new(
+            Kms::decrypt(self, caller, blob, ctx, None, None)?
+                .plaintext
+                .as_bytes()
+                .to_vec(),
+        ))
     }
 }

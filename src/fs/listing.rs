@@ -11,7 +11,6 @@ use std::ffi::CStr;
 use std::fs::File;
 use std::io;
 use std::os::unix::io::{FromRawFd, IntoRawFd};
-use std::path::Path;
 
 /// One entry: its name, its kind, and the position just after it.
 pub struct Entry<'a> {
@@ -25,12 +24,11 @@ pub struct Entry<'a> {
 /// gets the open directory, to stat entries relative to it. Names that are not
 /// UTF-8 are skipped (the path is the encryption context, a string).
 pub fn for_each(
-    dir: &Path,
+    file: &File,
     offset: u64,
     mut f: impl FnMut(&Entry, &File) -> bool,
 ) -> io::Result<()> {
-    let file = File::open(dir)?;
-    let stream = Stream::open(&file)?;
+    let stream = Stream::open(file)?;
     if offset != 0 {
         // SAFETY: a valid stream; the position came from this directory's d_off.
         unsafe { libc::seekdir(stream.0, offset as libc::c_long) };
@@ -57,7 +55,7 @@ pub fn for_each(
         // A d_type is the file-type bits of a mode shifted down by 12 (see
         // IFTODT); filesystems without one say DT_UNKNOWN, and are asked.
         let mode = if d_type == libc::DT_UNKNOWN {
-            match super::stat::lstat_at(&file, name) {
+            match super::stat::lstat_at(file, name) {
                 Ok(st) => st.st_mode,
                 Err(_) => continue,
             }
@@ -65,10 +63,22 @@ pub fn for_each(
             u32::from(d_type) << 12
         };
         let kind = super::stat::kind(mode);
-        if f(&Entry { name, kind, next }, &file) {
+        if f(&Entry { name, kind, next }, file) {
             return Ok(());
         }
     }
+}
+
+/// Every entry of the directory open as `dir` but `.` and `..`: (name, kind).
+pub fn entries(dir: &File) -> io::Result<Vec<(String, FileType)>> {
+    let mut out = vec![];
+    for_each(dir, 0, |e, _| {
+        if e.name != "." && e.name != ".." {
+            out.push((e.name.to_string(), e.kind));
+        }
+        false
+    })?;
+    Ok(out)
 }
 
 /// A `DIR*` over a duplicate of the directory's descriptor, closed on drop.
@@ -100,10 +110,11 @@ impl Drop for Stream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn names_from(dir: &Path, offset: u64, limit: usize) -> Vec<(String, u64)> {
         let mut out = vec![];
-        for_each(dir, offset, |e, _| {
+        for_each(&File::open(dir).unwrap(), offset, |e, _| {
             if out.len() == limit {
                 return true;
             }
@@ -143,7 +154,7 @@ mod tests {
         assert_eq!(seen, names);
         let kinds: Vec<_> = {
             let mut k = vec![];
-            for_each(d.path(), 0, |e, _| {
+            for_each(&File::open(d.path()).unwrap(), 0, |e, _| {
                 k.push((e.name.to_string(), e.kind));
                 false
             })
@@ -151,6 +162,8 @@ mod tests {
             k
         };
         assert!(kinds.contains(&("sub".to_string(), FileType::Directory)));
-        assert!(for_each(&d.path().join("missing"), 0, |_, _| false).is_err());
+        // Every f was deleted above; the dots are left out.
+        let e = entries(&File::open(d.path()).unwrap()).unwrap();
+        assert_eq!(e, vec![("sub".to_string(), FileType::Directory)]);
     }
 }

@@ -13,5 +13,7 @@ pub mod mount;
 pub mod node;
 pub mod ops;
 pub mod rename;
+pub mod root_attr;
 pub mod stat;
 pub mod symlink;
+pub mod tree;

@@ -3,10 +3,12 @@
 //! written before that on disk.
 
 use super::backing::Backing;
-use super::config::Config;
-use super::keys::KeyBackend;
+use super::config::{Config, FLAG_TYPED_SYMLINKS};
+use super::keys::{KeyBackend, config_context};
 use super::ops::{KmsFs, Options as FsOptions};
-use crate::kms::{Caller, Kms, KmsHome, Via};
+use super::root_attr::RootAttr;
+use super::tree::Tree;
+use crate::kms::{Caller, ErrorCode, Kms, KmsHome, Via};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -20,6 +22,16 @@ const LOCK_NAME: &str = ".kmsfs.lock";
 /// How long `mount` waits for the daemon to report, and `unmount` for it to end.
 const WAIT: Duration = Duration::from_secs(30);
 
+/// Creates a directory and its missing parents private (0700), whatever
+/// the umask: a cipherdir's parents should not be made writable by others.
+fn create_private_dirs(p: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(p)
+}
+
 /// Creates a filesystem in `cipherdir`; returns its config.
 pub fn init(
     kms: &Kms,
@@ -27,22 +39,32 @@ pub fn init(
     cipherdir: &Path,
     key_id: Option<&str>,
 ) -> Result<Config, String> {
-    std::fs::create_dir_all(cipherdir)
+    create_private_dirs(cipherdir)
         .map_err(|e| format!("cannot create {}: {e}", cipherdir.display()))?;
-    if cipherdir.join(super::config::CONFIG_NAME).exists() {
+    let tree =
+        Tree::open(cipherdir).map_err(|e| format!("cannot open {}: {e}", cipherdir.display()))?;
+    if tree.lstat(super::config::CONFIG_NAME).is_ok() {
         return Err(format!(
             "{} already holds a kmsfs filesystem",
             cipherdir.display()
         ));
     }
-    let mut entries = std::fs::read_dir(cipherdir)
+    let entries = super::listing::entries(tree.root())
         .map_err(|e| format!("cannot read {}: {e}", cipherdir.display()))?;
-    if entries.next().is_some() {
+    if !entries.is_empty() {
         return Err(format!(
             "{} is not empty; kmsfs init needs an empty directory",
             cipherdir.display()
         ));
     }
+    // The cipherdir is the daemon's alone: users reach their files through
+    // the mount, never here.
+    tree.chmod("", 0o700).map_err(|e| {
+        format!(
+            "cannot make {} private (chmod 700): {e}",
+            cipherdir.display()
+        )
+    })?;
     let caller = Caller::this_process(Via::Cli);
     let fs_id = crate::kms::keyref::KeyId::random().to_string();
     let arn = match key_id {
@@ -69,9 +91,72 @@ pub fn init(
         }
     };
     let home_dir = std::fs::canonicalize(&home.dir).unwrap_or(home.dir.clone());
-    let cfg = Config::new(fs_id, arn, Some(home_dir));
-    cfg.save(cipherdir)?;
+    let mut cfg = Config::new(fs_id, arn, Some(home_dir));
+    // The seal is the filesystem's own key use, as the mount's are (a
+    // managed key allows crypto only through the mount).
+    seal(kms, &Caller::this_process(Via::Mount), &mut cfg)?;
+    // SAFETY: geteuid and getegid have no preconditions.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    RootAttr::new(uid, gid).save(&tree).map_err(|e| {
+        format!(
+            "cannot write {}/{}: {e}",
+            cipherdir.display(),
+            super::config::ROOT_ATTR_NAME
+        )
+    })?;
+    cfg.save(&tree)?;
     Ok(cfg)
+}
+
+/// Seals the config under its CMK (see config.rs).
+fn seal(kms: &dyn KeyBackend, caller: &Caller, cfg: &mut Config) -> Result<(), String> {
+    use base64::Engine;
+    cfg.seal = None;
+    let blob = kms
+        .encrypt(
+            caller,
+            &cfg.key_id,
+            &cfg.digest(),
+            &config_context(&cfg.filesystem_id),
+        )
+        .map_err(|e| {
+            format!(
+                "sealing kmsfs.conf under {}: {}: {}",
+                cfg.key_id, e.code, e.message
+            )
+        })?;
+    cfg.seal = Some(base64::engine::general_purpose::STANDARD.encode(blob));
+    Ok(())
+}
+
+/// Checks the config's seal: any field edited since `kmsfs init` (the KMS
+/// home, the key, the filesystem id, a flag or a size) is refused.
+fn check_seal(kms: &dyn KeyBackend, caller: &Caller, cfg: &Config, at: &str) -> Result<(), String> {
+    use base64::Engine;
+    let edited = || {
+        format!(
+            "{at} has been edited since kmsfs wrote it (its seal does not match its fields): refusing to mount. Restore it from a backup of the cipherdir"
+        )
+    };
+    let blob = base64::engine::general_purpose::STANDARD
+        .decode(cfg.seal.as_deref().unwrap_or(""))
+        .map_err(|_| edited())?;
+    match kms.decrypt(caller, &blob, &config_context(&cfg.filesystem_id)) {
+        Ok(d) if d.as_slice() == cfg.digest() => Ok(()),
+        Ok(_) => Err(edited()),
+        Err(e)
+            if matches!(
+                e.code,
+                ErrorCode::InvalidCiphertextException | ErrorCode::NotFoundException
+            ) =>
+        {
+            Err(edited())
+        }
+        Err(e) => Err(format!(
+            "checking the seal of {at}: {}: {}",
+            e.code, e.message
+        )),
+    }
 }
 
 pub struct MountArgs {
@@ -85,6 +170,10 @@ pub struct MountArgs {
     pub log_file: Option<PathBuf>,
     pub threads: usize,
     pub writeback_cache: bool,
+    /// Serve `--allow-other` from a cipherdir other users can enter.
+    pub shared_cipherdir: bool,
+    /// The KMS home in use: refused inside the mountpoint, and named.
+    pub kms_home: PathBuf,
 }
 
 /// Worker threads when `--threads` is not given: twice the CPUs, at least 4 and
@@ -100,24 +189,140 @@ pub fn default_threads() -> usize {
     (2 * cpus).clamp(4, 16)
 }
 
+/// The cipherdir's lock file, opened beneath it (never through a symlink),
+/// created if missing, and nothing but a regular file: it is flocked, never
+/// written.
+fn open_lock(tree: &Tree) -> io::Result<File> {
+    let f = tree
+        .open_file(LOCK_NAME, libc::O_RDONLY | libc::O_NONBLOCK)
+        .or_else(|e| {
+            if e.kind() != io::ErrorKind::NotFound {
+                return Err(e);
+            }
+            match tree.create_new(LOCK_NAME, 0o600) {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    tree.open_file(LOCK_NAME, libc::O_RDONLY | libc::O_NONBLOCK)
+                }
+                other => other,
+            }
+        })?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::other("not a regular file (planted there?)"));
+    }
+    Ok(f)
+}
+
 /// Holds the cipherdir's lock: one daemon per cipherdir.
-fn lock_cipherdir(cipherdir: &Path) -> Result<File, String> {
-    let p = cipherdir.join(LOCK_NAME);
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&p)
-        .map_err(|e| format!("cannot open {}: {e}", p.display()))?;
+fn lock_cipherdir(tree: &Tree) -> Result<File, String> {
+    let f =
+        open_lock(tree).map_err(|e| format!("cannot open {}/{LOCK_NAME}: {e}", tree.display()))?;
     // SAFETY: flock on an open descriptor.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         return Err(format!(
             "{} is already mounted by another kmsfs process",
-            cipherdir.display()
+            tree.display()
         ));
     }
     Ok(f)
+}
+
+/// Refuses mounts that would hang or recurse: the mountpoint on the
+/// cipherdir or inside it (every backing access would go back through the
+/// mount), the cipherdir or the KMS home or the log inside the mountpoint
+/// (hidden by it, or written through it). Paths are canonical.
+fn check_layout(
+    cipherdir: &Path,
+    mountpoint: &Path,
+    others: &[(&str, &Path)],
+) -> Result<(), String> {
+    if mountpoint == cipherdir {
+        return Err(format!(
+            "cannot mount {} on itself: the mountpoint must be another, empty directory (e.g. kmsfs mount {} /mnt/plain)",
+            cipherdir.display(),
+            cipherdir.display()
+        ));
+    }
+    if mountpoint.starts_with(cipherdir) {
+        return Err(format!(
+            "the mountpoint {} is inside the cipherdir {}: the mount would recurse into itself; choose a mountpoint outside it",
+            mountpoint.display(),
+            cipherdir.display()
+        ));
+    }
+    if cipherdir.starts_with(mountpoint) {
+        return Err(format!(
+            "the cipherdir {} is inside the mountpoint {}: the mount would hide it; choose a mountpoint outside it",
+            cipherdir.display(),
+            mountpoint.display()
+        ));
+    }
+    for (what, p) in others {
+        if p.starts_with(mountpoint) {
+            return Err(format!(
+                "the {what} {} is inside the mountpoint {}: it would be written through the mount itself; keep it outside",
+                p.display(),
+                mountpoint.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The canonical form of a path that may not exist yet: its nearest existing
+/// ancestor canonicalised, the rest appended.
+fn canonical_lenient(p: &Path) -> PathBuf {
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(p)
+    };
+    let mut rest = vec![];
+    let mut cur = abs.as_path();
+    loop {
+        if let Ok(c) = std::fs::canonicalize(cur) {
+            return rest.iter().rev().fold(c, |acc, n| acc.join(n));
+        }
+        match (cur.parent(), cur.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                cur = parent;
+            }
+            _ => return abs,
+        }
+    }
+}
+
+/// With `--allow-other`, users reach files only through the mount: a
+/// cipherdir they can enter or read would show them ciphertext, names and
+/// owners, and one they can write would let them plant symlinks and swap
+/// files.
+fn check_private(tree: &Tree, allow_other: bool, shared_ok: bool) -> Result<(), String> {
+    let st = tree
+        .lstat("")
+        .map_err(|e| format!("{}: {e}", tree.display()))?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let open = st.st_mode & 0o077 != 0 || st.st_uid != me;
+    if !open {
+        return Ok(());
+    }
+    let why = format!(
+        "the cipherdir {} is not private to the daemon (mode {:04o}, owner uid {})",
+        tree.display(),
+        st.st_mode & 0o7777,
+        st.st_uid
+    );
+    if allow_other && !shared_ok {
+        return Err(format!(
+            "{why}: with --allow-other other users could read or change the ciphertext behind the mount. Make it private with `chown {me} {p} && chmod 700 {p}` (the mount root keeps its own mode: chmod the mountpoint once mounted), or pass --shared-cipherdir to mount anyway",
+            p = tree.display()
+        ));
+    }
+    eprintln!(
+        "kmsfs: warning: {why}; make it private with `chmod 700 {}`",
+        tree.display()
+    );
+    Ok(())
 }
 
 fn check_fuse() -> Result<(), String> {
@@ -141,7 +346,25 @@ pub fn mount(kms: Kms, args: MountArgs, default_log: PathBuf) -> Result<(), Stri
             mountpoint.display()
         ));
     }
-    let cfg = Config::load(&cipherdir)?;
+    let log = args.log_file.clone().unwrap_or(default_log);
+    let home = canonical_lenient(&args.kms_home);
+    let log_canon = canonical_lenient(&log);
+    let mut others = vec![("KMS home", home.as_path())];
+    if !args.foreground {
+        others.push(("log file", log_canon.as_path()));
+    }
+    check_layout(&cipherdir, &mountpoint, &others)?;
+    if std::fs::read_dir(&mountpoint).is_ok_and(|mut d| d.next().is_some()) {
+        eprintln!(
+            "kmsfs: note: the mountpoint {} is not empty; what it holds is hidden while mounted",
+            mountpoint.display()
+        );
+    }
+    let tree = Tree::open(&cipherdir)
+        .map_err(|e| format!("cannot open the cipherdir {}: {e}", cipherdir.display()))?;
+    check_private(&tree, args.allow_other, args.shared_cipherdir)?;
+    let mut cfg = Config::load_from(&tree)?;
+    eprintln!("kmsfs: KMS home {}", home.display());
     let caller = Caller::this_process(Via::Mount);
     let meta = kms
         .describe_key(&caller, &cfg.key_id)
@@ -152,17 +375,32 @@ pub fn mount(kms: Kms, args: MountArgs, default_log: PathBuf) -> Result<(), Stri
             meta.key_id, meta.key_state
         ));
     }
-    let lock = lock_cipherdir(&cipherdir)?;
+    let lock = lock_cipherdir(&tree)?;
+    let conf_path = format!("{}/{}", cipherdir.display(), super::config::CONFIG_NAME);
+    if cfg.seal.is_some() {
+        check_seal(&kms, &caller, &cfg, &conf_path)?;
+    } else {
+        eprintln!("kmsfs: sealing {conf_path} (written by an older kmsfs) under its key");
+        seal(&kms, &caller, &mut cfg)?;
+        cfg.save(&tree)?;
+    }
+    let root_attr = RootAttr::load(&tree)?;
     let kms: Arc<Kms> = Arc::new(kms);
     let backend: Arc<dyn KeyBackend> = kms.clone();
-    let backing = Backing::new(cipherdir.clone(), cfg, backend);
+    let mut backing = Backing::new(tree, cfg, backend);
     if let Some(done) = super::rename::recover(&backing, &caller)? {
         eprintln!("kmsfs: {done}");
+    }
+    if !backing.cfg.typed_symlinks() && !args.read_only {
+        let n = super::rename::upgrade_symlinks(&backing, &caller)?;
+        eprintln!("kmsfs: re-encrypted {n} symlink targets under their own encryption context");
+        backing.cfg.feature_flags.push(FLAG_TYPED_SYMLINKS.into());
+        seal(kms.as_ref(), &caller, &mut backing.cfg)?;
+        backing.cfg.save(&backing.tree)?;
     }
 
     let mut notify: Option<File> = None;
     if !args.foreground {
-        let log = args.log_file.clone().unwrap_or(default_log);
         let (r, w) = pipe().map_err(|e| format!("pipe: {e}"))?;
         // SAFETY: no threads exist yet in this process (the KMS spawns none),
         // so the child may continue running Rust code after fork.
@@ -217,6 +455,9 @@ pub fn mount(kms: Kms, args: MountArgs, default_log: PathBuf) -> Result<(), Stri
     config.n_threads = Some(args.threads.max(1));
     config.clone_fd = true;
 
+    if let Err(e) = crate::crypto::memory::lock_memory() {
+        eprintln!("kmsfs: warning: {e}");
+    }
     block_signals();
     let fs = KmsFs::new(
         backing,
@@ -225,7 +466,9 @@ pub fn mount(kms: Kms, args: MountArgs, default_log: PathBuf) -> Result<(), Stri
             writeback_cache: args.writeback_cache,
             ..FsOptions::default()
         },
-    );
+        root_attr,
+    )
+    .map_err(|e| format!("the cipherdir {}: {e}", cipherdir.display()))?;
     let mut session = match fuser::Session::new(fs, &mountpoint, &config) {
         Ok(s) => s,
         Err(e) => {
@@ -237,11 +480,30 @@ pub fn mount(kms: Kms, args: MountArgs, default_log: PathBuf) -> Result<(), Stri
         }
     };
     let mut unmounter = session.unmount_callable();
+    let reopen = (!args.foreground).then(|| log.clone());
     std::thread::spawn(move || {
-        let sig = wait_signal();
-        eprintln!("kmsfs: signal {sig}: unmounting");
-        if let Err(e) = unmounter.unmount() {
-            eprintln!("kmsfs: unmount failed: {e}; use `umount -l`");
+        loop {
+            let sig = wait_signal();
+            if sig == libc::SIGHUP {
+                // logrotate's convention: reopen the log, keep serving.
+                match &reopen {
+                    Some(p) => match reopen_log(p) {
+                        Ok(()) => eprintln!("kmsfs: SIGHUP: reopened the log {}", p.display()),
+                        Err(e) => {
+                            eprintln!("kmsfs: SIGHUP: cannot reopen the log {}: {e}", p.display())
+                        }
+                    },
+                    None => eprintln!(
+                        "kmsfs: SIGHUP: logging to stderr in the foreground; nothing to reopen"
+                    ),
+                }
+                continue;
+            }
+            eprintln!("kmsfs: signal {sig}: unmounting");
+            if let Err(e) = unmounter.unmount() {
+                eprintln!("kmsfs: unmount failed: {e}; use `umount -l`");
+            }
+            return;
         }
     });
     eprintln!(
@@ -253,7 +515,6 @@ pub fn mount(kms: Kms, args: MountArgs, default_log: PathBuf) -> Result<(), Stri
         let _ = writeln!(w, "ok");
     }
     let r = session.run();
-    sync_path(&cipherdir);
     let _ = kms.sync_audit();
     eprintln!("kmsfs: unmounted {}", mountpoint.display());
     drop(lock);
@@ -290,16 +551,33 @@ fn pipe() -> io::Result<(File, File)> {
     Ok(unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) })
 }
 
-fn daemonize(log: &Path) -> Result<(), String> {
-    if let Some(dir) = log.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    let logf = OpenOptions::new()
+/// Opens the daemon's log for appending: created 0600, never through a
+/// symlink in its last component.
+fn open_log(log: &Path) -> io::Result<File> {
+    OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(log)
-        .map_err(|e| format!("cannot open log file {}: {e}", log.display()))?;
+}
+
+/// Points stdout and stderr at a freshly opened log (after a rotation).
+fn reopen_log(log: &Path) -> io::Result<()> {
+    let logf = open_log(log)?;
+    // SAFETY: dup2 onto the standard descriptors, from one we own.
+    unsafe {
+        libc::dup2(logf.as_raw_fd(), 1);
+        libc::dup2(logf.as_raw_fd(), 2);
+    }
+    Ok(())
+}
+
+fn daemonize(log: &Path) -> Result<(), String> {
+    if let Some(dir) = log.parent() {
+        let _ = create_private_dirs(dir);
+    }
+    let logf = open_log(log).map_err(|e| format!("cannot open log file {}: {e}", log.display()))?;
     let null = File::open("/dev/null").map_err(|e| e.to_string())?;
     // SAFETY: setsid and dup2 on descriptors we own.
     unsafe {
@@ -375,13 +653,6 @@ fn wait_signal() -> i32 {
     sig
 }
 
-fn sync_path(p: &Path) {
-    if let Ok(f) = File::open(p) {
-        // SAFETY: syncfs on an open descriptor.
-        unsafe { libc::syncfs(f.as_raw_fd()) };
-    }
-}
-
 /// The cipherdir behind a mountpoint, from /proc/self/mountinfo.
 fn cipherdir_of(mountpoint: &Path) -> Option<PathBuf> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
@@ -425,15 +696,16 @@ pub fn unmount(mountpoint: &Path) -> Result<(), String> {
             return Err(format!("cannot unmount {}: {e}", mp.display()));
         }
     }
-    let lock = cipherdir.join(LOCK_NAME);
+    let Ok(tree) = Tree::open(&cipherdir) else {
+        return Ok(());
+    };
     let deadline = Instant::now() + WAIT;
     while Instant::now() < deadline {
-        if let Ok(f) = OpenOptions::new().write(true).open(&lock) {
-            // SAFETY: flock on an open descriptor.
-            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-                return Ok(());
-            }
-        } else {
+        let Ok(f) = tree.open_file(LOCK_NAME, libc::O_RDONLY | libc::O_NONBLOCK) else {
+            return Ok(());
+        };
+        // SAFETY: flock on an open descriptor.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(20));

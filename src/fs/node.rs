@@ -4,67 +4,63 @@
 //! whose last name is gone, and temporary files (create, unlink, keep using)
 //! rely on it.
 
-use std::fs::{self, File, Metadata};
+use super::tree::Tree;
+use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 
 pub enum Target {
-    Path(PathBuf),
+    /// A path relative to the cipherdir, reached through `Tree`.
+    Path(String),
     /// A duplicate of the open file's descriptor, so that no lock on the open
     /// file is held while the change is made (a truncation takes it).
     Open(File),
 }
 
+fn check(r: libc::c_int) -> io::Result<()> {
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 impl Target {
-    pub fn metadata(&self) -> io::Result<Metadata> {
+    pub fn stat(&self, t: &Tree) -> io::Result<libc::stat> {
         match self {
-            Target::Path(p) => fs::symlink_metadata(p),
-            Target::Open(f) => f.metadata(),
+            Target::Path(p) => t.lstat(p),
+            Target::Open(f) => {
+                // SAFETY: an all-zero stat is valid; fstat fills it in.
+                let mut st: libc::stat = unsafe { std::mem::zeroed() };
+                // SAFETY: an open descriptor and a stat buffer.
+                check(unsafe { libc::fstat(f.as_raw_fd(), &mut st) })?;
+                Ok(st)
+            }
         }
     }
 
-    pub fn chmod(&self, mode: u32) -> io::Result<()> {
-        let perm = fs::Permissions::from_mode(mode & 0o7777);
+    pub fn chmod(&self, t: &Tree, mode: u32) -> io::Result<()> {
         match self {
-            Target::Path(p) => fs::set_permissions(p, perm),
-            Target::Open(f) => f.set_permissions(perm),
+            Target::Path(p) => t.chmod(p, mode),
+            // SAFETY: an open descriptor.
+            Target::Open(f) => check(unsafe { libc::fchmod(f.as_raw_fd(), mode & 0o7777) }),
         }
     }
 
-    pub fn chown(&self, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+    pub fn chown(&self, t: &Tree, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
         match self {
-            Target::Path(p) => std::os::unix::fs::lchown(p, uid, gid),
+            Target::Path(p) => t.chown(p, uid, gid),
             Target::Open(f) => std::os::unix::fs::fchown(f, uid, gid),
         }
     }
 
     /// `times` (access, modification) as utimensat(2) takes them: a time,
     /// UTIME_NOW or UTIME_OMIT.
-    pub fn set_times(&self, times: &[libc::timespec; 2]) -> io::Result<()> {
-        let r = match self {
-            Target::Path(p) => {
-                let c = std::ffi::CString::new(p.as_os_str().as_bytes())
-                    .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-                // SAFETY: a valid C path and a two-element timespec array.
-                unsafe {
-                    libc::utimensat(
-                        libc::AT_FDCWD,
-                        c.as_ptr(),
-                        times.as_ptr(),
-                        libc::AT_SYMLINK_NOFOLLOW,
-                    )
-                }
-            }
+    pub fn set_times(&self, t: &Tree, times: &[libc::timespec; 2]) -> io::Result<()> {
+        match self {
+            Target::Path(p) => t.set_times(p, times),
             // SAFETY: an open descriptor and a two-element timespec array.
-            Target::Open(f) => unsafe { libc::futimens(f.as_raw_fd(), times.as_ptr()) },
-        };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
+            Target::Open(f) => check(unsafe { libc::futimens(f.as_raw_fd(), times.as_ptr()) }),
         }
     }
 }

@@ -10,6 +10,7 @@ use super::inode::{self, Inodes};
 use super::listing;
 use super::node::{self, Target};
 use super::rename;
+use super::root_attr::RootAttr;
 use super::stat::{self, NodeStat};
 use super::symlink;
 use crate::kms::{Caller, Via};
@@ -21,10 +22,9 @@ use fuser::{
 };
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::fs::{self, Metadata};
+use std::fs::Metadata;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -101,9 +101,14 @@ pub struct KmsFs {
     next_fh: AtomicU64,
     renames: Mutex<()>,
     as_root: bool,
-    /// Any metadata, to fill the unused attributes of negative entries.
-    root_meta: Metadata,
+    /// Any stat, to fill the unused attributes of negative entries.
+    root_meta: libc::stat,
+    /// What the mount root shows as its mode and owner (not the cipherdir's).
+    root_attr: Mutex<RootAttr>,
 }
+
+/// The largest read or write the kernel sends.
+const MAX_READ: usize = 1 << 20;
 
 fn err(e: i32) -> Errno {
     Errno::from_i32(e)
@@ -150,9 +155,9 @@ fn visible(parent: &str, name: &str) -> bool {
 }
 
 impl KmsFs {
-    pub fn new(b: Backing, opts: Options) -> Self {
-        let b_root = b.root.clone();
-        KmsFs {
+    pub fn new(b: Backing, opts: Options, root_attr: RootAttr) -> io::Result<Self> {
+        let root_meta = b.tree.lstat("")?;
+        Ok(KmsFs {
             b,
             opts,
             inodes: Mutex::new(Inodes::default()),
@@ -163,8 +168,9 @@ impl KmsFs {
             renames: Mutex::new(()),
             // SAFETY: geteuid has no preconditions.
             as_root: unsafe { libc::geteuid() } == 0,
-            root_meta: fs::symlink_metadata(&b_root).expect("the cipherdir exists"),
-        }
+            root_meta,
+            root_attr: Mutex::new(root_attr),
+        })
     }
 
     fn caller(req: &Request) -> Caller {
@@ -195,6 +201,12 @@ impl KmsFs {
 
     fn attr(&self, ino: u64, m: &impl NodeStat) -> FileAttr {
         let kind = stat::kind(m.mode());
+        let (perm, uid, gid) = if ino == inode::ROOT {
+            let r = *self.root_attr.lock().unwrap_or_else(|e| e.into_inner());
+            (r.mode, r.uid, r.gid)
+        } else {
+            (m.mode() & 0o7777, m.uid(), m.gid())
+        };
         let size = match kind {
             FileType::RegularFile => format::plain_size(self.b.hs, m.size()),
             FileType::Symlink => symlink::plain_len(m.size()),
@@ -210,10 +222,10 @@ impl KmsFs {
             ctime: time(ct.0, ct.1),
             crtime: UNIX_EPOCH,
             kind,
-            perm: (m.mode() & 0o7777) as u16,
+            perm: perm as u16,
             nlink: m.nlink() as u32,
-            uid: m.uid(),
-            gid: m.gid(),
+            uid,
+            gid,
             rdev: m.rdev() as u32,
             blksize: format::BLOCK_SIZE as u32,
             flags: 0,
@@ -232,9 +244,21 @@ impl KmsFs {
         err(n)
     }
 
+    /// lstat of a node, refusing what kmsfs never makes: a device node in the
+    /// cipherdir was planted (a restored backup, a synced folder) and is not
+    /// served.
+    fn stat(&self, rel: &str) -> Result<libc::stat, Errno> {
+        let st = self.b.tree.lstat(rel).map_err(|e| io_errno(&e))?;
+        if foreign(st.st_mode) {
+            eprintln!("kmsfs: {rel:?}: a device node in the cipherdir, not made by kmsfs: refused");
+            return Err(Errno::EIO);
+        }
+        Ok(st)
+    }
+
     /// Answers a lookup-like call: lstat, count the lookup, reply.
     fn entry_for(&self, rel: &str) -> Result<(FileAttr, u64), Errno> {
-        let m = fs::symlink_metadata(self.b.full(rel)).map_err(|e| io_errno(&e))?;
+        let m = self.stat(rel)?;
         let ino = self
             .inodes
             .lock()
@@ -244,9 +268,9 @@ impl KmsFs {
     }
 
     /// Gives newly created nodes to the requesting user when running as root.
-    fn own(&self, path: &Path, req: &Request) -> io::Result<()> {
+    fn own(&self, rel: &str, req: &Request) -> io::Result<()> {
         if self.as_root {
-            std::os::unix::fs::lchown(path, Some(req.uid()), Some(req.gid()))?;
+            self.b.tree.chown(rel, Some(req.uid()), Some(req.gid()))?;
         }
         Ok(())
     }
@@ -294,6 +318,37 @@ impl KmsFs {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&ino);
+    }
+
+    /// chmod and chown of the mount root change what the root shows, never
+    /// the cipherdir, which stays private to the daemon. The kernel has
+    /// checked the caller (owner or root) with default_permissions; without
+    /// it only the mounting user gets in.
+    fn set_root_attr(
+        &self,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> Result<(), Errno> {
+        let mut r = self.root_attr.lock().unwrap_or_else(|e| e.into_inner());
+        let mut new = *r;
+        if let Some(m) = mode {
+            new.mode = m & 0o7777;
+        }
+        if let Some(u) = uid {
+            new.uid = u;
+        }
+        if let Some(g) = gid {
+            new.gid = g;
+        }
+        if new != *r {
+            new.save(&self.b.tree).map_err(|e| {
+                eprintln!("kmsfs: saving the mount root's mode and owner: {e}");
+                io_errno(&e)
+            })?;
+            *r = new;
+        }
+        Ok(())
     }
 
     /// The node numbers of a directory's `.` and `..` entries; None for other
@@ -391,7 +446,7 @@ impl KmsFs {
             .unwrap_or_else(|e| e.into_inner())
             .get(&ino)
             .and_then(Weak::upgrade);
-        let fd = self.b.open_rw(&self.b.full(rel))?;
+        let fd = self.b.open_rw(rel)?;
         match open {
             Some(f) => {
                 let mut cf = f.io.write().unwrap_or_else(|e| e.into_inner());
@@ -409,11 +464,11 @@ impl KmsFs {
         &self,
         parent: INodeNo,
         name: &OsStr,
-        op: impl FnOnce(&Path) -> io::Result<()>,
+        op: impl FnOnce(&str) -> io::Result<()>,
         reply: ReplyEmpty,
     ) {
         let r = self.child(parent, name).and_then(|(rel, _)| {
-            op(&self.b.full(&rel)).map_err(|e| io_errno(&e))?;
+            op(&rel).map_err(|e| io_errno(&e))?;
             self.inodes
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -445,26 +500,22 @@ impl KmsFs {
         let pp = self.path(parent)?;
         let n = user_name(&pp, name)?;
         let rel = inode::join(&pp, &n);
-        let full = self.b.full(&rel);
-        let fd = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(mode & !umask & 0o7777)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&full)
+        let fd = self
+            .b
+            .tree
+            .create_new(&rel, mode & !umask & 0o7777)
             .map_err(|e| io_errno(&e))?;
         let caller = Self::caller(req);
         let (key, id) = match self.b.init_file(&fd, &rel, &caller) {
             Ok(k) => k,
             Err(e) => {
-                let _ = fs::remove_file(&full);
+                let _ = self.b.tree.unlink(&rel);
                 return Err(self.fs_errno("create", &rel, e));
             }
         };
         let mut m = fd.metadata().map_err(|e| io_errno(&e))?;
         if self.as_root && (NodeStat::uid(&m), NodeStat::gid(&m)) != (req.uid(), req.gid()) {
-            self.own(&full, req).map_err(|e| io_errno(&e))?;
+            self.own(&rel, req).map_err(|e| io_errno(&e))?;
             m = fd.metadata().map_err(|e| io_errno(&e))?;
         }
         let ino = self
@@ -479,14 +530,12 @@ impl KmsFs {
 
 impl Filesystem for KmsFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        let _ = config.set_max_write(1 << 20);
-        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.set_max_write(MAX_READ as u32);
+        let _ = config.set_max_readahead(MAX_READ as u32);
         let _ = config.add_capabilities(
             fuser::InitFlags::FUSE_DO_READDIRPLUS
                 | fuser::InitFlags::FUSE_PARALLEL_DIROPS
                 | fuser::InitFlags::FUSE_MAX_PAGES
-                // Symlink targets never change: the kernel may keep them.
-                | fuser::InitFlags::FUSE_CACHE_SYMLINKS
                 // Set-id bits are cleared here (see setattr): one GETATTR
                 // less per chown, which tar and rsync do for every file.
                 | fuser::InitFlags::FUSE_HANDLE_KILLPRIV
@@ -500,10 +549,8 @@ impl Filesystem for KmsFs {
     }
 
     fn destroy(&mut self) {
-        if let Ok(f) = fs::File::open(&self.b.root) {
-            use std::os::unix::io::AsRawFd;
-            // SAFETY: syncfs on an open descriptor.
-            unsafe { libc::syncfs(f.as_raw_fd()) };
+        if let Err(e) = self.b.tree.syncfs() {
+            eprintln!("kmsfs: flushing the cipherdir at unmount: {e}");
         }
     }
 
@@ -542,13 +589,13 @@ impl Filesystem for KmsFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let r = match self.path(ino) {
-            Ok(p) => fs::symlink_metadata(self.b.full(&p)).map_err(|e| io_errno(&e)),
+            Ok(p) => self.stat(&p),
             // Unlinked while open: fstat(2) still answers, and the kernel asks
             // before reading past the size it knows.
             Err(e) => match self.open_handle(ino.0, fh) {
                 Some(f) => {
                     let cf = f.io.read().unwrap_or_else(|e| e.into_inner());
-                    cf.fd.metadata().map_err(|e| io_errno(&e))
+                    stat::fstat(&cf.fd).map_err(|e| io_errno(&e))
                 }
                 None => Err(e),
             },
@@ -580,10 +627,7 @@ impl Filesystem for KmsFs {
         // The node by its name; a file unlinked while open, through its open
         // descriptor (fchmod, ftruncate, futimens and fsync's time update).
         let (node, target) = match self.path(ino) {
-            Ok(p) => {
-                let full = self.b.full(&p);
-                (Node::Named(p), Target::Path(full))
-            }
+            Ok(p) => (Node::Named(p.clone()), Target::Path(p)),
             Err(e) => match self.open_handle(ino.0, fh) {
                 Some(f) => {
                     let dup =
@@ -611,15 +655,19 @@ impl Filesystem for KmsFs {
             && mtime.is_none()
             && ctime.is_none();
         let kill_setid = nothing || (size.is_some() && req.uid() != 0);
+        let t = &self.b.tree;
         let r = (|| -> Result<(), Errno> {
+            if ino == INodeNo(inode::ROOT) && (mode.is_some() || uid.is_some() || gid.is_some()) {
+                return self.set_root_attr(mode, uid, gid);
+            }
             if kill_setid {
-                clear_setid(&target, req).map_err(|e| io_errno(&e))?;
+                clear_setid(t, &target, req).map_err(|e| io_errno(&e))?;
             }
             if let Some(m) = mode {
-                target.chmod(m).map_err(|e| io_errno(&e))?;
+                target.chmod(t, m).map_err(|e| io_errno(&e))?;
             }
             if uid.is_some() || gid.is_some() {
-                target.chown(uid, gid).map_err(|e| io_errno(&e))?;
+                target.chown(t, uid, gid).map_err(|e| io_errno(&e))?;
             }
             if let Some(sz) = size {
                 self.changed(ino.0);
@@ -632,13 +680,19 @@ impl Filesystem for KmsFs {
                             .map_err(|e| self.fs_errno("truncate", rel, e))?;
                         None
                     }
+                    // Through a handle opened for writing (checked then), or
+                    // by name: checked here as a write.
                     Node::Named(rel) => match fh.and_then(|h| self.file_handle(h).ok()) {
                         Some(f) => Some((f, rel.as_str())),
-                        None => Some((
-                            self.open_file(ino.0, rel, &Self::caller(req))
-                                .map_err(|e| self.fs_errno("truncate", rel, e))?,
-                            rel.as_str(),
-                        )),
+                        None => {
+                            let caller = Self::caller(req);
+                            let opened = self
+                                .b
+                                .check_write(rel, &caller)
+                                .and_then(|()| self.open_file(ino.0, rel, &caller))
+                                .map_err(|e| self.fs_errno("truncate", rel, e))?;
+                            Some((opened, rel.as_str()))
+                        }
                     },
                     Node::Unlinked(f) => Some((f.clone(), "(unlinked)")),
                 };
@@ -650,7 +704,7 @@ impl Filesystem for KmsFs {
             }
             if atime.is_some() || mtime.is_some() {
                 target
-                    .set_times(&utimens(atime, mtime))
+                    .set_times(t, &utimens(atime, mtime))
                     .map_err(|e| io_errno(&e))?;
             }
             Ok(())
@@ -658,7 +712,7 @@ impl Filesystem for KmsFs {
         if let Err(e) = r {
             return reply.error(e);
         }
-        match target.metadata() {
+        match target.stat(t) {
             Ok(m) => reply.attr(&self.opts.attr_ttl, &self.attr(ino.0, &m)),
             Err(e) => reply.error(io_errno(&e)),
         }
@@ -669,14 +723,11 @@ impl Filesystem for KmsFs {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        let stored = match fs::read_link(self.b.full(&rel)) {
+        let stored = match self.b.tree.readlink(&rel) {
             Ok(s) => s,
             Err(e) => return reply.error(io_errno(&e)),
         };
-        match self
-            .b
-            .decrypt_symlink(&rel, stored.as_os_str().as_bytes(), &Self::caller(req))
-        {
+        match self.b.decrypt_symlink(&rel, &stored, &Self::caller(req)) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(self.fs_errno("readlink", &rel, e)),
         }
@@ -709,21 +760,11 @@ impl Filesystem for KmsFs {
         let r = (|| {
             let pp = self.path(parent)?;
             let rel = inode::join(&pp, &user_name(&pp, name)?);
-            let full = self.b.full(&rel);
-            let c =
-                std::ffi::CString::new(full.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
-            // SAFETY: valid path; mode and rdev come from the kernel.
-            if unsafe {
-                libc::mknod(
-                    c.as_ptr(),
-                    (mode & !umask) as libc::mode_t,
-                    rdev as libc::dev_t,
-                )
-            } != 0
-            {
-                return Err(io_errno(&io::Error::last_os_error()));
-            }
-            self.own(&full, req).map_err(|e| io_errno(&e))?;
+            self.b
+                .tree
+                .mknod(&rel, mode & !umask, u64::from(rdev))
+                .map_err(|e| io_errno(&e))?;
+            self.own(&rel, req).map_err(|e| io_errno(&e))?;
             self.entry_for(&rel)
         })();
         self.reply_entry(r, reply)
@@ -741,23 +782,22 @@ impl Filesystem for KmsFs {
         let r = (|| {
             let pp = self.path(parent)?;
             let rel = inode::join(&pp, &user_name(&pp, name)?);
-            let full = self.b.full(&rel);
-            fs::DirBuilder::new()
-                .mode(mode & !umask & 0o7777)
-                .create(&full)
+            self.b
+                .tree
+                .mkdir(&rel, mode & !umask & 0o7777)
                 .map_err(|e| io_errno(&e))?;
-            self.own(&full, req).map_err(|e| io_errno(&e))?;
+            self.own(&rel, req).map_err(|e| io_errno(&e))?;
             self.entry_for(&rel)
         })();
         self.reply_entry(r, reply)
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.remove(parent, name, |p| fs::remove_file(p), reply)
+        self.remove(parent, name, |p| self.b.tree.unlink(p), reply)
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.remove(parent, name, |p| fs::remove_dir(p), reply)
+        self.remove(parent, name, |p| self.b.tree.rmdir(p), reply)
     }
 
     fn symlink(
@@ -771,13 +811,15 @@ impl Filesystem for KmsFs {
         let r = (|| {
             let pp = self.path(parent)?;
             let rel = inode::join(&pp, &user_name(&pp, link_name)?);
-            let full = self.b.full(&rel);
             let enc = self
                 .b
                 .encrypt_symlink(&rel, target.as_os_str().as_bytes(), &Self::caller(req))
                 .map_err(|e| self.fs_errno("symlink", &rel, e))?;
-            std::os::unix::fs::symlink(enc, &full).map_err(|e| io_errno(&e))?;
-            self.own(&full, req).map_err(|e| io_errno(&e))?;
+            self.b
+                .tree
+                .symlink(enc.as_bytes(), &rel)
+                .map_err(|e| io_errno(&e))?;
+            self.own(&rel, req).map_err(|e| io_errno(&e))?;
             self.entry_for(&rel)
         })();
         self.reply_entry(r, reply)
@@ -807,18 +849,23 @@ impl Filesystem for KmsFs {
                 return Ok(());
             }
             let _serial = self.renames.lock().unwrap_or_else(|e| e.into_inner());
-            let m = fs::symlink_metadata(self.b.full(&from)).map_err(|e| io_errno(&e))?;
+            let m = self.stat(&from)?;
             let caller = Self::caller(req);
-            let ft = m.file_type();
-            let res = if ft.is_dir() {
-                rename::rename_dir(&self.b, &from, &to, flags.bits(), &caller)
-            } else if ft.is_file() {
-                rename::rename_file(&self.b, &from, &to, flags.bits(), &caller)
-            } else if ft.is_symlink() {
-                rename::rename_symlink(&self.b, &from, &to, flags.bits(), &caller)
-            } else {
-                rename::renameat2(&self.b.full(&from), &self.b.full(&to), flags.bits())
-                    .map_err(FsError::from)
+            let res = match stat::kind(m.st_mode) {
+                FileType::Directory => {
+                    rename::rename_dir(&self.b, &from, &to, flags.bits(), &caller)
+                }
+                FileType::RegularFile => {
+                    rename::rename_file(&self.b, &from, &to, flags.bits(), &caller)
+                }
+                FileType::Symlink => {
+                    rename::rename_symlink(&self.b, &from, &to, flags.bits(), &caller)
+                }
+                _ => self
+                    .b
+                    .tree
+                    .rename(&from, &to, flags.bits())
+                    .map_err(FsError::from),
             };
             res.map_err(|e| self.fs_errno("rename", &from, e))?;
             self.inodes
@@ -845,12 +892,21 @@ impl Filesystem for KmsFs {
         reply.error(Errno::EPERM);
     }
 
-    fn open(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         // The kernel sends open only for regular files; a symlink or a
         // directory swapped in behind its back fails in open_rw (O_NOFOLLOW,
         // O_RDWR) without a separate lstat here.
+        let write = flags.acc_mode() != fuser::OpenAccMode::O_RDONLY;
         let r = self.path(ino).and_then(|rel| {
-            self.open_file(ino.0, &rel, &Self::caller(req))
+            let caller = Self::caller(req);
+            if write {
+                // Writing needs what creating needs (kms:GenerateDataKey);
+                // reading alone, kms:Decrypt.
+                self.b
+                    .check_write(&rel, &caller)
+                    .map_err(|e| self.fs_errno("open for writing", &rel, e))?;
+            }
+            self.open_file(ino.0, &rel, &caller)
                 .map_err(|e| self.fs_errno("open", &rel, e))
         });
         match r {
@@ -882,7 +938,13 @@ impl Filesystem for KmsFs {
             Err(e) => return reply.error(e),
         };
         thread_local! {
-            static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+            // Plaintext: zeroized when the thread ends, and sized for the
+            // largest read (max_read, plus a partial block each side) so it
+            // never reallocates and leaves an unzeroized copy behind.
+            static READ_BUF: std::cell::RefCell<zeroize::Zeroizing<Vec<u8>>> =
+                std::cell::RefCell::new(zeroize::Zeroizing::new(Vec::with_capacity(
+                    ((MAX_READ / format::BLOCK_SIZE) + 2) * format::DISK_BLOCK,
+                )));
         }
         let cf = f.io.read().unwrap_or_else(|e| e.into_inner());
         // Decrypted into a per-thread buffer and sent from there: no
@@ -1002,8 +1064,14 @@ impl Filesystem for KmsFs {
             Ok(r) => r,
             Err(e) => return reply.error(e),
         };
-        let r = listing::for_each(&self.b.full(&rel), offset, |e, _| {
-            if !visible(&rel, e.name) {
+        let dir = match self.b.tree.open_dir(&rel) {
+            Ok(d) => d,
+            Err(e) => return reply.error(io_errno(&e)),
+        };
+        let r = listing::for_each(&dir, offset, |e, _| {
+            if !visible(&rel, e.name)
+                || matches!(e.kind, FileType::BlockDevice | FileType::CharDevice)
+            {
                 return false;
             }
             let n = self
@@ -1029,13 +1097,20 @@ impl Filesystem for KmsFs {
             Ok(r) => r,
             Err(e) => return reply.error(e),
         };
-        let r = listing::for_each(&self.b.full(&rel), offset, |e, dir| {
+        let dir = match self.b.tree.open_dir(&rel) {
+            Ok(d) => d,
+            Err(e) => return reply.error(io_errno(&e)),
+        };
+        let r = listing::for_each(&dir, offset, |e, dir| {
             if !visible(&rel, e.name) {
                 return false;
             }
             let Ok(m) = stat::lstat_at(dir, e.name) else {
                 return false;
             };
+            if foreign(m.st_mode) {
+                return false;
+            }
             // A child's entry counts a lookup; the dots' do not.
             let (n, counted) = match self.dot_ino(e.name, ino, &rel) {
                 Some(n) => (n, false),
@@ -1077,24 +1152,20 @@ impl Filesystem for KmsFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.path(ino).and_then(|p| {
-            fs::File::open(self.b.full(&p))
-                .and_then(|f| f.sync_all())
-                .map_err(|e| io_errno(&e))
-        }) {
+        match self
+            .path(ino)
+            .and_then(|p| self.b.tree.fsync_dir(&p).map_err(|e| io_errno(&e)))
+        {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let c = std::ffi::CString::new(self.b.root.as_os_str().as_bytes())
-            .expect("no NUL in cipherdir");
-        // SAFETY: valid path and an out-struct statvfs fills in.
-        let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-        if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
-            return reply.error(io_errno(&io::Error::last_os_error()));
-        }
+        let s = match self.b.tree.statvfs() {
+            Ok(s) => s,
+            Err(e) => return reply.error(io_errno(&e)),
+        };
         reply.statfs(
             s.f_blocks,
             s.f_bfree,
@@ -1148,14 +1219,10 @@ impl Filesystem for KmsFs {
         // and never asks. Otherwise the caller is the mounting user, as the
         // daemon is: the backing file answers for it.
         let r = self.path(ino).and_then(|rel| {
-            let c = std::ffi::CString::new(self.b.full(&rel).as_os_str().as_bytes())
-                .map_err(|_| Errno::EINVAL)?;
-            // SAFETY: a valid path; faccessat has no other preconditions.
-            if unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), mask.bits(), 0) } == 0 {
-                Ok(())
-            } else {
-                Err(io_errno(&io::Error::last_os_error()))
-            }
+            self.b
+                .tree
+                .access(&rel, mask.bits())
+                .map_err(|e| io_errno(&e))
         });
         match r {
             Ok(()) => reply.ok(),
@@ -1207,16 +1274,16 @@ impl Filesystem for KmsFs {
 /// unprivileged process writes to or truncates it: set-user-id always,
 /// set-group-id when group execute is set or the writer is not in the
 /// file's group.
-fn clear_setid(t: &Target, req: &Request) -> io::Result<()> {
-    let m = t.metadata()?;
-    if !m.is_file() {
+fn clear_setid(tree: &super::tree::Tree, t: &Target, req: &Request) -> io::Result<()> {
+    let m = t.stat(tree)?;
+    if m.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Ok(());
     }
     let gid = NodeStat::gid(&m);
     let in_group =
         || gid == req.gid() || crate::kms::caller::supplementary_groups(req.pid()).contains(&gid);
     match node::setid_cleared(NodeStat::mode(&m), in_group) {
-        Some(new) => t.chmod(new),
+        Some(new) => t.chmod(tree, new),
         None => Ok(()),
     }
 }
@@ -1241,6 +1308,11 @@ fn utimens(atime: Option<TimeOrNow>, mtime: Option<TimeOrNow>) -> [libc::timespe
         }
     };
     [ts(atime), ts(mtime)]
+}
+
+/// Node kinds kmsfs never creates in the cipherdir (see `mknod`).
+fn foreign(mode: u32) -> bool {
+    matches!(mode & libc::S_IFMT, libc::S_IFBLK | libc::S_IFCHR)
 }
 
 /// FNV-1a: a stable 64-bit number for a path.

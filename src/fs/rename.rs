@@ -12,73 +12,92 @@
 //! journal at mount, and every step is idempotent.
 
 use super::backing::{Backing, FsError, FsResult, TEMP_PREFIX};
+use super::config::RESERVED_NAMES;
+use super::inode::{join, parent};
+use super::listing;
+use super::tree::{Tree, is_clean};
 use crate::kms::Caller;
+use fuser::FileType;
 use serde::{Deserialize, Serialize};
-use std::io;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::io::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::io::{self, Read};
 
 const JOURNAL: &str = ".kmsfs.journal";
 const TWIN: &str = ".kmsfs-rewrap.";
+/// Longest journal read back: a real one holds two paths.
+const MAX_JOURNAL_LEN: u64 = 3 * libc::PATH_MAX as u64;
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 struct Journal {
     op: String,
     from: String,
     to: String,
 }
 
-pub fn renameat2(from: &Path, to: &Path, flags: u32) -> io::Result<()> {
-    let f = std::ffi::CString::new(from.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let t = std::ffi::CString::new(to.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: valid NUL-terminated paths relative to AT_FDCWD (they are absolute).
-    let r = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            f.as_ptr(),
-            libc::AT_FDCWD,
-            t.as_ptr(),
-            flags,
-        )
-    };
-    if r == 0 {
+impl Journal {
+    /// The journal is read from the hostile cipherdir: before anything is
+    /// replayed, both paths must be clean relative paths that name user
+    /// nodes (no kmsfs file or temporary), and the rename must be one the
+    /// mount could have started.
+    fn validate(&self) -> Result<(), String> {
+        if self.op != "rename" {
+            return Err(format!("unknown operation {:?}", self.op));
+        }
+        for (what, p) in [("from", &self.from), ("to", &self.to)] {
+            if p.is_empty() || !is_clean(p) {
+                return Err(format!("{what} path {p:?} is not a clean relative path"));
+            }
+            if p.split('/').any(|c| c.starts_with(TEMP_PREFIX))
+                || RESERVED_NAMES.contains(&p.split('/').next().unwrap_or(""))
+            {
+                return Err(format!(
+                    "{what} path {p:?} names a file kmsfs keeps for itself"
+                ));
+            }
+        }
+        if self.from == self.to || self.to.starts_with(&format!("{}/", self.from)) {
+            return Err(format!("cannot rename {:?} to {:?}", self.from, self.to));
+        }
         Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
-}
-
-fn fsync_dir(p: &Path) -> io::Result<()> {
-    std::fs::File::open(p)?.sync_all()
-}
-
-fn syncfs(root: &Path) -> io::Result<()> {
-    let f = std::fs::File::open(root)?;
-    // SAFETY: syncfs on an open descriptor.
-    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Makes a set of changed files and directories durable: one fsync each for
 /// a few, one syncfs for many (cheaper than thousands of journal commits,
 /// dearer than a few when the backing filesystem holds other dirty data).
+/// Past a few files no descriptor is kept: a rename of a huge tree must not
+/// hold one per file.
 #[derive(Default)]
 struct Flusher {
     files: Vec<std::fs::File>,
-    dirs: Vec<PathBuf>,
+    dirs: Vec<String>,
+    many: bool,
 }
 
 impl Flusher {
     const MANY: usize = 64;
 
-    fn flush(&mut self, root: &Path) -> io::Result<()> {
-        if self.files.len() + self.dirs.len() > Self::MANY {
-            syncfs(root)?;
+    fn file(&mut self, f: std::fs::File) {
+        if self.many || self.files.len() >= Self::MANY {
+            self.many = true;
+            self.files.clear();
+        } else {
+            self.files.push(f);
+        }
+    }
+
+    fn dir(&mut self, rel: &str) {
+        if self.many || self.dirs.len() >= Self::MANY {
+            self.many = true;
+            self.dirs.clear();
+        } else {
+            self.dirs.push(rel.to_string());
+        }
+    }
+
+    fn flush(&mut self, tree: &Tree) -> io::Result<()> {
+        if self.many {
+            tree.syncfs()?;
         } else {
             for f in &self.files {
                 f.sync_data()?;
@@ -86,29 +105,30 @@ impl Flusher {
             self.dirs.sort();
             self.dirs.dedup();
             for d in &self.dirs {
-                fsync_dir(d)?;
+                tree.fsync_dir(d)?;
             }
         }
-        self.files.clear();
-        self.dirs.clear();
+        *self = Flusher::default();
         Ok(())
     }
 }
 
-fn parent_of(p: &Path) -> &Path {
-    p.parent().unwrap_or(Path::new("/"))
+/// A name no one can have planted: O_EXCL creation and a random part.
+fn temp_name(dir: &str, what: &str) -> String {
+    let r: [u8; 8] = crate::crypto::random::array();
+    let hex: String = r.iter().map(|b| format!("{b:02x}")).collect();
+    join(dir, &format!("{TEMP_PREFIX}{what}-{hex}"))
 }
 
 /// Renames one regular file, re-wrapping its key.
 pub fn rename_file(b: &Backing, from: &str, to: &str, flags: u32, caller: &Caller) -> FsResult<()> {
-    let (fp, tp) = (b.full(from), b.full(to));
-    let (fd, index, file_id) = b.rewrap_file(&fp, from, to, caller)?;
+    let (fd, index, file_id) = b.rewrap_file(from, from, to, caller)?;
     fd.sync_data()?;
-    if let Err(e) = renameat2(&fp, &tp, flags) {
+    if let Err(e) = b.tree.rename(from, to, flags) {
         let _ = b.drop_slot(&fd, &file_id, index);
         return Err(e.into());
     }
-    fsync_dir(parent_of(&tp))?;
+    b.tree.fsync_dir(parent(to))?;
     b.drop_slot(&fd, &file_id, 1 - index)?;
     Ok(())
 }
@@ -122,74 +142,63 @@ pub fn rename_symlink(
     flags: u32,
     caller: &Caller,
 ) -> FsResult<()> {
-    let (fp, tp) = (b.full(from), b.full(to));
-    if flags & libc::RENAME_NOREPLACE != 0 && std::fs::symlink_metadata(&tp).is_ok() {
+    if flags & libc::RENAME_NOREPLACE != 0 && b.tree.lstat(to).is_ok() {
         return Err(FsError::Io(io::Error::from_raw_os_error(libc::EEXIST)));
     }
-    let twin = parent_of(&tp).join(format!("{TEMP_PREFIX}link-{}", std::process::id()));
-    b.rewrap_symlink(&fp, from, to, &twin, caller)?;
-    if let Err(e) = renameat2(&twin, &tp, 0) {
-        let _ = std::fs::remove_file(&twin);
+    let twin = temp_name(parent(to), "link");
+    b.rewrap_symlink(from, from, to, &twin, caller)?;
+    if let Err(e) = b.tree.rename(&twin, to, 0) {
+        let _ = b.tree.unlink(&twin);
         return Err(e.into());
     }
-    std::fs::remove_file(&fp)?;
+    b.tree.unlink(from)?;
     Ok(())
 }
 
 /// Every regular file and symlink below `dir` (relative to it), skipping
-/// names kmsfs reserves and names that are not UTF-8.
-fn walk(dir: &Path) -> io::Result<(Vec<String>, Vec<String>)> {
+/// names kmsfs reserves and names that are not UTF-8. One directory is open
+/// at a time.
+fn walk(tree: &Tree, dir: &str) -> io::Result<(Vec<String>, Vec<String>)> {
     let mut files = vec![];
     let mut links = vec![];
     let mut stack = vec![String::new()];
     while let Some(sub) = stack.pop() {
-        let d = if sub.is_empty() {
-            dir.to_path_buf()
+        let here = if sub.is_empty() {
+            dir.to_string()
         } else {
-            dir.join(&sub)
+            join(dir, &sub)
         };
-        for e in std::fs::read_dir(&d)? {
-            let e = e?;
-            let Some(name) = e.file_name().to_str().map(String::from) else {
-                continue;
-            };
-            let rel = super::inode::join(&sub, &name);
-            let ft = e.file_type()?;
-            if ft.is_dir() {
-                stack.push(rel);
-            } else if name.starts_with(TEMP_PREFIX) {
-                continue;
-            } else if ft.is_file() {
-                files.push(rel);
-            } else if ft.is_symlink() {
-                links.push(rel);
+        for (name, kind) in listing::entries(&tree.open_dir(&here)?)? {
+            let rel = join(&sub, &name);
+            match kind {
+                FileType::Directory => stack.push(rel),
+                _ if name.starts_with(TEMP_PREFIX) => {}
+                FileType::RegularFile => files.push(rel),
+                FileType::Symlink => links.push(rel),
+                _ => {}
             }
         }
     }
     Ok((files, links))
 }
 
-fn twin_of(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    parent_of(path).join(format!("{TWIN}{name}"))
+fn twin_of(rel: &str) -> String {
+    let name = rel.rsplit('/').next().unwrap_or(rel);
+    join(parent(rel), &format!("{TWIN}{name}"))
 }
 
 fn write_journal(b: &Backing, j: Option<&Journal>) -> io::Result<()> {
-    let p = b.root.join(JOURNAL);
     match j {
         Some(j) => {
             let bytes = serde_json::to_vec(j).expect("journal serialises");
-            crate::kms::keystore::atomic_write(&p, &bytes).map_err(|e| io::Error::other(e.message))
+            b.tree.replace(JOURNAL, &bytes, 0o600)
         }
         None => {
-            match std::fs::remove_file(&p) {
+            match b.tree.unlink(JOURNAL) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
                 _ => {}
             }
-            fsync_dir(&b.root)
+            b.tree.fsync_dir("")
         }
     }
 }
@@ -203,11 +212,11 @@ fn prepare_tree(
     recovering: bool,
     flush: &mut Flusher,
 ) -> FsResult<()> {
-    let (files, links) = walk(&b.full(from))?;
+    let (files, links) = walk(&b.tree, from)?;
     for f in files {
         let (src, dst) = (format!("{from}/{f}"), format!("{to}/{f}"));
-        match b.rewrap_file(&b.full(&src), &src, &dst, caller) {
-            Ok((fd, _, _)) => flush.files.push(fd),
+        match b.rewrap_file(&src, &src, &dst, caller) {
+            Ok((fd, _, _)) => flush.file(fd),
             // Already re-wrapped before a crash, or damaged: either way there
             // is nothing to re-wrap; a damaged file stays unreadable.
             Err(e) if recovering || e.errno() == libc::EIO => {
@@ -218,9 +227,8 @@ fn prepare_tree(
     }
     for l in links {
         let (src, dst) = (format!("{from}/{l}"), format!("{to}/{l}"));
-        let sp = b.full(&src);
-        match b.rewrap_symlink(&sp, &src, &dst, &twin_of(&sp), caller) {
-            Ok(()) => flush.dirs.push(parent_of(&sp).to_path_buf()),
+        match b.rewrap_symlink(&src, &src, &dst, &twin_of(&src), caller) {
+            Ok(()) => flush.dir(parent(&src)),
             Err(e) => eprintln!("kmsfs: rename: symlink {src}: not re-wrapped: {e}"),
         }
     }
@@ -229,26 +237,19 @@ fn prepare_tree(
 
 /// After the directory moved: twins replace their links, old slots go.
 fn finish_tree(b: &Backing, to: &str, flush: &mut Flusher) -> io::Result<()> {
-    let root = b.full(to);
-    let mut stack = vec![root.clone()];
+    let mut stack = vec![to.to_string()];
     while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d)? {
-            let e = e?;
-            let ft = e.file_type()?;
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            if ft.is_dir() {
-                stack.push(e.path());
+        for (name, kind) in listing::entries(&b.tree.open_dir(&d)?)? {
+            let rel = join(&d, &name);
+            if kind == FileType::Directory {
+                stack.push(rel);
             } else if let Some(orig) = name.strip_prefix(TWIN) {
-                renameat2(&e.path(), &d.join(orig), 0)?;
-                flush.dirs.push(d.clone());
-            } else if ft.is_file() && !name.starts_with(TEMP_PREFIX) {
-                match b.drop_older_slot(&e.path()) {
-                    Ok(fd) => flush.files.push(fd),
-                    Err(err) => eprintln!(
-                        "kmsfs: rename: {}: old slot not cleared: {err}",
-                        e.path().display()
-                    ),
+                b.tree.rename(&rel, &join(&d, orig), 0)?;
+                flush.dir(&d);
+            } else if kind == FileType::RegularFile && !name.starts_with(TEMP_PREFIX) {
+                match b.drop_older_slot(&rel) {
+                    Ok(fd) => flush.file(fd),
+                    Err(err) => eprintln!("kmsfs: rename: {rel}: old slot not cleared: {err}"),
                 }
             }
         }
@@ -257,15 +258,14 @@ fn finish_tree(b: &Backing, to: &str, flush: &mut Flusher) -> io::Result<()> {
 }
 
 pub fn rename_dir(b: &Backing, from: &str, to: &str, flags: u32, caller: &Caller) -> FsResult<()> {
-    let (fp, tp) = (b.full(from), b.full(to));
-    if flags & libc::RENAME_NOREPLACE != 0 && std::fs::symlink_metadata(&tp).is_ok() {
+    if flags & libc::RENAME_NOREPLACE != 0 && b.tree.lstat(to).is_ok() {
         return Err(FsError::Io(io::Error::from_raw_os_error(libc::EEXIST)));
     }
-    if let Ok(m) = std::fs::symlink_metadata(&tp) {
-        if !m.is_dir() {
+    if let Ok(st) = b.tree.lstat(to) {
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
             return Err(FsError::Io(io::Error::from_raw_os_error(libc::ENOTDIR)));
         }
-        if std::fs::read_dir(&tp)?.next().is_some() {
+        if !listing::entries(&b.tree.open_dir(to)?)?.is_empty() {
             return Err(FsError::Io(io::Error::from_raw_os_error(libc::ENOTEMPTY)));
         }
     }
@@ -287,50 +287,111 @@ pub fn rename_dir(b: &Backing, from: &str, to: &str, flags: u32, caller: &Caller
         let _ = write_journal(b, None);
         return Err(e);
     }
-    flush.flush(&b.root)?;
-    renameat2(&fp, &tp, flags)?;
-    fsync_dir(parent_of(&tp))?;
-    if parent_of(&fp) != parent_of(&tp) {
-        fsync_dir(parent_of(&fp))?;
+    flush.flush(&b.tree)?;
+    b.tree.rename(from, to, flags)?;
+    b.tree.fsync_dir(parent(to))?;
+    if parent(from) != parent(to) {
+        b.tree.fsync_dir(parent(from))?;
     }
     finish_tree(b, to, &mut flush)?;
-    flush.flush(&b.root)?;
+    flush.flush(&b.tree)?;
     write_journal(b, None)?;
     Ok(())
 }
 
+/// Reads the journal, if there is one: never through a symlink, bounded in
+/// size, and validated before it is trusted.
+fn read_journal(tree: &Tree) -> Result<Option<Journal>, String> {
+    let p = format!("{}/{JOURNAL}", tree.display());
+    let f = match tree.open_file(JOURNAL, libc::O_RDONLY | libc::O_NONBLOCK) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read the rename journal {p}: {e}")),
+    };
+    let meta = f.metadata().map_err(|e| format!("cannot read {p}: {e}"))?;
+    if !meta.is_file() || meta.len() > MAX_JOURNAL_LEN {
+        return Err(format!(
+            "the rename journal {p} is not a kmsfs journal (not a regular file of at most {MAX_JOURNAL_LEN} bytes); nothing was replayed"
+        ));
+    }
+    let mut bytes = vec![];
+    f.take(MAX_JOURNAL_LEN)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read {p}: {e}"))?;
+    let j: Journal = serde_json::from_slice(&bytes).map_err(|e| {
+        format!("the rename journal {p} is damaged ({e}); nothing was replayed. Remove it to mount")
+    })?;
+    j.validate().map_err(|e| {
+        format!("the rename journal {p} is not one kmsfs wrote ({e}); nothing was replayed. Remove it to mount")
+    })?;
+    Ok(Some(j))
+}
+
 /// Replays an unfinished directory rename; returns what it did, if anything.
 pub fn recover(b: &Backing, caller: &Caller) -> Result<Option<String>, String> {
-    let p = b.root.join(JOURNAL);
-    let bytes = match std::fs::read(&p) {
-        Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot read {}: {e}", p.display())),
+    let Some(j) = read_journal(&b.tree)? else {
+        return Ok(None);
     };
-    let j: Journal = serde_json::from_slice(&bytes)
-        .map_err(|e| format!("{} is damaged ({e}); remove it to mount", p.display()))?;
-    let (fp, tp) = (b.full(&j.from), b.full(&j.to));
     let step = |e: String| format!("recovering the rename of {} to {}: {e}", j.from, j.to);
-    if fp.exists() {
-        // The rename did not happen: finish preparing, then do it.
-        let mut flush = Flusher::default();
-        prepare_tree(b, &j.from, &j.to, caller, true, &mut flush)
-            .map_err(|e| step(e.to_string()))?;
-        flush.flush(&b.root).map_err(|e| step(e.to_string()))?;
-        if tp.exists() {
-            std::fs::remove_dir(&tp)
-                .map_err(|e| step(format!("{} is in the way: {e}", tp.display())))?;
+    let is_dir = |rel: &str| {
+        b.tree
+            .lstat(rel)
+            .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+    };
+    match is_dir(&j.from) {
+        Ok(true) => {
+            // The rename did not happen: finish preparing, then do it.
+            let mut flush = Flusher::default();
+            prepare_tree(b, &j.from, &j.to, caller, true, &mut flush)
+                .map_err(|e| step(e.to_string()))?;
+            flush.flush(&b.tree).map_err(|e| step(e.to_string()))?;
+            if b.tree.lstat(&j.to).is_ok() {
+                b.tree
+                    .rmdir(&j.to)
+                    .map_err(|e| step(format!("{} is in the way: {e}", j.to)))?;
+            }
+            b.tree
+                .rename(&j.from, &j.to, 0)
+                .map_err(|e| step(e.to_string()))?;
         }
-        renameat2(&fp, &tp, 0).map_err(|e| step(e.to_string()))?;
+        Ok(false) => return Err(step(format!("{} is not a directory", j.from))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(step(e.to_string())),
+    }
+    if !is_dir(&j.to).map_err(|e| step(e.to_string()))? {
+        return Err(step(format!("{} is not a directory", j.to)));
     }
     let mut flush = Flusher::default();
     finish_tree(b, &j.to, &mut flush).map_err(|e| step(e.to_string()))?;
-    flush.flush(&b.root).map_err(|e| step(e.to_string()))?;
+    flush.flush(&b.tree).map_err(|e| step(e.to_string()))?;
     write_journal(b, None).map_err(|e| step(e.to_string()))?;
     Ok(Some(format!(
         "completed an interrupted rename of {} to {}",
         j.from, j.to
     )))
+}
+
+/// Upgrades the symlinks of a filesystem made before symlink targets had a
+/// context of their own; returns how many were re-encrypted.
+pub fn upgrade_symlinks(b: &Backing, caller: &Caller) -> Result<usize, String> {
+    let (_, links) = walk(&b.tree, "").map_err(|e| format!("listing the cipherdir: {e}"))?;
+    let mut n = 0;
+    for l in links {
+        let twin = temp_name(parent(&l), "link");
+        match b.upgrade_symlink(&l, &twin, caller) {
+            Ok(true) => n += 1,
+            Ok(false) => {}
+            // A damaged or foreign link stays as it is: reading it fails.
+            Err(e) if e.errno() == libc::EIO => {
+                eprintln!("kmsfs: symlink {l}: not upgraded: {e}")
+            }
+            Err(e) => return Err(format!("upgrading symlink {l}: {e}")),
+        }
+    }
+    b.tree
+        .syncfs()
+        .map_err(|e| format!("flushing the cipherdir: {e}"))?;
+    Ok(n)
 }
 
 #[cfg(test)]
@@ -346,9 +407,40 @@ mod tests {
         };
         let s = serde_json::to_vec(&j).unwrap();
         assert_eq!(serde_json::from_slice::<Journal>(&s).unwrap(), j);
-        assert_eq!(
-            twin_of(Path::new("/x/y/name")),
-            PathBuf::from("/x/y/.kmsfs-rewrap.name")
+        assert_eq!(twin_of("x/y/name"), "x/y/.kmsfs-rewrap.name");
+        assert_eq!(twin_of("name"), ".kmsfs-rewrap.name");
+    }
+
+    #[test]
+    fn a_journal_from_disk_is_validated_before_replay() {
+        let j = |from: &str, to: &str| Journal {
+            op: "rename".into(),
+            from: from.into(),
+            to: to.into(),
+        };
+        assert!(j("a/b", "c").validate().is_ok());
+        for (from, to) in [
+            ("a", "/etc/systemd/system/ssh.service.d"),
+            ("a", "../outside"),
+            ("a/../../x", "b"),
+            ("", "b"),
+            ("a", ""),
+            ("a", "a/b"),
+            ("a", "a"),
+            ("a", "kmsfs.conf"),
+            (".kmsfs.journal", "b"),
+            ("a/.kmsfs-rewrap.x", "b"),
+            ("a//b", "c"),
+            ("a/", "c"),
+        ] {
+            assert!(j(from, to).validate().is_err(), "{from:?} -> {to:?}");
+        }
+        let mut bad = j("a", "b");
+        bad.op = "delete".into();
+        assert!(bad.validate().is_err());
+        assert!(
+            serde_json::from_str::<Journal>(r#"{"op":"rename","from":"a","to":"b","x":1}"#)
+                .is_err()
         );
     }
 }

@@ -102,6 +102,18 @@ pub fn kind(mode: u32) -> FileType {
     }
 }
 
+/// fstat of an open file.
+pub fn fstat(f: &File) -> io::Result<libc::stat> {
+    // SAFETY: an all-zero stat is a valid value; fstat fills it in.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: an open descriptor and a stat buffer.
+    if unsafe { libc::fstat(f.as_raw_fd(), &mut st) } == 0 {
+        Ok(st)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// lstat of `name` inside the open directory `dir`.
 pub fn lstat_at(dir: &File, name: &str) -> io::Result<libc::stat> {
     let c = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;

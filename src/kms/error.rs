@@ -8,6 +8,8 @@ pub enum ErrorCode {
     AccessDeniedException,
     AlreadyExistsException,
     DisabledException,
+    /// A DryRun request would have succeeded (AWS's name for it).
+    DryRunOperationException,
     ExpiredImportTokenException,
     IncorrectKeyException,
     IncorrectKeyMaterialException,
@@ -36,6 +38,7 @@ impl ErrorCode {
             AccessDeniedException => "AccessDeniedException",
             AlreadyExistsException => "AlreadyExistsException",
             DisabledException => "DisabledException",
+            DryRunOperationException => "DryRunOperationException",
             ExpiredImportTokenException => "ExpiredImportTokenException",
             IncorrectKeyException => "IncorrectKeyException",
             IncorrectKeyMaterialException => "IncorrectKeyMaterialException",

@@ -311,6 +311,27 @@ impl KmsHome {
         Ok((env, stamp_of(&meta)))
     }
 
+    /// Argon2 cost parameters read from disk are bounded before use: a
+    /// keystore edited to ask for terabytes of memory or years of passes is
+    /// refused as damaged, not obeyed.
+    fn check_params(p: &Argon2Params) -> Result<(), HomeError> {
+        let ok = (8..=(4 << 20)).contains(&p.memory_kib)
+            && (1..=64).contains(&p.iterations)
+            && (1..=64).contains(&p.parallelism)
+            && p.memory_kib >= 8 * p.parallelism;
+        if ok {
+            Ok(())
+        } else {
+            Err(HomeError::new(
+                HomeErrorKind::Corrupt,
+                format!(
+                    "the keystore asks for Argon2 parameters outside the accepted bounds (memory {} KiB, {} passes, {} lanes; at most 4 GiB, 64, 64): it is damaged or was edited",
+                    p.memory_kib, p.iterations, p.parallelism
+                ),
+            ))
+        }
+    }
+
     /// Derives the root key for an existing keystore's spec.
     pub fn derive_root(spec: &RootKeySpec, secret: &RootSecret) -> Result<Key256, HomeError> {
         match (spec, secret) {
@@ -321,9 +342,16 @@ impl KmsHome {
                         format!("unknown KDF {kdf:?}"),
                     ));
                 }
+                Self::check_params(params)?;
                 let salt = B64.decode(salt).map_err(|_| {
                     HomeError::new(HomeErrorKind::Corrupt, "keystore salt is not base64")
                 })?;
+                if !(8..=64).contains(&salt.len()) {
+                    return Err(HomeError::new(
+                        HomeErrorKind::Corrupt,
+                        "the keystore's salt is not 8 to 64 bytes: it is damaged or was edited",
+                    ));
+                }
                 argon2id(pw.as_bytes(), &salt, *params)
                     .map_err(|e| HomeError::new(HomeErrorKind::Corrupt, e))
             }
@@ -462,7 +490,7 @@ impl KmsHome {
         state: &State,
         generation: u64,
     ) -> Result<(), HomeError> {
-        let plain = Zeroizing::new(serde_json::to_vec(state).expect("state serialises"));
+        let plain = serialize_secret(state);
         let nonce = crate::crypto::random::array::<12>();
         let sealed =
             AeadKey::new(&keys.seal).seal(&nonce, &envelope_aad(account, generation), &plain);
@@ -479,6 +507,28 @@ impl KmsHome {
         let bytes = serde_json::to_vec_pretty(&env).expect("envelope serialises");
         atomic_write(&self.keystore_path(), &bytes)
     }
+}
+
+/// JSON of a value holding key material, in a buffer zeroized on drop and
+/// sized exactly beforehand: a growing Vec would leave unzeroized copies in
+/// the memory it reallocated away from.
+fn serialize_secret<T: Serialize>(v: &T) -> Zeroizing<Vec<u8>> {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut n = Count(0);
+    serde_json::to_writer(&mut n, v).expect("state serialises");
+    let mut out = Zeroizing::new(Vec::with_capacity(n.0));
+    serde_json::to_writer(&mut *out, v).expect("state serialises");
+    debug_assert_eq!(out.capacity(), n.0);
+    out
 }
 
 fn envelope_aad(account: &str, generation: u64) -> Vec<u8> {

@@ -1976,6 +1976,36 @@ impl Kms {
         ctx: &EncryptionContext,
         with_plaintext: bool,
     ) -> KmsResult<DataKey> {
+        self.generate_data_key_with(caller, key_id, spec, ctx, with_plaintext, false)
+    }
+
+    /// GenerateDataKey with AWS's DryRun: every check a real call makes
+    /// (key state, policy, grants, context), audited, and then
+    /// DryRunOperationException instead of a key. The mount asks this before
+    /// letting a file be opened for writing, which needs the same right as
+    /// creating it.
+    pub fn generate_data_key_dry_run(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        ctx: &EncryptionContext,
+    ) -> KmsResult<()> {
+        match self.generate_data_key_with(caller, key_id, &DataKeySpec::aes_256(), ctx, true, true)
+        {
+            Ok(_) => Err(KmsError::internal("a dry run returned a key")),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn generate_data_key_with(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        spec: &DataKeySpec,
+        ctx: &EncryptionContext,
+        with_plaintext: bool,
+        dry_run: bool,
+    ) -> KmsResult<DataKey> {
         let name = if with_plaintext {
             "GenerateDataKey"
         } else {
@@ -1997,6 +2027,12 @@ impl Kms {
             ctx.validate()?;
             let s = self.state()?;
             let key = self.usable(caller, &s, key_id, &mut ev, action, Some(Op::Crypto))?;
+            if dry_run {
+                return Err(KmsError::new(
+                    ErrorCode::DryRunOperationException,
+                    "the request would have succeeded, but the DryRun parameter was set",
+                ));
+            }
             let plaintext = SecretBytes::random(len);
             let ciphertext_blob = Self::seal_under(key, plaintext.as_bytes(), ctx)?;
             Ok(DataKey {

@@ -1,0 +1,546 @@
+//! Every access to the cipherdir, relative to one directory descriptor of it.
+//!
+//! The daemon runs as root and the cipherdir is hostile: anyone who could once
+//! write to it may have planted symlinks where kmsfs expects its own files and
+//! directories. So no path is ever joined onto the cipherdir's path and handed
+//! to a path-taking syscall. A node is reached by `openat2` beneath the root
+//! descriptor with RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
+//! | RESOLVE_NO_XDEV, so a symlink or a mount point in any component fails the
+//! walk with ELOOP or EXDEV instead of leading outside; the change itself is
+//! then an `*at` call on the parent's descriptor with AT_SYMLINK_NOFOLLOW, or
+//! a call on the node's own descriptor. Paths are relative to the cipherdir,
+//! so PATH_MAX limits the path inside the mount, not cipherdir + path.
+
+use std::ffi::{CStr, CString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// Resolution rules for every walk: stay beneath the root, follow no symlink
+/// (magic links included), cross no mount point.
+const RESOLVE: u64 = libc::RESOLVE_BENEATH
+    | libc::RESOLVE_NO_SYMLINKS
+    | libc::RESOLVE_NO_MAGICLINKS
+    | libc::RESOLVE_NO_XDEV;
+
+/// The cipherdir, held open.
+pub struct Tree {
+    root: File,
+    /// For messages only: never used to reach a file.
+    path: PathBuf,
+}
+
+fn cstr(s: &[u8]) -> io::Result<CString> {
+    CString::new(s).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn check(r: libc::c_int) -> io::Result<()> {
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// A relative path kmsfs may resolve: "" (the root) or `/`-separated
+/// components, none empty, `.` or `..`. Names reach the daemon from the
+/// kernel one at a time, so this holds for every path the mount builds; it is
+/// checked anyway, for paths read from disk (the rename journal).
+pub fn is_clean(rel: &str) -> bool {
+    rel.is_empty()
+        || (rel.len() < libc::PATH_MAX as usize
+            && !rel.contains('\0')
+            && rel
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != ".."))
+}
+
+fn unclean(rel: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{rel:?} is not a clean relative path"),
+    )
+}
+
+/// `rel`'s parent and last component; the root has neither.
+fn split(rel: &str) -> io::Result<(&str, &str)> {
+    if rel.is_empty() || !is_clean(rel) {
+        return Err(unclean(rel));
+    }
+    Ok(rel.rsplit_once('/').unwrap_or(("", rel)))
+}
+
+/// A directory descriptor and a name in it: the two halves of an `*at` call.
+pub struct At {
+    dir: OwnedFd,
+    name: CString,
+}
+
+impl At {
+    pub fn dir_fd(&self) -> libc::c_int {
+        self.dir.as_raw_fd()
+    }
+    pub fn name(&self) -> &CStr {
+        &self.name
+    }
+}
+
+impl Tree {
+    /// Opens the cipherdir itself. Its own path is the one the user gave; a
+    /// symlink as the cipherdir's last component is refused, so that what the
+    /// daemon holds is what `kmsfs init` made.
+    pub fn open(path: &Path) -> io::Result<Tree> {
+        let c = cstr(path.as_os_str().as_bytes())?;
+        // SAFETY: a valid C path; the descriptor returned is owned below.
+        let fd = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Tree {
+            // SAFETY: a fresh descriptor, owned once.
+            root: unsafe { File::from_raw_fd(fd) },
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The cipherdir's path, for messages.
+    pub fn display(&self) -> std::path::Display<'_> {
+        self.path.display()
+    }
+
+    /// The descriptor of the cipherdir (fstat, syncfs, fstatvfs, flock).
+    pub fn root(&self) -> &File {
+        &self.root
+    }
+
+    /// `openat2` of `rel` beneath the root. O_NOFOLLOW is always added: with
+    /// O_PATH it returns a symlink itself, otherwise a symlink fails.
+    fn openat2(&self, rel: &str, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+        if !is_clean(rel) {
+            return Err(unclean(rel));
+        }
+        let c = cstr(if rel.is_empty() { b"." } else { rel.as_bytes() })?;
+        // SAFETY: open_how is plain data; all-zero is its default.
+        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+        how.flags = (flags | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64;
+        how.mode = if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 {
+            u64::from(mode & 0o7777)
+        } else {
+            0
+        };
+        how.resolve = RESOLVE;
+        loop {
+            // SAFETY: a valid directory descriptor, C path and open_how of the
+            // size passed; the descriptor returned is owned below.
+            let fd = unsafe {
+                libc::syscall(
+                    libc::SYS_openat2,
+                    self.root.as_raw_fd(),
+                    c.as_ptr(),
+                    &how as *const libc::open_how,
+                    std::mem::size_of::<libc::open_how>(),
+                )
+            };
+            if fd >= 0 {
+                // SAFETY: a fresh descriptor, owned once.
+                return Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+            }
+            let e = io::Error::last_os_error();
+            // EAGAIN: a concurrent rename raced the walk (RESOLVE_BENEATH
+            // retries are the caller's); EINTR: a signal.
+            if !matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR)) {
+                return Err(e);
+            }
+        }
+    }
+
+    /// Opens `rel` with `flags` (O_NOFOLLOW added: a symlink fails with ELOOP).
+    pub fn open_file(&self, rel: &str, flags: i32) -> io::Result<File> {
+        Ok(File::from(self.openat2(rel, flags, 0)?))
+    }
+
+    /// Opens the directory `rel` for reading its entries.
+    pub fn open_dir(&self, rel: &str) -> io::Result<File> {
+        self.open_file(rel, libc::O_RDONLY | libc::O_DIRECTORY)
+    }
+
+    /// The parent directory of `rel` (held by descriptor) and its last name.
+    pub fn at(&self, rel: &str) -> io::Result<At> {
+        let (parent, name) = split(rel)?;
+        let dir = self.openat2(parent, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        Ok(At {
+            dir,
+            name: cstr(name.as_bytes())?,
+        })
+    }
+
+    /// lstat of `rel` (the root: fstat of the held descriptor).
+    pub fn lstat(&self, rel: &str) -> io::Result<libc::stat> {
+        // SAFETY: an all-zero stat is a valid value to be filled in.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        if rel.is_empty() {
+            // SAFETY: a valid descriptor and stat buffer.
+            check(unsafe { libc::fstat(self.root.as_raw_fd(), &mut st) })?;
+            return Ok(st);
+        }
+        // One walk to the node itself (O_PATH returns a symlink as itself),
+        // then fstat: no second walk to the parent.
+        let fd = self.openat2(rel, libc::O_PATH, 0)?;
+        // SAFETY: a valid descriptor and stat buffer.
+        check(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+        Ok(st)
+    }
+
+    /// Creates the regular file `rel`, failing if any node has that name.
+    pub fn create_new(&self, rel: &str, mode: u32) -> io::Result<File> {
+        split(rel)?;
+        Ok(File::from(self.openat2(
+            rel,
+            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
+            mode,
+        )?))
+    }
+
+    pub fn mkdir(&self, rel: &str, mode: u32) -> io::Result<()> {
+        let at = self.at(rel)?;
+        // SAFETY: a valid directory descriptor and C name.
+        check(unsafe { libc::mkdirat(at.dir_fd(), at.name.as_ptr(), mode as libc::mode_t) })
+    }
+
+    pub fn mknod(&self, rel: &str, mode: u32, dev: u64) -> io::Result<()> {
+        let at = self.at(rel)?;
+        // SAFETY: a valid directory descriptor and C name.
+        check(unsafe {
+            libc::mknodat(
+                at.dir_fd(),
+                at.name.as_ptr(),
+                mode as libc::mode_t,
+                dev as libc::dev_t,
+            )
+        })
+    }
+
+    /// Creates the symlink `rel` pointing at `target` (stored as given).
+    pub fn symlink(&self, target: &[u8], rel: &str) -> io::Result<()> {
+        let at = self.at(rel)?;
+        let t = cstr(target)?;
+        // SAFETY: a valid directory descriptor and C strings.
+        check(unsafe { libc::symlinkat(t.as_ptr(), at.dir_fd(), at.name.as_ptr()) })
+    }
+
+    /// The stored target of the symlink `rel` (EINVAL if it is not one).
+    pub fn readlink(&self, rel: &str) -> io::Result<Vec<u8>> {
+        let at = self.at(rel)?;
+        let mut buf = vec![0u8; libc::PATH_MAX as usize];
+        // SAFETY: a valid directory descriptor, C name and buffer of that length.
+        let n = unsafe {
+            libc::readlinkat(
+                at.dir_fd(),
+                at.name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        buf.truncate(n as usize);
+        Ok(buf)
+    }
+
+    pub fn unlink(&self, rel: &str) -> io::Result<()> {
+        self.unlinkat(rel, 0)
+    }
+
+    pub fn rmdir(&self, rel: &str) -> io::Result<()> {
+        self.unlinkat(rel, libc::AT_REMOVEDIR)
+    }
+
+    fn unlinkat(&self, rel: &str, flags: i32) -> io::Result<()> {
+        let at = self.at(rel)?;
+        // SAFETY: a valid directory descriptor and C name.
+        check(unsafe { libc::unlinkat(at.dir_fd(), at.name.as_ptr(), flags) })
+    }
+
+    /// renameat2 of `from` to `to`, both beneath the root.
+    pub fn rename(&self, from: &str, to: &str, flags: u32) -> io::Result<()> {
+        let (f, t) = (self.at(from)?, self.at(to)?);
+        // SAFETY: valid directory descriptors and C names.
+        check(unsafe {
+            libc::renameat2(
+                f.dir_fd(),
+                f.name.as_ptr(),
+                t.dir_fd(),
+                t.name.as_ptr(),
+                flags,
+            )
+        })
+    }
+
+    /// lchown: a symlink's own owner, never its target's.
+    pub fn chown(&self, rel: &str, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+        let (u, g) = (uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX));
+        if rel.is_empty() {
+            // SAFETY: a valid descriptor; -1 leaves an id unchanged.
+            return check(unsafe { libc::fchown(self.root.as_raw_fd(), u, g) });
+        }
+        let at = self.at(rel)?;
+        // SAFETY: a valid directory descriptor and C name; -1 leaves an id as is.
+        check(unsafe {
+            libc::fchownat(
+                at.dir_fd(),
+                at.name.as_ptr(),
+                u,
+                g,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        })
+    }
+
+    /// chmod without following a symlink: fchmodat2 with AT_SYMLINK_NOFOLLOW
+    /// (Linux 6.6), which refuses symlinks (EOPNOTSUPP); on older kernels, an
+    /// O_PATH descriptor of the node, checked not to be a symlink, changed
+    /// through its /proc/self/fd entry (the daemon's own descriptor, not a
+    /// path anyone else controls).
+    pub fn chmod(&self, rel: &str, mode: u32) -> io::Result<()> {
+        let mode = (mode & 0o7777) as libc::mode_t;
+        if rel.is_empty() {
+            // SAFETY: a valid descriptor.
+            return check(unsafe { libc::fchmod(self.root.as_raw_fd(), mode) });
+        }
+        let at = self.at(rel)?;
+        // SAFETY: a valid directory descriptor and C name.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_fchmodat2,
+                at.dir_fd(),
+                at.name.as_ptr(),
+                mode,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ENOSYS) {
+            return Err(e);
+        }
+        let fd = self.openat2(rel, libc::O_PATH, 0)?;
+        // SAFETY: an all-zero stat is valid; fstat fills it in.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid descriptor and stat buffer.
+        check(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+        if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+            return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+        }
+        let proc = cstr(format!("/proc/self/fd/{}", fd.as_raw_fd()).as_bytes())?;
+        // SAFETY: a valid C path naming our own descriptor.
+        check(unsafe { libc::chmod(proc.as_ptr(), mode) })
+    }
+
+    /// utimensat without following a symlink; `times` as utimensat(2) takes
+    /// them (a time, UTIME_NOW or UTIME_OMIT).
+    pub fn set_times(&self, rel: &str, times: &[libc::timespec; 2]) -> io::Result<()> {
+        if rel.is_empty() {
+            // SAFETY: a valid descriptor and a two-element array.
+            return check(unsafe { libc::futimens(self.root.as_raw_fd(), times.as_ptr()) });
+        }
+        let at = self.at(rel)?;
+        // SAFETY: a valid directory descriptor, C name and two-element array.
+        check(unsafe {
+            libc::utimensat(
+                at.dir_fd(),
+                at.name.as_ptr(),
+                times.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        })
+    }
+
+    /// access(2) for the daemon's own user, without following a symlink.
+    pub fn access(&self, rel: &str, mask: i32) -> io::Result<()> {
+        let c;
+        let (dir, name) = if rel.is_empty() {
+            (self.root.as_raw_fd(), c"." as &CStr)
+        } else {
+            let at = self.at(rel)?;
+            c = at;
+            (c.dir_fd(), c.name.as_c_str())
+        };
+        // SAFETY: a valid directory descriptor and C name.
+        check(unsafe { libc::faccessat(dir, name.as_ptr(), mask, libc::AT_SYMLINK_NOFOLLOW) })
+    }
+
+    /// Flushes the whole backing filesystem (syncfs of the cipherdir's).
+    pub fn syncfs(&self) -> io::Result<()> {
+        // SAFETY: a valid descriptor.
+        check(unsafe { libc::syncfs(self.root.as_raw_fd()) })
+    }
+
+    /// fsync of the directory `rel` (its entries made durable).
+    pub fn fsync_dir(&self, rel: &str) -> io::Result<()> {
+        self.open_dir(rel)?.sync_all()
+    }
+
+    /// Replaces the file `rel` with `bytes`, atomically and durably: a new
+    /// file under a random name (O_CREAT | O_EXCL, so nothing planted under
+    /// that name is ever opened), fsync, rename over `rel`, fsync of the
+    /// directory. A crash leaves the old file or the new one.
+    pub fn replace(&self, rel: &str, bytes: &[u8], mode: u32) -> io::Result<()> {
+        use std::io::Write;
+        let (parent, _) = split(rel)?;
+        let mut rnd = [0u8; 8];
+        crate::crypto::random::fill(&mut rnd);
+        let hex: String = rnd.iter().map(|b| format!("{b:02x}")).collect();
+        let tmp = super::inode::join(parent, &format!("{}tmp-{hex}", super::backing::TEMP_PREFIX));
+        let mut f = self.create_new(&tmp, mode)?;
+        let written = f.write_all(bytes).and_then(|()| f.sync_all());
+        let renamed = written.and_then(|()| self.rename(&tmp, rel, 0));
+        if let Err(e) = renamed {
+            let _ = self.unlink(&tmp);
+            return Err(e);
+        }
+        self.fsync_dir(parent)
+    }
+
+    pub fn statvfs(&self) -> io::Result<libc::statvfs> {
+        // SAFETY: an all-zero statvfs is valid; fstatvfs fills it in.
+        let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid descriptor and out-struct.
+        check(unsafe { libc::fstatvfs(self.root.as_raw_fd(), &mut s) })?;
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn errno<T>(r: io::Result<T>) -> Option<i32> {
+        r.err().and_then(|e| e.raw_os_error())
+    }
+
+    #[test]
+    fn clean_paths() {
+        for ok in ["", "a", "a/b", ".hidden", "a/..b", "...", "a b"] {
+            assert!(is_clean(ok), "{ok:?}");
+        }
+        for bad in [
+            "/a", "a/", "a//b", ".", "..", "a/../b", "a/./b", "a\0b", "../x",
+        ] {
+            assert!(!is_clean(bad), "{bad:?}");
+        }
+        assert!(!is_clean(&"a".repeat(4096)));
+        assert!(is_clean(&"a".repeat(4095)));
+    }
+
+    #[test]
+    fn no_operation_follows_a_planted_symlink() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"root only").unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let t = Tree::open(d.path()).unwrap();
+        // A directory component and a last component that are symlinks out.
+        symlink(outside.path(), d.path().join("dir")).unwrap();
+        symlink(outside.path().join("secret"), d.path().join("file")).unwrap();
+        // A symlink met in the walk fails it with ELOOP; one that should be
+        // the parent directory, opened O_DIRECTORY | O_NOFOLLOW, with ENOTDIR.
+        let refused = |e: Option<i32>| matches!(e, Some(libc::ELOOP) | Some(libc::ENOTDIR));
+        assert!(refused(errno(t.open_file("dir/secret", libc::O_RDONLY))));
+        assert!(refused(errno(t.open_dir("dir"))));
+        assert!(refused(errno(t.open_file("file", libc::O_RDWR))));
+        assert!(refused(errno(t.lstat("dir/secret"))));
+        assert!(refused(errno(t.create_new("dir/new", 0o600))));
+        assert!(refused(errno(t.mkdir("dir/new", 0o700))));
+        assert!(refused(errno(t.unlink("dir/secret"))));
+        assert!(refused(errno(t.chmod("dir/secret", 0o4755))));
+        assert!(refused(errno(t.chown("dir/secret", Some(1), Some(1)))));
+        assert!(refused(errno(t.rename("dir/secret", "x", 0))));
+        assert!(refused(errno(t.set_times(
+            "dir/secret",
+            &[libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_NOW
+            }; 2]
+        ))));
+        assert!(refused(errno(t.symlink(b"x", "dir/l"))));
+        assert!(refused(errno(t.replace("dir/x", b"x", 0o600))));
+        // chmod of a symlink itself is refused, never applied to its target.
+        assert_eq!(errno(t.chmod("file", 0o4755)), Some(libc::EOPNOTSUPP));
+        // The last component may be a symlink for lstat, readlink, lchown,
+        // unlink: those act on the link itself.
+        let st = t.lstat("file").unwrap();
+        assert_eq!(st.st_mode & libc::S_IFMT, libc::S_IFLNK);
+        assert_eq!(
+            t.readlink("file").unwrap(),
+            outside.path().join("secret").as_os_str().as_bytes()
+        );
+        t.unlink("file").unwrap();
+        let m = std::fs::metadata(outside.path().join("secret")).unwrap();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7000,
+            0
+        );
+        assert_eq!(
+            std::fs::read(outside.path().join("secret")).unwrap(),
+            b"root only"
+        );
+        assert!(!outside.path().join("new").exists());
+        // Escapes by name are refused before any syscall.
+        assert_eq!(
+            t.open_file("../x", libc::O_RDONLY).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+    }
+
+    #[test]
+    fn operations_work_on_real_nodes() {
+        let d = tempfile::tempdir().unwrap();
+        let t = Tree::open(d.path()).unwrap();
+        t.mkdir("a", 0o755).unwrap();
+        let f = t.create_new("a/f", 0o640).unwrap();
+        drop(f);
+        assert_eq!(errno(t.create_new("a/f", 0o640)), Some(libc::EEXIST));
+        t.chmod("a/f", 0o600).unwrap();
+        assert_eq!(t.lstat("a/f").unwrap().st_mode & 0o7777, 0o600);
+        t.symlink(b"kmsfs1:x", "a/l").unwrap();
+        assert_eq!(t.readlink("a/l").unwrap(), b"kmsfs1:x");
+        t.rename("a/f", "g", 0).unwrap();
+        assert!(d.path().join("g").exists());
+        let times = [
+            libc::timespec {
+                tv_sec: 5,
+                tv_nsec: 0,
+            },
+            libc::timespec {
+                tv_sec: 7,
+                tv_nsec: 0,
+            },
+        ];
+        t.set_times("g", &times).unwrap();
+        assert_eq!(t.lstat("g").unwrap().st_mtime, 7);
+        t.unlink("a/l").unwrap();
+        t.rmdir("a").unwrap();
+        assert_eq!(t.lstat("").unwrap().st_mode & libc::S_IFMT, libc::S_IFDIR);
+        // A long path works: the limit is on the relative path.
+        let mut rel = String::new();
+        while rel.len() + 201 < 4000 {
+            if !rel.is_empty() {
+                rel.push('/');
+            }
+            rel.push_str(&"d".repeat(200));
+            t.mkdir(&rel, 0o755).unwrap();
+        }
+        t.create_new(&format!("{rel}/file"), 0o600).unwrap();
+        assert!(t.lstat(&format!("{rel}/file")).is_ok());
+    }
+}
