@@ -935,3 +935,107 @@ fn grants_and_grant_tokens() {
         "InvalidGrantIdException",
     );
 }
+
+#[test]
+fn text_output_is_one_line_per_list_element() {
+    let env = Env::new();
+    let (a, b) = (env.create_key(), env.create_key());
+    let text = |args: &[&str]| {
+        let o = env.run(&[args, &["--output", "text"]].concat());
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let out = text(&["kms", "list-keys"]);
+    let keys: Vec<&str> = out.lines().filter(|l| l.starts_with("KEYS\t")).collect();
+    assert_eq!(keys.len(), 2, "{out}");
+    for id in [&a, &b] {
+        assert!(
+            keys.iter()
+                .any(|l| l.ends_with(&format!("key/{id}\t{id}")) && l.split('\t').count() == 3),
+            "{out}"
+        );
+    }
+    env.ok(&[
+        "kms",
+        "create-alias",
+        "--alias-name",
+        "alias/app",
+        "--target-key-id",
+        &a,
+    ]);
+    let out = text(&["kms", "list-aliases"]);
+    let aliases: Vec<&str> = out.lines().filter(|l| l.starts_with("ALIASES\t")).collect();
+    assert_eq!(aliases.len(), 1, "{out}");
+    assert!(aliases[0].contains("\talias/app\t") && aliases[0].contains(&a));
+    env.ok(&[
+        "kms",
+        "create-grant",
+        "--key-id",
+        &a,
+        "--grantee-principal",
+        "uid:1000",
+        "--operations",
+        "Decrypt,Encrypt",
+    ]);
+    let out = text(&["kms", "list-grants", "--key-id", &a]);
+    assert_eq!(out.lines().filter(|l| l.starts_with("GRANTS\t")).count(), 1);
+    assert!(
+        out.contains("OPERATIONS\tDecrypt\nOPERATIONS\tEncrypt\n"),
+        "{out}"
+    );
+    // A scalar picked with --query is printed bare, as scripts expect.
+    assert_eq!(
+        text(&[
+            "kms",
+            "describe-key",
+            "--key-id",
+            &a,
+            "--query",
+            "KeyMetadata.KeyId"
+        ]),
+        format!("{a}\n")
+    );
+}
+
+#[test]
+fn audit_table_is_aligned_and_escapes_names() {
+    let env = Env::new();
+    let key = env.create_key();
+    let forged = "x\n2026-01-01T00:00:00Z  Decrypt  uid:0(cat) pid 1  \u{1b}[2Jfake";
+    let ctx = serde_json::json!({"kmsfs:path": forged}).to_string();
+    env.ok(&[
+        "kms",
+        "encrypt",
+        "--key-id",
+        &key,
+        "--plaintext",
+        "eA==",
+        "--encryption-context",
+        &ctx,
+    ]);
+    env.fails(
+        &["kms", "describe-key", "--key-id", "alias/nope"],
+        "NotFoundException",
+    );
+    let o = env.run(&["audit", "show", "--table"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8(o.stdout).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "a header and three records:\n{out}");
+    assert!(!out.contains('\u{1b}'), "{out:?}");
+    assert!(
+        lines[2].contains(
+            "kmsfs:path=x\\n2026-01-01T00:00:00Z  Decrypt  uid:0(cat) pid 1  \\x1b[2Jfake"
+        )
+    );
+    assert!(lines[3].contains("alias/nope") && lines[3].ends_with("NotFoundException"));
+    for title in ["EVENT", "CALLER", "KEY", "CONTEXT", "OUTCOME"] {
+        let at = lines[0].find(title).unwrap();
+        for l in &lines[1..] {
+            assert!(
+                l[..at].ends_with("  ") && !l[at..].starts_with(' '),
+                "{title}:\n{out}"
+            );
+        }
+    }
+}

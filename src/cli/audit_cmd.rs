@@ -1,9 +1,12 @@
 //! `kmsfs audit verify` and `kmsfs audit show`.
 
+use super::awsargs::time_arg;
 use crate::kms::audit;
-use crate::kms::audit_query::{Filter, table_row};
-use crate::kms::clock::parse_time;
+use crate::kms::audit_query::Filter;
 use clap::Subcommand;
+use serde_json::Value;
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::io::{BufRead, Write};
 use std::path::Path;
 
@@ -14,39 +17,31 @@ pub enum AuditCommand {
     Verify,
     /// Print records (JSON lines, or a table) that match every filter given.
     Show {
-        /// Key id, key ARN or the key reference the caller used.
+        /// Only records of this key: key id, key ARN or the key reference the caller used.
         #[arg(long)]
         key: Option<String>,
-        /// Event name, e.g. Decrypt (case-insensitive).
+        /// Only this event, e.g. Decrypt (case-insensitive).
         #[arg(long)]
         event: Option<String>,
-        /// RFC 3339 time, YYYY-MM-DD, or Unix seconds.
-        #[arg(long)]
-        since: Option<String>,
-        #[arg(long)]
-        until: Option<String>,
+        /// Only records at or after TIME: RFC 3339, YYYY-MM-DD or Unix seconds.
+        #[arg(long, value_name = "TIME", value_parser = time_arg)]
+        since: Option<i64>,
+        /// Only records at or before TIME: RFC 3339, YYYY-MM-DD or Unix seconds.
+        #[arg(long, value_name = "TIME", value_parser = time_arg)]
+        until: Option<i64>,
         /// Only failed calls.
         #[arg(long)]
         errors: bool,
+        /// Only calls made by this user id.
         #[arg(long)]
         uid: Option<u32>,
-        /// File path inside a filesystem (kmsfs:path); end with / for a directory.
+        /// Only records of this file path inside a filesystem (kmsfs:path); end with / for a directory.
         #[arg(long)]
         path: Option<String>,
-        /// One aligned line per record instead of JSON.
+        /// An aligned table, one line per record, instead of JSON lines.
         #[arg(long)]
         table: bool,
     },
-}
-
-fn time_arg(flag: &str, v: &Option<String>) -> Result<Option<i64>, String> {
-    v.as_ref()
-        .map(|s| {
-            parse_time(s).ok_or_else(|| {
-                format!("{flag} {s:?} is not an RFC 3339 time, a date or Unix seconds")
-            })
-        })
-        .transpose()
 }
 
 /// Prints matching records; returns how many matched.
@@ -67,8 +62,8 @@ pub fn show(path: &Path, cmd: &AuditCommand) -> Result<u64, String> {
     let filter = Filter {
         key: key.clone(),
         event: event.clone(),
-        since: time_arg("--since", since)?,
-        until: time_arg("--until", until)?,
+        since: *since,
+        until: *until,
         errors_only: *errors,
         uid: *uid,
         path: fpath.clone(),
@@ -78,9 +73,10 @@ pub fn show(path: &Path, cmd: &AuditCommand) -> Result<u64, String> {
     let out = std::io::stdout();
     let mut out = std::io::BufWriter::new(out.lock());
     let mut n = 0;
+    let mut rows = vec![];
     for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
         let line = line.map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+        let Ok(v) = serde_json::from_str::<Value>(&line) else {
             eprintln!(
                 "kmsfs: line {} of {} is not JSON; run `kmsfs audit verify`",
                 i + 1,
@@ -90,13 +86,122 @@ pub fn show(path: &Path, cmd: &AuditCommand) -> Result<u64, String> {
         };
         if filter.matches(&v) {
             n += 1;
-            let text = if *table { table_row(&v) } else { line };
-            if writeln!(out, "{text}").is_err() {
+            if *table {
+                rows.push(table_cells(&v));
+            } else if writeln!(out, "{line}").is_err() {
                 break; // reader went away (e.g. `| head`)
             }
         }
     }
+    if !rows.is_empty() {
+        // An error here is the reader going away, as above.
+        let _ = out.write_all(format_table(&TABLE_HEADER, &rows).as_bytes());
+    }
     Ok(n)
+}
+
+const TABLE_HEADER: [&str; 6] = ["TIME", "EVENT", "CALLER", "KEY", "CONTEXT", "OUTCOME"];
+
+/// One record's cells, escaped: the process name and the context (file
+/// paths) are chosen by whoever made the call.
+fn table_cells(r: &Value) -> [String; 6] {
+    let s = |v: &Value| escape(v.as_str().unwrap_or("-")).into_owned();
+    let id = &r["userIdentity"];
+    let caller = format!(
+        "{}({}) pid {}",
+        escape(id["principalId"].as_str().unwrap_or("?")),
+        escape(id["processName"].as_str().unwrap_or("?")),
+        id["pid"].as_u64().map_or("?".into(), |p| p.to_string())
+    );
+    let key = match r["resources"][0]["ARN"].as_str() {
+        Some(arn) => escape(arn.rsplit('/').next().unwrap_or(arn)).into_owned(),
+        None => s(&r["requestParameters"]["keyId"]),
+    };
+    // `,` and `=` escaped too, so that a path cannot pass for another pair.
+    let pair_part = |t: &str| escape(t).replace(',', "\\,").replace('=', "\\=");
+    let context = match &r["requestParameters"]["encryptionContext"] {
+        Value::Object(m) if !m.is_empty() => m
+            .iter()
+            .map(|(k, v)| format!("{}={}", pair_part(k), pair_part(v.as_str().unwrap_or(""))))
+            .collect::<Vec<_>>()
+            .join(","),
+        _ => "-".into(),
+    };
+    let outcome = match r["errorCode"].as_str() {
+        Some(c) => escape(c).into_owned(),
+        None => "ok".into(),
+    };
+    [
+        s(&r["eventTime"]),
+        s(&r["eventName"]),
+        caller,
+        key,
+        context,
+        outcome,
+    ]
+}
+
+/// Columns two spaces apart, each as wide as its widest cell (the last one
+/// unpadded). The widths need every row, so the table is printed after the
+/// whole log is read; JSON lines stream.
+fn format_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
+    let width = |s: &str| s.chars().count();
+    let mut widths = header.map(width);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(width(cell));
+        }
+    }
+    let header = header.map(String::from);
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(rows) {
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == N {
+                out.push_str(cell);
+            } else {
+                let _ = write!(out, "{cell:<w$}  ", w = widths[i]);
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Text made safe for a terminal: control characters (newline, tab, escape
+/// sequences), backslash itself, and invisible formatting characters (bidi
+/// overrides, zero-width spaces, line separators) are written as escapes, so
+/// a name cannot start a forged line, move the cursor or reorder what is
+/// shown around it.
+fn escape(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(needs_escape) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_ascii() && needs_escape(c) => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c if needs_escape(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn needs_escape(c: char) -> bool {
+    c == '\\'
+        || c.is_control() // C0, DEL and C1 (which includes the 8-bit CSI)
+        || matches!(c,
+            '\u{ad}' | '\u{61c}' | '\u{180e}' | '\u{200b}'..='\u{200f}'
+            | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}'
+            | '\u{fff9}'..='\u{fffb}')
 }
 
 pub fn verify(path: &Path, key: &crate::crypto::Key256) -> Result<bool, String> {
@@ -119,5 +224,81 @@ pub fn verify(path: &Path, key: &crate::crypto::Key256) -> Result<bool, String> 
             );
             Ok(false)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn escape_shows_control_and_invisible_characters() {
+        assert!(matches!(escape("projects/x.txt"), Cow::Borrowed(_)));
+        assert_eq!(escape("a\nb\tc\rd"), "a\\nb\\tc\\rd");
+        assert_eq!(escape("\x1b[2J\x07\x7f\0"), "\\x1b[2J\\x07\\x7f\\x00");
+        assert_eq!(escape("\u{9b}31m"), "\\u{9b}31m");
+        assert_eq!(escape("invoice\u{202e}fdp.exe"), "invoice\\u{202e}fdp.exe");
+        assert_eq!(escape("a\u{200b}b\u{2028}"), "a\\u{200b}b\\u{2028}");
+        // A backslash typed in a name cannot pass for an escape.
+        assert_eq!(escape("a\\nb"), "a\\\\nb");
+        assert_eq!(escape("日本語 é"), "日本語 é");
+    }
+
+    fn rec(path: &str, process: &str, error: Option<&str>) -> Value {
+        let mut r = json!({
+            "eventTime": "2026-11-29T10:00:00Z", "eventName": "Decrypt",
+            "userIdentity": {"principalId": "uid:1000", "uid": 1000, "pid": 42, "processName": process},
+            "requestParameters": {"encryptionContext": {"kmsfs:path": path}},
+            "resources": [{"ARN": "arn:kmsfs:kms:local:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"}]
+        });
+        if let Some(e) = error {
+            r["errorCode"] = json!(e);
+        }
+        r
+    }
+
+    #[test]
+    fn table_is_aligned_and_names_cannot_forge_rows() {
+        let forged = "x\n2026-01-01T00:00:00Z  Decrypt  uid:0(cat) pid 1  k  -  ok";
+        let rows = [
+            table_cells(&rec("a.txt", "cat", None)),
+            table_cells(&rec(
+                forged,
+                "evil\x1b]0;pwned\x07",
+                Some("AccessDeniedException"),
+            )),
+            table_cells(&rec("b.txt,kmsfs:fs=other", "sh", None)),
+            // No resource: the key as the caller named it, here a long alias ARN.
+            table_cells(&json!({
+                "eventTime": "2026-11-29T10:00:01Z", "eventName": "GenerateDataKeyWithoutPlaintext",
+                "userIdentity": {"principalId": "uid:0", "pid": 7},
+                "requestParameters": {"keyId": "arn:kmsfs:kms:local:111122223333:alias/a-rather-long-alias-name"},
+                "errorCode": "NotFoundException"
+            })),
+        ];
+        let t = format_table(&TABLE_HEADER, &rows);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 5, "a header and one line per record:\n{t}");
+        assert!(!t.contains(['\x1b', '\x07']), "{t:?}");
+        assert!(lines[2].contains("kmsfs:path=x\\n2026-01-01T00:00:00Z  Decrypt"));
+        assert!(lines[2].contains("(evil\\x1b]0;pwned\\x07) pid 42"));
+        assert!(lines[3].contains("kmsfs:path=b.txt\\,kmsfs:fs\\=other"));
+        assert!(lines[4].contains("alias/a-rather-long-alias-name"));
+        // Each column starts where its title does, after at least two spaces.
+        let starts: Vec<usize> = TABLE_HEADER
+            .iter()
+            .map(|h| lines[0].find(h).unwrap())
+            .collect();
+        for (line, cells) in lines[1..].iter().zip(&rows) {
+            for (&at, cell) in starts.iter().zip(cells) {
+                assert!(
+                    line[at..].starts_with(cell.as_str()),
+                    "{cell:?} not at {at}:\n{t}"
+                );
+                assert!(at == 0 || line[..at].ends_with("  "), "{line}");
+            }
+        }
+        assert!(lines[1].ends_with("  ok"));
     }
 }

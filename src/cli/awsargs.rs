@@ -49,6 +49,15 @@ pub fn text_arg(v: &str, flag: &str) -> Result<String, String> {
     }
 }
 
+/// A timestamp parameter, as clap's value parser: a bad one is a usage error.
+pub fn time_arg(v: &str) -> Result<i64, String> {
+    crate::kms::clock::parse_time(v).ok_or_else(|| {
+        "expected an RFC 3339 time (2026-01-31T12:00:00Z, or with a +01:00 offset), \
+         a date (2026-01-31, midnight UTC) or Unix seconds"
+            .into()
+    })
+}
+
 /// Tags as `TagKey=k,TagValue=v` shorthand (one per argument) or a JSON list.
 pub fn parse_tags(args: &[String]) -> Result<Vec<(String, String)>, String> {
     let mut out = vec![];
@@ -121,7 +130,12 @@ pub fn query(v: &Value, q: &str) -> Result<Value, String> {
 /// Prints like the AWS CLI: 4-space-indented JSON, or tab-separated text.
 pub fn render(v: &Value, output: &str) -> String {
     match output {
-        "text" => text(v),
+        "text" => {
+            let mut out = String::new();
+            text(v, None, None, &mut out);
+            out.pop(); // the caller's println! ends the last line
+            out
+        }
         _ => {
             let mut buf = Vec::new();
             let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
@@ -132,13 +146,102 @@ pub fn render(v: &Value, output: &str) -> String {
     }
 }
 
-fn text(v: &Value) -> String {
+/// A scalar as the AWS CLI (Python's `str`) prints it.
+fn scalar(v: &Value) -> String {
     match v {
         Value::Null => "None".into(),
+        Value::Bool(true) => "True".into(),
+        Value::Bool(false) => "False".into(),
         Value::String(s) => s.clone(),
-        Value::Array(a) => a.iter().map(text).collect::<Vec<_>>().join("\t"),
-        Value::Object(m) => m.values().map(text).collect::<Vec<_>>().join("\t"),
         other => other.to_string(),
+    }
+}
+
+fn is_container(v: &Value) -> bool {
+    v.is_object() || v.is_array()
+}
+
+// The AWS CLI's text format (awscli/text.py), so that scripts written for
+// `aws kms ... --output text` read the same lines: an object's scalars on one
+// line in key order, after the upper-cased name of the list or object holding
+// it; each element of a list of objects on its own line, with the columns
+// every element's scalar keys; nested lists and objects on lines of their own.
+fn text(v: &Value, name: Option<&str>, columns: Option<&[&str]>, out: &mut String) {
+    match v {
+        Value::Object(m) => {
+            let mut scalars = vec![];
+            let mut nested = vec![];
+            match columns {
+                None => {
+                    let mut keys: Vec<&String> = m.keys().collect();
+                    keys.sort();
+                    for k in keys {
+                        if is_container(&m[k]) {
+                            nested.push((k.as_str(), &m[k]));
+                        } else {
+                            scalars.push(scalar(&m[k]));
+                        }
+                    }
+                }
+                Some(cols) => {
+                    for c in cols {
+                        scalars.push(m.get(*c).map(scalar).unwrap_or_default());
+                    }
+                    let mut rest: Vec<&String> =
+                        m.keys().filter(|k| !cols.contains(&k.as_str())).collect();
+                    rest.sort();
+                    nested.extend(rest.into_iter().map(|k| (k.as_str(), &m[k])));
+                }
+            }
+            if !scalars.is_empty() {
+                if let Some(n) = name {
+                    scalars.insert(0, n.to_uppercase());
+                }
+                out.push_str(&scalars.join("\t"));
+                out.push('\n');
+            }
+            for (k, v) in nested {
+                text(v, Some(k), None, out);
+            }
+        }
+        Value::Array(a) if a.iter().any(Value::is_object) => {
+            let mut cols: Vec<&str> = a
+                .iter()
+                .filter_map(Value::as_object)
+                .flat_map(|m| m.iter().filter(|(_, v)| !is_container(v)))
+                .map(|(k, _)| k.as_str())
+                .collect();
+            cols.sort();
+            cols.dedup();
+            for e in a {
+                text(e, name, Some(&cols), out);
+            }
+        }
+        Value::Array(a) => {
+            let (nested, scalars): (Vec<&Value>, Vec<&Value>) =
+                a.iter().partition(|e| e.is_array());
+            if !scalars.is_empty() {
+                match name {
+                    Some(n) => {
+                        for e in scalars {
+                            out.push_str(&format!("{}\t{}\n", n.to_uppercase(), scalar(e)));
+                        }
+                    }
+                    None => {
+                        let line: Vec<String> = scalars.into_iter().map(scalar).collect();
+                        out.push_str(&line.join("\t"));
+                        out.push('\n');
+                    }
+                }
+            }
+            for e in nested {
+                text(e, name, None, out);
+            }
+        }
+        other => {
+            out.push_str(&scalar(other));
+            out.push('\n');
+        }
     }
 }
 
@@ -191,5 +294,40 @@ mod tests {
         assert_eq!(query(&v, "Keys[1].KeyId").unwrap(), json!("b"));
         assert_eq!(render(&json!("x"), "text"), "x");
         assert_eq!(render(&json!({"A": 1}), "json"), "{\n    \"A\": 1\n}");
+    }
+
+    #[test]
+    fn text_output_has_a_line_per_list_element_as_the_aws_cli() {
+        let keys = json!({"Keys": [{"KeyId": "a", "KeyArn": "arn/a"}, {"KeyId": "b", "KeyArn": "arn/b"}], "Truncated": false});
+        assert_eq!(
+            render(&keys, "text"),
+            "False\nKEYS\tarn/a\ta\nKEYS\tarn/b\tb"
+        );
+        // Columns are every element's scalar keys (empty where one lacks it);
+        // lists inside an element get lines of their own after it.
+        let grants = json!({"Grants": [
+            {"GrantId": "g1", "Operations": ["Decrypt", "Encrypt"]},
+            {"Name": "n", "GrantId": "g2", "Constraints": {"EncryptionContextSubset": {"k": "v"}}}
+        ]});
+        assert_eq!(
+            render(&grants, "text"),
+            "GRANTS\tg1\t\nOPERATIONS\tDecrypt\nOPERATIONS\tEncrypt\nGRANTS\tg2\tn\nENCRYPTIONCONTEXTSUBSET\tv"
+        );
+        assert_eq!(render(&json!(["a", "b"]), "text"), "a\tb");
+        assert_eq!(
+            render(
+                &json!({"X": null, "N": 7, "KeyRotationEnabled": true}),
+                "text"
+            ),
+            "True\t7\tNone"
+        );
+        assert_eq!(render(&json!({"Aliases": []}), "text"), "");
+    }
+
+    #[test]
+    fn times() {
+        assert_eq!(time_arg("1970-01-02").unwrap(), 86_400);
+        assert_eq!(time_arg("1970-01-01T00:01:00Z").unwrap(), 60);
+        assert!(time_arg("yesterday").unwrap_err().contains("RFC 3339"));
     }
 }

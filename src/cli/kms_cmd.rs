@@ -1,7 +1,6 @@
 //! `kmsfs kms <operation>`: the AWS CLI's `aws kms` subcommands and flags.
 
-use super::awsargs::{blob_arg, parse_tags, text_arg};
-use crate::kms::clock::parse_time;
+use super::awsargs::{blob_arg, parse_tags, text_arg, time_arg};
 use crate::kms::{Caller, CreateKeyRequest, DataKeySpec, EncryptionContext, Kms, KmsError};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -10,15 +9,17 @@ use serde_json::{Value, json};
 
 #[derive(Args, Debug, Clone)]
 pub struct KeyIdArg {
-    /// Key id, key ARN, alias name (alias/...) or alias ARN.
+    /// Identifies the KMS key: key id, key ARN, alias name (alias/...) or alias ARN.
     #[arg(long)]
     pub key_id: String,
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct Paging {
+    /// The maximum number of items to return (1 to 1000) [default: 100].
     #[arg(long)]
     pub limit: Option<u32>,
+    /// The NextMarker of a truncated response, to get the items after it.
     #[arg(long)]
     pub marker: Option<String>,
 }
@@ -28,254 +29,339 @@ fn ctx_arg(s: &str) -> Result<EncryptionContext, String> {
     EncryptionContext::parse_cli(&text)
 }
 
-/// The flags GenerateDataKey and GenerateDataKeyWithoutPlaintext share.
+// The flags GenerateDataKey and GenerateDataKeyWithoutPlaintext share. (Not a
+// doc comment: clap would show it as both commands' description.)
 #[derive(Args, Debug, Clone)]
 pub struct DataKeyArgs {
     #[command(flatten)]
     pub key: KeyIdArg,
-    /// AES_256 or AES_128.
+    /// The length of the data key: AES_256 or AES_128.
     #[arg(long)]
     pub key_spec: Option<String>,
-    /// 1 to 1024, instead of --key-spec.
+    /// The length of the data key in bytes, 1 to 1024, instead of --key-spec.
     #[arg(long)]
     pub number_of_bytes: Option<u32>,
+    /// The encryption context to bind to the encrypted data key: `k1=v1,k2=v2` or a JSON object.
     #[arg(long)]
     pub encryption_context: Option<String>,
+    /// A list of grant tokens.
     #[arg(long, num_args = 1..)]
     pub grant_tokens: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum KmsCommand {
+    /// Creates a unique customer managed KMS key.
     CreateKey {
+        /// A description of the KMS key.
         #[arg(long, default_value = "")]
         description: String,
-        /// `TagKey=k,TagValue=v` (repeatable) or a JSON list.
+        /// Tags for the KMS key: `TagKey=k,TagValue=v` (repeatable) or a JSON list.
         #[arg(long, num_args = 1..)]
         tags: Vec<String>,
+        /// The cryptographic operations the KMS key is for: only ENCRYPT_DECRYPT.
         #[arg(long)]
         key_usage: Option<String>,
-        /// KMSFS (default, alias AWS_KMS) or EXTERNAL for imported material.
+        /// The source of the key material: KMSFS (default, alias AWS_KMS) or EXTERNAL for imported material.
         #[arg(long)]
         origin: Option<String>,
+        /// The type of KMS key to create: only SYMMETRIC_DEFAULT.
         #[arg(long)]
         key_spec: Option<String>,
-        /// Key policy (JSON, or file://FILE) [default: root and the creator may do everything].
+        /// The key policy (JSON, or file://FILE) [default: root and the creator may do everything].
         #[arg(long)]
         policy: Option<String>,
+        /// Skips the check that the policy lets the caller change the policy later.
         #[arg(long)]
         bypass_policy_lockout_safety_check: bool,
     },
+    /// Provides detailed information about a KMS key.
     DescribeKey(KeyIdArg),
+    /// Gets a key policy attached to the specified KMS key.
     GetKeyPolicy {
         #[command(flatten)]
         key: KeyIdArg,
+        /// The name of the key policy: only default.
         #[arg(long)]
         policy_name: Option<String>,
     },
+    /// Attaches a key policy to the specified KMS key.
     PutKeyPolicy {
         #[command(flatten)]
         key: KeyIdArg,
+        /// The name of the key policy: only default.
         #[arg(long)]
         policy_name: Option<String>,
-        /// JSON, or file://FILE.
+        /// The key policy: JSON, or file://FILE.
         #[arg(long)]
         policy: String,
+        /// Skips the check that the policy lets the caller change the policy later.
         #[arg(long)]
         bypass_policy_lockout_safety_check: bool,
     },
+    /// Adds a grant to a KMS key.
     CreateGrant {
         #[command(flatten)]
         key: KeyIdArg,
-        /// uid:N, user:NAME, gid:N or group:NAME.
+        /// The principal given permission by the grant: uid:N, user:NAME, gid:N or group:NAME.
         #[arg(long)]
         grantee_principal: String,
+        /// The principal that may retire the grant (same forms as --grantee-principal).
         #[arg(long)]
         retiring_principal: Option<String>,
-        /// Decrypt, Encrypt, GenerateDataKey, GenerateDataKeyWithoutPlaintext,
-        /// ReEncryptFrom, ReEncryptTo, CreateGrant, RetireGrant, DescribeKey.
+        /// The operations the grant permits: Decrypt, Encrypt, GenerateDataKey,
+        /// GenerateDataKeyWithoutPlaintext, ReEncryptFrom, ReEncryptTo, CreateGrant,
+        /// RetireGrant, DescribeKey.
         #[arg(long, num_args = 1.., required = true, value_delimiter = ',')]
         operations: Vec<String>,
-        /// `EncryptionContextSubset={k=v,...}`, `EncryptionContextEquals={...}`, or JSON.
+        /// Encryption context the request must have: `EncryptionContextSubset={k=v,...}`,
+        /// `EncryptionContextEquals={...}`, or JSON.
         #[arg(long)]
         constraints: Option<String>,
+        /// A friendly name for the grant: 1 to 256 letters, digits and :/_-.
         #[arg(long)]
         name: Option<String>,
+        /// A list of grant tokens.
         #[arg(long, num_args = 1..)]
         grant_tokens: Vec<String>,
     },
+    /// Gets a list of all grants for the specified KMS key.
     ListGrants {
         #[command(flatten)]
         key: KeyIdArg,
+        /// Returns only the grant with the specified grant id.
         #[arg(long)]
         grant_id: Option<String>,
+        /// Returns only grants where the specified principal is the grantee.
         #[arg(long)]
         grantee_principal: Option<String>,
         #[command(flatten)]
         paging: Paging,
     },
+    /// Returns information about all grants in this KMS home that have the specified retiring principal.
     ListRetirableGrants {
+        /// The retiring principal whose grants to list: uid:N, user:NAME, gid:N or group:NAME.
         #[arg(long)]
         retiring_principal: String,
         #[command(flatten)]
         paging: Paging,
     },
+    /// Deletes a grant, by its grant token or by key and grant id.
     RetireGrant {
+        /// Identifies the grant to be retired by its grant token.
         #[arg(long)]
         grant_token: Option<String>,
+        /// The KMS key associated with the grant (with --grant-id).
         #[arg(long)]
         key_id: Option<String>,
+        /// Identifies the grant to retire (with --key-id).
         #[arg(long)]
         grant_id: Option<String>,
     },
+    /// Deletes the specified grant.
     RevokeGrant {
         #[command(flatten)]
         key: KeyIdArg,
+        /// Identifies the grant to revoke.
         #[arg(long)]
         grant_id: String,
     },
+    /// Gets a list of all KMS keys in this KMS home.
     ListKeys(Paging),
+    /// Sets the key state of a KMS key to enabled.
     EnableKey(KeyIdArg),
+    /// Sets the state of a KMS key to disabled.
     DisableKey(KeyIdArg),
+    /// Schedules the deletion of a KMS key.
     ScheduleKeyDeletion {
         #[command(flatten)]
         key: KeyIdArg,
+        /// The waiting period before the key is deleted, 7 to 30 days [default: 30].
         #[arg(long)]
         pending_window_in_days: Option<u32>,
     },
+    /// Cancels the deletion of a KMS key.
     CancelKeyDeletion(KeyIdArg),
+    /// Updates the description of a KMS key.
     UpdateKeyDescription {
         #[command(flatten)]
         key: KeyIdArg,
+        /// New description for the KMS key.
         #[arg(long)]
         description: String,
     },
+    /// Enables automatic rotation of the key material of the specified KMS key.
     EnableKeyRotation {
         #[command(flatten)]
         key: KeyIdArg,
+        /// The number of days between automatic rotations, 90 to 2560 [default: 365].
         #[arg(long)]
         rotation_period_in_days: Option<u32>,
     },
+    /// Disables automatic rotation of the key material of the specified KMS key.
     DisableKeyRotation(KeyIdArg),
+    /// Provides detailed information about the rotation status for a KMS key.
     GetKeyRotationStatus(KeyIdArg),
+    /// Immediately initiates rotation of the key material of the specified KMS key.
     RotateKeyOnDemand(KeyIdArg),
+    /// Returns information about all completed key material rotations for the specified KMS key.
     ListKeyRotations {
         #[command(flatten)]
         key: KeyIdArg,
         #[command(flatten)]
         paging: Paging,
     },
+    /// Creates a friendly name for a KMS key.
     CreateAlias {
+        /// The alias name, beginning with alias/.
         #[arg(long)]
         alias_name: String,
+        /// The KMS key the alias points to: key id or key ARN.
         #[arg(long)]
         target_key_id: String,
     },
+    /// Associates an existing alias with a different KMS key.
     UpdateAlias {
+        /// The alias that is changing its KMS key, beginning with alias/.
         #[arg(long)]
         alias_name: String,
+        /// The KMS key to associate with the alias: key id or key ARN.
         #[arg(long)]
         target_key_id: String,
     },
+    /// Deletes the specified alias.
     DeleteAlias {
+        /// The alias to be deleted, beginning with alias/.
         #[arg(long)]
         alias_name: String,
     },
+    /// Gets a list of aliases in this KMS home.
     ListAliases {
+        /// Lists only aliases that are associated with the specified KMS key.
         #[arg(long)]
         key_id: Option<String>,
         #[command(flatten)]
         paging: Paging,
     },
+    /// Adds or edits tags on a customer managed key.
     TagResource {
         #[command(flatten)]
         key: KeyIdArg,
+        /// One or more tags: `TagKey=k,TagValue=v` (repeatable) or a JSON list.
         #[arg(long, num_args = 1.., required = true)]
         tags: Vec<String>,
     },
+    /// Deletes tags from a customer managed key.
     UntagResource {
         #[command(flatten)]
         key: KeyIdArg,
+        /// One or more tag keys (only the keys, not the values).
         #[arg(long, num_args = 1.., required = true)]
         tag_keys: Vec<String>,
     },
+    /// Returns all tags on the specified KMS key.
     ListResourceTags {
         #[command(flatten)]
         key: KeyIdArg,
         #[command(flatten)]
         paging: Paging,
     },
+    /// Encrypts plaintext of up to 4,096 bytes using a KMS key.
     Encrypt {
         #[command(flatten)]
         key: KeyIdArg,
-        /// base64, or fileb://FILE for raw bytes (at most 4096).
+        /// The data to encrypt: base64, or fileb://FILE for raw bytes (at most 4096).
         #[arg(long)]
         plaintext: String,
-        /// `k1=v1,k2=v2` or a JSON object.
+        /// The encryption context, needed again to decrypt: `k1=v1,k2=v2` or a JSON object.
         #[arg(long)]
         encryption_context: Option<String>,
+        /// The encryption algorithm: only SYMMETRIC_DEFAULT.
         #[arg(long)]
         encryption_algorithm: Option<String>,
+        /// A list of grant tokens.
         #[arg(long, num_args = 1..)]
         grant_tokens: Vec<String>,
     },
+    /// Decrypts ciphertext that was encrypted by a KMS key.
     Decrypt {
-        /// base64, or fileb://FILE for raw bytes.
+        /// The ciphertext to decrypt: base64, or fileb://FILE for raw bytes.
         #[arg(long)]
         ciphertext_blob: String,
+        /// The encryption context the data was encrypted with: `k1=v1,k2=v2` or a JSON object.
         #[arg(long)]
         encryption_context: Option<String>,
+        /// The KMS key the ciphertext must have been encrypted under.
         #[arg(long)]
         key_id: Option<String>,
+        /// The encryption algorithm: only SYMMETRIC_DEFAULT.
         #[arg(long)]
         encryption_algorithm: Option<String>,
+        /// A list of grant tokens.
         #[arg(long, num_args = 1..)]
         grant_tokens: Vec<String>,
     },
+    /// Decrypts ciphertext and then reencrypts it entirely within the KMS.
     ReEncrypt {
+        /// The ciphertext to reencrypt: base64, or fileb://FILE for raw bytes.
         #[arg(long)]
         ciphertext_blob: String,
+        /// The encryption context the data was encrypted with: `k1=v1,k2=v2` or a JSON object.
         #[arg(long)]
         source_encryption_context: Option<String>,
+        /// The KMS key the ciphertext must have been encrypted under.
         #[arg(long)]
         source_key_id: Option<String>,
+        /// The KMS key to reencrypt the data under.
         #[arg(long)]
         destination_key_id: String,
+        /// The encryption context for the reencrypted data: `k1=v1,k2=v2` or a JSON object.
         #[arg(long)]
         destination_encryption_context: Option<String>,
+        /// A list of grant tokens.
         #[arg(long, num_args = 1..)]
         grant_tokens: Vec<String>,
     },
+    /// Returns a unique symmetric data key, in plaintext and encrypted under a KMS key.
     GenerateDataKey(DataKeyArgs),
+    /// Returns a unique symmetric data key encrypted under a KMS key, without its plaintext.
     GenerateDataKeyWithoutPlaintext(DataKeyArgs),
+    /// Returns a random byte string that is cryptographically secure.
     GenerateRandom {
+        /// The length of the random byte string, 1 to 1024.
         #[arg(long)]
         number_of_bytes: u32,
     },
+    /// Returns the public key and an import token you need to import key material for a KMS key.
     GetParametersForImport {
         #[command(flatten)]
         key: KeyIdArg,
+        /// The algorithm you will wrap the key material with: only RSAES_OAEP_SHA_256.
         #[arg(long, default_value = "RSAES_OAEP_SHA_256")]
         wrapping_algorithm: String,
+        /// The type of RSA public key to return: RSA_2048, RSA_3072 or RSA_4096.
         #[arg(long, default_value = "RSA_2048")]
         wrapping_key_spec: String,
     },
+    /// Imports or reimports key material into a KMS key that was created without key material.
     ImportKeyMaterial {
         #[command(flatten)]
         key: KeyIdArg,
-        /// base64, or fileb://FILE.
+        /// The import token from GetParametersForImport: base64, or fileb://FILE.
         #[arg(long)]
         import_token: String,
-        /// base64, or fileb://FILE: the material wrapped with RSAES_OAEP_SHA_256.
+        /// The key material wrapped with RSAES_OAEP_SHA_256: base64, or fileb://FILE.
         #[arg(long)]
         encrypted_key_material: String,
-        /// KEY_MATERIAL_EXPIRES (needs --valid-to) or KEY_MATERIAL_DOES_NOT_EXPIRE.
+        /// Whether the key material expires: KEY_MATERIAL_EXPIRES (needs --valid-to) or
+        /// KEY_MATERIAL_DOES_NOT_EXPIRE.
         #[arg(long)]
         expiration_model: Option<String>,
-        /// RFC 3339 time or Unix seconds.
-        #[arg(long)]
-        valid_to: Option<String>,
+        /// When the key material expires: RFC 3339 time, YYYY-MM-DD or Unix seconds.
+        #[arg(long, value_name = "TIME", value_parser = time_arg)]
+        valid_to: Option<i64>,
     },
+    /// Deletes key material that was previously imported.
     DeleteImportedKeyMaterial(KeyIdArg),
 }
 
@@ -646,13 +732,6 @@ pub fn run(kms: &Kms, caller: &Caller, cmd: KmsCommand) -> Result<Value, CmdErro
         } => {
             let token = blob_arg(&import_token, "--import-token")?;
             let material = blob_arg(&encrypted_key_material, "--encrypted-key-material")?;
-            let valid_to = valid_to
-                .map(|v| {
-                    parse_time(&v).ok_or(format!(
-                        "--valid-to {v:?} is not an RFC 3339 time or Unix seconds"
-                    ))
-                })
-                .transpose()?;
             kms.import_key_material(
                 caller,
                 &key.key_id,

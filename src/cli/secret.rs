@@ -7,18 +7,16 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
+// KMSFS_KEY_FILE and KMSFS_PASSPHRASE_FILE are read in `resolve`, not with
+// clap's `env`: clap rejects an empty variable, and shows an option it took
+// from the environment in usage lines as if it had been typed.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct SecretArgs {
-    /// 32-byte root key file (raw bytes, or 64 hex digits) instead of a passphrase.
-    #[arg(long, global = true, env = "KMSFS_KEY_FILE", value_name = "FILE")]
+    /// 32-byte root key file (raw bytes, or 64 hex digits) instead of a passphrase [env: KMSFS_KEY_FILE].
+    #[arg(long, global = true, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
-    /// Read the passphrase from the first line of FILE.
-    #[arg(
-        long,
-        global = true,
-        env = "KMSFS_PASSPHRASE_FILE",
-        value_name = "FILE"
-    )]
+    /// Read the passphrase from the first line of FILE [env: KMSFS_PASSPHRASE_FILE].
+    #[arg(long, global = true, value_name = "FILE")]
     pub passphrase_file: Option<PathBuf>,
     /// Run CMD (with sh -c) and use the first line it prints as the passphrase.
     #[arg(long, global = true, value_name = "CMD")]
@@ -70,9 +68,30 @@ fn first_line(bytes: &[u8]) -> SecretBytes {
     SecretBytes::new(line.to_vec())
 }
 
+/// An environment variable naming a file; set but empty counts as unset, as
+/// `VAR= cmd` is the usual way to switch one off.
+fn env_path(var: &str) -> Option<PathBuf> {
+    std::env::var_os(var)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
 impl SecretArgs {
     /// Chooses the secret to open (or, with `creating`, to create) `home`.
+    /// An option given on the command line wins over its environment variable.
     pub fn resolve(&self, home: &KmsHome, creating: bool) -> Result<RootSecret, String> {
+        SecretArgs {
+            key_file: self.key_file.clone().or_else(|| env_path("KMSFS_KEY_FILE")),
+            passphrase_file: self
+                .passphrase_file
+                .clone()
+                .or_else(|| env_path("KMSFS_PASSPHRASE_FILE")),
+            extpass: self.extpass.clone(),
+        }
+        .resolve_given(home, creating)
+    }
+
+    fn resolve_given(&self, home: &KmsHome, creating: bool) -> Result<RootSecret, String> {
         let spec = if home.exists() {
             Some(home.root_key_spec().map_err(|e| e.message)?)
         } else {
