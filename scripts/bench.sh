@@ -7,6 +7,8 @@
 #   bash scripts/bench.sh [ROUNDS]        (default 3; needs root for drop_caches)
 #
 # BENCH_DIR (default /var/tmp/kmsfs-bench) must be on the disk to measure.
+# KMSFS_BASELINE=/path/to/an/older/kmsfs adds it as the system "kmsfs_base",
+# so a change's cost is measured against the code before it in the same run.
 # A peer that is not installed and cannot be installed is skipped with a message.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -45,6 +47,13 @@ mount_all() {
   mkdir -p "$W/plain" && SYSTEMS+=(plain)
   mkdir -p "$W/c_kmsfs" "$W/m_kmsfs"
   if "$K" init "$W/c_kmsfs" >/dev/null 2>&1 && "$K" mount "$W/c_kmsfs" "$W/m_kmsfs" 2>/dev/null; then SYSTEMS+=(kmsfs); fi
+  if [ -n "${KMSFS_BASELINE:-}" ]; then
+    mkdir -p "$W/c_kmsfs_base" "$W/m_kmsfs_base"
+    if KMSFS_HOME="$W/kms_base" "$KMSFS_BASELINE" init "$W/c_kmsfs_base" >/dev/null 2>&1 &&
+      KMSFS_HOME="$W/kms_base" "$KMSFS_BASELINE" mount "$W/c_kmsfs_base" "$W/m_kmsfs_base" 2>/dev/null; then
+      SYSTEMS+=(kmsfs_base)
+    fi
+  fi
   if command -v gocryptfs >/dev/null; then
     mkdir -p "$W/c_gocryptfs" "$W/m_gocryptfs"
     gocryptfs -init -q -extpass "echo bench" "$W/c_gocryptfs" >/dev/null 2>&1 &&
@@ -67,6 +76,7 @@ mount_all() {
 }
 umount_all() {
   "$K" unmount "$W/m_kmsfs" 2>/dev/null
+  [ -d "$W/m_kmsfs_base" ] && "$K" unmount "$W/m_kmsfs_base" 2>/dev/null
   for s in gocryptfs securefs cryfs bindfs; do
     [ -d "$W/m_$s" ] && { fusermount -u "$W/m_$s" 2>/dev/null || umount -l "$W/m_$s" 2>/dev/null; }
   done
@@ -142,7 +152,7 @@ for line in open(raw):
     if w == "check":
         failed.append((s, r)); continue
     vals[(s, w)].append(float(v))
-systems = [s for s in ["plain", "kmsfs", "gocryptfs", "securefs", "cryfs", "bindfs"] if any(k[0] == s for k in vals)]
+systems = [s for s in ["plain", "kmsfs", "kmsfs_base", "gocryptfs", "securefs", "cryfs", "bindfs"] if any(k[0] == s for k in vals)]
 works = [("seqwrite_MBps", "seq write 512 MiB (MB/s)", True), ("seqread_MBps", "seq read 512 MiB (MB/s)", True),
          ("randrw_IOPS", "random 4K r/w (IOPS)", True), ("untar_s", f"untar {nfiles} files (s)", False),
          ("lsR_s", "ls -lR (s)", False), ("readall_s", f"read all {tree_mb} MiB (s)", False), ("rmrf_s", "rm -rf (s)", False)]
@@ -158,7 +168,7 @@ for w, label, higher in works:
         cells.append("-" if not v else f"{fmt(statistics.median(v))} ({fmt(min(v))}–{fmt(max(v))})")
     print(f"| {label} | " + " | ".join(cells) + " |")
 print()
-peers = [s for s in systems if s not in ("plain", "kmsfs", "bindfs")]
+peers = [s for s in systems if s not in ("plain", "kmsfs", "kmsfs_base", "bindfs")]
 print("| workload | kmsfs vs plain | " + " | ".join(f"kmsfs vs {p}" for p in peers) + " | fastest peer | kmsfs ahead? |")
 print("|---|---|" + "---|" * len(peers) + "---|---|")
 for w, label, higher in works:
@@ -173,6 +183,12 @@ for w, label, higher in works:
     print(f"| {label} | {fmt(ratio(med('plain', w)))}× | " + " | ".join(cells) + f" | {best or '-'} | {ahead} |")
 print()
 print("(ratios > 1 mean kmsfs is faster; for timed workloads the ratio is other time / kmsfs time)")
+if "kmsfs_base" in systems:
+    print("\n| workload | kmsfs vs kmsfs_base (the baseline build) |\n|---|---|")
+    for w, label, higher in works:
+        k, b = med("kmsfs", w), med("kmsfs_base", w)
+        if k and b:
+            print(f"| {label} | {fmt(k / b if higher else b / k)}× |")
 rss = med("kmsfs", "peakRSS_MiB")
 if rss is not None: print(f"\nkmsfs daemon peak RSS: {rss:.1f} MiB")
 print("\n" + open(kms).read())

@@ -8,3 +8,4 @@ pub mod cli;
 pub mod crypto;
 pub mod fs;
 pub mod kms;
+pub mod log;

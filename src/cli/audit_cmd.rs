@@ -68,36 +68,86 @@ pub fn show(path: &Path, cmd: &AuditCommand) -> Result<u64, String> {
         uid: *uid,
         path: fpath.clone(),
     };
-    let f = std::fs::File::open(path)
-        .map_err(|e| format!("cannot open the audit log {}: {e}", path.display()))?;
     let out = std::io::stdout();
     let mut out = std::io::BufWriter::new(out.lock());
+    if !*table {
+        return for_each_match(path, &filter, true, |line, _| {
+            writeln!(out, "{line}").is_ok() // false: the reader went away (`| head`)
+        });
+    }
+    // The table streams too, in two passes over the file: one for the
+    // column widths, one to print. Memory stays small however long the log.
+    let mut widths = TABLE_HEADER.map(|h| h.chars().count());
+    let n = for_each_match(path, &filter, true, |_, v| {
+        for (w, cell) in widths.iter_mut().zip(table_cells(v)) {
+            *w = (*w).max(cell.chars().count());
+        }
+        true
+    })?;
+    if n == 0 {
+        return Ok(0);
+    }
+    if write_row(&mut out, &TABLE_HEADER.map(String::from), &widths).is_err() {
+        return Ok(n);
+    }
+    for_each_match(path, &filter, false, |_, v| {
+        write_row(&mut out, &table_cells(v), &widths).is_ok()
+    })?;
+    Ok(n)
+}
+
+/// Calls `f` with each line of the log that matches and its JSON, until it
+/// returns false; returns how many matched. Lines that are not JSON are
+/// reported (when `report`) and skipped.
+fn for_each_match(
+    path: &std::path::Path,
+    filter: &Filter,
+    report: bool,
+    mut f: impl FnMut(&str, &Value) -> bool,
+) -> Result<u64, String> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| format!("cannot open the audit log {}: {e}", path.display()))?;
     let mut n = 0;
-    let mut rows = vec![];
-    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line.map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let Ok(v) = serde_json::from_str::<Value>(&line) else {
-            eprintln!(
-                "kmsfs: line {} of {} is not JSON; run `kmsfs audit verify`",
-                i + 1,
-                path.display()
-            );
+            if report {
+                eprintln!(
+                    "kmsfs: line {} of {} is not JSON; run `kmsfs audit verify`",
+                    i + 1,
+                    path.display()
+                );
+            }
             continue;
         };
         if filter.matches(&v) {
             n += 1;
-            if *table {
-                rows.push(table_cells(&v));
-            } else if writeln!(out, "{line}").is_err() {
-                break; // reader went away (e.g. `| head`)
+            if !f(&line, &v) {
+                break;
             }
         }
     }
-    if !rows.is_empty() {
-        // An error here is the reader going away, as above.
-        let _ = out.write_all(format_table(&TABLE_HEADER, &rows).as_bytes());
-    }
     Ok(n)
+}
+
+/// One table row: columns two spaces apart, the last one unpadded.
+fn write_row<const N: usize>(
+    out: &mut impl Write,
+    row: &[String; N],
+    widths: &[usize; N],
+) -> std::io::Result<()> {
+    let mut line = String::new();
+    for (i, cell) in row.iter().enumerate() {
+        if i + 1 == N {
+            line.push_str(cell);
+        } else {
+            let pad = widths[i].saturating_sub(cell.chars().count());
+            line.push_str(cell);
+            line.extend(std::iter::repeat_n(' ', pad + 2));
+        }
+    }
+    line.push('\n');
+    out.write_all(line.as_bytes())
 }
 
 const TABLE_HEADER: [&str; 6] = ["TIME", "EVENT", "CALLER", "KEY", "CONTEXT", "OUTCOME"];
@@ -127,10 +177,14 @@ fn table_cells(r: &Value) -> [String; 6] {
             .join(","),
         _ => "-".into(),
     };
-    let outcome = match r["errorCode"].as_str() {
+    let mut outcome = match r["errorCode"].as_str() {
         Some(c) => escape(c).into_owned(),
         None => "ok".into(),
     };
+    // A coalesced record stands for several identical calls.
+    if let Some(n) = r["coalesced"]["count"].as_u64() {
+        let _ = write!(outcome, " ×{n}");
+    }
     [
         s(&r["eventTime"]),
         s(&r["eventName"]),
@@ -142,29 +196,20 @@ fn table_cells(r: &Value) -> [String; 6] {
 }
 
 /// Columns two spaces apart, each as wide as its widest cell (the last one
-/// unpadded). The widths need every row, so the table is printed after the
-/// whole log is read; JSON lines stream.
+/// unpadded): `write_row` over rows held in memory, for the unit tests.
+#[cfg(test)]
 fn format_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
-    let width = |s: &str| s.chars().count();
-    let mut widths = header.map(width);
+    let mut widths = header.map(|h| h.chars().count());
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(width(cell));
+            *w = (*w).max(cell.chars().count());
         }
     }
-    let header = header.map(String::from);
-    let mut out = String::new();
-    for row in std::iter::once(&header).chain(rows) {
-        for (i, cell) in row.iter().enumerate() {
-            if i + 1 == N {
-                out.push_str(cell);
-            } else {
-                let _ = write!(out, "{cell:<w$}  ", w = widths[i]);
-            }
-        }
-        out.push('\n');
+    let mut out = vec![];
+    for row in std::iter::once(&header.map(String::from)).chain(rows) {
+        write_row(&mut out, row, &widths).expect("writes to a Vec");
     }
-    out
+    String::from_utf8(out).expect("UTF-8 in, UTF-8 out")
 }
 
 /// Text made safe for a terminal: control characters (newline, tab, escape

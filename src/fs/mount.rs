@@ -57,6 +57,7 @@ pub fn init(
             cipherdir.display()
         ));
     }
+    refuse_folding(&tree, true)?;
     // The cipherdir is the daemon's alone: users reach their files through
     // the mount, never here.
     tree.chmod("", 0o700).map_err(|e| {
@@ -292,6 +293,23 @@ fn canonical_lenient(p: &Path) -> PathBuf {
     }
 }
 
+/// A backing filesystem that folds names would let one file answer to
+/// several paths, so several encryption contexts: refused (see
+/// `Tree::folds_names`).
+fn refuse_folding(tree: &Tree, probe: bool) -> Result<(), String> {
+    match tree.folds_names(probe) {
+        Ok(false) => Ok(()),
+        Ok(true) => Err(format!(
+            "{} is on a filesystem (or in a directory) that folds names: case-insensitive or Unicode-normalising. kmsfs binds every file to its exact path, so a second spelling of a path would reach the same file under another key policy context. Put the cipherdir on a case-sensitive filesystem (ext4 without casefold, xfs, btrfs, tmpfs)",
+            tree.display()
+        )),
+        Err(e) => Err(format!(
+            "cannot check whether {} folds names: {e}",
+            tree.display()
+        )),
+    }
+}
+
 /// With `--allow-other`, users reach files only through the mount: a
 /// cipherdir they can enter or read would show them ciphertext, names and
 /// owners, and one they can write would let them plant symlinks and swap
@@ -318,7 +336,7 @@ fn check_private(tree: &Tree, allow_other: bool, shared_ok: bool) -> Result<(), 
             p = tree.display()
         ));
     }
-    eprintln!(
+    crate::log_line!(
         "kmsfs: warning: {why}; make it private with `chmod 700 {}`",
         tree.display()
     );
@@ -355,7 +373,7 @@ pub fn mount(kms: Kms, args: MountArgs, default_log: PathBuf) -> Result<(), Stri
     }
     check_layout(&cipherdir, &mountpoint, &others)?;
     if std::fs::read_dir(&mountpoint).is_ok_and(|mut d| d.next().is_some()) {
-        eprintln!(
+        crate::log_line!(
             "kmsfs: note: the mountpoint {} is not empty; what it holds is hidden while mounted",
             mountpoint.display()
         );
@@ -363,8 +381,9 @@ pub fn mount(kms: Kms, args: MountArgs, default_log: PathBuf) -> Result<(), Stri
     let tree = Tree::open(&cipherdir)
         .map_err(|e| format!("cannot open the cipherdir {}: {e}", cipherdir.display()))?;
     check_private(&tree, args.allow_other, args.shared_cipherdir)?;
+    refuse_folding(&tree, !args.read_only)?;
     let mut cfg = Config::load_from(&tree)?;
-    eprintln!("kmsfs: KMS home {}", home.display());
+    crate::log_line!("kmsfs: KMS home {}", home.display());
     let caller = Caller::this_process(Via::Mount);
     let meta = kms
         .describe_key(&caller, &cfg.key_id)
@@ -379,8 +398,12 @@ pub fn mount(kms: Kms, args: MountArgs, default_log: PathBuf) -> Result<(), Stri
     let conf_path = format!("{}/{}", cipherdir.display(), super::config::CONFIG_NAME);
     if cfg.seal.is_some() {
         check_seal(&kms, &caller, &cfg, &conf_path)?;
+    } else if args.read_only {
+        crate::log_line!(
+            "kmsfs: warning: {conf_path} was written by an older kmsfs and has no seal; a read-write mount seals it"
+        );
     } else {
-        eprintln!("kmsfs: sealing {conf_path} (written by an older kmsfs) under its key");
+        crate::log_line!("kmsfs: sealing {conf_path} (written by an older kmsfs) under its key");
         seal(&kms, &caller, &mut cfg)?;
         cfg.save(&tree)?;
     }
@@ -389,11 +412,13 @@ pub fn mount(kms: Kms, args: MountArgs, default_log: PathBuf) -> Result<(), Stri
     let backend: Arc<dyn KeyBackend> = kms.clone();
     let mut backing = Backing::new(tree, cfg, backend);
     if let Some(done) = super::rename::recover(&backing, &caller)? {
-        eprintln!("kmsfs: {done}");
+        crate::log_line!("kmsfs: {done}");
     }
     if !backing.cfg.typed_symlinks() && !args.read_only {
         let n = super::rename::upgrade_symlinks(&backing, &caller)?;
-        eprintln!("kmsfs: re-encrypted {n} symlink targets under their own encryption context");
+        crate::log_line!(
+            "kmsfs: re-encrypted {n} symlink targets under their own encryption context"
+        );
         backing.cfg.feature_flags.push(FLAG_TYPED_SYMLINKS.into());
         seal(kms.as_ref(), &caller, &mut backing.cfg)?;
         backing.cfg.save(&backing.tree)?;
@@ -455,8 +480,13 @@ pub fn mount(kms: Kms, args: MountArgs, default_log: PathBuf) -> Result<(), Stri
     config.n_threads = Some(args.threads.max(1));
     config.clone_fd = true;
 
+    // The kernel passes each request's own umask, already applied to its
+    // mode: the daemon's must not take bits away a second time (0620 became
+    // 0600). kmsfs's own files are created with explicit modes.
+    // SAFETY: umask has no preconditions.
+    unsafe { libc::umask(0) };
     if let Err(e) = crate::crypto::memory::lock_memory() {
-        eprintln!("kmsfs: warning: {e}");
+        crate::log_line!("kmsfs: warning: {e}");
     }
     block_signals();
     let fs = KmsFs::new(
@@ -464,6 +494,7 @@ pub fn mount(kms: Kms, args: MountArgs, default_log: PathBuf) -> Result<(), Stri
         FsOptions {
             read_only: args.read_only,
             writeback_cache: args.writeback_cache,
+            open_files: super::fairness::raise_open_file_limit(),
             ..FsOptions::default()
         },
         root_attr,
@@ -479,6 +510,24 @@ pub fn mount(kms: Kms, args: MountArgs, default_log: PathBuf) -> Result<(), Stri
             return Err(msg);
         }
     };
+    // Coalesced audit records are written within a second or two, and
+    // every record is made durable as often, even when the mount is idle.
+    let flusher = Arc::downgrade(&kms);
+    std::thread::spawn(move || {
+        let mut failing = false;
+        while let Some(kms) = flusher.upgrade() {
+            match kms.sync_audit() {
+                Ok(()) => failing = false,
+                Err(e) if !failing => {
+                    failing = true;
+                    crate::log_line!("kmsfs: flushing the audit log: {e}");
+                }
+                Err(_) => {}
+            }
+            drop(kms);
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
     let mut unmounter = session.unmount_callable();
     let reopen = (!args.foreground).then(|| log.clone());
     std::thread::spawn(move || {
@@ -488,25 +537,30 @@ pub fn mount(kms: Kms, args: MountArgs, default_log: PathBuf) -> Result<(), Stri
                 // logrotate's convention: reopen the log, keep serving.
                 match &reopen {
                     Some(p) => match reopen_log(p) {
-                        Ok(()) => eprintln!("kmsfs: SIGHUP: reopened the log {}", p.display()),
+                        Ok(()) => {
+                            crate::log_line!("kmsfs: SIGHUP: reopened the log {}", p.display())
+                        }
                         Err(e) => {
-                            eprintln!("kmsfs: SIGHUP: cannot reopen the log {}: {e}", p.display())
+                            crate::log_line!(
+                                "kmsfs: SIGHUP: cannot reopen the log {}: {e}",
+                                p.display()
+                            )
                         }
                     },
-                    None => eprintln!(
+                    None => crate::log_line!(
                         "kmsfs: SIGHUP: logging to stderr in the foreground; nothing to reopen"
                     ),
                 }
                 continue;
             }
-            eprintln!("kmsfs: signal {sig}: unmounting");
+            crate::log_line!("kmsfs: signal {sig}: unmounting");
             if let Err(e) = unmounter.unmount() {
-                eprintln!("kmsfs: unmount failed: {e}; use `umount -l`");
+                crate::log_line!("kmsfs: unmount failed: {e}; use `umount -l`");
             }
             return;
         }
     });
-    eprintln!(
+    crate::log_line!(
         "kmsfs: serving {} on {}",
         cipherdir.display(),
         mountpoint.display()
@@ -516,7 +570,7 @@ pub fn mount(kms: Kms, args: MountArgs, default_log: PathBuf) -> Result<(), Stri
     }
     let r = session.run();
     let _ = kms.sync_audit();
-    eprintln!("kmsfs: unmounted {}", mountpoint.display());
+    crate::log_line!("kmsfs: unmounted {}", mountpoint.display());
     drop(lock);
     r.map_err(|e| format!("the FUSE session ended with an error: {e}"))
 }
@@ -609,7 +663,7 @@ fn wait_for_child(mut r: File, mountpoint: &Path, log: &Path) -> Result<(), Stri
     let _ = r.read_to_string(&mut msg);
     let msg = msg.trim();
     if msg == "ok" {
-        eprintln!(
+        crate::log_line!(
             "kmsfs: mounted on {} (log: {})",
             mountpoint.display(),
             log.display()

@@ -5,6 +5,7 @@
 use super::backing::{Backing, FsError, FsResult, TEMP_PREFIX};
 use super::config::RESERVED_NAMES;
 use super::cryptfile::CryptFile;
+use super::fairness::{OpenBudget, RenameGate};
 use super::format;
 use super::inode::{self, Inodes};
 use super::listing;
@@ -72,6 +73,8 @@ pub struct Options {
     /// The kernel's writeback cache: writes land in the page cache and reach
     /// the daemon in large batches; the kernel keeps size and mtime.
     pub writeback_cache: bool,
+    /// The daemon's open-file limit, shared out between users.
+    pub open_files: u64,
 }
 
 impl Default for Options {
@@ -82,6 +85,7 @@ impl Default for Options {
             attr_ttl: Duration::from_secs(30),
             read_only: false,
             writeback_cache: true,
+            open_files: 1024,
         }
     }
 }
@@ -96,10 +100,12 @@ pub struct KmsFs {
     /// change through the mount: an open that finds the same state lets the
     /// kernel keep its cache.
     cached: Mutex<HashMap<u64, CacheStamp>>,
-    /// Open file handles (directories have none: see opendir).
-    handles: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    /// Open file handles (directories have none: see opendir), with the uid
+    /// whose share of the descriptors each one counts against.
+    handles: Mutex<HashMap<u64, (Arc<OpenFile>, u32)>>,
     next_fh: AtomicU64,
-    renames: Mutex<()>,
+    renames: RenameGate,
+    budget: OpenBudget,
     as_root: bool,
     /// Any stat, to fill the unused attributes of negative entries.
     root_meta: libc::stat,
@@ -157,6 +163,7 @@ fn visible(parent: &str, name: &str) -> bool {
 impl KmsFs {
     pub fn new(b: Backing, opts: Options, root_attr: RootAttr) -> io::Result<Self> {
         let root_meta = b.tree.lstat("")?;
+        let budget = OpenBudget::new(opts.open_files);
         Ok(KmsFs {
             b,
             opts,
@@ -165,7 +172,8 @@ impl KmsFs {
             cached: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            renames: Mutex::new(()),
+            renames: RenameGate::default(),
+            budget,
             // SAFETY: geteuid has no preconditions.
             as_root: unsafe { libc::geteuid() } == 0,
             root_meta,
@@ -233,7 +241,7 @@ impl KmsFs {
     }
 
     fn log(&self, what: &str, path: &str, e: &FsError) {
-        eprintln!("kmsfs: {what} {path:?}: {e}");
+        crate::log_line!("kmsfs: {what} {path:?}: {e}");
     }
 
     fn fs_errno(&self, what: &str, path: &str, e: FsError) -> Errno {
@@ -250,7 +258,9 @@ impl KmsFs {
     fn stat(&self, rel: &str) -> Result<libc::stat, Errno> {
         let st = self.b.tree.lstat(rel).map_err(|e| io_errno(&e))?;
         if foreign(st.st_mode) {
-            eprintln!("kmsfs: {rel:?}: a device node in the cipherdir, not made by kmsfs: refused");
+            crate::log_line!(
+                "kmsfs: {rel:?}: a device node in the cipherdir, not made by kmsfs: refused"
+            );
             return Err(Errno::EIO);
         }
         Ok(st)
@@ -267,12 +277,18 @@ impl KmsFs {
         Ok((self.attr(ino, &m), ino))
     }
 
-    /// Gives newly created nodes to the requesting user when running as root.
+    /// Gives a new node the owner and group a native filesystem would: the
+    /// creator's uid, and her gid unless the parent directory is set-group-id,
+    /// where the node keeps the directory's group (the backing filesystem gave
+    /// it that, and a new directory the set-group-id bit, as it does for any
+    /// creator). Run as root, the daemon creates and then hands over.
     fn own(&self, rel: &str, req: &Request) -> io::Result<()> {
-        if self.as_root {
-            self.b.tree.chown(rel, Some(req.uid()), Some(req.gid()))?;
+        if !self.as_root {
+            return Ok(());
         }
-        Ok(())
+        let parent = self.b.tree.lstat(inode::parent(rel))?;
+        let gid = (parent.st_mode & libc::S_ISGID == 0).then(|| req.gid());
+        self.b.tree.chown(rel, Some(req.uid()), gid)
     }
 
     /// release: forget the handle; the last handle of a file takes its key
@@ -283,8 +299,9 @@ impl KmsFs {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&fh.0);
-        if let Some(f) = h {
+        if let Some((f, uid)) = h {
             drop(f);
+            self.budget.give_back(uid);
             let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
             if open.get(&ino).is_some_and(|w| w.strong_count() == 0) {
                 open.remove(&ino);
@@ -343,7 +360,7 @@ impl KmsFs {
         }
         if new != *r {
             new.save(&self.b.tree).map_err(|e| {
-                eprintln!("kmsfs: saving the mount root's mode and owner: {e}");
+                crate::log_line!("kmsfs: saving the mount root's mode and owner: {e}");
                 io_errno(&e)
             })?;
             *r = new;
@@ -371,13 +388,29 @@ impl KmsFs {
             .unwrap_or_else(|| 1 << 62 | (fxhash(rel) >> 2))
     }
 
-    fn new_fh(&self, h: Arc<OpenFile>) -> u64 {
+    /// Records a handle counted against `uid`'s share (see `take_share`).
+    fn new_fh(&self, h: Arc<OpenFile>, uid: u32) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(fh, h);
+            .insert(fh, (h, uid));
         fh
+    }
+
+    /// One more open file for this user, or EMFILE for her alone: no user
+    /// can take the descriptors every other user needs.
+    fn take_share(&self, req: &Request) -> Result<u32, Errno> {
+        let uid = req.uid();
+        if self.budget.take(uid) {
+            Ok(uid)
+        } else {
+            crate::log_line!(
+                "kmsfs: uid {uid} has {} files open, its share of the daemon's descriptors: EMFILE",
+                self.budget.per_user()
+            );
+            Err(Errno::EMFILE)
+        }
     }
 
     fn file_handle(&self, fh: FileHandle) -> Result<Arc<OpenFile>, Errno> {
@@ -385,7 +418,7 @@ impl KmsFs {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&fh.0)
-            .cloned()
+            .map(|(f, _)| f.clone())
             .ok_or(Errno::EBADF)
     }
 
@@ -550,7 +583,7 @@ impl Filesystem for KmsFs {
 
     fn destroy(&mut self) {
         if let Err(e) = self.b.tree.syncfs() {
-            eprintln!("kmsfs: flushing the cipherdir at unmount: {e}");
+            crate::log_line!("kmsfs: flushing the cipherdir at unmount: {e}");
         }
     }
 
@@ -848,7 +881,8 @@ impl Filesystem for KmsFs {
             if from == to {
                 return Ok(());
             }
-            let _serial = self.renames.lock().unwrap_or_else(|e| e.into_inner());
+            // Waits only for renames in progress whose paths overlap these.
+            let _claim = self.renames.claim(&from, &to);
             let m = self.stat(&from)?;
             let caller = Self::caller(req);
             let res = match stat::kind(m.st_mode) {
@@ -897,6 +931,10 @@ impl Filesystem for KmsFs {
         // directory swapped in behind its back fails in open_rw (O_NOFOLLOW,
         // O_RDWR) without a separate lstat here.
         let write = flags.acc_mode() != fuser::OpenAccMode::O_RDONLY;
+        let uid = match self.take_share(req) {
+            Ok(u) => u,
+            Err(e) => return reply.error(e),
+        };
         let r = self.path(ino).and_then(|rel| {
             let caller = Self::caller(req);
             if write {
@@ -916,9 +954,12 @@ impl Filesystem for KmsFs {
                 } else {
                     FopenFlags::empty()
                 };
-                reply.opened(FileHandle(self.new_fh(f)), flags)
+                reply.opened(FileHandle(self.new_fh(f, uid)), flags)
             }
-            Err(e) => reply.error(e),
+            Err(e) => {
+                self.budget.give_back(uid);
+                reply.error(e)
+            }
         }
     }
 
@@ -1240,9 +1281,13 @@ impl Filesystem for KmsFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
+        let uid = match self.take_share(req) {
+            Ok(u) => u,
+            Err(e) => return reply.error(e),
+        };
         match self.create_file(req, parent, name, mode, umask) {
             Ok((ino, f, m)) => {
-                let fh = self.new_fh(f);
+                let fh = self.new_fh(f, uid);
                 reply.created(
                     &self.opts.attr_ttl,
                     &self.attr(ino, &m),
@@ -1251,7 +1296,10 @@ impl Filesystem for KmsFs {
                     FopenFlags::empty(),
                 )
             }
-            Err(e) => reply.error(e),
+            Err(e) => {
+                self.budget.give_back(uid);
+                reply.error(e)
+            }
         }
     }
 

@@ -220,7 +220,7 @@ fn prepare_tree(
             // Already re-wrapped before a crash, or damaged: either way there
             // is nothing to re-wrap; a damaged file stays unreadable.
             Err(e) if recovering || e.errno() == libc::EIO => {
-                eprintln!("kmsfs: rename: {src}: not re-wrapped: {e}");
+                crate::log_line!("kmsfs: rename: {src}: not re-wrapped: {e}");
             }
             Err(e) => return Err(e),
         }
@@ -229,7 +229,7 @@ fn prepare_tree(
         let (src, dst) = (format!("{from}/{l}"), format!("{to}/{l}"));
         match b.rewrap_symlink(&src, &src, &dst, &twin_of(&src), caller) {
             Ok(()) => flush.dir(parent(&src)),
-            Err(e) => eprintln!("kmsfs: rename: symlink {src}: not re-wrapped: {e}"),
+            Err(e) => crate::log_line!("kmsfs: rename: symlink {src}: not re-wrapped: {e}"),
         }
     }
     Ok(())
@@ -249,7 +249,9 @@ fn finish_tree(b: &Backing, to: &str, flush: &mut Flusher) -> io::Result<()> {
             } else if kind == FileType::RegularFile && !name.starts_with(TEMP_PREFIX) {
                 match b.drop_older_slot(&rel) {
                     Ok(fd) => flush.file(fd),
-                    Err(err) => eprintln!("kmsfs: rename: {rel}: old slot not cleared: {err}"),
+                    Err(err) => {
+                        crate::log_line!("kmsfs: rename: {rel}: old slot not cleared: {err}")
+                    }
                 }
             }
         }
@@ -383,7 +385,7 @@ pub fn upgrade_symlinks(b: &Backing, caller: &Caller) -> Result<usize, String> {
             Ok(false) => {}
             // A damaged or foreign link stays as it is: reading it fails.
             Err(e) if e.errno() == libc::EIO => {
-                eprintln!("kmsfs: symlink {l}: not upgraded: {e}")
+                crate::log_line!("kmsfs: symlink {l}: not upgraded: {e}")
             }
             Err(e) => return Err(format!("upgrading symlink {l}: {e}")),
         }

@@ -153,10 +153,22 @@ impl Tree {
                 return Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) });
             }
             let e = io::Error::last_os_error();
-            // EAGAIN: a concurrent rename raced the walk (RESOLVE_BENEATH
-            // retries are the caller's); EINTR: a signal.
-            if !matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR)) {
-                return Err(e);
+            match e.raw_os_error() {
+                // A concurrent rename raced the walk, or a signal: again.
+                Some(libc::EAGAIN) | Some(libc::EINTR) => continue,
+                // A symlink or a mount point where kmsfs expects its own
+                // directory or file: the cipherdir was tampered with. That
+                // entry fails as an integrity error (EIO), and says why.
+                Some(libc::ELOOP) | Some(libc::EXDEV) => {
+                    crate::log_line!(
+                        "kmsfs: {rel:?}: a symlink or mount point in the cipherdir where kmsfs expects its own directory or file (planted?): refused"
+                    );
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{rel}: a symlink or mount point in the cipherdir ({e})"),
+                    ));
+                }
+                _ => return Err(e),
             }
         }
     }
@@ -411,6 +423,39 @@ impl Tree {
         self.fsync_dir(parent)
     }
 
+    /// Whether the backing filesystem folds names (case-insensitive, like
+    /// ext4's casefold directories, vfat or a CIFS share; or normalising, so
+    /// that two spellings of "é" are one name). There another spelling of a
+    /// path would reach the same backing file under a different
+    /// `kmsfs:path`, and a Deny on `private/*` would not stop `PRIVATE/x`.
+    /// Asked of the root directory's flags, and, where `probe` allows writing,
+    /// by creating a name and looking up its other spellings.
+    pub fn folds_names(&self, probe: bool) -> io::Result<bool> {
+        /// _IOR('f', 1, long) and FS_CASEFOLD_FL, from linux/fs.h.
+        const FS_IOC_GETFLAGS: libc::c_ulong = 0x8008_6601;
+        const FS_CASEFOLD_FL: libc::c_long = 0x4000_0000;
+        let mut flags: libc::c_long = 0;
+        // SAFETY: a valid descriptor and an out-parameter of the size the
+        // ioctl writes; filesystems without flags answer ENOTTY.
+        let r = unsafe { libc::ioctl(self.root.as_raw_fd(), FS_IOC_GETFLAGS, &mut flags) };
+        if r == 0 && flags & FS_CASEFOLD_FL != 0 {
+            return Ok(true);
+        }
+        if !probe {
+            return Ok(false);
+        }
+        let r: [u8; 8] = crate::crypto::random::array();
+        let hex: String = r.iter().map(|b| format!("{b:02x}")).collect();
+        let base = format!("{}case-{hex}-", super::backing::TEMP_PREFIX);
+        let name = format!("{base}A\u{e9}");
+        drop(self.create_new(&name, 0o600)?);
+        let folded = [format!("{base}a\u{e9}"), format!("{base}Ae\u{301}")]
+            .iter()
+            .any(|v| self.lstat(v).is_ok());
+        self.unlink(&name)?;
+        Ok(folded)
+    }
+
     pub fn statvfs(&self) -> io::Result<libc::statvfs> {
         // SAFETY: an all-zero statvfs is valid; fstatvfs fills it in.
         let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
@@ -454,26 +499,31 @@ mod tests {
         symlink(outside.path().join("secret"), d.path().join("file")).unwrap();
         // A symlink met in the walk fails it with ELOOP; one that should be
         // the parent directory, opened O_DIRECTORY | O_NOFOLLOW, with ENOTDIR.
-        let refused = |e: Option<i32>| matches!(e, Some(libc::ELOOP) | Some(libc::ENOTDIR));
-        assert!(refused(errno(t.open_file("dir/secret", libc::O_RDONLY))));
-        assert!(refused(errno(t.open_dir("dir"))));
-        assert!(refused(errno(t.open_file("file", libc::O_RDWR))));
-        assert!(refused(errno(t.lstat("dir/secret"))));
-        assert!(refused(errno(t.create_new("dir/new", 0o600))));
-        assert!(refused(errno(t.mkdir("dir/new", 0o700))));
-        assert!(refused(errno(t.unlink("dir/secret"))));
-        assert!(refused(errno(t.chmod("dir/secret", 0o4755))));
-        assert!(refused(errno(t.chown("dir/secret", Some(1), Some(1)))));
-        assert!(refused(errno(t.rename("dir/secret", "x", 0))));
-        assert!(refused(errno(t.set_times(
-            "dir/secret",
-            &[libc::timespec {
-                tv_sec: 0,
-                tv_nsec: libc::UTIME_NOW
-            }; 2]
-        ))));
-        assert!(refused(errno(t.symlink(b"x", "dir/l"))));
-        assert!(refused(errno(t.replace("dir/x", b"x", 0o600))));
+        let refused = |e: io::Result<()>| match e {
+            Err(e) => {
+                e.kind() == io::ErrorKind::InvalidData || e.raw_os_error() == Some(libc::ENOTDIR)
+            }
+            Ok(()) => false,
+        };
+        assert!(refused(
+            t.open_file("dir/secret", libc::O_RDONLY).map(|_| ())
+        ));
+        assert!(refused(t.open_dir("dir").map(|_| ())));
+        assert!(refused(t.open_file("file", libc::O_RDWR).map(|_| ())));
+        assert!(refused(t.lstat("dir/secret").map(|_| ())));
+        assert!(refused(t.create_new("dir/new", 0o600).map(|_| ())));
+        assert!(refused(t.mkdir("dir/new", 0o700).map(|_| ())));
+        assert!(refused(t.unlink("dir/secret").map(|_| ())));
+        assert!(refused(t.chmod("dir/secret", 0o4755).map(|_| ())));
+        assert!(refused(t.chown("dir/secret", Some(1), Some(1)).map(|_| ())));
+        assert!(refused(t.rename("dir/secret", "x", 0).map(|_| ())));
+        let now = [libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        }; 2];
+        assert!(refused(t.set_times("dir/secret", &now)));
+        assert!(refused(t.symlink(b"x", "dir/l").map(|_| ())));
+        assert!(refused(t.replace("dir/x", b"x", 0o600).map(|_| ())));
         // chmod of a symlink itself is refused, never applied to its target.
         assert_eq!(errno(t.chmod("file", 0o4755)), Some(libc::EOPNOTSUPP));
         // The last component may be a symlink for lstat, readlink, lchown,
@@ -542,5 +592,8 @@ mod tests {
         }
         t.create_new(&format!("{rel}/file"), 0o600).unwrap();
         assert!(t.lstat(&format!("{rel}/file")).is_ok());
+        // The temporary directory is on a filesystem that keeps names apart.
+        assert!(!t.folds_names(true).unwrap());
+        assert!(!t.folds_names(false).unwrap());
     }
 }

@@ -7,6 +7,7 @@
 //! Writers in several processes share the file under flock(2), and each picks
 //! up the chain from the file's tail when another process wrote since.
 
+use super::audit_admit::{Coalescer, Writers, admit};
 use crate::crypto::Key256;
 use crate::crypto::kdf::hmac_sha256;
 use serde::Serialize;
@@ -17,9 +18,12 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 const MAC_MARK: &str = ",\"chainMac\":\"";
+/// Longest line `verify` reads: a record is about 1.5 KB.
+const MAX_LINE: usize = 1 << 20;
 const SEQ_MARK: &str = ",\"chainSeq\":";
 
 #[derive(Serialize)]
@@ -107,12 +111,29 @@ pub struct AuditLog {
 struct Flock(std::os::unix::io::RawFd);
 
 impl Flock {
+    /// Longest wait for another process's writer (a batch takes
+    /// microseconds; a holder stuck for this long is broken).
+    const WAIT: Duration = Duration::from_secs(10);
+
     fn exclusive(fd: std::os::unix::io::RawFd) -> io::Result<Self> {
-        // SAFETY: flock on a descriptor the caller keeps open.
-        if unsafe { libc::flock(fd, libc::LOCK_EX) } != 0 {
-            return Err(io::Error::last_os_error());
+        let deadline = Instant::now() + Self::WAIT;
+        loop {
+            // SAFETY: flock on a descriptor the caller keeps open.
+            if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(Flock(fd));
+            }
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(e);
+            }
+            if Instant::now() >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "another process has held the audit log's lock for 10 s",
+                ));
+            }
+            std::thread::sleep(Duration::from_micros(200));
         }
-        Ok(Flock(fd))
     }
 }
 
@@ -147,6 +168,40 @@ struct Commit {
     sleepers: usize,
     /// Ticket ranges whose batch failed to write, with the error.
     failures: Vec<(u64, u64, String)>,
+    /// The last batch failed: nothing is coalesced until one is written.
+    failing: bool,
+    coalesce: Coalescer,
+    writers: Writers,
+    /// Free bytes on the log's filesystem, its (soft, hard) lines, and when
+    /// they were measured.
+    space: Option<(Instant, u64, (u64, u64))>,
+}
+
+/// How often the free space under the log is measured.
+const SPACE_EVERY: Duration = Duration::from_millis(100);
+
+/// Records that may be coalesced: a file's open through the mount, the one
+/// record a user can make in a tight loop. The key is everything that makes
+/// two such records the same event but for their time and request id.
+fn coalesce_key(rec: &Record) -> Option<String> {
+    if rec.event_name != "Decrypt" || rec.user_identity.invoked_by != super::caller::Via::Mount {
+        return None;
+    }
+    let u = &rec.user_identity;
+    let authz = rec
+        .additional_event_data
+        .as_ref()
+        .map(|a| a.authorization.to_string())
+        .unwrap_or_default();
+    Some(format!(
+        "{}\0{}\0{}\0{:?}\0{}\0{:?}\0{authz}",
+        u.uid,
+        u.gid,
+        u.pid,
+        u.process_name,
+        rec.request_parameters.get(),
+        rec.error_code
+    ))
 }
 
 /// Splits a line into (the MACed prefix, chainSeq, MAC bytes).
@@ -173,13 +228,27 @@ fn split_line(line: &str) -> Result<(&str, u64, [u8; 32]), String> {
 
 impl AuditLog {
     /// Opens (creating, mode 0600) the log and finds the end of its chain.
+    /// Follows no symlink at `path`, and takes only a regular file.
     pub fn open(path: &Path, key: Key256) -> io::Result<Self> {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .read(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(path)?;
+        Self::open_file(file, path, key)
+    }
+
+    /// The same, for a log already opened to read and append (the KMS home
+    /// opens its own beneath the home's descriptor); `path` names it.
+    pub fn open_file(file: File, path: &Path, key: Key256) -> io::Result<Self> {
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a regular file", path.display()),
+            ));
+        }
         let mut tail = Tail {
             file,
             end: u64::MAX,
@@ -249,8 +318,9 @@ impl AuditLog {
         Ok(())
     }
 
-    /// Appends one record; returns only once it is in the file. An error here
-    /// must fail the operation it records.
+    /// Appends one record; returns only once it is in the file (or counted
+    /// in a coalesced run whose first record is: see audit_admit.rs). An
+    /// error here must fail the operation it records.
     ///
     /// Group commit: concurrent callers queue their records and one of them
     /// writes the whole queue under a single flock and a single write(2), so
@@ -262,9 +332,63 @@ impl AuditLog {
         serde_json::to_writer(&mut body, rec).map_err(io::Error::other)?;
         body.pop(); // the closing brace; the chain fields close the object
         let body = String::from_utf8(body).map_err(io::Error::other)?;
+        let key = coalesce_key(rec);
+        let uid = rec.user_identity.uid;
+        let now = Instant::now();
         let mut c = self.commit.lock().unwrap_or_else(|e| e.into_inner());
-        c.queue.push(body);
-        c.queued += 1;
+        let (free, lines) = self.space(&mut c, now);
+        let heaviest = c.writers.heaviest();
+        admit(uid, free, lines, heaviest)
+            .map_err(|m| io::Error::new(io::ErrorKind::StorageFull, m))?;
+        if let Some(k) = &key
+            && !c.failing
+            && c.coalesce.absorb(k, &body, &rec.event_time, now)
+        {
+            return Ok(());
+        }
+        let mut bodies = c.coalesce.take_expired(now, false);
+        bodies.push(body);
+        if let Some(k) = key {
+            c.coalesce.start(k, now);
+        }
+        c.writers.wrote(uid, 1, now);
+        self.submit(c, bodies)
+    }
+
+    /// Free bytes under the log, measured at most every SPACE_EVERY. A
+    /// failed measurement admits everyone: a statvfs error must not stop
+    /// key use that the write itself would allow.
+    fn space(&self, c: &mut Commit, now: Instant) -> (u64, (u64, u64)) {
+        if let Some((at, free, lines)) = c.space
+            && now.duration_since(at) < SPACE_EVERY
+        {
+            return (free, lines);
+        }
+        let measured = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(
+            self.path.as_os_str(),
+        ))
+        .ok()
+        .and_then(|p| {
+            // SAFETY: an all-zero statvfs is valid; statvfs fills it in.
+            let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+            // SAFETY: a valid C path and out-struct.
+            (unsafe { libc::statvfs(p.as_ptr(), &mut st) } == 0).then(|| {
+                let f = st.f_frsize.max(1);
+                (st.f_bavail.saturating_mul(f), st.f_blocks.saturating_mul(f))
+            })
+        });
+        let (free, lines) = match measured {
+            Some((free, total)) => (free, super::audit_admit::lines(total)),
+            None => (u64::MAX, (0, 0)),
+        };
+        c.space = Some((now, free, lines));
+        (free, lines)
+    }
+
+    /// Writes `bodies` (in order, in one batch) through the group commit.
+    fn submit<'a>(&'a self, mut c: MutexGuard<'a, Commit>, bodies: Vec<String>) -> io::Result<()> {
+        c.queued += bodies.len() as u64;
+        c.queue.extend(bodies);
         let mine = c.queued;
         loop {
             if c.done >= mine {
@@ -294,8 +418,15 @@ impl AuditLog {
             let batch = std::mem::take(&mut c.queue);
             let (lo, hi) = (c.done + 1, c.queued);
             drop(c);
-            let res = self.write_batch(batch);
+            // Whatever happens in the write, even a panic, the waiters are
+            // told: a stranded follower would hang its FUSE request forever.
+            let res =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.write_batch(batch)))
+                    .unwrap_or_else(|_| {
+                        Err(io::Error::other("the audit log writer failed unexpectedly"))
+                    });
             c = self.commit.lock().unwrap_or_else(|e| e.into_inner());
+            c.failing = res.is_err();
             if let Err(e) = res {
                 if c.failures.len() >= 64 {
                     c.failures.remove(0);
@@ -309,6 +440,17 @@ impl AuditLog {
                 self.committed.notify_all();
             }
         }
+    }
+
+    /// Writes the summaries of coalesced runs: those whose window is over,
+    /// or all of them.
+    pub fn flush_coalesced(&self, all: bool) -> io::Result<()> {
+        let mut c = self.commit.lock().unwrap_or_else(|e| e.into_inner());
+        let bodies = c.coalesce.take_expired(Instant::now(), all);
+        if bodies.is_empty() {
+            return Ok(());
+        }
+        self.submit(c, bodies)
     }
 
     fn write_batch(&self, batch: Vec<String>) -> io::Result<()> {
@@ -341,10 +483,13 @@ impl AuditLog {
         Ok(())
     }
 
-    /// Makes every record written so far durable.
+    /// Writes every coalesced run's summary, then makes every record
+    /// written so far durable.
     pub fn sync(&self) -> io::Result<()> {
+        let flushed = self.flush_coalesced(true);
         let t = self.tail.lock().unwrap_or_else(|e| e.into_inner());
-        t.file.sync_data()
+        t.file.sync_data()?;
+        flushed
     }
 }
 
@@ -355,7 +500,7 @@ impl Drop for AuditLog {
 }
 
 fn tracing_warn(msg: &str) {
-    eprintln!("kmsfs: warning: {msg}");
+    crate::log_line!("kmsfs: warning: {msg}");
 }
 
 /// The outcome of `kmsfs audit verify`.
@@ -369,11 +514,32 @@ pub struct VerifyReport {
 /// Checks the whole chain. Deleting the newest lines cannot be told from a log
 /// that simply ended there; everything else can.
 pub fn verify(path: &Path, key: &Key256) -> io::Result<VerifyReport> {
-    let data = std::fs::read(path)?;
+    use std::io::BufRead;
+    // Streamed line by line, each line bounded: memory stays small however
+    // long the log is.
+    let mut r = io::BufReader::with_capacity(1 << 16, File::open(path)?);
     let mut prev = [0u8; 32];
     let mut n = 0u64;
-    for (i, raw) in data.split_inclusive(|&b| b == b'\n').enumerate() {
-        let lineno = i as u64 + 1;
+    let mut raw = Vec::with_capacity(4096);
+    for i in 0u64.. {
+        raw.clear();
+        let got = (&mut r)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut raw)?;
+        if got == 0 {
+            break;
+        }
+        let lineno = i + 1;
+        if raw.len() > MAX_LINE {
+            return Ok(VerifyReport {
+                records: n,
+                first_bad: Some((
+                    lineno,
+                    format!("longer than {MAX_LINE} bytes (not a kmsfs record)"),
+                )),
+            });
+        }
+        let raw = &raw[..];
         let bad = |why: String| {
             Ok(VerifyReport {
                 records: n,

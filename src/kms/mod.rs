@@ -5,6 +5,7 @@
 //! and `audit` own the file I/O; `service` ties them together.
 
 pub mod audit;
+pub mod audit_admit;
 pub mod audit_query;
 pub mod blob;
 pub mod caller;

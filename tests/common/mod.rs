@@ -179,8 +179,18 @@ impl Fixture {
         m
     }
 
+    /// The guard for a mount a test made itself (in the background), so it
+    /// is unmounted whatever happens.
+    pub fn mounted_in_background(&self) -> Mounted<'_> {
+        Mounted::new(self, None)
+    }
+
     /// Mounts in the foreground as a child process, so a test can kill it.
     pub fn mount_foreground(&self) -> Mounted<'_> {
+        self.mount_foreground_with(&[])
+    }
+
+    pub fn mount_foreground_with(&self, extra: &[&str]) -> Mounted<'_> {
         let child = self
             .cmd()
             .args([
@@ -189,6 +199,7 @@ impl Fixture {
                 self.cipher.to_str().unwrap(),
                 self.mnt.to_str().unwrap(),
             ])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -280,6 +291,27 @@ impl<'a> Mounted<'a> {
         self.child = None;
         force_unmount(&self.fx.mnt, self.conn);
         self.done.store(true, Ordering::SeqCst);
+        std::mem::forget(self);
+    }
+
+    /// Waits (bounded) for the foreground daemon to exit by itself, e.g.
+    /// after a signal, and asserts it did.
+    pub fn wait_exit(mut self, secs: u64) {
+        if let Some(mut c) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(secs);
+            while c.try_wait().unwrap().is_none() {
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    panic!("the daemon did not exit within {secs}s");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        self.done.store(true, Ordering::SeqCst);
+        if is_mounted(&self.fx.mnt) {
+            force_unmount(&self.fx.mnt, self.conn);
+        }
         std::mem::forget(self);
     }
 
