@@ -211,15 +211,62 @@ impl CryptFile {
             .write_all_at(&out, format::block_offset(self.header_size, b))
     }
 
+    /// Reserves the backing blocks of `from..to` before anything there is
+    /// rewritten: on a full disk the write then fails with ENOSPC before it
+    /// has touched a byte, instead of tearing a block that held data the
+    /// caller already had acknowledged (a re-encrypted last block, say).
+    /// FALLOC_FL_KEEP_SIZE: the size changes only with the write itself.
+    /// Backing filesystems without fallocate go on as before.
+    fn reserve(&self, from: u64, to: u64) -> io::Result<()> {
+        if to <= from {
+            return Ok(());
+        }
+        // SAFETY: fallocate on an open descriptor with a valid range.
+        let r = unsafe {
+            libc::fallocate(
+                std::os::unix::io::AsRawFd::as_raw_fd(&self.fd),
+                libc::FALLOC_FL_KEEP_SIZE,
+                from as libc::off_t,
+                (to - from) as libc::off_t,
+            )
+        };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(()),
+            _ => Err(e),
+        }
+    }
+
+    /// What a write of `off..end` rewrites on disk, when that needs space:
+    /// anything past the end, or anything in a sparse file (holes).
+    fn reserve_for(&self, meta: &std::fs::Metadata, from: u64, to: u64) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let len = meta.len();
+        if meta.blocks() * 512 < len {
+            self.reserve(from, to)
+        } else {
+            self.reserve(len.max(from), to)
+        }
+    }
+
     pub fn write_at(&self, off: u64, data: &[u8]) -> io::Result<usize> {
         if data.is_empty() {
             return Ok(0);
         }
         let bs = BLOCK_SIZE as u64;
-        let mut disk_len = self.fd.metadata()?.len();
+        let meta = self.fd.metadata()?;
+        let mut disk_len = meta.len();
         let size = format::plain_size(self.header_size, disk_len);
         let end = off + data.len() as u64;
         let (first, last) = (off / bs, (end - 1) / bs);
+        // Everything this write may rewrite: the old last block (padded
+        // below) through the new last block.
+        let touched_from = format::block_offset(self.header_size, first.min(size / bs));
+        let touched_to = format::disk_size(self.header_size, end.max(size));
+        self.reserve_for(&meta, touched_from, touched_to)?;
         if !size.is_multiple_of(bs) && size / bs < first {
             self.pad_last_block(size, BLOCK_SIZE)?;
             disk_len = self.fd.metadata()?.len();
@@ -282,8 +329,19 @@ impl CryptFile {
         }
         // Grow: the old last block is padded (to the new end if that falls in
         // it); a new partial last block is written as encrypted zeros; whole
-        // blocks in between stay holes.
+        // blocks in between stay holes. Both are reserved first (see reserve).
         let old_last = size / bs;
+        let meta = self.fd.metadata()?;
+        self.reserve_for(
+            &meta,
+            format::block_offset(self.header_size, old_last),
+            format::block_offset(self.header_size, old_last + 1)
+                .min(format::disk_size(self.header_size, new)),
+        )?;
+        self.reserve(
+            format::block_offset(self.header_size, new / bs),
+            format::disk_size(self.header_size, new),
+        )?;
         if !size.is_multiple_of(bs) {
             let to = if new / bs == old_last {
                 (new % bs) as usize

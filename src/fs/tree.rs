@@ -220,6 +220,72 @@ impl Tree {
         )?))
     }
 
+    /// Creates the regular file `rel` whole or not at all: an unnamed file
+    /// (O_TMPFILE) in the parent gets its contents from `init` (a header),
+    /// and only then its name (linkat, which fails with EEXIST like
+    /// O_EXCL). A crash or a full disk in between leaves no name, never a
+    /// file too short to have a header. Where the backing filesystem has no
+    /// O_TMPFILE, the file is created by name and removed if `init` fails.
+    pub fn create_whole<T>(
+        &self,
+        rel: &str,
+        mode: u32,
+        init: impl FnOnce(&File) -> Result<T, super::backing::FsError>,
+    ) -> Result<(File, T), super::backing::FsError> {
+        let at = self.at(rel)?;
+        let (parent, _) = split(rel)?;
+        let tmp = match self.openat2(parent, libc::O_TMPFILE | libc::O_RDWR, mode) {
+            Ok(fd) => File::from(fd),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EOPNOTSUPP) | Some(libc::EISDIR) | Some(libc::EINVAL)
+                ) =>
+            {
+                let f = self.create_new(rel, mode)?;
+                return match init(&f) {
+                    Ok(v) => Ok((f, v)),
+                    Err(e) => {
+                        let _ = self.unlink(rel);
+                        Err(e)
+                    }
+                };
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let v = init(&tmp)?;
+        // SAFETY: valid descriptors and C strings; AT_EMPTY_PATH links the
+        // descriptor itself (it needs CAP_DAC_READ_SEARCH, which root has).
+        let r = unsafe {
+            libc::linkat(
+                tmp.as_raw_fd(),
+                c"".as_ptr(),
+                at.dir_fd(),
+                at.name.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            )
+        };
+        if r != 0 {
+            let e = io::Error::last_os_error();
+            if !matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::EPERM)) {
+                return Err(e.into());
+            }
+            // Without that capability: the daemon's own /proc entry.
+            let proc = cstr(format!("/proc/self/fd/{}", tmp.as_raw_fd()).as_bytes())?;
+            // SAFETY: valid C strings and directory descriptor.
+            check(unsafe {
+                libc::linkat(
+                    libc::AT_FDCWD,
+                    proc.as_ptr(),
+                    at.dir_fd(),
+                    at.name.as_ptr(),
+                    libc::AT_SYMLINK_FOLLOW,
+                )
+            })?;
+        }
+        Ok((tmp, v))
+    }
+
     pub fn mkdir(&self, rel: &str, mode: u32) -> io::Result<()> {
         let at = self.at(rel)?;
         // SAFETY: a valid directory descriptor and C name.
