@@ -262,11 +262,23 @@ impl CryptFile {
         let size = format::plain_size(self.header_size, disk_len);
         let end = off + data.len() as u64;
         let (first, last) = (off / bs, (end - 1) / bs);
-        // Everything this write may rewrite: the old last block (padded
-        // below) through the new last block.
-        let touched_from = format::block_offset(self.header_size, first.min(size / bs));
-        let touched_to = format::disk_size(self.header_size, end.max(size));
-        self.reserve_for(&meta, touched_from, touched_to)?;
+        // What this write rewrites, and only that (holes stay holes): the
+        // old partial last block when the write starts past it (it is
+        // padded below), and the blocks written.
+        if !size.is_multiple_of(bs) && size / bs < first {
+            let b = size / bs;
+            self.reserve_for(
+                &meta,
+                format::block_offset(self.header_size, b),
+                format::block_offset(self.header_size, b + 1),
+            )?;
+        }
+        self.reserve_for(
+            &meta,
+            format::block_offset(self.header_size, first),
+            format::block_offset(self.header_size, last + 1)
+                .min(format::disk_size(self.header_size, end.max(size))),
+        )?;
         if !size.is_multiple_of(bs) && size / bs < first {
             self.pad_last_block(size, BLOCK_SIZE)?;
             disk_len = self.fd.metadata()?.len();
