@@ -166,7 +166,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let key = Key256::from_slice(&std::fs::read(&key_file)?)
             .ok_or("the key file must hold 32 raw bytes")?;
         let kms = Kms::open(
-            KmsHome::new(KmsHome::default_dir()),
+            KmsHome::new(KmsHome::default_dir()?),
             &RootSecret::KeyFile(key),
             true,
             Options::default(),

@@ -1039,3 +1039,197 @@ fn audit_table_is_aligned_and_escapes_names() {
         }
     }
 }
+
+#[test]
+fn miscased_or_empty_grant_constraints_are_refused() {
+    let env = Env::new();
+    let key = env.create_key();
+    let create_grant = |constraints: &str| {
+        vec![
+            "kms".to_string(),
+            "create-grant".into(),
+            "--key-id".into(),
+            key.clone(),
+            "--grantee-principal".into(),
+            "uid:4242".into(),
+            "--operations".into(),
+            "Decrypt".into(),
+            "--constraints".into(),
+            constraints.into(),
+        ]
+    };
+    fn args(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    let miscased = create_grant(r#"{"EncryptionContextSubSet": {"kmsfs:path": "shared/a"}}"#);
+    let err = env.fails(&args(&miscased), "ValidationException");
+    assert!(
+        err.starts_with(
+            "An error occurred (ValidationException) when calling the CreateGrant operation: "
+        ),
+        "{err}"
+    );
+    assert!(err.contains("EncryptionContextSubSet"), "{err}");
+    for (bad, names) in [
+        ("{}", "EncryptionContextSubset or EncryptionContextEquals"),
+        (
+            r#"{"EncryptionContextSubset": {}}"#,
+            "Constraints.EncryptionContextSubset is empty",
+        ),
+        (
+            "EncryptionContextSubset={}",
+            "Constraints.EncryptionContextSubset is empty",
+        ),
+        ("EncryptionContextSubSet={app=x}", "EncryptionContextSubSet"),
+        (
+            r#"{"EncryptionContextSubset": {"app": "x"}, "Extra": 1}"#,
+            "unknown field `Extra`",
+        ),
+        (
+            r#"{"EncryptionContextSubset": {"app": "x", "app": "y"}}"#,
+            "\"app\" appears twice",
+        ),
+    ] {
+        let err = env.fails(&args(&create_grant(bad)), "ValidationException");
+        assert!(
+            err.contains("when calling the CreateGrant operation") && err.contains(names),
+            "{bad}: {err}"
+        );
+    }
+    // Nothing was granted.
+    assert_eq!(
+        env.ok(&["kms", "list-grants", "--key-id", &key])["Grants"],
+        serde_json::json!([])
+    );
+    // Malformed JSON is a usage error, as before.
+    let o = env.run(&args(&create_grant(r#"{"EncryptionContextSubset":"#)));
+    assert_eq!(o.status.code(), Some(2));
+    // The shorthand still works, and the grant is constrained.
+    env.ok(&args(&create_grant("EncryptionContextSubset={app=x}")));
+    let list = env.ok(&["kms", "list-grants", "--key-id", &key]);
+    assert_eq!(
+        list["Grants"][0]["Constraints"],
+        serde_json::json!({"EncryptionContextSubset": {"app": "x"}})
+    );
+    // Tags in JSON take TagKey and TagValue only.
+    let err = env.fails(
+        &[
+            "kms",
+            "tag-resource",
+            "--key-id",
+            &key,
+            "--tags",
+            r#"[{"TagKey": "team", "Tagvalue": "ops"}]"#,
+        ],
+        "ValidationException",
+    );
+    assert!(err.contains("Tags[0]: unknown field \"Tagvalue\""), "{err}");
+    // An encryption context naming a key twice is a usage error.
+    let o = env.run(&[
+        "kms",
+        "encrypt",
+        "--key-id",
+        &key,
+        "--plaintext",
+        "eA==",
+        "--encryption-context",
+        r#"{"app": "x", "app": "y"}"#,
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("\"app\" appears twice"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn a_policy_naming_a_missing_user_is_put_with_a_warning() {
+    let env = Env::new();
+    let key = env.create_key();
+    let doc = r#"{"Version":"2012-10-17","Statement":[
+        {"Sid":"Root","Effect":"Allow","Principal":{"Unix":"uid:0"},"Action":"kms:*","Resource":"*"},
+        {"Sid":"Gone","Effect":"Allow","Principal":{"Unix":["user:kmsfs-no-such-user-xyz"]},"Action":"kms:Decrypt","Resource":"*"}]}"#;
+    let warned = |o: &Output| {
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(o.status.success(), "{err}");
+        assert!(
+            err.starts_with("kmsfs: warning: ") && err.contains("user:kmsfs-no-such-user-xyz"),
+            "{err}"
+        );
+    };
+    let o = env.run(&["kms", "put-key-policy", "--key-id", &key, "--policy", doc]);
+    warned(&o);
+    assert!(
+        o.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    // get-key-policy prints AWS's JSON, and warns on stderr.
+    let o = env.run(&["kms", "get-key-policy", "--key-id", &key]);
+    warned(&o);
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        out,
+        serde_json::json!({"Policy": doc, "PolicyName": "default"})
+    );
+    // The rest of the policy applies.
+    let blob =
+        env.ok(&["kms", "encrypt", "--key-id", &key, "--plaintext", "eA=="])["CiphertextBlob"]
+            .clone();
+    env.ok(&[
+        "kms",
+        "decrypt",
+        "--ciphertext-blob",
+        blob.as_str().unwrap(),
+    ]);
+    env.ok(&["kms", "disable-key", "--key-id", &key]);
+    // The decisions name the principal that resolves to no account.
+    let log = std::fs::read_to_string(env.home.join("audit.log")).unwrap();
+    let rec: serde_json::Value = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .rfind(|r| r["eventName"] == "DisableKey")
+        .unwrap();
+    let authz = &rec["additionalEventData"]["authorization"];
+    assert_eq!(authz["by"], "key policy statement Root");
+    assert_eq!(
+        authz["unresolvedPrincipals"],
+        serde_json::json!(["user:kmsfs-no-such-user-xyz"])
+    );
+    // create-key --policy warns the same way and prints AWS's JSON.
+    let o = env.run(&["kms", "create-key", "--policy", doc]);
+    warned(&o);
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        out.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["KeyMetadata"]
+    );
+    // A policy naming only accounts that exist warns of nothing.
+    let o = env.run(&[
+        "kms",
+        "put-key-policy",
+        "--key-id",
+        &key,
+        "--policy",
+        &doc.replace("kmsfs-no-such-user-xyz", "root"),
+    ]);
+    assert!(o.status.success() && o.stderr.is_empty(), "{o:?}");
+    // Operators are case-sensitive, as in AWS.
+    let err = env.fails(
+        &[
+            "kms",
+            "put-key-policy",
+            "--key-id",
+            &key,
+            "--policy",
+            r#"{"Statement":[{"Effect":"Allow","Principal":{"Unix":"uid:0"},"Action":"kms:*","Resource":"*",
+                "Condition":{"stringlike":{"kms:EncryptionContext:kmsfs:path":"x/*"}}}]}"#,
+        ],
+        "MalformedPolicyDocumentException",
+    );
+    assert!(
+        err.contains("operators are case-sensitive: StringLike"),
+        "{err}"
+    );
+}

@@ -1,6 +1,8 @@
 //! `kmsfs kms <operation>`: the AWS CLI's `aws kms` subcommands and flags.
 
 use super::awsargs::{blob_arg, parse_tags, text_arg, time_arg};
+use crate::kms::grant::{Constraints, JsonError};
+use crate::kms::policy::parse_json_strict;
 use crate::kms::{Caller, CreateKeyRequest, DataKeySpec, EncryptionContext, Kms, KmsError};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -26,8 +28,80 @@ pub struct Paging {
 
 fn ctx_arg(s: &str) -> Result<EncryptionContext, String> {
     let text = text_arg(s, "--encryption-context")?;
+    // serde_json would keep the last of a key given twice, silently.
+    if text.trim_start().starts_with('{') {
+        parse_json_strict(text.trim())
+            .map_err(|e| format!("encryption context is not a JSON object of strings: {e}"))?;
+    }
     EncryptionContext::parse_cli(&text)
 }
+
+/// A JSON parameter's error: its syntax is a usage error, its content (an
+/// unknown or miscased member, a key given twice) a ValidationException.
+fn json_err(flag: &str, e: serde_json::Error) -> CmdError {
+    match e.classify() {
+        serde_json::error::Category::Data => {
+            CmdError::Kms(KmsError::validation(format!("{flag}: {e}")))
+        }
+        _ => CmdError::Usage(format!("{flag}: malformed JSON: {e}")),
+    }
+}
+
+/// `--tags`, whose JSON form may name only TagKey and TagValue: a miscased
+/// or unknown member is refused rather than ignored.
+fn tags_arg(args: &[String]) -> Result<Vec<(String, String)>, CmdError> {
+    for a in args {
+        let text = text_arg(a, "--tags")?;
+        let t = text.trim();
+        if t.starts_with('[') || t.starts_with('{') {
+            let v = parse_json_strict(t).map_err(|e| json_err("--tags", e))?;
+            let items = match &v {
+                Value::Array(a) => a.as_slice(),
+                o => std::slice::from_ref(o),
+            };
+            for (i, item) in items.iter().enumerate() {
+                if let Value::Object(m) = item
+                    && let Some(k) = m
+                        .keys()
+                        .find(|k| !matches!(k.as_str(), "TagKey" | "TagValue"))
+                {
+                    return Err(CmdError::Kms(KmsError::validation(format!(
+                        "Tags[{i}]: unknown field {k:?}; a tag has TagKey and TagValue"
+                    ))));
+                }
+            }
+        } else {
+            for field in ["TagKey=", "TagValue="] {
+                if t.split(',').filter(|p| p.starts_with(field)).count() > 1 {
+                    return Err(CmdError::Usage(format!(
+                        "--tags: {t:?} gives {} twice; give one tag per argument",
+                        field.trim_end_matches('=')
+                    )));
+                }
+            }
+        }
+    }
+    Ok(parse_tags(args)?)
+}
+
+/// Prints a warning of principals that match nobody (AWS's output has no
+/// field for it, so the JSON stays as AWS's).
+fn warn_unresolved(what: &str, unresolved: &[String], advice: &str) {
+    if !unresolved.is_empty() {
+        eprintln!(
+            "kmsfs: warning: {what} names {} that match nobody: {}. The rest of the policy applies; {advice}",
+            if unresolved.len() == 1 {
+                "a principal"
+            } else {
+                "principals"
+            },
+            unresolved.join(", ")
+        );
+    }
+}
+
+const UNRESOLVED_AT_PUT: &str = "a user: or group: name is bound to the account it names when the policy is put, so put the policy again once the account exists.";
+const UNRESOLVED_NOW: &str = "the account was deleted, or recreated with another id, since the policy was put (a recreated account does not inherit); put the policy again to bind the name to the account it names now.";
 
 // The flags GenerateDataKey and GenerateDataKeyWithoutPlaintext share. (Not a
 // doc comment: clap would show it as both commands' description.)
@@ -440,31 +514,39 @@ fn with_tokens(caller: &Caller, tokens: Vec<String>) -> Result<Caller, String> {
 }
 
 /// `EncryptionContextSubset={k=v,k2=v2}` (AWS CLI shorthand) or JSON.
-fn parse_constraints(s: &str) -> Result<crate::kms::grant::Constraints, String> {
+/// Unknown and miscased members are a ValidationException naming them (a
+/// dropped `EncryptionContextSubSet` would leave the grant unconstrained);
+/// the service refuses constraints that name nothing.
+fn parse_constraints(s: &str) -> Result<Constraints, CmdError> {
     let text = text_arg(s, "--constraints")?;
     let t = text.trim();
     if t.starts_with('{') {
-        return serde_json::from_str(t).map_err(|e| format!("--constraints: malformed JSON: {e}"));
+        return Constraints::from_json(t).map_err(|e| match e {
+            JsonError::Syntax(m) => CmdError::Usage(format!("--constraints: {m}")),
+            JsonError::Invalid(m) => CmdError::Kms(KmsError::validation(m)),
+        });
     }
     let (kind, body) = t
         .split_once('=')
-        .ok_or("--constraints: expected EncryptionContextSubset={k=v,...}")?;
+        .ok_or_else(|| "--constraints: expected EncryptionContextSubset={k=v,...}".to_string())?;
     let inner = body
         .strip_prefix('{')
         .and_then(|b| b.strip_suffix('}'))
-        .ok_or("--constraints: the pairs go in braces: EncryptionContextSubset={k=v,...}")?;
+        .ok_or_else(|| {
+            "--constraints: the pairs go in braces: EncryptionContextSubset={k=v,...}".to_string()
+        })?;
     let map: std::collections::BTreeMap<String, String> = EncryptionContext::parse_cli(inner)?
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let mut c = crate::kms::grant::Constraints::default();
+    let mut c = Constraints::default();
     match kind {
         "EncryptionContextSubset" => c.encryption_context_subset = Some(map),
         "EncryptionContextEquals" => c.encryption_context_equals = Some(map),
         other => {
-            return Err(format!(
-                "--constraints: {other} is not EncryptionContextSubset or EncryptionContextEquals"
-            ));
+            return Err(CmdError::Kms(KmsError::validation(format!(
+                "Constraints: unknown field {other:?}, expected EncryptionContextSubset or EncryptionContextEquals (field names are case-sensitive)"
+            ))));
         }
     }
     Ok(c)
@@ -492,18 +574,23 @@ pub fn run(kms: &Kms, caller: &Caller, cmd: KmsCommand) -> Result<Value, CmdErro
             let policy = policy.map(|p| text_arg(&p, "--policy")).transpose()?;
             let req = CreateKeyRequest {
                 description,
-                tags: parse_tags(&tags)?,
+                tags: tags_arg(&tags)?,
                 key_usage,
                 origin,
                 key_spec,
                 policy,
                 bypass_policy_lockout_safety_check,
             };
-            json!({"KeyMetadata": kms.create_key(caller, req)?})
+            let (meta, unresolved) = kms.create_key_with_warnings(caller, req)?;
+            warn_unresolved("the key policy", &unresolved, UNRESOLVED_AT_PUT);
+            json!({"KeyMetadata": meta})
         }
         DescribeKey(k) => json!({"KeyMetadata": kms.describe_key(caller, &k.key_id)?}),
         GetKeyPolicy { key, policy_name } => {
-            kms.get_key_policy(caller, &key.key_id, policy_name.as_deref())?
+            let (v, unresolved) =
+                kms.get_key_policy_with_warnings(caller, &key.key_id, policy_name.as_deref())?;
+            warn_unresolved("the key policy", &unresolved, UNRESOLVED_NOW);
+            v
         }
         PutKeyPolicy {
             key,
@@ -512,13 +599,14 @@ pub fn run(kms: &Kms, caller: &Caller, cmd: KmsCommand) -> Result<Value, CmdErro
             bypass_policy_lockout_safety_check,
         } => {
             let doc = text_arg(&policy, "--policy")?;
-            kms.put_key_policy(
+            let unresolved = kms.put_key_policy_with_warnings(
                 caller,
                 &key.key_id,
                 policy_name.as_deref(),
                 &doc,
                 bypass_policy_lockout_safety_check,
             )?;
+            warn_unresolved("the key policy", &unresolved, UNRESOLVED_AT_PUT);
             Value::Null
         }
         CreateGrant {
@@ -639,7 +727,7 @@ pub fn run(kms: &Kms, caller: &Caller, cmd: KmsCommand) -> Result<Value, CmdErro
             paging.marker.as_deref(),
         )?,
         TagResource { key, tags } => {
-            kms.tag_resource(caller, &key.key_id, &parse_tags(&tags)?)?;
+            kms.tag_resource(caller, &key.key_id, &tags_arg(&tags)?)?;
             Value::Null
         }
         UntagResource { key, tag_keys } => {

@@ -146,14 +146,21 @@ pub fn run(cli: Cli) -> i32 {
         command,
     } = cli;
     let kms_home_flag = kms_home.clone();
-    let home = KmsHome::new(kms_home.unwrap_or_else(KmsHome::default_dir));
+    // An error only for the commands that use it (mount finds its own).
+    let home = kms_home
+        .map_or_else(KmsHome::default_dir, Ok)
+        .map(KmsHome::new);
     match command {
-        Command::Kms { output, query, op } => {
-            run_kms(&home, &secret, &output, query.as_deref(), op)
-        }
-        Command::Audit { op } => run_audit(&home, &secret, &op),
+        Command::Kms { output, query, op } => match home {
+            Ok(home) => run_kms(&home, &secret, &output, query.as_deref(), op),
+            Err(e) => report(Err(e)),
+        },
+        Command::Audit { op } => match home {
+            Ok(home) => run_audit(&home, &secret, &op),
+            Err(e) => report(Err(e)),
+        },
         Command::Init { cipherdir, key_id } => {
-            report(run_init(&home, &secret, &cipherdir, key_id.as_deref()))
+            report(home.and_then(|home| run_init(&home, &secret, &cipherdir, key_id.as_deref())))
         }
         Command::Mount {
             cipherdir,
@@ -228,9 +235,13 @@ fn run_mount(
     let cfg = crate::fs::config::Config::load(&cipherdir)?;
     // The KMS home: --kms-home, then $KMSFS_HOME, then where init recorded it.
     let dir = kms_home_flag
-        .or_else(|| std::env::var_os("KMSFS_HOME").map(PathBuf::from))
+        .or_else(|| {
+            std::env::var_os("KMSFS_HOME")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
         .or(cfg.kms_home.clone())
-        .unwrap_or_else(KmsHome::default_dir);
+        .map_or_else(KmsHome::default_dir, Ok)?;
     let home = KmsHome::new(dir);
     let kms = open_kms(&home, secret, false)?;
     let mut read_only = false;

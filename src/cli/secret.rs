@@ -178,17 +178,9 @@ fn prompt(new: bool) -> Result<SecretBytes, String> {
 
 fn read_hidden(tty: &mut std::fs::File, label: &str) -> Result<SecretBytes, String> {
     use std::os::unix::io::AsRawFd;
-    let fd = tty.as_raw_fd();
-    // SAFETY: termios calls on an open terminal descriptor with a zeroed struct
-    // that tcgetattr fills in.
-    let mut old: libc::termios = unsafe { std::mem::zeroed() };
-    let have_termios = unsafe { libc::tcgetattr(fd, &mut old) } == 0;
-    if have_termios {
-        let mut t = old;
-        t.c_lflag &= !libc::ECHO;
-        t.c_lflag |= libc::ECHONL;
-        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &t) };
-    }
+    // Echo is back on when the guard drops: on success, on a read error, on
+    // a panic, and (through its signal handler) on Ctrl-C, kill or hang-up.
+    let _echo_off = EchoOff::new(tty.as_raw_fd());
     let _ = tty.write_all(label.as_bytes());
     let mut line = Zeroizing::new(Vec::new());
     let mut byte = [0u8; 1];
@@ -197,14 +189,136 @@ fn read_hidden(tty: &mut std::fs::File, label: &str) -> Result<SecretBytes, Stri
             Ok(0) => break Ok(()),
             Ok(_) if byte[0] == b'\n' => break Ok(()),
             Ok(_) => line.push(byte[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => break Err(e),
         }
     };
-    if have_termios {
-        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &old) };
-    }
     res.map_err(|e| format!("cannot read the passphrase: {e}"))?;
     Ok(first_line(&line))
+}
+
+/// The signals that end a process at a prompt: the terminal's (Ctrl-C,
+/// Ctrl-\, hang-up) and a plain kill.
+const FATAL: [libc::c_int; 4] = [libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGHUP];
+
+/// What the signal handler needs, set before it is installed and read only by
+/// it: plain memory, as nothing else is safe to touch in a handler.
+struct Saved {
+    termios: std::cell::UnsafeCell<std::mem::MaybeUninit<libc::termios>>,
+    actions: std::cell::UnsafeCell<[std::mem::MaybeUninit<libc::sigaction>; FATAL.len()]>,
+}
+
+// SAFETY: written only while no handler of ours is installed (under
+// `PROMPT_LOCK`, before `SAVED_FD` is published), read only after.
+unsafe impl Sync for Saved {}
+
+static SAVED: Saved = Saved {
+    termios: std::cell::UnsafeCell::new(std::mem::MaybeUninit::uninit()),
+    actions: std::cell::UnsafeCell::new([std::mem::MaybeUninit::uninit(); FATAL.len()]),
+};
+/// The terminal whose settings `SAVED` holds, or -1.
+static SAVED_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+/// One prompt at a time owns `SAVED`.
+static PROMPT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Puts the terminal's settings back and lets the signal do what it would
+/// have done: only async-signal-safe calls (tcsetattr, write, sigaction, raise).
+extern "C" fn restore_and_reraise(sig: libc::c_int) {
+    let fd = SAVED_FD.load(std::sync::atomic::Ordering::SeqCst);
+    if fd >= 0 {
+        // SAFETY: `SAVED` was filled in before `SAVED_FD` was set; the calls
+        // are async-signal-safe.
+        unsafe {
+            libc::tcsetattr(fd, libc::TCSANOW, (*SAVED.termios.get()).as_ptr());
+            // The Enter that never came: the shell's prompt starts a new line.
+            libc::write(fd, b"\n".as_ptr().cast(), 1);
+        }
+    }
+    if let Some(i) = FATAL.iter().position(|&s| s == sig) {
+        // SAFETY: the action saved when ours was installed; the signal is
+        // blocked in its handler, so it is delivered to that action on return.
+        unsafe {
+            libc::sigaction(
+                sig,
+                (*SAVED.actions.get())[i].as_ptr(),
+                std::ptr::null_mut(),
+            );
+            libc::raise(sig);
+        }
+    }
+}
+
+/// Echo off on a terminal until dropped (ECHONL on, so Enter still shows).
+/// While it lives, a fatal signal restores the settings before it acts.
+struct EchoOff {
+    fd: libc::c_int,
+    saved: libc::termios,
+    _one_prompt: std::sync::MutexGuard<'static, ()>,
+}
+
+impl EchoOff {
+    /// `None` if `fd` is not a terminal (nothing to hide or restore).
+    fn new(fd: libc::c_int) -> Option<Self> {
+        let one = PROMPT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: tcgetattr fills the zeroed struct.
+        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+        if unsafe { libc::tcgetattr(fd, &mut saved) } != 0 {
+            return None;
+        }
+        // SAFETY: no handler of ours is installed (the lock is held, and the
+        // guard before dropped its own), so nothing reads `SAVED` meanwhile.
+        unsafe {
+            (*SAVED.termios.get()).write(saved);
+            let actions = &mut *SAVED.actions.get();
+            for (slot, &sig) in actions.iter_mut().zip(&FATAL) {
+                let mut old: libc::sigaction = std::mem::zeroed();
+                libc::sigaction(sig, std::ptr::null(), &mut old);
+                slot.write(old);
+            }
+        }
+        SAVED_FD.store(fd, std::sync::atomic::Ordering::SeqCst);
+        // SAFETY: sigaction with a handler that only makes async-signal-safe
+        // calls, and tcsetattr on the terminal just read.
+        unsafe {
+            let mut handler: libc::sigaction = std::mem::zeroed();
+            handler.sa_sigaction = restore_and_reraise as extern "C" fn(libc::c_int) as usize;
+            handler.sa_flags = libc::SA_RESTART;
+            // The other signals wait while one handler restores the terminal.
+            libc::sigemptyset(&mut handler.sa_mask);
+            for &sig in &FATAL {
+                libc::sigaddset(&mut handler.sa_mask, sig);
+            }
+            for (old, &sig) in (*SAVED.actions.get()).iter().zip(&FATAL) {
+                // An ignored signal stays ignored (nohup, a background job).
+                if old.assume_init_ref().sa_sigaction != libc::SIG_IGN {
+                    libc::sigaction(sig, &handler, std::ptr::null_mut());
+                }
+            }
+            let mut t = saved;
+            t.c_lflag &= !libc::ECHO;
+            t.c_lflag |= libc::ECHONL;
+            libc::tcsetattr(fd, libc::TCSANOW, &t);
+        }
+        Some(EchoOff {
+            fd,
+            saved,
+            _one_prompt: one,
+        })
+    }
+}
+
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        // SAFETY: restores the settings read in `new` on the same descriptor,
+        // then the signal actions saved there, then unpublishes `SAVED`.
+        unsafe {
+            libc::tcsetattr(self.fd, libc::TCSANOW, &self.saved);
+            for (old, &sig) in (*SAVED.actions.get()).iter().zip(&FATAL) {
+                libc::sigaction(sig, old.as_ptr(), std::ptr::null_mut());
+            }
+        }
+        SAVED_FD.store(-1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 #[cfg(test)]
@@ -228,5 +342,83 @@ mod tests {
         assert_eq!(first_line(b"secret\nrest").as_bytes(), b"secret");
         assert_eq!(first_line(b"secret\r\n").as_bytes(), b"secret");
         assert_eq!(first_line(b"secret").as_bytes(), b"secret");
+    }
+
+    /// The tests below look at process-wide signal actions: one at a time.
+    static SIGNALS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    /// A pseudo-terminal: (master, slave).
+    fn pty() -> (std::fs::File, std::fs::File) {
+        use std::os::fd::FromRawFd;
+        let (mut m, mut s) = (-1, -1);
+        // SAFETY: openpty fills in two new descriptors, which the files own.
+        let r = unsafe {
+            libc::openpty(
+                &mut m,
+                &mut s,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+        unsafe { (std::fs::File::from_raw_fd(m), std::fs::File::from_raw_fd(s)) }
+    }
+
+    fn echo_on(tty: &std::fs::File) -> bool {
+        use std::os::fd::AsRawFd;
+        // SAFETY: tcgetattr fills the zeroed struct.
+        let mut t: libc::termios = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::tcgetattr(tty.as_raw_fd(), &mut t) }, 0);
+        t.c_lflag & libc::ECHO != 0
+    }
+
+    fn sigint_handler() -> libc::sighandler_t {
+        // SAFETY: sigaction only reads the current action into the zeroed struct.
+        let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+        unsafe { libc::sigaction(libc::SIGINT, std::ptr::null(), &mut act) };
+        act.sa_sigaction
+    }
+
+    #[test]
+    fn echo_is_off_only_while_the_guard_lives_and_so_is_the_handler() {
+        use std::os::fd::AsRawFd;
+        let _one = SIGNALS.lock().unwrap_or_else(|e| e.into_inner());
+        let (_master, slave) = pty();
+        assert!(echo_on(&slave));
+        let before = sigint_handler();
+        {
+            let _g = EchoOff::new(slave.as_raw_fd()).expect("a terminal");
+            assert!(!echo_on(&slave));
+            assert_eq!(
+                sigint_handler(),
+                restore_and_reraise as extern "C" fn(libc::c_int) as usize
+            );
+        }
+        assert!(echo_on(&slave));
+        assert_eq!(sigint_handler(), before, "the old action is back");
+        // Not a terminal: nothing to do, and no handler.
+        let file = tempfile::tempfile().unwrap();
+        assert!(EchoOff::new(file.as_raw_fd()).is_none());
+        assert_eq!(sigint_handler(), before);
+    }
+
+    #[test]
+    fn echo_comes_back_after_a_passphrase_and_after_a_failed_read() {
+        use std::os::fd::AsRawFd;
+        let _one = SIGNALS.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut master, mut slave) = pty();
+        master.write_all(b"hunter2\n").unwrap();
+        let pw = read_hidden(&mut slave, "Passphrase: ").unwrap();
+        assert_eq!(pw.as_bytes(), b"hunter2");
+        assert!(echo_on(&slave));
+        // The same terminal opened write-only: the read fails (EBADF).
+        let mut write_only = std::fs::OpenOptions::new()
+            .write(true)
+            .open(format!("/proc/self/fd/{}", slave.as_raw_fd()))
+            .unwrap();
+        let e = read_hidden(&mut write_only, "Passphrase: ").unwrap_err();
+        assert!(e.starts_with("cannot read the passphrase: "), "{e}");
+        assert!(echo_on(&slave), "echo is back after the failed read");
     }
 }

@@ -228,14 +228,14 @@ fn split_line(line: &str) -> Result<(&str, u64, [u8; 32]), String> {
 
 impl AuditLog {
     /// Opens (creating, mode 0600) the log and finds the end of its chain.
-    /// Follows no symlink at `path`, and takes only a regular file.
+    /// A symlink at `path` is not followed.
     pub fn open(path: &Path, key: Key256) -> io::Result<Self> {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .read(true)
             .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(path)?;
         Self::open_file(file, path, key)
     }
@@ -243,12 +243,6 @@ impl AuditLog {
     /// The same, for a log already opened to read and append (the KMS home
     /// opens its own beneath the home's descriptor); `path` names it.
     pub fn open_file(file: File, path: &Path, key: Key256) -> io::Result<Self> {
-        if !file.metadata()?.is_file() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{} is not a regular file", path.display()),
-            ));
-        }
         let mut tail = Tail {
             file,
             end: u64::MAX,

@@ -1,11 +1,17 @@
 //! Grants: narrower, revocable permissions on one key for one principal,
 //! optionally limited by encryption-context constraints. Pure matching logic;
 //! the service stores grants in the keystore and asks `allows`.
+//!
+//! A grant's `user:`/`group:` principals are bound to the ids they named
+//! when the grant was created, exactly as a key policy's are when it is put
+//! (see [`super::policy::Binding`]): a deleted account matches nobody, and an
+//! account recreated under the name with another id does not inherit the
+//! grant.
 
 use super::context::EncryptionContext;
 use super::keyref::KeyId;
 pub use super::policy::names_group;
-use super::policy::{NameResolver, Principal, Subject, parse_principal};
+use super::policy::{NameResolver, PrincipalIds, Subject, principal_str_matches};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -35,8 +41,12 @@ const CRYPTO_OPERATIONS: &[&str] = &[
     "CreateGrant",
 ];
 
+/// A grant's encryption-context constraints, in AWS's JSON shape. Unknown
+/// and miscased members are refused (`EncryptionContextSubSet` would
+/// otherwise read as no constraint at all), as is a grant whose constraints
+/// name nothing: see [`validate`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
 pub struct Constraints {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub encryption_context_subset: Option<BTreeMap<String, String>>,
@@ -56,6 +66,49 @@ pub struct Grant {
     pub constraints: Option<Constraints>,
     pub created: i64,
     pub issuer_uid: u32,
+    /// What the `user:`/`group:` grantee and retiring principal resolved to
+    /// when the grant was created; `None` for grants created before ids were
+    /// recorded (their names are resolved at use).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal_ids: Option<PrincipalIds>,
+}
+
+/// Why a JSON document was refused: its syntax (a usage error) or its
+/// content (ValidationException).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JsonError {
+    Syntax(String),
+    Invalid(String),
+}
+
+/// Both are a ValidationException to a library caller (the CLI tells a
+/// syntax error apart as a usage error).
+impl From<JsonError> for super::error::KmsError {
+    fn from(e: JsonError) -> Self {
+        match e {
+            JsonError::Syntax(m) | JsonError::Invalid(m) => Self::validation(m),
+        }
+    }
+}
+
+impl Constraints {
+    /// Constraints from AWS's JSON, e.g.
+    /// `{"EncryptionContextSubset": {"k": "v"}}`. Unknown or miscased
+    /// members, keys given twice and values that are not strings are
+    /// `Invalid`, with a message naming them.
+    pub fn from_json(text: &str) -> Result<Self, JsonError> {
+        use serde_json::error::Category;
+        let v = super::policy::parse_json_strict(text).map_err(|e| match e.classify() {
+            Category::Data => JsonError::Invalid(format!("Constraints: {e}")),
+            _ => JsonError::Syntax(format!("Constraints: malformed JSON: {e}")),
+        })?;
+        if !v.is_object() {
+            return Err(JsonError::Invalid(
+                "Constraints must be an object with EncryptionContextSubset or EncryptionContextEquals".into(),
+            ));
+        }
+        serde_json::from_value(v).map_err(|e| JsonError::Invalid(format!("Constraints: {e}")))
+    }
 }
 
 /// Validates a grant request's operations and constraints.
@@ -72,8 +125,33 @@ pub fn validate(operations: &[String], constraints: Option<&Constraints>) -> Res
         }
     }
     if let Some(c) = constraints {
-        if c.encryption_context_subset.is_some() && c.encryption_context_equals.is_some() {
-            return Err("give EncryptionContextSubset or EncryptionContextEquals, not both".into());
+        match (&c.encryption_context_subset, &c.encryption_context_equals) {
+            (Some(_), Some(_)) => {
+                return Err(
+                    "give EncryptionContextSubset or EncryptionContextEquals, not both".into(),
+                );
+            }
+            // Constraints that name nothing would allow every context.
+            (None, None) => {
+                return Err("Constraints must give EncryptionContextSubset or EncryptionContextEquals; leave Constraints out for a grant without them".into());
+            }
+            (Some(m), None) | (None, Some(m)) => {
+                let field = if c.encryption_context_subset.is_some() {
+                    "EncryptionContextSubset"
+                } else {
+                    "EncryptionContextEquals"
+                };
+                if m.is_empty() {
+                    return Err(format!(
+                        "Constraints.{field} is empty: it would constrain nothing; name at least one encryption context pair"
+                    ));
+                }
+                if m.keys().any(String::is_empty) {
+                    return Err(format!(
+                        "Constraints.{field}: encryption context keys must not be empty"
+                    ));
+                }
+            }
         }
         if let Some(op) = operations
             .iter()
@@ -87,15 +165,6 @@ pub fn validate(operations: &[String], constraints: Option<&Constraints>) -> Res
     Ok(())
 }
 
-fn principal_matches(grantee: &str, s: &Subject, names: &dyn NameResolver) -> bool {
-    match parse_principal(grantee, names) {
-        Ok(Principal::Any) => false, // a grant names one principal
-        Ok(Principal::Uid(u)) => u == s.uid,
-        Ok(Principal::Gid(g)) => g == s.gid || s.groups.contains(&g),
-        Err(_) => false,
-    }
-}
-
 /// Keys compared without regard to case, values exactly (AWS's rule).
 fn find<'a>(ctx: &'a EncryptionContext, key: &str) -> Option<&'a str> {
     ctx.iter()
@@ -104,6 +173,12 @@ fn find<'a>(ctx: &'a EncryptionContext, key: &str) -> Option<&'a str> {
 }
 
 pub fn constraints_hold(c: &Constraints, ctx: Option<&EncryptionContext>) -> bool {
+    // Constraints naming nothing: only a grant stored before they were
+    // refused has them, made from a miscased member that was dropped. Its
+    // issuer meant to constrain it; it allows nothing (fail closed).
+    if c.encryption_context_subset.is_none() && c.encryption_context_equals.is_none() {
+        return false;
+    }
     let empty = EncryptionContext::new();
     let ctx = ctx.unwrap_or(&empty);
     if let Some(sub) = &c.encryption_context_subset
@@ -120,6 +195,12 @@ pub fn constraints_hold(c: &Constraints, ctx: Option<&EncryptionContext>) -> boo
 }
 
 impl Grant {
+    /// Whether `principal` (the grantee or retiring principal) is `s`; `*`
+    /// is no grant's principal.
+    fn is(&self, principal: &str, s: &Subject, names: &dyn NameResolver) -> bool {
+        principal_str_matches(principal, self.principal_ids.as_ref(), s, names)
+    }
+
     /// Whether this grant lets `s` do `operation` (AWS name, no `kms:`) on
     /// `key` with `ctx`.
     pub fn allows(
@@ -132,7 +213,7 @@ impl Grant {
     ) -> bool {
         self.key_id == *key
             && self.operations.iter().any(|o| o == operation)
-            && principal_matches(&self.grantee, s, names)
+            && self.is(&self.grantee, s, names)
             && self
                 .constraints
                 .as_ref()
@@ -144,9 +225,9 @@ impl Grant {
             || self
                 .retiring
                 .as_deref()
-                .is_some_and(|r| principal_matches(r, s, names))
+                .is_some_and(|r| self.is(r, s, names))
             || (self.operations.iter().any(|o| o == "RetireGrant")
-                && principal_matches(&self.grantee, s, names))
+                && self.is(&self.grantee, s, names))
     }
 
     /// Same request as an earlier one with this name (AWS's idempotent retry).
@@ -158,6 +239,10 @@ impl Grant {
             && self.retiring == other.retiring
             && self.operations == other.operations
             && self.constraints == other.constraints
+            // The same names bound to other accounts are another request.
+            && (self.principal_ids.is_none()
+                || other.principal_ids.is_none()
+                || self.principal_ids == other.principal_ids)
     }
 }
 
@@ -187,6 +272,7 @@ mod tests {
             constraints: c,
             created: 0,
             issuer_uid: 0,
+            principal_ids: None,
         }
     }
 
@@ -275,6 +361,44 @@ mod tests {
     }
 
     #[test]
+    fn constraints_json_refuses_unknown_and_miscased_members() {
+        let ok =
+            Constraints::from_json(r#"{"EncryptionContextSubset": {"kmsfs:path": "a"}}"#).unwrap();
+        assert_eq!(
+            ok.encryption_context_subset,
+            Some([("kmsfs:path".to_string(), "a".to_string())].into())
+        );
+        let invalid = |text: &str, want: &str| match Constraints::from_json(text) {
+            Err(JsonError::Invalid(m)) => assert!(m.contains(want), "{text}: {m}"),
+            other => panic!("{text}: {other:?}"),
+        };
+        invalid(
+            r#"{"EncryptionContextSubSet": {"kmsfs:path": "a"}}"#,
+            "unknown field `EncryptionContextSubSet`",
+        );
+        invalid(
+            r#"{"encryptionContextEquals": {"a": "b"}}"#,
+            "unknown field `encryptionContextEquals`",
+        );
+        invalid(
+            r#"{"EncryptionContextSubset": {"a": "b"}, "Extra": 1}"#,
+            "unknown field `Extra`",
+        );
+        invalid(
+            r#"{"EncryptionContextSubset": {"a": "b", "a": "c"}}"#,
+            "\"a\" appears twice",
+        );
+        invalid(r#"{"EncryptionContextSubset": {"a": 1}}"#, "invalid type");
+        invalid("[]", "must be an object");
+        assert!(matches!(
+            Constraints::from_json("{\"EncryptionContextSubset\":"),
+            Err(JsonError::Syntax(_))
+        ));
+        // Stored before empty constraints were refused: allows nothing.
+        assert!(!constraints_hold(&Constraints::default(), None));
+    }
+
+    #[test]
     fn validation_and_retiring() {
         assert!(validate(&[], None).is_err());
         assert!(
@@ -283,11 +407,39 @@ mod tests {
                 .contains("cannot be granted")
         );
         let c = Constraints {
-            encryption_context_subset: Some(BTreeMap::new()),
+            encryption_context_subset: Some([("a".to_string(), "1".to_string())].into()),
             encryption_context_equals: None,
         };
-        assert!(validate(&["DescribeKey".into()], Some(&c)).is_err());
+        assert!(
+            validate(&["DescribeKey".into()], Some(&c))
+                .unwrap_err()
+                .contains("cannot allow DescribeKey")
+        );
         assert!(validate(&["Decrypt".into(), "RetireGrant".into()], Some(&c)).is_ok());
+        // Constraints that name nothing, or an empty map, constrain nothing.
+        let dec = ["Decrypt".to_string()];
+        let e = validate(&dec, Some(&Constraints::default())).unwrap_err();
+        assert!(e.contains("must give EncryptionContextSubset"), "{e}");
+        for (sub, eq, field) in [
+            (Some(BTreeMap::new()), None, "EncryptionContextSubset"),
+            (None, Some(BTreeMap::new()), "EncryptionContextEquals"),
+        ] {
+            let c = Constraints {
+                encryption_context_subset: sub,
+                encryption_context_equals: eq,
+            };
+            let e = validate(&dec, Some(&c)).unwrap_err();
+            assert!(e.contains(&format!("Constraints.{field} is empty")), "{e}");
+        }
+        let blank_key = Constraints {
+            encryption_context_subset: Some([(String::new(), "v".to_string())].into()),
+            encryption_context_equals: None,
+        };
+        assert!(
+            validate(&dec, Some(&blank_key))
+                .unwrap_err()
+                .contains("must not be empty")
+        );
         let g = grant(&["Decrypt"], None);
         let carol = Subject {
             uid: 1003,

@@ -6,6 +6,7 @@
 //! is denied by default.
 //!
 //! Principals: `"*"`, or `{"Unix": ["uid:1000", "user:alice", "gid:100", "group:backup"]}`.
+//! How `user:`/`group:` names are matched is decided at [`Binding`].
 //! Condition keys: `kms:EncryptionContext:<key>` (the key part matched without
 //! regard to case, as AWS condition keys are; values case-sensitive),
 //! `kms:EncryptionContextKeys` and `kms:GrantOperations` (multi-valued: use
@@ -15,6 +16,7 @@
 
 use super::context::EncryptionContext;
 use serde_json::Value;
+use std::collections::BTreeMap;
 
 pub const MAX_POLICY_BYTES: usize = 32 * 1024;
 
@@ -23,6 +25,68 @@ pub enum Principal {
     Any,
     Uid(u32),
     Gid(u32),
+    /// `user:NAME`.
+    User(Named),
+    /// `group:NAME`.
+    Group(Named),
+}
+
+/// A `user:NAME` or `group:NAME` principal and what it is matched against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Named {
+    /// The principal as written, e.g. `user:bob`: the key of [`PrincipalIds`].
+    pub principal: String,
+    pub binding: Binding,
+}
+
+impl Named {
+    /// The NAME part.
+    pub fn name(&self) -> &str {
+        self.principal
+            .split_once(':')
+            .map_or(self.principal.as_str(), |(_, n)| n)
+    }
+}
+
+/// What the `user:`/`group:` principals of a policy or grant resolved to
+/// when it was put or created: principal string (`user:bob`) to uid or gid.
+/// A name that did not resolve then is absent.
+pub type PrincipalIds = BTreeMap<String, u32>;
+
+/// How a `user:NAME` / `group:NAME` principal is matched.
+///
+/// The decision: a name is bound to the account it names when the policy is
+/// put (PutKeyPolicy, CreateKey with a policy) or the grant is created
+/// (CreateGrant), and the id it resolved to then is stored beside the
+/// document ([`PrincipalIds`]). At evaluation `user:bob` bound to uid 1002
+/// matches a caller only if the caller is uid 1002 *and* `bob` still
+/// resolves to 1002. So:
+///
+/// - a deleted account matches nobody, and the rest of the policy keeps
+///   working (a name that does not resolve is never an error);
+/// - an account recreated under the same name with another id does not
+///   inherit what the old one was given, nor does another account that is
+///   handed the old id (its name differs); put the policy again (or create a
+///   new grant) to give the new account access, as in AWS, where a policy
+///   stores the unique id of the principal it names;
+/// - a name that did not resolve when the policy was put matches nobody
+///   until the policy is put again, even if the account is created later.
+///
+/// Policies and grants stored before ids were recorded have none
+/// ([`Binding::AtUse`]) and are resolved whenever they are evaluated.
+///
+/// The check costs one name lookup, and only when the id already matches;
+/// the service remembers lookups for a second, so evaluation on every file
+/// open does not call getpwnam.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binding {
+    /// Stored before ids were recorded: the name is resolved at each use.
+    AtUse,
+    /// Resolved to this id when put: matches it while the name still
+    /// resolves to it.
+    Bound(u32),
+    /// Did not resolve when put: matches nobody.
+    Unresolved,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +202,8 @@ pub struct Policy {
     /// Whether any statement names a resource other than `*`: only then is
     /// the key's ARN needed.
     pub names_resources: bool,
+    /// Whether any principal is `user:NAME` or `group:NAME`.
+    pub names_accounts: bool,
 }
 
 /// Who is asking, as policies see it.
@@ -149,9 +215,11 @@ pub struct Subject {
 }
 
 /// The request being judged.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Request<'a> {
     pub subject: &'a Subject,
+    /// Resolves the `user:`/`group:` principals (see [`Binding`]).
+    pub names: &'a dyn NameResolver,
     /// e.g. `kms:Decrypt`.
     pub action: &'a str,
     pub resource: &'a str,
@@ -218,20 +286,94 @@ impl NameResolver for SystemNames {
     }
 }
 
-fn strings(v: &Value, what: &str) -> Result<Vec<String>, String> {
-    match v {
-        Value::String(s) => Ok(vec![s.clone()]),
+/// Parses JSON text as serde_json does, but refuses an object that names a
+/// key twice: serde_json keeps the last one silently, so
+/// `{"Effect": "Deny", "Effect": "Allow"}` would read as an Allow. Used for
+/// the JSON documents users hand the KMS (policies, grant constraints, and
+/// the CLI's JSON parameters).
+pub fn parse_json_strict(text: &str) -> Result<Value, serde_json::Error> {
+    use serde::de::{DeserializeSeed, Deserializer, Error, MapAccess, SeqAccess, Visitor};
+    struct Strict;
+    impl<'de> DeserializeSeed<'de> for Strict {
+        type Value = Value;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Strict {
+        type Value = Value;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_bool<E: Error>(self, v: bool) -> Result<Value, E> {
+            Ok(Value::Bool(v))
+        }
+        fn visit_i64<E: Error>(self, v: i64) -> Result<Value, E> {
+            Ok(v.into())
+        }
+        fn visit_u64<E: Error>(self, v: u64) -> Result<Value, E> {
+            Ok(v.into())
+        }
+        fn visit_f64<E: Error>(self, v: f64) -> Result<Value, E> {
+            Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+        }
+        fn visit_str<E: Error>(self, v: &str) -> Result<Value, E> {
+            Ok(Value::String(v.to_string()))
+        }
+        fn visit_string<E: Error>(self, v: String) -> Result<Value, E> {
+            Ok(Value::String(v))
+        }
+        fn visit_unit<E: Error>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Value, A::Error> {
+            let mut v = Vec::new();
+            while let Some(x) = a.next_element_seed(Strict)? {
+                v.push(x);
+            }
+            Ok(Value::Array(v))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Value, A::Error> {
+            let mut m = serde_json::Map::new();
+            while let Some(k) = a.next_key::<String>()? {
+                if m.contains_key(&k) {
+                    return Err(A::Error::custom(format_args!(
+                        "{k:?} appears twice in one object"
+                    )));
+                }
+                let v = a.next_value_seed(Strict)?;
+                m.insert(k, v);
+            }
+            Ok(Value::Object(m))
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let v = Strict.deserialize(&mut de)?;
+    de.end()?;
+    Ok(v)
+}
+
+/// A string or a non-empty list of strings; `bools`: JSON booleans count
+/// as "true"/"false" (condition values).
+fn strings(v: &Value, what: &str, bools: bool) -> Result<Vec<String>, String> {
+    let out: Vec<String> = match v {
+        Value::String(s) => vec![s.clone()],
+        Value::Bool(b) if bools => vec![b.to_string()],
         Value::Array(a) => a
             .iter()
-            .map(|x| {
-                x.as_str()
-                    .map(String::from)
-                    .ok_or_else(|| format!("{what} must be strings"))
+            .map(|x| match x {
+                Value::String(s) => Ok(s.clone()),
+                Value::Bool(b) if bools => Ok(b.to_string()),
+                _ => Err(format!("{what} must be strings")),
             })
-            .collect(),
-        Value::Bool(b) => Ok(vec![b.to_string()]),
-        _ => Err(format!("{what} must be a string or a list of strings")),
+            .collect::<Result<_, _>>()?,
+        _ => return Err(format!("{what} must be a string or a list of strings")),
+    };
+    if out.is_empty() {
+        // A Deny (or a negated condition) over nothing would silently never apply.
+        return Err(format!("{what} is an empty list"));
     }
+    Ok(out)
 }
 
 /// Whether a principal string names a group (so the caller's
@@ -240,40 +382,205 @@ pub fn names_group(principal: &str) -> bool {
     principal.starts_with("gid:") || principal.starts_with("group:")
 }
 
-pub fn parse_principal(s: &str, names: &dyn NameResolver) -> Result<Principal, String> {
+/// Whether a principal string names an account by name (`user:` or
+/// `group:`), so that it is bound to an id (see [`Binding`]).
+pub fn names_account(principal: &str) -> bool {
+    principal.starts_with("user:") || principal.starts_with("group:")
+}
+
+/// A principal string's syntax, names not resolved.
+enum Syntax<'a> {
+    Any,
+    Uid(u32),
+    Gid(u32),
+    User(&'a str),
+    Group(&'a str),
+}
+
+fn syntax(s: &str) -> Result<Syntax<'_>, String> {
     if s == "*" {
-        return Ok(Principal::Any);
+        return Ok(Syntax::Any);
     }
-    let (kind, val) = s.split_once(':').ok_or_else(|| {
-        format!("principal {s:?} is not uid:N, user:NAME, gid:N, group:NAME or *")
-    })?;
+    let bad = || format!("principal {s:?} is not uid:N, user:NAME, gid:N, group:NAME or *");
+    let (kind, val) = s.split_once(':').ok_or_else(bad)?;
+    // Digits only: `uid:+5` or `uid: 5` is a mistake, not uid 5.
+    let number = || {
+        val.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| val.parse::<u32>().ok())
+            .flatten()
+            .ok_or_else(|| format!("principal {s:?}: not a number"))
+    };
+    let name = || {
+        if val.is_empty()
+            || val
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == ':')
+        {
+            Err(format!("principal {s:?}: not a user or group name"))
+        } else {
+            Ok(val)
+        }
+    };
     match kind {
-        "uid" => val
-            .parse()
-            .map(Principal::Uid)
-            .map_err(|_| format!("principal {s:?}: not a number")),
-        "gid" => val
-            .parse()
-            .map(Principal::Gid)
-            .map_err(|_| format!("principal {s:?}: not a number")),
-        "user" => names
-            .uid(val)
-            .map(Principal::Uid)
-            .ok_or_else(|| format!("principal {s:?}: no such user")),
-        "group" => names
-            .gid(val)
-            .map(Principal::Gid)
-            .ok_or_else(|| format!("principal {s:?}: no such group")),
-        _ => Err(format!(
-            "principal {s:?} is not uid:N, user:NAME, gid:N, group:NAME or *"
-        )),
+        "uid" => number().map(Syntax::Uid),
+        "gid" => number().map(Syntax::Gid),
+        "user" => name().map(Syntax::User),
+        "group" => name().map(Syntax::Group),
+        _ => Err(bad()),
     }
 }
+
+/// Parses a principal string. Names are not resolved: they match as
+/// [`Binding::AtUse`] until bound with [`Principal::bind`].
+pub fn parse_principal(s: &str) -> Result<Principal, String> {
+    let named = || Named {
+        principal: s.to_string(),
+        binding: Binding::AtUse,
+    };
+    Ok(match syntax(s)? {
+        Syntax::Any => Principal::Any,
+        Syntax::Uid(u) => Principal::Uid(u),
+        Syntax::Gid(g) => Principal::Gid(g),
+        Syntax::User(_) => Principal::User(named()),
+        Syntax::Group(_) => Principal::Group(named()),
+    })
+}
+
+fn binding_of(principal: &str, ids: Option<&PrincipalIds>) -> Binding {
+    match ids {
+        None => Binding::AtUse,
+        Some(m) => m
+            .get(principal)
+            .map_or(Binding::Unresolved, |&id| Binding::Bound(id)),
+    }
+}
+
+fn in_group(g: u32, s: &Subject) -> bool {
+    g == s.gid || s.groups.contains(&g)
+}
+
+/// Whether the account `name` (a user if `user`, else a group) is `s`,
+/// matched as `binding` says.
+fn named_matches(
+    user: bool,
+    name: &str,
+    binding: Binding,
+    s: &Subject,
+    names: &dyn NameResolver,
+) -> bool {
+    let resolve = |n: &str| if user { names.uid(n) } else { names.gid(n) };
+    let is_subject = |id: u32| if user { id == s.uid } else { in_group(id, s) };
+    match binding {
+        // The cheap test first: most principals are not the caller.
+        Binding::Bound(id) => is_subject(id) && resolve(name) == Some(id),
+        Binding::AtUse => resolve(name).is_some_and(is_subject),
+        Binding::Unresolved => false,
+    }
+}
+
+impl Principal {
+    /// Binds a `user:`/`group:` principal to the id recorded for it
+    /// (`None`: a document stored before ids were recorded).
+    pub fn bind(&mut self, ids: Option<&PrincipalIds>) {
+        if let Principal::User(n) | Principal::Group(n) = self {
+            n.binding = binding_of(&n.principal, ids);
+        }
+    }
+
+    pub fn named(&self) -> Option<&Named> {
+        match self {
+            Principal::User(n) | Principal::Group(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// Whether this principal is the caller `s`.
+    pub fn matches(&self, s: &Subject, names: &dyn NameResolver) -> bool {
+        match self {
+            Principal::Any => true,
+            Principal::Uid(u) => *u == s.uid,
+            Principal::Gid(g) => in_group(*g, s),
+            Principal::User(n) => named_matches(true, n.name(), n.binding, s, names),
+            Principal::Group(n) => named_matches(false, n.name(), n.binding, s, names),
+        }
+    }
+}
+
+/// [`Principal::matches`] for a principal string and the ids recorded for
+/// it, without building a `Principal` (grants are matched this way on every
+/// request they are asked about). `*` and malformed strings match nobody.
+pub fn principal_str_matches(
+    principal: &str,
+    ids: Option<&PrincipalIds>,
+    s: &Subject,
+    names: &dyn NameResolver,
+) -> bool {
+    match syntax(principal) {
+        Ok(Syntax::Uid(u)) => u == s.uid,
+        Ok(Syntax::Gid(g)) => in_group(g, s),
+        Ok(Syntax::User(n)) => named_matches(true, n, binding_of(principal, ids), s, names),
+        Ok(Syntax::Group(n)) => named_matches(false, n, binding_of(principal, ids), s, names),
+        Ok(Syntax::Any) | Err(_) => false,
+    }
+}
+
+/// What the `user:`/`group:` principals among `principals` resolve to now:
+/// the ids PutKeyPolicy, CreateKey and CreateGrant record. Names that do not
+/// resolve are left out (they will match nobody).
+pub fn resolve_ids<'a>(
+    principals: impl IntoIterator<Item = &'a str>,
+    names: &dyn NameResolver,
+) -> PrincipalIds {
+    let mut out = PrincipalIds::new();
+    for p in principals {
+        let id = match syntax(p) {
+            Ok(Syntax::User(n)) => names.uid(n),
+            Ok(Syntax::Group(n)) => names.gid(n),
+            _ => None,
+        };
+        if let Some(id) = id {
+            out.insert(p.to_string(), id);
+        }
+    }
+    out
+}
+
+/// Whether the named principal `principal`, matched as `binding`, can match
+/// nobody now: its name does not resolve, or no longer to the id it was
+/// bound to.
+pub fn matches_nobody(principal: &str, binding: Binding, names: &dyn NameResolver) -> bool {
+    let now = match syntax(principal) {
+        Ok(Syntax::User(n)) => names.uid(n),
+        Ok(Syntax::Group(n)) => names.gid(n),
+        _ => return false,
+    };
+    match binding {
+        Binding::AtUse => now.is_none(),
+        Binding::Bound(id) => now != Some(id),
+        Binding::Unresolved => true,
+    }
+}
+
+/// Operators, case-sensitive as in AWS.
+const OPERATORS: [(&str, Op); 8] = [
+    ("StringEquals", Op::StringEquals),
+    ("StringNotEquals", Op::StringNotEquals),
+    ("StringEqualsIgnoreCase", Op::StringEqualsIgnoreCase),
+    ("StringNotEqualsIgnoreCase", Op::StringNotEqualsIgnoreCase),
+    ("StringLike", Op::StringLike),
+    ("StringNotLike", Op::StringNotLike),
+    ("Bool", Op::Bool),
+    ("Null", Op::Null),
+];
 
 fn parse_condition_block(v: &Value) -> Result<Vec<Condition>, String> {
     let Value::Object(ops) = v else {
         return Err("Condition must be an object".into());
     };
+    if ops.is_empty() {
+        return Err("Condition is empty: it would constrain nothing; leave it out".into());
+    }
     let mut out = vec![];
     for (opname, body) in ops {
         let (qualifier, base) = match opname.split_once(':') {
@@ -281,25 +588,32 @@ fn parse_condition_block(v: &Value) -> Result<Vec<Condition>, String> {
             Some(("ForAllValues", b)) => (Qualifier::ForAllValues, b),
             Some((q, _)) => {
                 return Err(format!(
-                    "condition qualifier {q:?} is not ForAnyValue or ForAllValues"
+                    "condition qualifier {q:?} is not ForAnyValue or ForAllValues (qualifiers are case-sensitive)"
                 ));
             }
             None => (Qualifier::Single, opname.as_str()),
         };
-        let op = match base {
-            "StringEquals" => Op::StringEquals,
-            "StringNotEquals" => Op::StringNotEquals,
-            "StringEqualsIgnoreCase" => Op::StringEqualsIgnoreCase,
-            "StringNotEqualsIgnoreCase" => Op::StringNotEqualsIgnoreCase,
-            "StringLike" => Op::StringLike,
-            "StringNotLike" => Op::StringNotLike,
-            "Bool" => Op::Bool,
-            "Null" => Op::Null,
-            other => return Err(format!("condition operator {other:?} is not supported")),
+        let op = match OPERATORS.iter().find(|(n, _)| *n == base) {
+            Some((_, op)) => *op,
+            None => {
+                return Err(
+                    match OPERATORS.iter().find(|(n, _)| n.eq_ignore_ascii_case(base)) {
+                        Some((n, _)) => format!(
+                            "condition operator {base:?} is not supported; operators are case-sensitive: {n}"
+                        ),
+                        None => format!("condition operator {base:?} is not supported"),
+                    },
+                );
+            }
         };
         let Value::Object(keys) = body else {
             return Err(format!("{opname} must map condition keys to values"));
         };
+        if keys.is_empty() {
+            return Err(format!(
+                "{opname} names no condition key: it would constrain nothing"
+            ));
+        }
         for (key, vals) in keys {
             let lower = key.to_ascii_lowercase();
             let known = lower.starts_with("kms:encryptioncontext:")
@@ -320,6 +634,11 @@ fn parse_condition_block(v: &Value) -> Result<Vec<Condition>, String> {
                 ));
             }
             let ck = match lower.strip_prefix("kms:encryptioncontext:") {
+                Some("") => {
+                    return Err(format!(
+                        "condition key {key:?} names no encryption context key"
+                    ));
+                }
                 Some(k) => CondKey::Context(k.to_string()),
                 None => match lower.as_str() {
                     "kms:encryptioncontextkeys" => CondKey::ContextKeys,
@@ -327,11 +646,29 @@ fn parse_condition_block(v: &Value) -> Result<Vec<Condition>, String> {
                     _ => CondKey::ViaMount,
                 },
             };
+            let values = strings(vals, &format!("the values of {key}"), true)?;
+            if matches!(op, Op::Bool | Op::Null) {
+                // "True" would never equal "true": the condition would
+                // silently never (or, for Null, always) hold.
+                if let Some(v) = values
+                    .iter()
+                    .find(|v| !matches!(v.as_str(), "true" | "false"))
+                {
+                    return Err(format!(
+                        "{opname} on {key}: {v:?} is not \"true\" or \"false\""
+                    ));
+                }
+                if op == Op::Null && values.len() != 1 {
+                    return Err(format!(
+                        "{opname} on {key} takes one value, \"true\" or \"false\""
+                    ));
+                }
+            }
             out.push(Condition {
                 qualifier,
                 op,
                 key: ck,
-                values: strings(vals, key)?,
+                values,
             });
         }
     }
@@ -339,15 +676,23 @@ fn parse_condition_block(v: &Value) -> Result<Vec<Condition>, String> {
 }
 
 /// Parses and validates a policy document; errors name the problem.
-pub fn parse(doc: &str, names: &dyn NameResolver) -> Result<Policy, String> {
+///
+/// Unknown or miscased elements, operators, qualifiers and principal types
+/// are refused, as are keys given twice and empty lists and blocks (which
+/// would silently constrain nothing). `user:`/`group:` principals are not
+/// resolved here, so a name without an account is not an error: bind them
+/// with [`Policy::bind`] (until then they match as [`Binding::AtUse`]).
+pub fn parse(doc: &str) -> Result<Policy, String> {
     if doc.len() > MAX_POLICY_BYTES {
         return Err(format!(
             "the policy is {} bytes; at most {MAX_POLICY_BYTES} are allowed",
             doc.len()
         ));
     }
-    let v: Value =
-        serde_json::from_str(doc).map_err(|e| format!("the policy is not valid JSON: {e}"))?;
+    let v = parse_json_strict(doc).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => format!("the policy is malformed: {e}"),
+        _ => format!("the policy is not valid JSON: {e}"),
+    })?;
     let Value::Object(top) = &v else {
         return Err("the policy must be a JSON object".into());
     };
@@ -361,6 +706,9 @@ pub fn parse(doc: &str, names: &dyn NameResolver) -> Result<Policy, String> {
     {
         return Err(format!("Version {ver} is not \"2012-10-17\""));
     }
+    if top.get("Id").is_some_and(|i| !i.is_string()) {
+        return Err("Id must be a string".into());
+    }
     let stmts = match top.get("Statement") {
         Some(Value::Array(a)) => a.clone(),
         Some(o @ Value::Object(_)) => vec![o.clone()],
@@ -371,6 +719,7 @@ pub fn parse(doc: &str, names: &dyn NameResolver) -> Result<Policy, String> {
     }
     let mut statements = vec![];
     let mut names_groups = false;
+    let mut names_accounts = false;
     for (i, s) in stmts.iter().enumerate() {
         let label = s
             .get("Sid")
@@ -389,6 +738,9 @@ pub fn parse(doc: &str, names: &dyn NameResolver) -> Result<Policy, String> {
                 return Err(err(format!("element {k:?} is not supported")));
             }
         }
+        if o.get("Sid").is_some_and(|s| !s.is_string()) {
+            return Err(err("Sid must be a string".into()));
+        }
         let effect = match o.get("Effect").and_then(Value::as_str) {
             Some("Allow") => Effect::Allow,
             Some("Deny") => Effect::Deny,
@@ -401,14 +753,13 @@ pub fn parse(doc: &str, names: &dyn NameResolver) -> Result<Policy, String> {
                 for (k, v) in p {
                     if k != "Unix" {
                         return Err(err(format!(
-                            "principal type {k:?} is not supported; use \"Unix\""
+                            "principal type {k:?} is not supported; use \"Unix\" (principal types are case-sensitive)"
                         )));
                     }
-                    for s in strings(v, "Principal")? {
-                        if names_group(&s) {
-                            names_groups = true;
-                        }
-                        out.push(parse_principal(&s, names).map_err(err)?);
+                    for s in strings(v, "Principal", false).map_err(err)? {
+                        names_groups |= names_group(&s);
+                        names_accounts |= names_account(&s);
+                        out.push(parse_principal(&s).map_err(err)?);
                     }
                 }
                 if out.is_empty() {
@@ -422,6 +773,7 @@ pub fn parse(doc: &str, names: &dyn NameResolver) -> Result<Policy, String> {
             o.get("Action")
                 .ok_or_else(|| err("Action is missing".into()))?,
             "Action",
+            false,
         )
         .map_err(err)?;
         // Actions are case-insensitive: kept lowercased for evaluation.
@@ -438,6 +790,7 @@ pub fn parse(doc: &str, names: &dyn NameResolver) -> Result<Policy, String> {
             o.get("Resource")
                 .ok_or_else(|| err("Resource is missing".into()))?,
             "Resource",
+            false,
         )
         .map_err(err)?;
         let conditions = match o.get("Condition") {
@@ -461,7 +814,55 @@ pub fn parse(doc: &str, names: &dyn NameResolver) -> Result<Policy, String> {
         statements,
         names_groups,
         names_resources,
+        names_accounts,
     })
+}
+
+impl Policy {
+    /// The `user:`/`group:` principals, once each, in document order.
+    pub fn named_principals(&self) -> Vec<&Named> {
+        let mut out: Vec<&Named> = vec![];
+        for p in self.statements.iter().flat_map(|s| &s.principals) {
+            if let Some(n) = p.named()
+                && !out.iter().any(|o| o.principal == n.principal)
+            {
+                out.push(n);
+            }
+        }
+        out
+    }
+
+    /// What the named principals resolve to now (to record when the policy
+    /// is put).
+    pub fn resolve_ids(&self, names: &dyn NameResolver) -> PrincipalIds {
+        resolve_ids(
+            self.named_principals()
+                .into_iter()
+                .map(|n| n.principal.as_str()),
+            names,
+        )
+    }
+
+    /// Binds the named principals to the ids recorded when the policy was
+    /// put; `None` for a document stored before ids were recorded.
+    pub fn bind(&mut self, ids: Option<&PrincipalIds>) {
+        for s in &mut self.statements {
+            for p in &mut s.principals {
+                p.bind(ids);
+            }
+        }
+    }
+
+    /// The named principals that match nobody now (the account is gone, or
+    /// is not the one the name was bound to): for warnings and the audit
+    /// record.
+    pub fn unresolved(&self, names: &dyn NameResolver) -> Vec<String> {
+        self.named_principals()
+            .into_iter()
+            .filter(|n| matches_nobody(&n.principal, n.binding, names))
+            .map(|n| n.principal.clone())
+            .collect()
+    }
 }
 
 /// `*` and `?` wildcards, as in StringLike, actions and resources.
@@ -536,14 +937,6 @@ fn wild<T: Copy + PartialEq + From<u8>>(p: &[T], t: &[T], eq: impl Fn(T, T) -> b
     p[pi..].iter().all(|&c| c == star)
 }
 
-fn principal_matches(p: &Principal, s: &Subject) -> bool {
-    match p {
-        Principal::Any => true,
-        Principal::Uid(u) => *u == s.uid,
-        Principal::Gid(g) => *g == s.gid || s.groups.contains(g),
-    }
-}
-
 fn value_matches(op: Op, pattern: &str, v: &str) -> bool {
     match op {
         Op::StringEquals | Op::StringNotEquals | Op::Bool => pattern == v,
@@ -611,12 +1004,14 @@ fn condition_holds(c: &Condition, r: &Request) -> bool {
 }
 
 /// `known`: the request's action's index in `KNOWN_ACTIONS`, if it has one.
+/// The action first: a bit test, where a named principal may cost a lookup.
 fn statement_applies(s: &Statement, r: &Request, known: Option<usize>) -> bool {
-    s.principals.iter().any(|p| principal_matches(p, r.subject))
-        && match known {
-            Some(i) => s.known_actions & 1 << i != 0,
-            None => s.actions.iter().any(|a| like_with(a, r.action, true)),
-        }
+    let action = match known {
+        Some(i) => s.known_actions & 1 << i != 0,
+        None => s.actions.iter().any(|a| like_with(a, r.action, true)),
+    };
+    action
+        && s.principals.iter().any(|p| p.matches(r.subject, r.names))
         && s.resources.iter().any(|res| like(res, r.resource))
         && s.conditions.iter().all(|c| condition_holds(c, r))
 }
@@ -726,6 +1121,7 @@ mod tests {
     fn req<'a>(s: &'a Subject, action: &'a str, ctx: Option<&'a EncryptionContext>) -> Request<'a> {
         Request {
             subject: s,
+            names: &FakeNames,
             action,
             resource: KEY,
             context: ctx,
@@ -748,7 +1144,7 @@ mod tests {
             {"Sid":"B","Effect":"Deny","Principal":"*","Action":"kms:List*","Resource":"*"},
             {"Sid":"C","Effect":"Allow","Principal":"*","Action":["KMS:DECRYPT","kms:*Key"],"Resource":"*"},
             {"Sid":"D","Effect":"Allow","Principal":"*","Action":"kms:?ncrypt","Resource":"*"}]}"#;
-        let p = parse(doc, &FakeNames).unwrap();
+        let p = parse(doc).unwrap();
         let s = subj(1000, 1000, &[]);
         let mut decided = std::collections::BTreeSet::new();
         for a in KNOWN_ACTIONS {
@@ -764,17 +1160,14 @@ mod tests {
 
     /// The policy of the issue's mount test.
     fn team_policy() -> Policy {
-        parse(
-            r#"{"Version":"2012-10-17","Statement":[
+        parse(r#"{"Version":"2012-10-17","Statement":[
               {"Sid":"Root","Effect":"Allow","Principal":{"Unix":["uid:0"]},"Action":"kms:*","Resource":"*"},
               {"Sid":"AliceUse","Effect":"Allow","Principal":{"Unix":"user:alice"},"Action":["kms:Decrypt","kms:GenerateDataKey"],"Resource":"*"},
               {"Sid":"AliceNotPrivate","Effect":"Deny","Principal":{"Unix":["user:alice"]},"Action":"kms:*","Resource":"*",
                "Condition":{"StringLike":{"kms:EncryptionContext:kmsfs:path":"private/*"}}},
               {"Sid":"BackupProjects","Effect":"Allow","Principal":{"Unix":["group:backup"]},"Action":"kms:Decrypt","Resource":"*",
                "Condition":{"StringLike":{"kms:EncryptionContext:kmsfs:path":"projects/*"}}}
-            ]}"#,
-            &FakeNames,
-        )
+            ]}"#)
         .unwrap()
     }
 
@@ -838,10 +1231,7 @@ mod tests {
             like("*", "") && like("projects/*", "projects/") && !like("projects/*", "projects")
         );
         assert!(like("*/x/*", "a/x/b") && !like("*/x/*", "a/y/b"));
-        let p = parse(
-            r#"{"Statement":{"Effect":"Allow","Principal":"*","Action":"KMS:Generate*","Resource":"arn:kmsfs:kms:local:1:key/*"}}"#,
-            &FakeNames,
-        )
+        let p = parse(r#"{"Statement":{"Effect":"Allow","Principal":"*","Action":"KMS:Generate*","Resource":"arn:kmsfs:kms:local:1:key/*"}}"#)
         .unwrap();
         let s = subj(5, 5, &[]);
         assert!(
@@ -863,10 +1253,7 @@ mod tests {
     }
 
     fn one_condition(cond: &str) -> Policy {
-        parse(
-            &format!(r#"{{"Statement":[{{"Sid":"C","Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*","Condition":{cond}}}]}}"#),
-            &FakeNames,
-        )
+        parse(&format!(r#"{{"Statement":[{{"Sid":"C","Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*","Condition":{cond}}}]}}"#))
         .unwrap()
     }
 
@@ -956,7 +1343,7 @@ mod tests {
     #[test]
     fn malformed_documents_are_named() {
         let bad = |doc: &str, want: &str| {
-            let e = parse(doc, &FakeNames).unwrap_err();
+            let e = parse(doc).unwrap_err();
             assert!(e.contains(want), "{doc}: {e}");
         };
         bad("{", "not valid JSON");
@@ -972,8 +1359,24 @@ mod tests {
             "Unix",
         );
         bad(
-            r#"{"Statement":[{"Effect":"Allow","Principal":{"Unix":"user:nobody-here"},"Action":"kms:*","Resource":"*"}]}"#,
-            "no such user",
+            r#"{"Statement":[{"Effect":"Allow","Principal":{"unix":"uid:1"},"Action":"kms:*","Resource":"*"}]}"#,
+            "principal type \"unix\" is not supported",
+        );
+        bad(
+            r#"{"Statement":[{"Effect":"Allow","Principal":{"Unix":"User:alice"},"Action":"kms:*","Resource":"*"}]}"#,
+            "is not uid:N",
+        );
+        bad(
+            r#"{"Statement":[{"Effect":"Allow","Principal":{"Unix":"uid:+5"},"Action":"kms:*","Resource":"*"}]}"#,
+            "number",
+        );
+        bad(
+            r#"{"Statement":[{"Effect":"Allow","Principal":{"Unix":"user:"},"Action":"kms:*","Resource":"*"}]}"#,
+            "not a user or group name",
+        );
+        bad(
+            r#"{"Statement":[{"Effect":"Allow","Principal":{"Unix":[]},"Action":"kms:*","Resource":"*"}]}"#,
+            "empty list",
         );
         bad(
             r#"{"Statement":[{"Effect":"Allow","Principal":{"Unix":"uid:x"},"Action":"kms:*","Resource":"*"}]}"#,
@@ -1008,9 +1411,222 @@ mod tests {
         );
     }
 
+    /// The Condition block is as strict as the rest: operators and
+    /// qualifiers are case-sensitive (as in AWS), unknown operators are
+    /// named, and nothing that would silently constrain nothing is taken.
+    #[test]
+    fn condition_blocks_fail_closed() {
+        let bad = |cond: &str, want: &str| {
+            let doc = format!(
+                r#"{{"Statement":[{{"Sid":"S","Effect":"Deny","Principal":"*","Action":"kms:*","Resource":"*","Condition":{cond}}}]}}"#
+            );
+            let e = parse(&doc).unwrap_err();
+            assert!(e.contains(want), "{cond}: {e}");
+            assert!(e.starts_with("statement S: "), "{e}");
+        };
+        bad(
+            r#"{"stringlike":{"kms:EncryptionContext:kmsfs:path":"private/*"}}"#,
+            "operators are case-sensitive: StringLike",
+        );
+        bad(
+            r#"{"StringEqualsIfExists":{"kms:EncryptionContext:a":"b"}}"#,
+            "\"StringEqualsIfExists\" is not supported",
+        );
+        bad(
+            r#"{"forAnyValue:StringEquals":{"kms:EncryptionContextKeys":"a"}}"#,
+            "qualifier \"forAnyValue\"",
+        );
+        bad(
+            r#"{"StringEquals":{"kms:EncryptionContex:a":"b"}}"#,
+            "condition key \"kms:EncryptionContex:a\" is not supported",
+        );
+        bad("{}", "Condition is empty");
+        bad(r#"{"StringEquals":{}}"#, "names no condition key");
+        bad(
+            r#"{"StringEquals":{"kms:EncryptionContext:a":[]}}"#,
+            "empty list",
+        );
+        bad(
+            r#"{"StringEquals":{"kms:EncryptionContext:":"b"}}"#,
+            "names no encryption context key",
+        );
+        bad(
+            r#"{"Null":{"kms:EncryptionContext:a":"True"}}"#,
+            "\"True\" is not \"true\" or \"false\"",
+        );
+        bad(r#"{"Bool":{"kmsfs:ViaMount":"yes"}}"#, "\"yes\" is not");
+        bad(
+            r#"{"Null":{"kms:EncryptionContext:a":["true","false"]}}"#,
+            "takes one value",
+        );
+        bad(
+            r#"{"StringEquals":{"kms:EncryptionContext:a":5}}"#,
+            "must be a string or a list of strings",
+        );
+        bad("[]", "Condition must be an object");
+        // A JSON boolean is a condition value, not an action or resource.
+        let e = parse(
+            r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":true,"Resource":"*"}]}"#,
+        )
+        .unwrap_err();
+        assert!(e.contains("Action must be a string"), "{e}");
+        let p = one_condition(r#"{"Bool":{"kmsfs:ViaMount":true}}"#);
+        assert!(allowed(&p, None));
+    }
+
+    /// serde_json keeps the last of two equal keys; a policy that names an
+    /// element twice is refused instead of read as its last spelling.
+    #[test]
+    fn keys_given_twice_are_refused() {
+        let e = parse(
+            r#"{"Statement":[{"Effect":"Deny","Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*"}]}"#,
+        )
+        .unwrap_err();
+        assert!(e.contains("\"Effect\" appears twice"), "{e}");
+        let e = parse(
+            r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*",
+               "Condition":{"StringEquals":{"kms:EncryptionContext:a":"x"},"StringEquals":{"kms:EncryptionContext:a":"y"}}}]}"#,
+        )
+        .unwrap_err();
+        assert!(e.contains("\"StringEquals\" appears twice"), "{e}");
+        assert!(parse_json_strict(r#"{"a":[{"b":1},{"b":2}]}"#).is_ok());
+        assert!(parse_json_strict("{} x").is_err());
+    }
+
+    struct Accounts(Vec<(&'static str, u32)>, Vec<(&'static str, u32)>);
+    impl NameResolver for Accounts {
+        fn uid(&self, n: &str) -> Option<u32> {
+            self.0.iter().find(|(u, _)| *u == n).map(|(_, id)| *id)
+        }
+        fn gid(&self, n: &str) -> Option<u32> {
+            self.1.iter().find(|(g, _)| *g == n).map(|(_, id)| *id)
+        }
+    }
+
+    /// See `Binding`: a name matches the account it named when the policy
+    /// was put, while that account keeps the name.
+    #[test]
+    fn names_are_bound_to_the_account_they_named_when_put() {
+        let doc = r#"{"Statement":[
+            {"Sid":"Bob","Effect":"Allow","Principal":{"Unix":["user:bob","user:ghost"]},"Action":"kms:Decrypt","Resource":"*"},
+            {"Sid":"Ops","Effect":"Allow","Principal":{"Unix":"group:ops"},"Action":"kms:Encrypt","Resource":"*"},
+            {"Sid":"Root","Effect":"Allow","Principal":{"Unix":"uid:0"},"Action":"kms:*","Resource":"*"}]}"#;
+        let then = Accounts(vec![("bob", 1002)], vec![("ops", 50)]);
+        let mut p = parse(doc).unwrap();
+        assert!(p.names_accounts && p.names_groups);
+        let ids = p.resolve_ids(&then);
+        assert_eq!(
+            ids,
+            [
+                ("group:ops".to_string(), 50),
+                ("user:bob".to_string(), 1002)
+            ]
+            .into()
+        );
+        p.bind(Some(&ids));
+        assert_eq!(p.unresolved(&then), vec!["user:ghost".to_string()]);
+        let decide = |p: &Policy, names: &dyn NameResolver, s: &Subject, action: &str| {
+            p.evaluate(&Request {
+                names,
+                ..req(s, action, None)
+            })
+        };
+        let bob = subj(1002, 1002, &[]);
+        let new_bob = subj(1010, 1010, &[]);
+        let in_ops = subj(7, 7, &[50]);
+        let root = subj(0, 0, &[]);
+        assert_eq!(
+            decide(&p, &then, &bob, "kms:Decrypt"),
+            Decision::Allow("Bob".into())
+        );
+        assert_eq!(
+            decide(&p, &then, &in_ops, "kms:Encrypt"),
+            Decision::Allow("Ops".into())
+        );
+        // bob and ops deleted: they match nobody; the rest still works.
+        let gone = Accounts(vec![], vec![]);
+        assert_eq!(
+            decide(&p, &gone, &bob, "kms:Decrypt"),
+            Decision::DefaultDeny
+        );
+        assert_eq!(
+            decide(&p, &gone, &in_ops, "kms:Encrypt"),
+            Decision::DefaultDeny
+        );
+        assert_eq!(
+            decide(&p, &gone, &root, "kms:PutKeyPolicy"),
+            Decision::Allow("Root".into())
+        );
+        assert_eq!(
+            p.unresolved(&gone),
+            vec!["user:bob", "user:ghost", "group:ops"]
+        );
+        // bob recreated with another uid: the new account does not inherit,
+        // and the account now holding the old uid is not bob either.
+        let recreated = Accounts(vec![("bob", 1010), ("eve", 1002)], vec![("ops", 51)]);
+        assert_eq!(
+            decide(&p, &recreated, &new_bob, "kms:Decrypt"),
+            Decision::DefaultDeny
+        );
+        assert_eq!(
+            decide(&p, &recreated, &bob, "kms:Decrypt"),
+            Decision::DefaultDeny
+        );
+        assert_eq!(
+            decide(&p, &recreated, &subj(8, 8, &[51]), "kms:Encrypt"),
+            Decision::DefaultDeny
+        );
+        // ghost, absent when the policy was put, does not match once created.
+        let later = Accounts(vec![("bob", 1002), ("ghost", 1003)], vec![]);
+        assert_eq!(
+            decide(&p, &later, &subj(1003, 1003, &[]), "kms:Decrypt"),
+            Decision::DefaultDeny
+        );
+        // A document stored before ids were recorded resolves at use.
+        p.bind(None);
+        assert_eq!(
+            decide(&p, &recreated, &new_bob, "kms:Decrypt"),
+            Decision::Allow("Bob".into())
+        );
+        assert_eq!(p.unresolved(&recreated), vec!["user:ghost".to_string()]);
+        // Grants match principal strings the same way.
+        let gids = resolve_ids(["user:bob", "uid:5", "group:ops"], &then);
+        assert_eq!(gids.len(), 2);
+        assert!(principal_str_matches("user:bob", Some(&gids), &bob, &then));
+        assert!(!principal_str_matches("user:bob", Some(&gids), &bob, &gone));
+        assert!(!principal_str_matches(
+            "user:bob",
+            Some(&gids),
+            &new_bob,
+            &recreated
+        ));
+        assert!(principal_str_matches(
+            "user:bob", None, &new_bob, &recreated
+        ));
+        assert!(!principal_str_matches(
+            "user:ghost",
+            Some(&gids),
+            &bob,
+            &later
+        ));
+        assert!(principal_str_matches(
+            "group:ops",
+            Some(&gids),
+            &in_ops,
+            &then
+        ));
+        assert!(principal_str_matches(
+            "uid:5",
+            Some(&gids),
+            &subj(5, 5, &[]),
+            &gone
+        ));
+        assert!(!principal_str_matches("*", None, &bob, &then));
+    }
+
     #[test]
     fn default_policies_parse() {
-        let d = parse(&default_policy(Some(1000)), &FakeNames).unwrap();
+        let d = parse(&default_policy(Some(1000))).unwrap();
         assert!(matches!(
             d.evaluate(&req(&subj(1000, 1, &[]), "kms:PutKeyPolicy", None)),
             Decision::Allow(_)
@@ -1019,7 +1635,7 @@ mod tests {
             d.evaluate(&req(&subj(1001, 1, &[]), "kms:Decrypt", None)),
             Decision::DefaultDeny
         );
-        let m = parse(&managed_key_policy(), &FakeNames).unwrap();
+        let m = parse(&managed_key_policy()).unwrap();
         assert!(matches!(
             m.evaluate(&req(&subj(1001, 1, &[]), "kms:Decrypt", None)),
             Decision::Allow(_)

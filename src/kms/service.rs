@@ -17,7 +17,10 @@ use super::keyref::{KeyId, KeyRef, MANAGED_ALIAS_PREFIX, validate_alias_name};
 use super::keystore::{
     Alias, HomeError, HomeErrorKind, KmsHome, RootKeySpec, RootKeys, RootSecret, Stamp, State,
 };
-use super::policy::{self, Decision, Policy, Request as PolicyRequest, Subject, SystemNames};
+use super::policy::{
+    self, Decision, NameResolver, Policy, PrincipalIds, Request as PolicyRequest, Subject,
+    SystemNames,
+};
 use crate::crypto::kdf::{Argon2Params, hkdf256, hmac_sha256};
 use crate::crypto::{AeadKey, Key256, SecretBytes};
 use serde::Serialize;
@@ -235,6 +238,9 @@ pub struct Options {
     pub argon2: Argon2Params,
     /// What the audit log calls this program (`userAgent`).
     pub user_agent: String,
+    /// Resolves `user:NAME` / `group:NAME` principals: the system's user and
+    /// group databases, or a stand-in in tests.
+    pub names: Arc<dyn NameResolver + Send + Sync>,
 }
 
 impl Default for Options {
@@ -243,12 +249,101 @@ impl Default for Options {
             clock: Arc::new(SystemClock),
             argon2: Argon2Params::default(),
             user_agent: format!("kmsfs/{}", env!("CARGO_PKG_VERSION")),
+            names: Arc::new(SystemNames),
         }
     }
 }
 
-/// A parsed policy and the text it was parsed from (`None`: the default).
-type CachedPolicy = (Option<String>, Arc<Policy>);
+/// A parsed policy, the text it was parsed from (`None`: the default), and
+/// its principals that matched nobody when last looked at.
+struct CachedPolicy {
+    text: Option<String>,
+    policy: Arc<Policy>,
+    unresolved: Arc<[String]>,
+    checked: Seen,
+}
+
+/// When a remembered answer was found out: it is used within the same second
+/// of the service's clock and of real time (tests move the clock to forget).
+#[derive(Clone, Copy)]
+struct Seen(i64, std::time::Instant);
+
+impl Seen {
+    fn now(clock: &dyn Clock) -> Self {
+        Seen(clock.now(), std::time::Instant::now())
+    }
+
+    fn is_fresh(&self, clock: &dyn Clock) -> bool {
+        self.0 == clock.now() && self.1.elapsed() < std::time::Duration::from_secs(1)
+    }
+}
+
+/// Name lookups for `user:`/`group:` principals, remembered for a second
+/// (see [`Seen`]): policies and grants are evaluated on every file open,
+/// and getpwnam_r reads /etc/passwd (or asks NSS) each time. A deleted or
+/// recreated account is seen within a second. What is recorded when a
+/// policy is put or a grant created is looked up afresh ([`Self::fresh`]).
+struct NameCache {
+    inner: Arc<dyn NameResolver + Send + Sync>,
+    clock: Arc<dyn Clock>,
+    users: NameMap,
+    groups: NameMap,
+}
+
+/// Names remembered at most; past it, stale ones are forgotten.
+const NAME_CACHE_MAX: usize = 4096;
+
+type NameMap = RwLock<HashMap<String, (Seen, Option<u32>)>>;
+
+impl NameCache {
+    fn new(inner: Arc<dyn NameResolver + Send + Sync>, clock: Arc<dyn Clock>) -> Self {
+        NameCache {
+            inner,
+            clock,
+            users: RwLock::new(HashMap::new()),
+            groups: RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn lookup(
+        &self,
+        map: &NameMap,
+        name: &str,
+        resolve: impl FnOnce(&str) -> Option<u32>,
+    ) -> Option<u32> {
+        if let Some((at, id)) = map.read().unwrap_or_else(|e| e.into_inner()).get(name)
+            && at.is_fresh(&*self.clock)
+        {
+            return *id;
+        }
+        let id = resolve(name);
+        let at = Seen::now(&*self.clock);
+        let mut m = map.write().unwrap_or_else(|e| e.into_inner());
+        if m.len() >= NAME_CACHE_MAX {
+            m.retain(|_, (t, _)| t.is_fresh(&*self.clock));
+            if m.len() >= NAME_CACHE_MAX {
+                m.clear();
+            }
+        }
+        m.insert(name.to_string(), (at, id));
+        id
+    }
+
+    /// The resolver itself, never a remembered answer.
+    fn fresh(&self) -> &dyn NameResolver {
+        &*self.inner
+    }
+}
+
+impl NameResolver for NameCache {
+    fn uid(&self, name: &str) -> Option<u32> {
+        self.lookup(&self.users, name, |n| self.inner.uid(n))
+    }
+
+    fn gid(&self, name: &str) -> Option<u32> {
+        self.lookup(&self.groups, name, |n| self.inner.gid(n))
+    }
+}
 
 pub struct Kms {
     account: String,
@@ -263,6 +358,7 @@ pub struct Kms {
     /// The constant part of request ids: random per instance.
     request_prefix: String,
     user_agent: String,
+    names: NameCache,
 }
 
 fn home_err(e: HomeError) -> KmsError {
@@ -336,15 +432,8 @@ impl Kms {
             }
             other => other?,
         };
-        let audit_path = home.audit_path();
-        let log =
-            AuditLog::open(&audit_path, opened.keys.audit.clone()).map_err(|e| HomeError {
-                kind: HomeErrorKind::Io,
-                message: format!(
-                    "cannot open the audit log {}: {e}; kmsfs does not use keys unaudited",
-                    audit_path.display()
-                ),
-            })?;
+        // Beneath the home's descriptor, following no link.
+        let log = home.open_audit_log(opened.keys.audit.clone())?;
         let stamp = opened.stamp;
         let store = Store {
             home,
@@ -374,7 +463,9 @@ impl Kms {
         generation: u64,
     ) -> Self {
         let due = next_due(&state);
+        let names = NameCache::new(options.names, options.clock.clone());
         Kms {
+            names,
             account,
             policies: Mutex::new(HashMap::new()),
             inner: RwLock::new(Inner {
@@ -596,9 +687,44 @@ impl Kms {
     }
 
     /// Who may do what, in AWS's order: the managed-key rule, then the key
-    /// policy (an explicit Deny wins, then an Allow), then grants, else deny.
+    /// policy (an explicit Deny wins, then an Allow), then grants, else deny;
+    /// and then the root recovery rule: root, through the CLI, may always
+    /// read and replace a key's policy, whatever the policy says (or if it
+    /// cannot be evaluated), so that no policy can lock a key for good.
     /// The decision is kept on the event for the audit record.
     fn authorize(
+        &self,
+        caller: &Caller,
+        state: &State,
+        key: &Key,
+        action: &str,
+        ev: &mut Event,
+    ) -> KmsResult<()> {
+        match self.authorize_by_rules(caller, state, key, action, ev) {
+            Err(e)
+                if e.code == ErrorCode::AccessDeniedException
+                    && caller.uid == 0
+                    && caller.via == Via::Cli
+                    && matches!(action, "kms:PutKeyPolicy" | "kms:GetKeyPolicy") =>
+            {
+                let mut a = json!({"decision": "Allow", "by": "root recovery rule"});
+                if let Some(mut denied) = ev.authz.take() {
+                    if let Some(u) = denied
+                        .as_object_mut()
+                        .and_then(|d| d.remove("unresolvedPrincipals"))
+                    {
+                        a["unresolvedPrincipals"] = u;
+                    }
+                    a["overrides"] = denied;
+                }
+                ev.authz = Some(a);
+                Ok(())
+            }
+            r => r,
+        }
+    }
+
+    fn authorize_by_rules(
         &self,
         caller: &Caller,
         state: &State,
@@ -627,7 +753,18 @@ impl Kms {
                 ));
             }
         }
-        let policy = self.policy_of(key)?;
+        let (policy, unresolved) = self.policy_of(key).inspect_err(|_| {
+            ev.authz =
+                Some(json!({"decision": "Deny", "by": "the key policy cannot be evaluated"}));
+        })?;
+        // A decision the policy took part in names its principals that match
+        // nobody (deleted accounts, or recreated ones: see policy::Binding).
+        let note = |mut v: Value| {
+            if !unresolved.is_empty() {
+                v["unresolvedPrincipals"] = json!(&*unresolved);
+            }
+            Some(v)
+        };
         let subject = subject_of(
             caller,
             policy.names_groups || state.grants.iter().any(|g| grant::names_group(&g.grantee)),
@@ -639,6 +776,7 @@ impl Kms {
         };
         let req = PolicyRequest {
             subject: &subject,
+            names: &self.names,
             action,
             resource: &arn,
             context: ev.ctx.as_ref(),
@@ -648,12 +786,12 @@ impl Kms {
         match policy.evaluate(&req) {
             Decision::Allow(sid) => {
                 ev.authz =
-                    Some(json!({"decision": "Allow", "by": format!("key policy statement {sid}")}));
+                    note(json!({"decision": "Allow", "by": format!("key policy statement {sid}")}));
                 Ok(())
             }
             Decision::Deny(sid) => {
                 ev.authz =
-                    Some(json!({"decision": "Deny", "by": format!("key policy statement {sid}")}));
+                    note(json!({"decision": "Deny", "by": format!("key policy statement {sid}")}));
                 Err(KmsError::access_denied(format!(
                     "{} may not {action} key {}: explicitly denied by key policy statement {sid}",
                     caller.principal(),
@@ -662,17 +800,16 @@ impl Kms {
             }
             Decision::DefaultDeny => {
                 let op = action.strip_prefix("kms:").unwrap_or(action);
-                let names = SystemNames;
                 if let Some(g) = state
                     .grants
                     .iter()
-                    .find(|g| g.allows(&subject, op, &key.id, ev.ctx.as_ref(), &names))
+                    .find(|g| g.allows(&subject, op, &key.id, ev.ctx.as_ref(), &self.names))
                 {
                     ev.authz =
-                        Some(json!({"decision": "Allow", "by": format!("grant {}", g.grant_id)}));
+                        note(json!({"decision": "Allow", "by": format!("grant {}", g.grant_id)}));
                     return Ok(());
                 }
-                ev.authz = Some(
+                ev.authz = note(
                     json!({"decision": "Deny", "by": "no statement or grant allows it (default deny)"}),
                 );
                 Err(KmsError::access_denied(format!(
@@ -684,23 +821,56 @@ impl Kms {
         }
     }
 
-    /// The key's policy, parsed once per policy text.
-    fn policy_of(&self, key: &Key) -> KmsResult<Arc<Policy>> {
-        let mut cache = self.policies.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((text, p)) = cache.get(&key.id)
-            && *text == key.policy
-        {
-            return Ok(p.clone());
-        }
-        let doc = effective_policy(key);
-        let parsed = Arc::new(policy::parse(&doc, &SystemNames).map_err(|e| {
-            KmsError::access_denied(format!(
-                "the key policy of {} cannot be evaluated ({e}); fix it with put-key-policy",
-                key.id
-            ))
-        })?);
-        cache.insert(key.id, (key.policy.clone(), parsed.clone()));
-        Ok(parsed)
+    /// The key's policy, parsed and bound once per policy text, and its
+    /// principals that match nobody, looked at again after a second (only
+    /// for policies that name accounts; the lookups are made outside the
+    /// lock).
+    fn policy_of(&self, key: &Key) -> KmsResult<(Arc<Policy>, Arc<[String]>)> {
+        let stale = {
+            let cache = self.policies.lock().unwrap_or_else(|e| e.into_inner());
+            match cache.get(&key.id) {
+                Some(c) if c.text == key.policy => {
+                    if !c.policy.names_accounts || c.checked.is_fresh(&*self.clock) {
+                        return Ok((c.policy.clone(), c.unresolved.clone()));
+                    }
+                    Some(c.policy.clone())
+                }
+                _ => None,
+            }
+        };
+        let policy = match stale {
+            Some(p) => p,
+            None => {
+                let (doc, ids) = effective_policy(key);
+                let mut parsed = policy::parse(&doc).map_err(|e| {
+                    KmsError::access_denied(format!(
+                        "the key policy of {} cannot be evaluated ({e}); root can replace it with put-key-policy",
+                        key.id
+                    ))
+                })?;
+                parsed.bind(ids.as_ref());
+                Arc::new(parsed)
+            }
+        };
+        let checked = Seen::now(&*self.clock);
+        let unresolved: Arc<[String]> = if policy.names_accounts {
+            policy.unresolved(&self.names).into()
+        } else {
+            Vec::new().into()
+        };
+        self.policies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                key.id,
+                CachedPolicy {
+                    text: key.policy.clone(),
+                    policy: policy.clone(),
+                    unresolved: unresolved.clone(),
+                    checked,
+                },
+            );
+        Ok((policy, unresolved))
     }
 
     fn resolve<'s>(&self, state: &'s State, key_ref: &str) -> KmsResult<&'s Key> {
@@ -768,6 +938,17 @@ impl Kms {
     }
 
     pub fn create_key(&self, caller: &Caller, req: CreateKeyRequest) -> KmsResult<KeyMetadata> {
+        self.create_key_with_warnings(caller, req).map(|(m, _)| m)
+    }
+
+    /// CreateKey, and the principals of the key's policy that match nobody
+    /// (names without an account: see `policy::Binding`), for the caller to
+    /// be warned of; AWS has no field for them.
+    pub fn create_key_with_warnings(
+        &self,
+        caller: &Caller,
+        req: CreateKeyRequest,
+    ) -> KmsResult<(KeyMetadata, Vec<String>)> {
         let mut ev = Event::new(
             "CreateKey",
             false,
@@ -775,8 +956,11 @@ impl Kms {
                    "keySpec": req.key_spec, "tags": tags_json(&req.tags)}),
         );
         let r = self.create_key_inner(caller, &req, KeyManager::Customer, None, &mut ev);
-        if let Ok(m) = &r {
+        if let Ok((m, unresolved)) = &r {
             ev.response = json!({"keyMetadata": m});
+            if !unresolved.is_empty() {
+                ev.response["unresolvedPrincipals"] = json!(unresolved);
+            }
         }
         self.finish(caller, ev, r)
     }
@@ -798,7 +982,9 @@ impl Kms {
             description: description.into(),
             ..Default::default()
         };
-        let r = self.create_key_inner(caller, &req, KeyManager::Kmsfs, Some(alias), &mut ev);
+        let r = self
+            .create_key_inner(caller, &req, KeyManager::Kmsfs, Some(alias), &mut ev)
+            .map(|(m, _)| m);
         if let Ok(m) = &r {
             ev.response = json!({"keyMetadata": m});
         }
@@ -812,7 +998,7 @@ impl Kms {
         manager: KeyManager,
         alias: Option<String>,
         ev: &mut Event,
-    ) -> KmsResult<KeyMetadata> {
+    ) -> KmsResult<(KeyMetadata, Vec<String>)> {
         if req.description.len() > MAX_DESCRIPTION {
             return Err(KmsError::validation(format!(
                 "Description is longer than {MAX_DESCRIPTION} characters"
@@ -845,9 +1031,14 @@ impl Kms {
         if let Some(a) = &alias {
             validate_alias_name(a, true)?;
         }
-        if let Some(p) = &req.policy {
-            self.check_new_policy(caller, p, req.bypass_policy_lockout_safety_check)?;
-        }
+        let (policy, unresolved) = match &req.policy {
+            Some(p) => {
+                let (stored, unresolved) =
+                    self.check_new_policy(caller, p, req.bypass_policy_lockout_safety_check)?;
+                (Some(stored), unresolved)
+            }
+            None => (None, vec![]),
+        };
         let meta = self.mutate(|s, now| {
             let mut key = Key {
                 id: KeyId::random(),
@@ -872,7 +1063,7 @@ impl Kms {
                     valid_to: None,
                     fingerprint: None,
                 }),
-                policy: req.policy.clone(),
+                policy,
                 creator: Some(caller.uid),
             };
             if origin == Origin::Kmsfs {
@@ -904,7 +1095,7 @@ impl Kms {
             Ok(meta)
         })?;
         ev.key = KeyId::parse(&meta.key_id);
-        Ok(meta)
+        Ok((meta, unresolved))
     }
 
     pub fn describe_key(&self, caller: &Caller, key_id: &str) -> KmsResult<KeyMetadata> {
@@ -1437,15 +1628,29 @@ impl Kms {
 
     // ----- key policies and grants --------------------------------------
 
-    /// Validates a policy document and refuses one that would keep the
-    /// caller from changing the policy again (AWS's lockout safety check).
-    fn check_new_policy(&self, caller: &Caller, doc: &str, bypass: bool) -> KmsResult<()> {
+    /// Validates a policy document, binds its `user:`/`group:` principals to
+    /// the accounts they name now (see `policy::Binding`), and refuses one
+    /// that would keep the caller from changing the policy again (AWS's
+    /// lockout safety check; root keeps the recovery rule regardless).
+    /// Returns what the key record stores and the principals that match
+    /// nobody.
+    fn check_new_policy(
+        &self,
+        caller: &Caller,
+        doc: &str,
+        bypass: bool,
+    ) -> KmsResult<(String, Vec<String>)> {
         let malformed = |m: String| KmsError::new(ErrorCode::MalformedPolicyDocumentException, m);
-        let parsed = policy::parse(doc, &SystemNames).map_err(malformed)?;
+        let mut parsed = policy::parse(doc).map_err(malformed)?;
+        let names = self.names.fresh();
+        let ids = parsed.names_accounts.then(|| parsed.resolve_ids(names));
+        parsed.bind(ids.as_ref());
+        let unresolved = parsed.unresolved(names);
         if !bypass {
             let subject = subject_of(caller, parsed.names_groups);
             let req = PolicyRequest {
                 subject: &subject,
+                names,
                 action: "kms:PutKeyPolicy",
                 resource: "*",
                 context: None,
@@ -1459,7 +1664,7 @@ impl Kms {
                 )));
             }
         }
-        Ok(())
+        Ok((stored_policy(doc, ids.as_ref()), unresolved))
     }
 
     pub fn get_key_policy(
@@ -1468,6 +1673,19 @@ impl Kms {
         key_id: &str,
         policy_name: Option<&str>,
     ) -> KmsResult<Value> {
+        self.get_key_policy_with_warnings(caller, key_id, policy_name)
+            .map(|(v, _)| v)
+    }
+
+    /// GetKeyPolicy, and the policy's principals that match nobody now (the
+    /// account was deleted, or recreated with another id, since the policy
+    /// was put), for the caller to be warned of.
+    pub fn get_key_policy_with_warnings(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        policy_name: Option<&str>,
+    ) -> KmsResult<(Value, Vec<String>)> {
         let mut ev = Event::new(
             "GetKeyPolicy",
             true,
@@ -1477,7 +1695,14 @@ impl Kms {
             check_policy_name(policy_name)?;
             let s = self.state()?;
             let k = self.usable(caller, &s, key_id, &mut ev, "kms:GetKeyPolicy", None)?;
-            Ok(json!({"Policy": effective_policy(k), "PolicyName": "default"}))
+            // A policy that cannot be evaluated (root reading it to fix it)
+            // has no principals to warn of.
+            let unresolved = self
+                .policy_of(k)
+                .map(|(_, u)| u.to_vec())
+                .unwrap_or_default();
+            let (doc, _) = effective_policy(k);
+            Ok((json!({"Policy": doc, "PolicyName": "default"}), unresolved))
         })();
         self.finish(caller, ev, r)
     }
@@ -1490,6 +1715,21 @@ impl Kms {
         doc: &str,
         bypass: bool,
     ) -> KmsResult<()> {
+        self.put_key_policy_with_warnings(caller, key_id, policy_name, doc, bypass)
+            .map(|_| ())
+    }
+
+    /// PutKeyPolicy; returns the new policy's principals that match nobody
+    /// (names without an account), for the caller to be warned of. The
+    /// policy is put all the same: they match nobody, the rest applies.
+    pub fn put_key_policy_with_warnings(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        policy_name: Option<&str>,
+        doc: &str,
+        bypass: bool,
+    ) -> KmsResult<Vec<String>> {
         let mut ev = Event::new(
             "PutKeyPolicy",
             false,
@@ -1507,10 +1747,15 @@ impl Kms {
                     Some(Op::Modify),
                 )?
                 .id;
-            self.check_new_policy(caller, doc, bypass)?;
-            s.keys.get_mut(&id).expect("resolved").policy = Some(doc.to_string());
-            Ok(())
+            let (stored, unresolved) = self.check_new_policy(caller, doc, bypass)?;
+            s.keys.get_mut(&id).expect("resolved").policy = Some(stored);
+            Ok(unresolved)
         });
+        if let Ok(unresolved) = &r
+            && !unresolved.is_empty()
+        {
+            ev.response = json!({"unresolvedPrincipals": unresolved});
+        }
         self.finish(caller, ev, r)
     }
 
@@ -1531,15 +1776,33 @@ impl Kms {
         let r = self.mutate(|s, now| {
             grant::validate(&req.operations, req.constraints.as_ref())
                 .map_err(KmsError::validation)?;
-            for p in std::iter::once(&req.grantee).chain(req.retiring.iter()) {
-                match policy::parse_principal(p, &SystemNames) {
+            // Names must resolve now (a grant for no one is a mistake), and
+            // are bound to the accounts they name now (see policy::Binding).
+            let names = self.names.fresh();
+            let principals =
+                || std::iter::once(req.grantee.as_str()).chain(req.retiring.as_deref());
+            for p in principals() {
+                match policy::parse_principal(p) {
                     Ok(policy::Principal::Any) => {
                         return Err(KmsError::validation("a grant names one principal, not *"));
+                    }
+                    Ok(policy::Principal::User(n)) if names.uid(n.name()).is_none() => {
+                        return Err(KmsError::validation(format!(
+                            "principal {p:?}: no such user"
+                        )));
+                    }
+                    Ok(policy::Principal::Group(n)) if names.gid(n.name()).is_none() => {
+                        return Err(KmsError::validation(format!(
+                            "principal {p:?}: no such group"
+                        )));
                     }
                     Ok(_) => {}
                     Err(e) => return Err(KmsError::validation(e)),
                 }
             }
+            let principal_ids = principals()
+                .any(policy::names_account)
+                .then(|| policy::resolve_ids(principals(), names));
             if let Some(n) = &req.name
                 && (n.is_empty()
                     || n.len() > 256
@@ -1587,6 +1850,7 @@ impl Kms {
                 constraints: req.constraints.clone(),
                 created: now,
                 issuer_uid: caller.uid,
+                principal_ids,
             };
             if let Some(existing) = s.grants.iter().find(|e| e.same_request(&g)) {
                 return Ok(json!({"GrantToken": existing.token, "GrantId": existing.grant_id}));
@@ -1733,7 +1997,7 @@ impl Kms {
             let g = &s.grants[idx];
             ev.key = Some(g.key_id);
             let subject = subject_of(caller, grant::names_group(&g.grantee) || g.retiring.as_deref().is_some_and(grant::names_group));
-            if !g.can_retire(&subject, &SystemNames) {
+            if !g.can_retire(&subject, &self.names) {
                 return Err(KmsError::access_denied(format!(
                     "{} is neither the retiring principal of grant {} nor its grantee with RetireGrant",
                     caller.principal(),
@@ -2425,12 +2689,46 @@ pub struct GrantRequest {
     pub name: Option<String>,
 }
 
-/// The policy document in force for a key.
-fn effective_policy(key: &Key) -> String {
+/// The policy document in force for a key, and the ids its names were
+/// bound to when it was put (`None`: put before ids were recorded, or a
+/// default policy, which names no accounts).
+fn effective_policy(key: &Key) -> (String, Option<PrincipalIds>) {
     match (&key.policy, key.manager) {
-        (Some(p), _) => p.clone(),
-        (None, KeyManager::Kmsfs) => policy::managed_key_policy(),
-        (None, KeyManager::Customer) => policy::default_policy(key.creator),
+        (Some(p), _) => {
+            let (doc, ids) = split_stored_policy(p);
+            (doc.to_string(), ids)
+        }
+        (None, KeyManager::Kmsfs) => (policy::managed_key_policy(), None),
+        (None, KeyManager::Customer) => (policy::default_policy(key.creator), None),
+    }
+}
+
+/// Between a stored key policy document and the ids its `user:`/`group:`
+/// principals were bound to when it was put (see `policy::Binding`). The
+/// key record keeps one string for its policy, so the ids follow the
+/// document after a NUL, which no policy contains: JSON allows no control
+/// character outside strings and escapes them inside, and the strict parser
+/// refuses anything after the document. GetKeyPolicy returns the document
+/// alone. A policy stored before ids were recorded has no NUL.
+const POLICY_IDS_SEPARATOR: char = '\0';
+
+/// What the key record stores: the document, and its ids if it names accounts.
+fn stored_policy(doc: &str, ids: Option<&PrincipalIds>) -> String {
+    match ids {
+        None => doc.to_string(),
+        Some(ids) => format!(
+            "{doc}{POLICY_IDS_SEPARATOR}{}",
+            serde_json::to_string(ids).expect("ids serialise")
+        ),
+    }
+}
+
+fn split_stored_policy(stored: &str) -> (&str, Option<PrincipalIds>) {
+    match stored.split_once(POLICY_IDS_SEPARATOR) {
+        None => (stored, None),
+        // Unreadable ids (the keystore is authenticated, so never in
+        // practice) bind nothing: every name matches nobody.
+        Some((doc, ids)) => (doc, Some(serde_json::from_str(ids).unwrap_or_default())),
     }
 }
 
