@@ -105,7 +105,7 @@ fn for_each_match(
     report: bool,
     mut f: impl FnMut(&str, &Value) -> bool,
 ) -> Result<u64, String> {
-    let file = std::fs::File::open(path)
+    let file = crate::kms::audit::open_for_reading(path)
         .map_err(|e| format!("cannot open the audit log {}: {e}", path.display()))?;
     let mut n = 0;
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {

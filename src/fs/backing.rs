@@ -28,6 +28,8 @@ pub struct Backing {
     pub cfg: Config,
     pub hs: usize,
     pub kms: Arc<dyn KeyBackend>,
+    /// Serialises the repair of files a crash left without a header.
+    repair: std::sync::Mutex<()>,
 }
 
 /// A failure that is either an I/O error or a KMS refusal; turned into an
@@ -79,7 +81,13 @@ pub type FsResult<T> = Result<T, FsError>;
 impl Backing {
     pub fn new(tree: Tree, cfg: Config, kms: Arc<dyn KeyBackend>) -> Self {
         let hs = cfg.header_size as usize;
-        Backing { tree, cfg, hs, kms }
+        Backing {
+            tree,
+            cfg,
+            hs,
+            kms,
+            repair: std::sync::Mutex::new(()),
+        }
     }
 
     /// The encryption context of the data key of the file at `rel`.
@@ -97,6 +105,11 @@ impl Backing {
     /// backup) is refused before it is read or written: O_NONBLOCK keeps a
     /// FIFO's open from waiting, O_NOCTTY a terminal from attaching.
     pub fn open_rw(&self, rel: &str) -> io::Result<File> {
+        self.open_rw_meta(rel).map(|(f, _)| f)
+    }
+
+    /// `open_rw`, with the metadata it checked.
+    fn open_rw_meta(&self, rel: &str) -> io::Result<(File, std::fs::Metadata)> {
         let flags = libc::O_NONBLOCK | libc::O_NOCTTY;
         let fd = match self.tree.open_file(rel, libc::O_RDWR | flags) {
             Err(e)
@@ -107,12 +120,13 @@ impl Backing {
             }
             other => other?,
         };
-        if !fd.metadata()?.is_file() {
+        let meta = fd.metadata()?;
+        if !meta.is_file() {
             return Err(integrity_error(format!(
                 "{rel} is not a regular file in the cipherdir (planted there?)"
             )));
         }
-        Ok(fd)
+        Ok((fd, meta))
     }
 
     /// Read-write, for the header rewrites of a rename.
@@ -220,7 +234,10 @@ impl Backing {
     }
 
     pub fn open_crypt(&self, rel: &str, caller: &Caller) -> FsResult<CryptFile> {
-        let fd = self.open_rw(rel)?;
+        let (fd, meta) = self.open_rw_meta(rel)?;
+        if meta.len() == 0 {
+            self.repair_empty(&fd, rel)?;
+        }
         // An open is nearly always followed by a read from the start: ask for
         // the first blocks along with the header, in one disk request, rather
         // than the few pages a 512-byte read would bring in.
@@ -235,6 +252,33 @@ impl Backing {
         };
         let (key, id) = self.unwrap_file(&fd, rel, caller)?;
         Ok(CryptFile::new(fd, self.hs, id, &key))
+    }
+
+    /// A file with no bytes at all is one a crash caught between its creation
+    /// and its header (the header is the first thing written). It was empty,
+    /// so it becomes an empty file with a new data key, made by the mount
+    /// itself and audited as such, instead of failing as EIO forever. (An
+    /// attacker who empties a backing file has destroyed its contents either
+    /// way; what the file holds from then on is new data under a new key.)
+    /// The caller's own rights still decide what it may do with the file.
+    fn repair_empty(&self, fd: &File, rel: &str) -> FsResult<()> {
+        let _one = self.repair.lock().unwrap_or_else(|e| e.into_inner());
+        if fd.metadata()?.len() != 0 {
+            return Ok(()); // another open repaired it meanwhile
+        }
+        // SAFETY: fcntl F_GETFL on an open descriptor.
+        let flags =
+            unsafe { libc::fcntl(std::os::unix::io::AsRawFd::as_raw_fd(fd), libc::F_GETFL) };
+        if flags < 0 || flags & libc::O_ACCMODE != libc::O_RDWR {
+            return Err(FsError::Io(integrity_error(format!(
+                "{rel} has no header and cannot be repaired here (read-only backing file)"
+            ))));
+        }
+        crate::log_line!(
+            "kmsfs: {rel}: no header (a crash while it was being created?): it is empty; giving it a new data key"
+        );
+        self.init_file(fd, rel, &Caller::this_process(crate::kms::Via::Mount))?;
+        Ok(())
     }
 
     /// Writes a slot holding the data key of the backing file `at`,

@@ -533,15 +533,23 @@ impl KmsFs {
         let pp = self.path(parent)?;
         let n = user_name(&pp, name)?;
         let rel = inode::join(&pp, &n);
-        let caller = Self::caller(req);
-        // The name appears only with a whole header (see create_whole).
-        let (fd, (key, id)) = self
+        let fd = self
             .b
             .tree
-            .create_whole(&rel, mode & !umask & 0o7777, |fd| {
-                self.b.init_file(fd, &rel, &caller)
-            })
-            .map_err(|e| self.fs_errno("create", &rel, e))?;
+            .create_new(&rel, mode & !umask & 0o7777)
+            .map_err(|e| io_errno(&e))?;
+        // A crash before the header is written leaves an empty file, which
+        // the next open repairs (Backing::repair_empty): cheaper than making
+        // every file unnamed first (O_TMPFILE and linkat cost ~45 us a file
+        // on ext4 here, a third more on untar).
+        let caller = Self::caller(req);
+        let (key, id) = match self.b.init_file(&fd, &rel, &caller) {
+            Ok(k) => k,
+            Err(e) => {
+                let _ = self.b.tree.unlink(&rel);
+                return Err(self.fs_errno("create", &rel, e));
+            }
+        };
         let mut m = fd.metadata().map_err(|e| io_errno(&e))?;
         if self.as_root && (NodeStat::uid(&m), NodeStat::gid(&m)) != (req.uid(), req.gid()) {
             self.own(&rel, req).map_err(|e| io_errno(&e))?;

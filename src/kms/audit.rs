@@ -226,6 +226,12 @@ fn split_line(line: &str) -> Result<(&str, u64, [u8; 32]), String> {
     Ok((prefix, seq, mac))
 }
 
+/// A line's chainSeq, as `verify` splits it (the MAC is not checked). For
+/// the fuzz targets (src/fuzz_targets.rs).
+pub fn parse_line(line: &str) -> Result<u64, String> {
+    split_line(line).map(|(_, seq, _)| seq)
+}
+
 impl AuditLog {
     /// Opens (creating, mode 0600) the log and finds the end of its chain.
     /// A symlink at `path` is not followed.
@@ -481,8 +487,12 @@ impl AuditLog {
     /// written so far durable.
     pub fn sync(&self) -> io::Result<()> {
         let flushed = self.flush_coalesced(true);
-        let t = self.tail.lock().unwrap_or_else(|e| e.into_inner());
-        t.file.sync_data()?;
+        // fdatasync outside the tail's lock, so appenders do not wait on it.
+        let file = {
+            let t = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+            t.file.try_clone()?
+        };
+        file.sync_data()?;
         flushed
     }
 }
@@ -495,6 +505,22 @@ impl Drop for AuditLog {
 
 fn tracing_warn(msg: &str) {
     crate::log_line!("kmsfs: warning: {msg}");
+}
+
+/// Opens a log to read it: never through a symlink planted as its last
+/// component, and only a regular file (a FIFO would block `audit show`).
+pub fn open_for_reading(path: &Path) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::other(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    Ok(f)
 }
 
 /// The outcome of `kmsfs audit verify`.
@@ -511,7 +537,7 @@ pub fn verify(path: &Path, key: &Key256) -> io::Result<VerifyReport> {
     use std::io::BufRead;
     // Streamed line by line, each line bounded: memory stays small however
     // long the log is.
-    let mut r = io::BufReader::with_capacity(1 << 16, File::open(path)?);
+    let mut r = io::BufReader::with_capacity(1 << 16, open_for_reading(path)?);
     let mut prev = [0u8; 32];
     let mut n = 0u64;
     let mut raw = Vec::with_capacity(4096);

@@ -49,6 +49,10 @@ impl Pending {
 #[derive(Default)]
 pub struct Coalescer {
     runs: HashMap<String, Pending>,
+    /// Runs in the order they started, so that finding the ones whose
+    /// window is over costs O(1) per run, not a scan of every run on every
+    /// record (each `cat` is a new process, so a run per file read).
+    order: std::collections::VecDeque<(Instant, String)>,
 }
 
 impl Coalescer {
@@ -73,6 +77,7 @@ impl Coalescer {
 
     /// Opens a run for a record just written.
     pub fn start(&mut self, key: String, now: Instant) {
+        self.order.push_back((now, key.clone()));
         self.runs.insert(
             key,
             Pending {
@@ -90,13 +95,19 @@ impl Coalescer {
     pub fn take_expired(&mut self, now: Instant, all: bool) -> Vec<String> {
         let all = all || self.runs.len() >= MAX_PENDING;
         let mut out = vec![];
-        self.runs.retain(|_, p| {
-            let over = all || now.duration_since(p.since) >= WINDOW;
-            if over && p.count > 0 {
+        while let Some((since, _)) = self.order.front() {
+            if !all && now.duration_since(*since) < WINDOW {
+                break;
+            }
+            let (since, key) = self.order.pop_front().expect("front exists");
+            // A key restarted later has a newer entry further back.
+            if self.runs.get(&key).is_some_and(|p| p.since == since)
+                && let Some(p) = self.runs.remove(&key)
+                && p.count > 0
+            {
                 out.push(p.summary());
             }
-            !over
-        });
+        }
         out
     }
 }
