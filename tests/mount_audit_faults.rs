@@ -7,53 +7,16 @@ mod common;
 use common::*;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// A size-limited tmpfs, unmounted when dropped.
-struct SmallFs(PathBuf);
-
-impl SmallFs {
-    fn mount(at: &Path, size: &str) -> Self {
-        fs::create_dir_all(at).unwrap();
-        sh_ok(&format!(
-            "mount -t tmpfs -o size={size},mode=0700 tmpfs {}",
-            at.display()
-        ));
-        SmallFs(at.to_path_buf())
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).output();
-    }
-}
 
 /// A fixture whose KMS home (audit log, daemon log) is on a small tmpfs.
 fn small_home_fixture(size: &str) -> (Fixture, SmallFs) {
     require_fuse();
     let dir = tempfile::tempdir().unwrap();
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let home = dir.path().join("home");
-    let small = SmallFs::mount(&home, size);
-    let fx = Fixture {
-        cipher: dir.path().join("cipher"),
-        mnt: dir.path().join("mnt"),
-        home,
-        key: dir.path().join("root.key"),
-        dir,
-    };
-    fs::create_dir(&fx.mnt).unwrap();
-    fs::write(&fx.key, [0x42u8; 32]).unwrap();
-    let o = fx.cli(&["init", fx.cipher.to_str().unwrap()]);
-    assert!(
-        o.status.success(),
-        "init: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    (fx, small)
+    let small = SmallFs::mount(&dir.path().join("home"), size, "0700");
+    (Fixture::init_in(dir), small)
 }
 
 fn records_for(fx: &Fixture, path: &str) -> (usize, u64) {

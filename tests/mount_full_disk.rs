@@ -9,44 +9,13 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::Path;
-use std::process::Command;
-
-/// A size-limited tmpfs, unmounted when dropped.
-struct SmallFs(std::path::PathBuf);
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).output();
-    }
-}
 
 /// A fixture whose cipherdir is a small tmpfs of its own.
 fn small_cipherdir(size: &str) -> (Fixture, SmallFs) {
     require_fuse();
     let dir = tempfile::tempdir().unwrap();
-    let cipher = dir.path().join("cipher");
-    fs::create_dir(&cipher).unwrap();
-    sh_ok(&format!(
-        "mount -t tmpfs -o size={size} tmpfs {}",
-        cipher.display()
-    ));
-    let small = SmallFs(cipher.clone());
-    let fx = Fixture {
-        cipher,
-        mnt: dir.path().join("mnt"),
-        home: dir.path().join("home"),
-        key: dir.path().join("root.key"),
-        dir,
-    };
-    fs::create_dir(&fx.mnt).unwrap();
-    fs::write(&fx.key, [0x42u8; 32]).unwrap();
-    let o = fx.cli(&["init", fx.cipher.to_str().unwrap()]);
-    assert!(
-        o.status.success(),
-        "init: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    (fx, small)
+    let small = SmallFs::mount(&dir.path().join("cipher"), size, "0700");
+    (Fixture::init_in(dir), small)
 }
 
 fn content(i: usize, len: usize) -> Vec<u8> {

@@ -165,26 +165,21 @@ impl Config {
     /// Reads the config through the cipherdir's descriptor (never following a
     /// symlink planted as `kmsfs.conf`), bounded in size.
     pub fn load_from(tree: &Tree) -> Result<Self, String> {
-        use std::io::Read;
         let p = format!("{}/{CONFIG_NAME}", tree.display());
-        let f = tree
-            .open_file(CONFIG_NAME, libc::O_RDONLY | libc::O_NONBLOCK)
-            .map_err(|e| {
-                format!(
-                    "cannot read {p}: {e}; is {} a kmsfs cipherdir (made by `kmsfs init`)?",
-                    tree.display()
-                )
-            })?;
-        let meta = f.metadata().map_err(|e| format!("cannot read {p}: {e}"))?;
-        if !meta.is_file() || meta.len() > MAX_CONFIG_LEN {
-            return Err(format!(
-                "{p} is not a kmsfs config (not a regular file of at most {MAX_CONFIG_LEN} bytes)"
-            ));
-        }
-        let mut bytes = vec![];
-        f.take(MAX_CONFIG_LEN)
-            .read_to_end(&mut bytes)
-            .map_err(|e| format!("cannot read {p}: {e}"))?;
+        let missing = |e: String| {
+            format!(
+                "cannot read {p}: {e}; is {} a kmsfs cipherdir (made by `kmsfs init`)?",
+                tree.display()
+            )
+        };
+        let bytes = match tree.read_small(CONFIG_NAME, MAX_CONFIG_LEN) {
+            Ok(Some(b)) => b,
+            Ok(None) => return Err(missing("no such file".into())),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return Err(format!("{p} is not a kmsfs config ({e})"));
+            }
+            Err(e) => return Err(missing(e.to_string())),
+        };
         Self::parse(&bytes).map_err(|e| format!("{p}: {e}"))
     }
 

@@ -19,7 +19,7 @@ use super::tree::{Tree, is_clean};
 use crate::kms::Caller;
 use fuser::FileType;
 use serde::{Deserialize, Serialize};
-use std::io::{self, Read};
+use std::io;
 
 const JOURNAL: &str = ".kmsfs.journal";
 const TWIN: &str = ".kmsfs-rewrap.";
@@ -60,6 +60,14 @@ impl Journal {
         }
         Ok(())
     }
+}
+
+/// A journal's bytes through what `recover` checks before it replays one:
+/// the JSON, then `Journal::validate`. For the fuzz targets
+/// (src/fuzz_targets.rs).
+pub fn parse_journal(bytes: &[u8]) -> Result<(), String> {
+    let j: Journal = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    j.validate()
 }
 
 /// Makes a set of changed files and directories durable: one fsync each for
@@ -305,21 +313,16 @@ pub fn rename_dir(b: &Backing, from: &str, to: &str, flags: u32, caller: &Caller
 /// size, and validated before it is trusted.
 fn read_journal(tree: &Tree) -> Result<Option<Journal>, String> {
     let p = format!("{}/{JOURNAL}", tree.display());
-    let f = match tree.open_file(JOURNAL, libc::O_RDONLY | libc::O_NONBLOCK) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+    let bytes = match tree.read_small(JOURNAL, MAX_JOURNAL_LEN) {
+        Ok(Some(b)) => b,
+        Ok(None) => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            return Err(format!(
+                "the rename journal {p} is not a kmsfs journal ({e}); nothing was replayed"
+            ));
+        }
         Err(e) => return Err(format!("cannot read the rename journal {p}: {e}")),
     };
-    let meta = f.metadata().map_err(|e| format!("cannot read {p}: {e}"))?;
-    if !meta.is_file() || meta.len() > MAX_JOURNAL_LEN {
-        return Err(format!(
-            "the rename journal {p} is not a kmsfs journal (not a regular file of at most {MAX_JOURNAL_LEN} bytes); nothing was replayed"
-        ));
-    }
-    let mut bytes = vec![];
-    f.take(MAX_JOURNAL_LEN)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read {p}: {e}"))?;
     let j: Journal = serde_json::from_slice(&bytes).map_err(|e| {
         format!("the rename journal {p} is damaged ({e}); nothing was replayed. Remove it to mount")
     })?;

@@ -9,7 +9,7 @@
 use super::config::ROOT_ATTR_NAME;
 use super::tree::Tree;
 use serde::{Deserialize, Serialize};
-use std::io::{self, Read};
+use std::io;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
@@ -42,9 +42,9 @@ impl RootAttr {
     /// private). A damaged record is an error that names the file.
     pub fn load(tree: &Tree) -> Result<Self, String> {
         let p = format!("{}/{ROOT_ATTR_NAME}", tree.display());
-        let f = match tree.open_file(ROOT_ATTR_NAME, libc::O_RDONLY | libc::O_NONBLOCK) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+        let bytes = match tree.read_small(ROOT_ATTR_NAME, 4096) {
+            Ok(Some(b)) => b,
+            Ok(None) => {
                 let st = tree
                     .lstat("")
                     .map_err(|e| format!("{}: {e}", tree.display()))?;
@@ -56,10 +56,6 @@ impl RootAttr {
             }
             Err(e) => return Err(format!("cannot read {p}: {e}")),
         };
-        let mut bytes = vec![];
-        f.take(4096)
-            .read_to_end(&mut bytes)
-            .map_err(|e| format!("cannot read {p}: {e}"))?;
         Self::parse(&bytes).ok_or_else(|| {
             format!("{p} is damaged; remove it (the mount root then shows the cipherdir's mode and owner) or write {{\"Mode\":493,\"Uid\":0,\"Gid\":0}} into it")
         })

@@ -402,6 +402,29 @@ impl Tree {
         self.open_dir(rel)?.sync_all()
     }
 
+    /// The whole of kmsfs's own small file `rel` (config, journal, root
+    /// record), never through a symlink and never more than `max` bytes;
+    /// None if there is no such file. Anything but a regular file of at most
+    /// `max` bytes is an error that says so.
+    pub fn read_small(&self, rel: &str, max: u64) -> io::Result<Option<Vec<u8>>> {
+        use std::io::Read;
+        let f = match self.open_file(rel, libc::O_RDONLY | libc::O_NONBLOCK) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let meta = f.metadata()?;
+        if !meta.is_file() || meta.len() > max {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("not a regular file of at most {max} bytes"),
+            ));
+        }
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        f.take(max).read_to_end(&mut bytes)?;
+        Ok(Some(bytes))
+    }
+
     /// Replaces the file `rel` with `bytes`, atomically and durably: a new
     /// file under a random name (O_CREAT | O_EXCL, so nothing planted under
     /// that name is ever opened), fsync, rename over `rel`, fsync of the

@@ -412,3 +412,48 @@ pub fn ensure_users(groups: &[&str], users: &[(&str, &[&str])]) {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// A size-limited tmpfs mounted for a test (a small disk to fill),
+/// unmounted when dropped.
+pub struct SmallFs(PathBuf);
+
+impl SmallFs {
+    pub fn mount(at: &Path, size: &str, mode: &str) -> Self {
+        std::fs::create_dir_all(at).unwrap();
+        sh_ok(&format!(
+            "mount -t tmpfs -o size={size},mode={mode} tmpfs {}",
+            at.display()
+        ));
+        SmallFs(at.to_path_buf())
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).output();
+    }
+}
+
+impl Fixture {
+    /// A fixture in `dir` with the usual layout, made with `kmsfs init`
+    /// (for tests that first put the cipherdir or the home on a filesystem
+    /// of their own).
+    pub fn init_in(dir: tempfile::TempDir) -> Self {
+        let fx = Fixture {
+            cipher: dir.path().join("cipher"),
+            mnt: dir.path().join("mnt"),
+            home: dir.path().join("home"),
+            key: dir.path().join("root.key"),
+            dir,
+        };
+        std::fs::create_dir_all(&fx.mnt).unwrap();
+        std::fs::write(&fx.key, [0x42u8; 32]).unwrap();
+        let o = fx.cli(&["init", fx.cipher.to_str().unwrap()]);
+        assert!(
+            o.status.success(),
+            "init: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        fx
+    }
+}
