@@ -345,26 +345,8 @@ const DECRYPT_ONLY: &str = r#"{
 }"#;
 
 fn policy_fixture(policy: &str) -> Fixture {
-    let fx = shared_fixture();
-    let pfile = fx.dir.path().join("policy.json");
-    fs::write(&pfile, policy).unwrap();
-    // A second filesystem on a key with this policy, in place of the default.
-    fs::remove_dir_all(&fx.cipher).unwrap();
-    let o = fx.cli(&[
-        "kms",
-        "create-key",
-        "--policy",
-        &format!("file://{}", pfile.display()),
-        "--query",
-        "KeyMetadata.KeyId",
-        "--output",
-        "text",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let kid = String::from_utf8_lossy(&o.stdout).trim().to_string();
-    let o = fx.cli(&["init", fx.cipher.to_str().unwrap(), "--key-id", &kid]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    fx
+    ensure_mallory();
+    Fixture::with_policy(policy).0
 }
 
 /// Decrypt alone reads; writing in place needs GenerateDataKey, as creating

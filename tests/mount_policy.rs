@@ -50,48 +50,10 @@ const POLICY: &str = r#"{
   ]
 }"#;
 
-/// A filesystem whose key has `policy`, in a directory the test users can reach.
+/// A filesystem whose key has `policy`, with the test users made.
 fn policy_fixture(policy: &str) -> (Fixture, String) {
-    require_fuse();
     ensure_users();
-    let dir = tempfile::tempdir().unwrap();
-    // The users need to reach the mountpoint.
-    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let (cipher, mnt, home, key) = (
-        dir.path().join("c"),
-        dir.path().join("m"),
-        dir.path().join("h"),
-        dir.path().join("k"),
-    );
-    fs::create_dir(&mnt).unwrap();
-    fs::write(&key, [3u8; 32]).unwrap();
-    let pfile = dir.path().join("policy.json");
-    fs::write(&pfile, policy).unwrap();
-    let fx = Fixture {
-        dir,
-        cipher,
-        mnt,
-        home,
-        key,
-    };
-    let o = fx.cli(&[
-        "kms",
-        "create-key",
-        "--policy",
-        &format!("file://{}", pfile.display()),
-        "--query",
-        "KeyMetadata.KeyId",
-        "--output",
-        "text",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let kid = String::from_utf8_lossy(&o.stdout).trim().to_string();
-    assert!(
-        fx.cli(&["init", fx.cipher.to_str().unwrap(), "--key-id", &kid])
-            .status
-            .success()
-    );
-    (fx, kid)
+    Fixture::with_policy(policy)
 }
 
 #[test]

@@ -457,3 +457,47 @@ impl Fixture {
         fx
     }
 }
+
+impl Fixture {
+    /// A filesystem on a new key with `policy`, in a directory other users
+    /// can reach (so that test users can use the mount). Returns the key id.
+    pub fn with_policy(policy: &str) -> (Fixture, String) {
+        require_fuse();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let fx = Fixture {
+            cipher: dir.path().join("cipher"),
+            mnt: dir.path().join("mnt"),
+            home: dir.path().join("home"),
+            key: dir.path().join("root.key"),
+            dir,
+        };
+        std::fs::create_dir(&fx.mnt).unwrap();
+        std::fs::write(&fx.key, [3u8; 32]).unwrap();
+        let pfile = fx.dir.path().join("policy.json");
+        std::fs::write(&pfile, policy).unwrap();
+        let o = fx.cli(&[
+            "kms",
+            "create-key",
+            "--policy",
+            &format!("file://{}", pfile.display()),
+            "--query",
+            "KeyMetadata.KeyId",
+            "--output",
+            "text",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let kid = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        let o = fx.cli(&["init", fx.cipher.to_str().unwrap(), "--key-id", &kid]);
+        assert!(
+            o.status.success(),
+            "init: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        (fx, kid)
+    }
+}
