@@ -261,3 +261,53 @@ fn set_id_bits_are_cleared_like_on_a_native_filesystem() {
         m.unmount();
     }
 }
+
+/// A user named in the key policy is deleted: the policy's other principals
+/// keep working, the filesystem still mounts, and root can still replace the
+/// policy (before, every call failed with "no such user", root's included).
+#[test]
+fn a_deleted_user_in_the_policy_locks_no_one_out() {
+    common::ensure_users(&[], &[("kmsfs-gone", &[])]);
+    let policy = r#"{"Version": "2012-10-17", "Statement": [
+      {"Sid": "RootAll", "Effect": "Allow", "Principal": {"Unix": ["uid:0"]}, "Action": "kms:*", "Resource": "*"},
+      {"Sid": "Gone", "Effect": "Allow", "Principal": {"Unix": ["user:kmsfs-gone"]}, "Action": "kms:Decrypt", "Resource": "*"}]}"#;
+    let (fx, kid) = Fixture::with_policy(policy);
+    let m = fx.mount();
+    fs::write(fx.m("f"), b"still mine").unwrap();
+    m.unmount();
+    sh_ok("flock -w 60 /run/lock/kmsfs-test-users.lock userdel kmsfs-gone");
+    let m = fx.mount();
+    assert_eq!(fs::read(fx.m("f")).unwrap(), b"still mine");
+    m.unmount();
+    let o = fx.cli(&[
+        "kms",
+        "get-key-policy",
+        "--key-id",
+        &kid,
+        "--policy-name",
+        "default",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("user:kmsfs-gone"),
+        "the unresolved principal is named: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let root_only = fx.dir.path().join("root-only.json");
+    fs::write(
+        &root_only,
+        r#"{"Version": "2012-10-17", "Statement": [{"Sid": "RootAll", "Effect": "Allow", "Principal": {"Unix": ["uid:0"]}, "Action": "kms:*", "Resource": "*"}]}"#,
+    )
+    .unwrap();
+    let o = fx.cli(&[
+        "kms",
+        "put-key-policy",
+        "--key-id",
+        &kid,
+        "--policy-name",
+        "default",
+        "--policy",
+        &format!("file://{}", root_only.display()),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
