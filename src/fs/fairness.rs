@@ -97,42 +97,82 @@ fn overlaps(a: &str, b: &str) -> bool {
     below(a, b) || below(b, a)
 }
 
-/// Renames in progress, by the paths they touch.
+/// Renames in progress, and the operations that must not run beside one
+/// whose paths overlap theirs.
+///
+/// A directory rename re-wraps every file below it for its new path, moves
+/// the directory, then drops the old paths' key slots. An open that found a
+/// file by its old path and read its header after the old slot was dropped
+/// failed with EIO, and a file created in the directory after the re-wrapping
+/// walk would move with it under a key for the old path. So renames take an
+/// exclusive claim on their two paths, and operations that turn a path into
+/// a key (lookup, open, create, symlink, readlink, truncation) a shared claim
+/// on theirs: each waits only for claims that overlap it, and a waiting
+/// rename holds back new shared claims on its paths, so it is not starved.
 #[derive(Default)]
 pub struct RenameGate {
-    busy: Mutex<Vec<(u64, String, String)>>,
+    state: Mutex<Gate>,
     done: Condvar,
     next: std::sync::atomic::AtomicU64,
 }
 
-/// A rename's claim on its two paths; released (and waiters woken) when
-/// dropped, also when the rename fails or panics.
+#[derive(Default)]
+struct Gate {
+    /// (id, paths, exclusive) of the claims held.
+    held: Vec<(u64, [String; 2], bool)>,
+    /// Renames waiting for their turn.
+    waiting: Vec<(u64, [String; 2])>,
+}
+
+fn meets(a: &[String; 2], b: &[&str; 2]) -> bool {
+    a.iter().any(|x| b.iter().any(|y| overlaps(x, y)))
+}
+
+/// A claim on paths; released (and waiters woken) when dropped, also when
+/// the operation fails or panics.
 pub struct Claim<'a> {
     gate: &'a RenameGate,
     id: u64,
 }
 
 impl RenameGate {
-    /// Waits until no rename in progress touches `from`'s or `to`'s
-    /// subtrees (or their ancestors), then claims both.
+    /// Waits until no claim touches `from`'s or `to`'s subtrees (or their
+    /// ancestors), then claims both for a rename.
     pub fn claim(&self, from: &str, to: &str) -> Claim<'_> {
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
-        while busy.iter().any(|(_, f, t)| {
-            overlaps(f, from) || overlaps(f, to) || overlaps(t, from) || overlaps(t, to)
-        }) {
-            busy = self.done.wait(busy).unwrap_or_else(|e| e.into_inner());
+        let paths = [from, to];
+        let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        g.waiting.push((id, [from.to_string(), to.to_string()]));
+        while g.held.iter().any(|(_, p, _)| meets(p, &paths)) {
+            g = self.done.wait(g).unwrap_or_else(|e| e.into_inner());
         }
-        busy.push((id, from.to_string(), to.to_string()));
+        g.waiting.retain(|(w, _)| *w != id);
+        g.held.push((id, [from.to_string(), to.to_string()], true));
+        Claim { gate: self, id }
+    }
+
+    /// Waits while a rename that touches `path` runs or waits, then claims
+    /// it shared (any number of shared claims may overlap).
+    pub fn share(&self, path: &str) -> Claim<'_> {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let paths = [path, path];
+        let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while g.held.iter().any(|(_, p, ex)| *ex && meets(p, &paths))
+            || g.waiting.iter().any(|(_, p)| meets(p, &paths))
+        {
+            g = self.done.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+        g.held
+            .push((id, [path.to_string(), path.to_string()], false));
         Claim { gate: self, id }
     }
 }
 
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
-        let mut busy = self.gate.busy.lock().unwrap_or_else(|e| e.into_inner());
-        busy.retain(|(id, _, _)| *id != self.id);
-        drop(busy);
+        let mut g = self.gate.state.lock().unwrap_or_else(|e| e.into_inner());
+        g.held.retain(|(id, _, _)| *id != self.id);
+        drop(g);
         self.gate.done.notify_all();
     }
 }
@@ -192,5 +232,37 @@ mod tests {
         std::thread::sleep(Duration::from_millis(200));
         drop(big);
         assert!(waiter.join().unwrap() >= Duration::from_millis(150));
+    }
+
+    #[test]
+    fn opens_inside_a_moving_tree_wait_for_it_and_others_do_not() {
+        let g = Arc::new(RenameGate::default());
+        let a = g.share("home/x");
+        let b = g.share("home/x"); // shared claims overlap freely
+        drop((a, b));
+        let big = g.claim("projects", "archive");
+        let t = Instant::now();
+        drop(g.share("home/y"));
+        assert!(t.elapsed() < Duration::from_millis(100));
+        let g2 = g.clone();
+        let opener = std::thread::spawn(move || {
+            let t = Instant::now();
+            drop(g2.share("archive/f"));
+            t.elapsed()
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        drop(big);
+        assert!(opener.join().unwrap() >= Duration::from_millis(150));
+        // A rename waits for the opens under it to finish.
+        let open = g.share("projects/f");
+        let g3 = g.clone();
+        let renamer = std::thread::spawn(move || {
+            let t = Instant::now();
+            drop(g3.claim("projects", "elsewhere"));
+            t.elapsed()
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        drop(open);
+        assert!(renamer.join().unwrap() >= Duration::from_millis(150));
     }
 }

@@ -5,7 +5,7 @@
 use super::backing::{Backing, FsError, FsResult, TEMP_PREFIX};
 use super::config::RESERVED_NAMES;
 use super::cryptfile::CryptFile;
-use super::fairness::{OpenBudget, RenameGate};
+use super::fairness::{Claim, OpenBudget, RenameGate};
 use super::format;
 use super::inode::{self, Inodes};
 use super::listing;
@@ -205,6 +205,36 @@ impl KmsFs {
             return Err(Errno::ENOENT);
         }
         Ok((inode::join(&pp, n), pp))
+    }
+
+    /// The path of `ino` under a shared claim (see RenameGate): no rename
+    /// that overlaps it runs until the claim is dropped, so the path stays
+    /// the file's while it becomes a key context.
+    fn claimed_path(&self, ino: INodeNo) -> Result<(String, Claim<'_>), Errno> {
+        loop {
+            let p = self.path(ino)?;
+            let c = self.renames.share(&p);
+            if self.path(ino)? == p {
+                return Ok((p, c));
+            }
+        }
+    }
+
+    /// `parent/name` under a shared claim on that path (not on the parent,
+    /// which would wait for every rename beside it).
+    fn claimed_child(
+        &self,
+        parent: INodeNo,
+        name: &str,
+    ) -> Result<(String, String, Claim<'_>), Errno> {
+        loop {
+            let pp = self.path(parent)?;
+            let rel = inode::join(&pp, name);
+            let c = self.renames.share(&rel);
+            if self.path(parent)? == pp {
+                return Ok((rel, pp, c));
+            }
+        }
     }
 
     fn attr(&self, ino: u64, m: &impl NodeStat) -> FileAttr {
@@ -532,7 +562,9 @@ impl KmsFs {
     ) -> Result<(u64, Arc<OpenFile>, Metadata), Errno> {
         let pp = self.path(parent)?;
         let n = user_name(&pp, name)?;
-        let rel = inode::join(&pp, &n);
+        // Under the claim, no directory rename can walk past this file
+        // before it has its key for this path.
+        let (rel, _, _claim) = self.claimed_child(parent, &n)?;
         let fd = self
             .b
             .tree
@@ -592,10 +624,12 @@ impl Filesystem for KmsFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self
-            .child(parent, name)
-            .and_then(|(rel, _)| self.entry_for(&rel))
-        {
+        let r = self.child(parent, name).and_then(|_| {
+            let n = name.to_str().ok_or(Errno::ENOENT)?;
+            let (rel, _, _claim) = self.claimed_child(parent, n)?;
+            self.entry_for(&rel)
+        });
+        match r {
             Ok((attr, _)) => reply.entry(&self.opts.attr_ttl, &attr, Generation(0)),
             // A negative entry (node id 0) the kernel may cache: names are only
             // created through this mount, which invalidates it.
@@ -661,9 +695,20 @@ impl Filesystem for KmsFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        // A truncation turns the path into a key (a new one at zero): it
+        // holds a claim on it, so no rename moves the file meanwhile.
+        let claimed = if size.is_some() {
+            self.claimed_path(ino).ok()
+        } else {
+            None
+        };
+        let path = match &claimed {
+            Some((p, _)) => Ok(p.clone()),
+            None => self.path(ino),
+        };
         // The node by its name; a file unlinked while open, through its open
         // descriptor (fchmod, ftruncate, futimens and fsync's time update).
-        let (node, target) = match self.path(ino) {
+        let (node, target) = match path {
             Ok(p) => (Node::Named(p.clone()), Target::Path(p)),
             Err(e) => match self.open_handle(ino.0, fh) {
                 Some(f) => {
@@ -756,7 +801,7 @@ impl Filesystem for KmsFs {
     }
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
-        let rel = match self.path(ino) {
+        let (rel, _claim) = match self.claimed_path(ino) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
@@ -847,7 +892,8 @@ impl Filesystem for KmsFs {
     ) {
         let r = (|| {
             let pp = self.path(parent)?;
-            let rel = inode::join(&pp, &user_name(&pp, link_name)?);
+            let n = user_name(&pp, link_name)?;
+            let (rel, _, _claim) = self.claimed_child(parent, &n)?;
             let enc = self
                 .b
                 .encrypt_symlink(&rel, target.as_os_str().as_bytes(), &Self::caller(req))
@@ -879,14 +925,21 @@ impl Filesystem for KmsFs {
             return reply.error(Errno::EINVAL);
         }
         let r = (|| {
-            let (from, _) = self.child(parent, name)?;
-            let np = self.path(newparent)?;
-            let to = inode::join(&np, &user_name(&np, newname)?);
-            if from == to {
-                return Ok(());
-            }
-            // Waits only for renames in progress whose paths overlap these.
-            let _claim = self.renames.claim(&from, &to);
+            // Waits only for claims whose paths overlap these; the paths
+            // are looked up again once it holds them (a rename it waited for
+            // may have moved a parent).
+            let (from, to, _claim) = loop {
+                let (from, _) = self.child(parent, name)?;
+                let np = self.path(newparent)?;
+                let to = inode::join(&np, &user_name(&np, newname)?);
+                if from == to {
+                    return Ok(());
+                }
+                let claim = self.renames.claim(&from, &to);
+                if self.child(parent, name)?.0 == from && self.path(newparent)? == np {
+                    break (from, to, claim);
+                }
+            };
             let m = self.stat(&from)?;
             let caller = Self::caller(req);
             let res = match stat::kind(m.st_mode) {
@@ -939,7 +992,7 @@ impl Filesystem for KmsFs {
             Ok(u) => u,
             Err(e) => return reply.error(e),
         };
-        let r = self.path(ino).and_then(|rel| {
+        let r = self.claimed_path(ino).and_then(|(rel, _claim)| {
             let caller = Self::caller(req);
             if write {
                 // Writing needs what creating needs (kms:GenerateDataKey);
@@ -1138,7 +1191,9 @@ impl Filesystem for KmsFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let rel = match self.path(ino) {
+        // Under a claim: the entries it counts as looked up get paths that a
+        // rename in between could not make stale.
+        let (rel, _claim) = match self.claimed_path(ino) {
             Ok(r) => r,
             Err(e) => return reply.error(e),
         };
