@@ -12,6 +12,10 @@ use std::os::fd::AsRawFd;
 pub enum Target {
     /// A path relative to the cipherdir, reached through `Tree`.
     Path(String),
+    /// The node itself, opened O_PATH beneath the cipherdir without
+    /// following it: one walk for a whole setattr (mode, owner, times and the
+    /// stat of the reply), where each change by path walked again.
+    Node(File),
     /// A duplicate of the open file's descriptor, so that no lock on the open
     /// file is held while the change is made (a truncation takes it).
     Open(File),
@@ -29,7 +33,7 @@ impl Target {
     pub fn stat(&self, t: &Tree) -> io::Result<libc::stat> {
         match self {
             Target::Path(p) => t.lstat(p),
-            Target::Open(f) => {
+            Target::Open(f) | Target::Node(f) => {
                 // SAFETY: an all-zero stat is valid; fstat fills it in.
                 let mut st: libc::stat = unsafe { std::mem::zeroed() };
                 // SAFETY: an open descriptor and a stat buffer.
@@ -44,6 +48,35 @@ impl Target {
             Target::Path(p) => t.chmod(p, mode),
             // SAFETY: an open descriptor.
             Target::Open(f) => check(unsafe { libc::fchmod(f.as_raw_fd(), mode & 0o7777) }),
+            Target::Node(f) => {
+                // SAFETY: an O_PATH descriptor, an empty C name and AT_EMPTY_PATH.
+                let r = unsafe {
+                    libc::syscall(
+                        libc::SYS_fchmodat2,
+                        f.as_raw_fd(),
+                        c"".as_ptr(),
+                        (mode & 0o7777) as libc::mode_t,
+                        libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+                    )
+                };
+                if r == 0 {
+                    return Ok(());
+                }
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::ENOSYS) {
+                    return Err(e);
+                }
+                // Before Linux 6.6: through the daemon's own /proc entry,
+                // never for a symlink (whose target it would reach).
+                let st = self.stat(t)?;
+                if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+                    return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+                }
+                let proc = std::ffi::CString::new(format!("/proc/self/fd/{}", f.as_raw_fd()))
+                    .expect("no NUL");
+                // SAFETY: a valid C path naming our own descriptor.
+                check(unsafe { libc::chmod(proc.as_ptr(), (mode & 0o7777) as libc::mode_t) })
+            }
         }
     }
 
@@ -51,6 +84,16 @@ impl Target {
         match self {
             Target::Path(p) => t.chown(p, uid, gid),
             Target::Open(f) => std::os::unix::fs::fchown(f, uid, gid),
+            // SAFETY: an O_PATH descriptor, an empty C name; -1 keeps an id.
+            Target::Node(f) => check(unsafe {
+                libc::fchownat(
+                    f.as_raw_fd(),
+                    c"".as_ptr(),
+                    uid.unwrap_or(u32::MAX),
+                    gid.unwrap_or(u32::MAX),
+                    libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+                )
+            }),
         }
     }
 
@@ -61,6 +104,15 @@ impl Target {
             Target::Path(p) => t.set_times(p, times),
             // SAFETY: an open descriptor and a two-element timespec array.
             Target::Open(f) => check(unsafe { libc::futimens(f.as_raw_fd(), times.as_ptr()) }),
+            // SAFETY: an O_PATH descriptor, an empty C name, two timespecs.
+            Target::Node(f) => check(unsafe {
+                libc::utimensat(
+                    f.as_raw_fd(),
+                    c"".as_ptr(),
+                    times.as_ptr(),
+                    libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+                )
+            }),
         }
     }
 }

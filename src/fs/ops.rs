@@ -708,20 +708,31 @@ impl Filesystem for KmsFs {
         };
         // The node by its name; a file unlinked while open, through its open
         // descriptor (fchmod, ftruncate, futimens and fsync's time update).
+        let dup_of = |f: &Arc<OpenFile>| {
+            f.io.read()
+                .unwrap_or_else(|e| e.into_inner())
+                .fd
+                .try_clone()
+        };
         let (node, target) = match path {
-            Ok(p) => (Node::Named(p.clone()), Target::Path(p)),
+            // Through the handle the kernel named (fchmod, fchown, futimens:
+            // tar and rsync set every file's attributes so), the change needs
+            // no path walk at all; by name otherwise.
+            Ok(p) => match fh.and_then(|h| self.file_handle(h).ok()) {
+                Some(f) => match dup_of(&f) {
+                    Ok(d) => (Node::Named(p), Target::Open(d)),
+                    Err(e) => return reply.error(io_errno(&e)),
+                },
+                None => match self.b.tree.open_file(&p, libc::O_PATH) {
+                    Ok(n) => (Node::Named(p), Target::Node(n)),
+                    Err(e) => return reply.error(io_errno(&e)),
+                },
+            },
             Err(e) => match self.open_handle(ino.0, fh) {
-                Some(f) => {
-                    let dup =
-                        f.io.read()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .fd
-                            .try_clone();
-                    match dup {
-                        Ok(d) => (Node::Unlinked(f), Target::Open(d)),
-                        Err(e) => return reply.error(io_errno(&e)),
-                    }
-                }
+                Some(f) => match dup_of(&f) {
+                    Ok(d) => (Node::Unlinked(f), Target::Open(d)),
+                    Err(e) => return reply.error(io_errno(&e)),
+                },
                 None => return reply.error(e),
             },
         };
