@@ -7,5 +7,6 @@
 pub mod cli;
 pub mod crypto;
 pub mod fs;
+pub mod fuzz_targets;
 pub mod kms;
 pub mod log;

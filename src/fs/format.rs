@@ -119,7 +119,8 @@ pub fn encode_slot(header_size: usize, file_id: &FileId, s: Option<&Slot>) -> Ve
 fn decode_slot(file_id: &FileId, raw: &[u8]) -> Option<Slot> {
     let len = raw.len();
     let seq = u64::from_be_bytes(raw[0..8].try_into().ok()?);
-    if seq == 0 || raw[8] != 1 {
+    // u64::MAX has no successor for `next_slot`: kmsfs never writes it.
+    if seq == 0 || seq == u64::MAX || raw[8] != 1 {
         return None;
     }
     if slot_check(file_id, &raw[..len - SLOT_CHECK])[..] != raw[len - SLOT_CHECK..] {

@@ -24,7 +24,8 @@ pub fn decode(stored: &[u8]) -> Option<Vec<u8>> {
 /// The target's plaintext length, from the backing link's length.
 pub fn plain_len(stored_len: u64) -> u64 {
     let b64 = stored_len.saturating_sub(PREFIX.len() as u64);
-    let bytes = b64 * 3 / 4;
+    // b64 * 3 / 4, which overflowed for a huge (hostile) lstat size.
+    let bytes = b64 / 4 * 3 + b64 % 4 * 3 / 4;
     bytes.saturating_sub(BLOB_OVERHEAD as u64)
 }
 

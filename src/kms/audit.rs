@@ -211,7 +211,9 @@ fn split_line(line: &str) -> Result<(&str, u64, [u8; 32]), String> {
     let mac_hex = line[idx + MAC_MARK.len()..]
         .strip_suffix("\"}")
         .ok_or("chainMac is not the last field")?;
-    if mac_hex.len() != 64 {
+    // Hex digits only: slicing other text in pairs could split a character
+    // (a panic), and from_str_radix would take "+f" for 0f.
+    if mac_hex.len() != 64 || !mac_hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err("chainMac is not 64 hex digits".into());
     }
     let mut mac = [0u8; 32];

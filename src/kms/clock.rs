@@ -118,7 +118,13 @@ pub fn parse_time(s: &str) -> Option<i64> {
                 _ => return None,
             };
             let (h, m) = rest[1..].split_once(':')?;
-            Some(t - sign * (h.parse::<i64>().ok()? * 3600 + m.parse::<i64>().ok()? * 60))
+            // Checked: an offset of absurd hours must not overflow.
+            let off = h
+                .parse::<i64>()
+                .ok()?
+                .checked_mul(3600)?
+                .checked_add(m.parse::<i64>().ok()?.checked_mul(60)?)?;
+            t.checked_sub(off.checked_mul(sign)?)
         }
     }
 }

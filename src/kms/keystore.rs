@@ -116,6 +116,25 @@ struct Envelope {
     sealed: String,
 }
 
+/// keystore.json's bytes through what opening a keystore checks before the
+/// secret is needed: the envelope's JSON, its format and version, a
+/// passphrase spec's Argon2 bounds (Argon2 is not run) and the base64
+/// fields. For the fuzz targets (src/fuzz_targets.rs).
+pub fn parse_envelope(bytes: &[u8]) -> Result<(), String> {
+    let env: Envelope = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    if env.format != FORMAT || env.version != FORMAT_VERSION {
+        return Err(format!("format {:?} version {}", env.format, env.version));
+    }
+    if let RootKeySpec::Passphrase { salt, params, .. } = &env.root_key {
+        KmsHome::check_params(params).map_err(|e| e.message)?;
+        B64.decode(salt).map_err(|e| e.to_string())?;
+    }
+    for field in [&env.check, &env.nonce, &env.sealed] {
+        B64.decode(field).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HomeErrorKind {
     Missing,
