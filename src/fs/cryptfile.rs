@@ -465,8 +465,14 @@ mod tests {
             .write(true)
             .open(t.path())
             .unwrap();
-        raw.write_all_at(&[0xff], (H + DISK_BLOCK + 100) as u64)
+        // Flip a byte (writing a fixed value left it unchanged 1 time in 256).
+        let at = (H + DISK_BLOCK + 100) as u64;
+        let mut b = [0u8];
+        std::fs::File::open(t.path())
+            .unwrap()
+            .read_exact_at(&mut b, at)
             .unwrap();
+        raw.write_all_at(&[b[0] ^ 0xff], at).unwrap();
         assert!(f.read_at(0, 100).is_ok(), "block 0 is intact");
         let e = f.read_at(DISK_BLOCK as u64, 100).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
