@@ -63,7 +63,15 @@ fn sigkill_during_every_kind_of_operation_loses_nothing_fsynced() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(30 + rng.below(300)));
+        // Let the workload get going (python starts slowly on a loaded
+        // machine), then kill at a random moment.
+        let lines = |p: &std::path::Path| fs::read_to_string(p).map_or(0, |s| s.lines().count());
+        let before = lines(&log);
+        let started = std::time::Instant::now();
+        while lines(&log) == before && started.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(rng.below(300)));
         // The crash, then the workload (so it cannot go on writing into the
         // bare mountpoint once the dead mount is detached), then the detach.
         let mut m = m;
