@@ -15,13 +15,6 @@ fn users() {
     ensure_users(&["kmsfs-proj"], &[(MALLORY, &["kmsfs-proj"]), (TRENT, &[])]);
 }
 
-fn as_user(user: &str, script: &str) -> std::process::Output {
-    run_timeout(
-        Command::new("runuser").args(["-u", user, "--", "sh", "-c", script]),
-        120,
-    )
-}
-
 fn shared(fx: &Fixture) {
     fs::set_permissions(fx.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
 }
@@ -83,7 +76,7 @@ fn one_user_holding_files_open_gets_emfile_alone() {
         "her share: (512 - 128) / 4"
     );
     // While she holds them: trent and root still open, create and list.
-    let o = as_user(
+    let o = as_user_output(
         TRENT,
         &format!(
             "cat {m}/f && echo t > {m}/by-trent && ls {m} >/dev/null",
@@ -94,7 +87,7 @@ fn one_user_holding_files_open_gets_emfile_alone() {
     assert_eq!(fs::read(fx.m("f")).unwrap(), b"x");
     let _ = mallory.wait();
     // Her share comes back when she closes them.
-    let o = as_user(MALLORY, &format!("cat {}/f", fx.mnt.display()));
+    let o = as_user_output(MALLORY, &format!("cat {}/f", fx.mnt.display()));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
@@ -108,7 +101,7 @@ fn a_rename_of_more_files_than_the_daemon_has_descriptors_works_beside_another_u
     // More files than the daemon has descriptors: a rename that held one
     // per file would fail.
     let n = 1100;
-    let o = as_user(
+    let o = as_user_output(
         MALLORY,
         &format!(
             "set -e; mkdir {m}/big; cd {m}/big; i=0; while [ $i -lt {n} ]; do echo $i > f$i; i=$((i+1)); done",
@@ -119,7 +112,7 @@ fn a_rename_of_more_files_than_the_daemon_has_descriptors_works_beside_another_u
     // Trent works in his own directory: the kernel serialises renames in one
     // directory by itself; kmsfs must not add a wait across directories
     // (which renames wait for which is unit-tested in fairness.rs).
-    let o = as_user(
+    let o = as_user_output(
         TRENT,
         &format!("mkdir {m}/t && echo t > {m}/t/trents", m = fx.mnt.display()),
     );
@@ -133,7 +126,7 @@ fn a_rename_of_more_files_than_the_daemon_has_descriptors_works_beside_another_u
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(50));
     let t1 = Instant::now();
-    let o = as_user(
+    let o = as_user_output(
         TRENT,
         &format!("mv {m}/t/trents {m}/t/trents2", m = fx.mnt.display()),
     );
@@ -167,7 +160,7 @@ fn files_in_a_set_group_id_directory_get_its_group_and_the_requested_mode() {
             "mkdir {b}/proj && chgrp kmsfs-proj {b}/proj && chmod 2771 {b}/proj",
             b = base.display()
         ));
-        let o = as_user(
+        let o = as_user_output(
             MALLORY,
             &format!(
                 "umask 007; cd {b}/proj && echo x > f && mkdir d && mkfifo p && ln -s f l && stat -c '%n %a %G' f d p && stat -c '%n %G' l",
@@ -183,7 +176,7 @@ fn files_in_a_set_group_id_directory_get_its_group_and_the_requested_mode() {
     assert!(native.contains("f 660 kmsfs-proj"), "{native}");
     assert!(native.contains("d 2770 kmsfs-proj"), "{native}");
     // Requested modes are not cut by the daemon's own umask.
-    let o = as_user(
+    let o = as_user_output(
         MALLORY,
         &format!(
             "umask 0; cd {}/proj && python3 -c \"import os; os.close(os.open('m', os.O_CREAT|os.O_WRONLY, 0o620)); os.mkdir('md', 0o777)\" && stat -c '%a' m md",

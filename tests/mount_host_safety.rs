@@ -10,7 +10,6 @@ use common::*;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::Path;
-use std::process::Command;
 
 const MALLORY: &str = "kmsfs-mallory";
 
@@ -20,19 +19,6 @@ fn ensure_mallory() {
 
 fn uid_of(user: &str) -> u32 {
     sh_ok(&format!("id -u {user}")).trim().parse().unwrap()
-}
-
-/// Runs `script` as `user`: Ok(stdout) or Err(stderr).
-fn as_user(user: &str, script: &str) -> Result<String, String> {
-    let o = run_timeout(
-        Command::new("runuser").args(["-u", user, "--", "sh", "-c", script]),
-        60,
-    );
-    if o.status.success() {
-        Ok(String::from_utf8_lossy(&o.stdout).to_string())
-    } else {
-        Err(String::from_utf8_lossy(&o.stderr).to_string())
-    }
 }
 
 /// A fixture whose mountpoint other users can reach.

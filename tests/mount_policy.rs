@@ -7,7 +7,6 @@ mod common;
 use common::*;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::process::Command;
 
 fn ensure_users() {
     common::ensure_users(
@@ -18,19 +17,6 @@ fn ensure_users() {
             ("kmsfs-carol", &[]),
         ],
     );
-}
-
-/// Runs `cmd` as `user`; returns the errno-ish outcome: Ok(stdout) or Err(stderr).
-fn as_user(user: &str, script: &str) -> Result<String, String> {
-    let o = run_timeout(
-        Command::new("runuser").args(["-u", user, "--", "sh", "-c", script]),
-        60,
-    );
-    if o.status.success() {
-        Ok(String::from_utf8_lossy(&o.stdout).to_string())
-    } else {
-        Err(String::from_utf8_lossy(&o.stderr).to_string())
-    }
 }
 
 fn denied(r: Result<String, String>) -> bool {

@@ -718,7 +718,8 @@ fn cipherdir_of(mountpoint: &Path) -> Option<PathBuf> {
         if fields.get(4) == Some(&mp) && fields.get(sep + 1).is_some_and(|t| t.starts_with("fuse"))
         {
             let src = PathBuf::from(fields.get(sep + 2)?.replace("\\040", " "));
-            if src.join(super::config::CONFIG_NAME).exists() {
+            // Beneath the cipherdir, not following a planted kmsfs.conf.
+            if Tree::open(&src).is_ok_and(|t| t.lstat(super::config::CONFIG_NAME).is_ok()) {
                 return Some(src);
             }
         }

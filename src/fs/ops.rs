@@ -624,9 +624,11 @@ impl Filesystem for KmsFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let r = self.child(parent, name).and_then(|_| {
-            let n = name.to_str().ok_or(Errno::ENOENT)?;
-            let (rel, _, _claim) = self.claimed_child(parent, n)?;
+        let r = name.to_str().ok_or(Errno::ENOENT).and_then(|n| {
+            let (rel, pp, _claim) = self.claimed_child(parent, n)?;
+            if !visible(&pp, n) {
+                return Err(Errno::ENOENT);
+            }
             self.entry_for(&rel)
         });
         match r {

@@ -435,10 +435,9 @@ impl Drop for SmallFs {
 }
 
 impl Fixture {
-    /// A fixture in `dir` with the usual layout, made with `kmsfs init`
-    /// (for tests that first put the cipherdir or the home on a filesystem
-    /// of their own).
-    pub fn init_in(dir: tempfile::TempDir) -> Self {
+    /// The usual paths in `dir`, the mountpoint made and the root key
+    /// written; nothing initialised.
+    fn layout(dir: tempfile::TempDir, key: [u8; 32]) -> Self {
         let fx = Fixture {
             cipher: dir.path().join("cipher"),
             mnt: dir.path().join("mnt"),
@@ -447,7 +446,15 @@ impl Fixture {
             dir,
         };
         std::fs::create_dir_all(&fx.mnt).unwrap();
-        std::fs::write(&fx.key, [0x42u8; 32]).unwrap();
+        std::fs::write(&fx.key, key).unwrap();
+        fx
+    }
+
+    /// A fixture in `dir` with the usual layout, made with `kmsfs init`
+    /// (for tests that first put the cipherdir or the home on a filesystem
+    /// of their own).
+    pub fn init_in(dir: tempfile::TempDir) -> Self {
+        let fx = Fixture::layout(dir, [0x42u8; 32]);
         let o = fx.cli(&["init", fx.cipher.to_str().unwrap()]);
         assert!(
             o.status.success(),
@@ -469,15 +476,7 @@ impl Fixture {
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
         )
         .unwrap();
-        let fx = Fixture {
-            cipher: dir.path().join("cipher"),
-            mnt: dir.path().join("mnt"),
-            home: dir.path().join("home"),
-            key: dir.path().join("root.key"),
-            dir,
-        };
-        std::fs::create_dir(&fx.mnt).unwrap();
-        std::fs::write(&fx.key, [3u8; 32]).unwrap();
+        let fx = Fixture::layout(dir, [3u8; 32]);
         let pfile = fx.dir.path().join("policy.json");
         std::fs::write(&pfile, policy).unwrap();
         let o = fx.cli(&[
@@ -500,4 +499,22 @@ impl Fixture {
         );
         (fx, kid)
     }
+}
+
+/// Runs `script` with `sh -c` as `user`: Ok(stdout) or Err(stderr).
+pub fn as_user(user: &str, script: &str) -> Result<String, String> {
+    let o = as_user_output(user, script);
+    if o.status.success() {
+        Ok(String::from_utf8_lossy(&o.stdout).to_string())
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).to_string())
+    }
+}
+
+/// The whole output of `script` run with `sh -c` as `user`.
+pub fn as_user_output(user: &str, script: &str) -> Output {
+    run_timeout(
+        Command::new("runuser").args(["-u", user, "--", "sh", "-c", script]),
+        120,
+    )
 }
