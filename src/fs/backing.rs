@@ -12,6 +12,7 @@ use crate::crypto::Key256;
 use crate::kms::{Caller, ErrorCode, KmsError};
 use std::fs::File;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 use zeroize::Zeroizing;
 
@@ -140,6 +141,28 @@ impl Backing {
             )));
         }
         Ok(fd)
+    }
+
+    /// A read-write descriptor of the file `old` is open on, for a caller
+    /// who opens it for writing while the shared descriptor is read-only
+    /// (opened while the cipherdir's filesystem refused writes): the open
+    /// then fails with the filesystem's own errno (EROFS) instead of
+    /// succeeding and failing every write with EBADF. `None` when `old` is
+    /// writable already.
+    pub fn writable_twin(&self, rel: &str, old: &File) -> io::Result<Option<File>> {
+        // SAFETY: F_GETFL on a descriptor we own.
+        let fl = unsafe { libc::fcntl(std::os::unix::io::AsRawFd::as_raw_fd(old), libc::F_GETFL) };
+        if fl >= 0 && fl & libc::O_ACCMODE == libc::O_RDWR {
+            return Ok(None);
+        }
+        let fd = self.open_update(rel)?;
+        let (a, b) = (old.metadata()?, fd.metadata()?);
+        if (a.dev(), a.ino()) != (b.dev(), b.ino()) {
+            return Err(integrity_error(format!(
+                "{rel} was replaced in the cipherdir while open"
+            )));
+        }
+        Ok(Some(fd))
     }
 
     /// Refuses a write to the file at `rel` unless the caller may create

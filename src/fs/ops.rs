@@ -271,12 +271,22 @@ impl KmsFs {
     }
 
     fn log(&self, what: &str, path: &str, e: &FsError) {
-        crate::log_line!("kmsfs: {what} {path:?}: {e}");
+        match e {
+            // The backing filesystem's own error, not kmsfs's judgement: say
+            // so, since the fix (the disk) is elsewhere.
+            FsError::Io(io) if io.raw_os_error().is_some() => {
+                crate::log_line!("kmsfs: {what} {path:?}: the cipherdir's storage failed: {e}")
+            }
+            _ => crate::log_line!("kmsfs: {what} {path:?}: {e}"),
+        }
     }
 
+    /// The errno for `e`, logged when it is one an operator must see: an
+    /// integrity failure or a storage error (EIO), a refusal (EACCES), or
+    /// the cipherdir's filesystem having turned read-only (EROFS).
     fn fs_errno(&self, what: &str, path: &str, e: FsError) -> Errno {
         let n = e.errno();
-        if n == libc::EIO || n == libc::EACCES {
+        if matches!(n, libc::EIO | libc::EACCES | libc::EROFS) {
             self.log(what, path, &e);
         }
         err(n)
@@ -485,6 +495,22 @@ impl KmsFs {
         }
         let cf = self.b.open_crypt(rel, caller)?;
         Ok(self.publish(ino, cf))
+    }
+
+    /// `open_file` for a writer: the shared descriptor is made read-write
+    /// if it was opened read-only (while the cipherdir's filesystem refused
+    /// writes), or the open fails with that filesystem's errno (EROFS), not
+    /// every later write with EBADF.
+    fn open_for_writing(&self, ino: u64, rel: &str, caller: &Caller) -> FsResult<Arc<OpenFile>> {
+        let f = self.open_file(ino, rel, caller)?;
+        let twin = {
+            let cf = f.io.read().unwrap_or_else(|e| e.into_inner());
+            self.b.writable_twin(rel, &cf.fd)?
+        };
+        if let Some(fd) = twin {
+            f.io.write().unwrap_or_else(|e| e.into_inner()).fd = fd;
+        }
+        Ok(f)
     }
 
     fn publish(&self, ino: u64, cf: CryptFile) -> Arc<OpenFile> {
@@ -784,7 +810,7 @@ impl Filesystem for KmsFs {
                             let opened = self
                                 .b
                                 .check_write(rel, &caller)
-                                .and_then(|()| self.open_file(ino.0, rel, &caller))
+                                .and_then(|()| self.open_for_writing(ino.0, rel, &caller))
                                 .map_err(|e| self.fs_errno("truncate", rel, e))?;
                             Some((opened, rel.as_str()))
                         }
@@ -1014,8 +1040,13 @@ impl Filesystem for KmsFs {
                     .check_write(&rel, &caller)
                     .map_err(|e| self.fs_errno("open for writing", &rel, e))?;
             }
-            self.open_file(ino.0, &rel, &caller)
-                .map_err(|e| self.fs_errno("open", &rel, e))
+            if write {
+                self.open_for_writing(ino.0, &rel, &caller)
+                    .map_err(|e| self.fs_errno("open for writing", &rel, e))
+            } else {
+                self.open_file(ino.0, &rel, &caller)
+                    .map_err(|e| self.fs_errno("open", &rel, e))
+            }
         });
         match r {
             Ok(f) => {
@@ -1135,7 +1166,7 @@ impl Filesystem for KmsFs {
     fn fsync(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
@@ -1147,7 +1178,10 @@ impl Filesystem for KmsFs {
             } else {
                 cf.fd.sync_all()
             };
-            res.map_err(|e| io_errno(&e))
+            res.map_err(|e| {
+                let rel = self.path(ino).unwrap_or_default();
+                self.fs_errno("fsync", &rel, e.into())
+            })
         });
         match r {
             Ok(()) => reply.ok(),
