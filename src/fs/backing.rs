@@ -132,9 +132,14 @@ impl Backing {
 
     /// Read-write, for the header rewrites of a rename.
     fn open_update(&self, rel: &str) -> io::Result<File> {
-        let fd = self
-            .tree
-            .open_file(rel, libc::O_RDWR | libc::O_NONBLOCK | libc::O_NOCTTY)?;
+        // O_NOATIME: reading the header to re-wrap it is kmsfs's business,
+        // not an access the user should see in the file's atime. (Allowed to
+        // the file's owner and to root; refused with EPERM otherwise.)
+        let flags = libc::O_RDWR | libc::O_NONBLOCK | libc::O_NOCTTY;
+        let fd = match self.tree.open_file(rel, flags | libc::O_NOATIME) {
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => self.tree.open_file(rel, flags)?,
+            other => other?,
+        };
         if !fd.metadata()?.is_file() {
             return Err(integrity_error(format!(
                 "{rel} is not a regular file in the cipherdir (planted there?)"
@@ -431,6 +436,7 @@ impl Backing {
         new: &str,
         caller: &Caller,
     ) -> FsResult<()> {
+        let st = self.tree.lstat(at)?;
         let stored = self.tree.readlink(at)?;
         let target = self.decrypt_symlink(from, &stored, caller)?;
         let enc = self.encrypt_symlink(to, &target, caller)?;
@@ -439,13 +445,24 @@ impl Backing {
             _ => {}
         }
         self.tree.symlink(enc.as_bytes(), new)?;
+        self.keep_link_attrs(&st, new)?;
         Ok(())
+    }
+
+    /// A re-encrypted symlink is a new backing node: it gets the old one's
+    /// owner and times, so a rename keeps them as on any filesystem (and a
+    /// sticky directory's owner checks still see the user's link, not
+    /// root's).
+    fn keep_link_attrs(&self, old: &libc::stat, new: &str) -> io::Result<()> {
+        self.tree.chown(new, Some(old.st_uid), Some(old.st_gid))?;
+        self.tree.set_times(new, &super::stat::times_of(old))
     }
 
     /// Re-encrypts a symlink made before symlink targets had a context of
     /// their own (format 1 without TypedContexts) under the symlink context,
     /// in place: a twin, then a rename over the original.
     pub fn upgrade_symlink(&self, rel: &str, twin: &str, caller: &Caller) -> FsResult<bool> {
+        let st = self.tree.lstat(rel)?;
         let stored = self.tree.readlink(rel)?;
         if self.decrypt_symlink(rel, &stored, caller).is_ok() {
             return Ok(false);
@@ -458,6 +475,7 @@ impl Backing {
             _ => {}
         }
         self.tree.symlink(enc.as_bytes(), twin)?;
+        self.keep_link_attrs(&st, twin)?;
         self.tree.rename(twin, rel, 0)?;
         Ok(true)
     }

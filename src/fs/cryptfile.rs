@@ -45,7 +45,11 @@ pub fn write_new_header(
     fd.write_all_at(&format::encode_header(header_size, &h), 0)
 }
 
-/// Writes one key slot in place.
+/// Writes one key slot in place. The slot is kmsfs's bookkeeping (a rename
+/// re-wraps it), not a change of the file's content: its access and
+/// modification times are put back, so `rsync -a` and make see the same
+/// file after a rename of it or of a directory above it. (Only ctime,
+/// which no one can set, moves, as it does for a rename on ext4.)
 pub fn write_slot(
     fd: &File,
     header_size: usize,
@@ -53,8 +57,15 @@ pub fn write_slot(
     index: usize,
     slot: Option<&Slot>,
 ) -> io::Result<()> {
+    let before = crate::fs::stat::fstat(fd)?;
     let raw = format::encode_slot(header_size, file_id, slot);
-    fd.write_all_at(&raw, format::slot_offset(header_size, index) as u64)
+    fd.write_all_at(&raw, format::slot_offset(header_size, index) as u64)?;
+    let times = crate::fs::stat::times_of(&before);
+    // SAFETY: futimens on a descriptor we own, with two valid timespecs.
+    if unsafe { libc::futimens(std::os::unix::io::AsRawFd::as_raw_fd(fd), times.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn read_full_at(fd: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {

@@ -446,7 +446,11 @@ pub fn mount(kms: Kms, args: MountArgs, default_log: PathBuf) -> Result<(), Stri
 
     let mut opts = vec![
         fuser::MountOption::FSName(cipherdir.display().to_string()),
-        fuser::MountOption::Subtype("kmsfs".into()),
+        // As a kernel option: fuser's own Subtype reaches only fusermount,
+        // and a root mount showed as plain `fuse` in /proc/mounts. The
+        // kernel takes `subtype=` itself (and fusermount passes it on), so
+        // `mount`, `df -T` and findmnt say `fuse.kmsfs`.
+        fuser::MountOption::CUSTOM("subtype=kmsfs".into()),
     ];
     // With allow_other the kernel must check mode bits for every user.
     // Without it only the mounting user gets in, and the daemon runs as that

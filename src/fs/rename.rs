@@ -176,7 +176,7 @@ fn walk(tree: &Tree, dir: &str) -> io::Result<(Vec<String>, Vec<String>)> {
         } else {
             join(dir, &sub)
         };
-        for (name, kind) in listing::entries(&tree.open_dir(&here)?)? {
+        for (name, kind) in listing::entries(&tree.open_dir_quiet(&here)?)? {
             let rel = join(&sub, &name);
             match kind {
                 FileType::Directory => stack.push(rel),
@@ -219,6 +219,7 @@ fn prepare_tree(
     caller: &Caller,
     recovering: bool,
     flush: &mut Flusher,
+    dir_times: &mut Vec<(String, [libc::timespec; 2])>,
 ) -> FsResult<()> {
     let (files, links) = walk(&b.tree, from)?;
     for f in files {
@@ -231,6 +232,22 @@ fn prepare_tree(
                 crate::log_line!("kmsfs: rename: {src}: not re-wrapped: {e}");
             }
             Err(e) => return Err(e),
+        }
+    }
+    // Twins are made in the directories holding symlinks, which moves their
+    // times: recorded here, put back once the twins are renamed over.
+    let mut seen = std::collections::HashSet::new();
+    for l in &links {
+        let sub = parent(l);
+        if seen.insert(sub) {
+            let here = if sub.is_empty() {
+                from.to_string()
+            } else {
+                format!("{from}/{sub}")
+            };
+            if let Ok(st) = b.tree.lstat(&here) {
+                dir_times.push((sub.to_string(), super::stat::times_of(&st)));
+            }
         }
     }
     for l in links {
@@ -247,7 +264,7 @@ fn prepare_tree(
 fn finish_tree(b: &Backing, to: &str, flush: &mut Flusher) -> io::Result<()> {
     let mut stack = vec![to.to_string()];
     while let Some(d) = stack.pop() {
-        for (name, kind) in listing::entries(&b.tree.open_dir(&d)?)? {
+        for (name, kind) in listing::entries(&b.tree.open_dir_quiet(&d)?)? {
             let rel = join(&d, &name);
             if kind == FileType::Directory {
                 stack.push(rel);
@@ -291,7 +308,8 @@ pub fn rename_dir(b: &Backing, from: &str, to: &str, flags: u32, caller: &Caller
         }),
     )?;
     let mut flush = Flusher::default();
-    if let Err(e) = prepare_tree(b, from, to, caller, false, &mut flush) {
+    let mut dir_times = vec![];
+    if let Err(e) = prepare_tree(b, from, to, caller, false, &mut flush, &mut dir_times) {
         // Nothing moved: forget the journal; new-path slots already written
         // are newer but do not open the files here, the older ones do.
         let _ = write_journal(b, None);
@@ -304,6 +322,16 @@ pub fn rename_dir(b: &Backing, from: &str, to: &str, flags: u32, caller: &Caller
         b.tree.fsync_dir(parent(from))?;
     }
     finish_tree(b, to, &mut flush)?;
+    for (sub, times) in &dir_times {
+        let here = if sub.is_empty() {
+            to.to_string()
+        } else {
+            format!("{to}/{sub}")
+        };
+        if let Err(e) = b.tree.set_times(&here, times) {
+            crate::log_line!("kmsfs: rename: {here}: times not restored: {e}");
+        }
+    }
     flush.flush(&b.tree)?;
     write_journal(b, None)?;
     Ok(())
@@ -347,7 +375,7 @@ pub fn recover(b: &Backing, caller: &Caller) -> Result<Option<String>, String> {
         Ok(true) => {
             // The rename did not happen: finish preparing, then do it.
             let mut flush = Flusher::default();
-            prepare_tree(b, &j.from, &j.to, caller, true, &mut flush)
+            prepare_tree(b, &j.from, &j.to, caller, true, &mut flush, &mut vec![])
                 .map_err(|e| step(e.to_string()))?;
             flush.flush(&b.tree).map_err(|e| step(e.to_string()))?;
             if b.tree.lstat(&j.to).is_ok() {

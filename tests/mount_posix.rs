@@ -1,0 +1,148 @@
+//! POSIX behaviour compared with a plain directory on the machine's own
+//! filesystem: the same script runs in both, and what it prints (modes,
+//! owners, times, contents) must be identical.
+
+mod common;
+use common::*;
+use std::path::Path;
+
+/// Runs `script` in `dir` (bash, as root) and returns what it printed.
+fn run_in(dir: &Path, script: &str) -> String {
+    sh_ok(&format!(
+        "cd {} && {{\n{script}\n}} 2>&1",
+        shell_quote(dir.to_str().unwrap())
+    ))
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// The script's output in a plain directory and in the mount, asserted equal.
+fn same_as_plain(script: &str, drop_caches_between: bool) -> String {
+    let plain = tempfile::tempdir().unwrap();
+    let fx = Fixture::new();
+    let m = fx.mount();
+    let (first, second) = script.split_once("#--\n").unwrap_or((script, ""));
+    let mut outs = vec![];
+    for dir in [plain.path(), fx.mnt.as_path()] {
+        let mut out = run_in(dir, first);
+        if drop_caches_between {
+            std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+        }
+        if !second.is_empty() {
+            out += &run_in(dir, second);
+        }
+        outs.push(out);
+    }
+    assert_eq!(
+        outs[1], outs[0],
+        "the mount (left) differs from a plain directory (right)"
+    );
+    m.unmount();
+    outs.remove(0)
+}
+
+#[test]
+fn creation_modes_keep_what_the_caller_asked_for_under_its_umask() {
+    let out = same_as_plain(
+        r#"
+umask 0
+python3 -c "
+import os
+os.close(os.open('f0620', os.O_CREAT | os.O_WRONLY, 0o620))
+os.close(os.open('s4777', os.O_CREAT | os.O_WRONLY, 0o4777))
+os.close(os.open('g2755', os.O_CREAT | os.O_WRONLY, 0o2755))
+os.mkdir('d0777', 0o777)
+os.mkdir('t1777', 0o1777)
+os.mkfifo('p0666', 0o666)
+"
+umask 027
+touch u027
+mkdir v027
+umask 0
+stat -c '%n %a %F' f0620 s4777 g2755 d0777 t1777 p0666 u027 v027
+"#,
+        false,
+    );
+    assert!(out.contains("s4777 4777"), "{out}");
+    assert!(out.contains("f0620 620"), "{out}");
+    assert!(out.contains("u027 640"), "{out}");
+}
+
+#[test]
+fn a_path_of_path_max_minus_one_bytes_works() {
+    // 4095 bytes: 15 directories of 255 bytes, then a file name filling up.
+    let out = same_as_plain(
+        r#"
+p=.
+for i in $(seq 1 15); do
+  p=$p/$(printf "d%.0s" $(seq 1 254))$((i % 10))
+done
+mkdir -p "$p"
+rel=${p#./}
+name=$(printf "f%.0s" $(seq 1 $((4095 - ${#rel} - 1))))
+echo content > "$rel/$name"
+echo ${#rel} $((${#rel} + 1 + ${#name}))
+cat "$rel/$name"
+mv "$rel/$name" "$rel/${name%f}g"
+cat "$rel/${name%f}g"
+"#,
+        false,
+    );
+    assert!(out.contains(" 4095\n"), "{out}");
+}
+
+#[test]
+fn renames_keep_owners_modes_and_times_of_everything_they_move() {
+    let out = same_as_plain(
+        r#"
+ln -s target L
+chown -h 1234:2345 L
+touch -h -d '2001-02-03 04:05:06' L
+mkdir -p D/sub/deeper
+echo hi > D/sub/f
+echo there > D/sub/deeper/g
+chmod 0604 D/sub/f
+chown 1234:2345 D/sub/f
+ln -s f D/sub/l
+ln -s ../f D/sub/deeper/m
+chown -h 1234:2345 D/sub/l
+touch -d '2002-01-01 01:01:01' D/sub/f D/sub/deeper/g
+touch -h -d '2003-01-01 01:01:01' D/sub/l D/sub/deeper/m
+touch -d '2004-01-01 01:01:01' D/sub/deeper D/sub
+touch -d '2005-01-01 01:01:01' D
+echo file > F
+chown 1234:2345 F
+touch -d '2006-01-01 01:01:01' F
+mv L L2
+mv F F2
+mkdir P
+mv D P/E
+#--
+stat -c '%n %u %g %a %X %Y' L2 F2 P/E/sub P/E/sub/deeper P/E/sub/f P/E/sub/l P/E/sub/deeper/g P/E/sub/deeper/m
+readlink P/E/sub/l P/E/sub/deeper/m L2
+cat P/E/sub/f P/E/sub/deeper/g F2
+"#,
+        true,
+    );
+    assert!(out.contains("L2 1234 2345 777"), "{out}");
+    assert!(out.contains("P/E/sub/l 1234 2345"), "{out}");
+}
+
+#[test]
+fn the_mount_shows_its_type_as_fuse_kmsfs() {
+    let fx = Fixture::new();
+    let m = fx.mount();
+    let mnt = std::fs::canonicalize(&fx.mnt).unwrap();
+    let line = std::fs::read_to_string("/proc/mounts")
+        .unwrap()
+        .lines()
+        .find(|l| l.split(' ').nth(1) == mnt.to_str())
+        .map(str::to_string)
+        .expect("the mount is in /proc/mounts");
+    assert_eq!(line.split(' ').nth(2), Some("fuse.kmsfs"), "{line}");
+    let df = sh_ok(&format!("df --output=fstype {}", mnt.display()));
+    assert_eq!(df.lines().nth(1).map(str::trim), Some("fuse.kmsfs"), "{df}");
+    m.unmount();
+}
