@@ -135,6 +135,20 @@ pub fn lstat_at(dir: &File, name: &str) -> io::Result<libc::stat> {
     }
 }
 
+/// A node's access and modification times, as utimensat takes them.
+pub fn times_of(st: &libc::stat) -> [libc::timespec; 2] {
+    [
+        libc::timespec {
+            tv_sec: st.st_atime,
+            tv_nsec: st.st_atime_nsec,
+        },
+        libc::timespec {
+            tv_sec: st.st_mtime,
+            tv_nsec: st.st_mtime_nsec,
+        },
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,18 +180,4 @@ mod tests {
             Some(libc::ENOENT)
         );
     }
-}
-
-/// A node's access and modification times, as utimensat takes them.
-pub fn times_of(st: &libc::stat) -> [libc::timespec; 2] {
-    [
-        libc::timespec {
-            tv_sec: st.st_atime,
-            tv_nsec: st.st_atime_nsec,
-        },
-        libc::timespec {
-            tv_sec: st.st_mtime,
-            tv_nsec: st.st_mtime_nsec,
-        },
-    ]
 }
