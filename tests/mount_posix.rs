@@ -146,3 +146,65 @@ fn the_mount_shows_its_type_as_fuse_kmsfs() {
     assert_eq!(df.lines().nth(1).map(str::trim), Some("fuse.kmsfs"), "{df}");
     m.unmount();
 }
+
+#[test]
+fn device_nodes_show_as_devices_but_the_cipherdir_holds_none() {
+    let out = same_as_plain(
+        r#"
+umask 022
+mknod null c 1 3
+mknod -m 0620 zero c 1 5
+mknod loop b 7 0
+mkfifo fifo
+mkdir d
+mknod d/full c 1 7
+mv null null2
+mv d e
+stat -c '%n %F %t %T %a %u %g' null2 zero loop fifo e/full
+find . -type c | sort
+find . -type b
+"#,
+        true,
+    );
+    assert!(
+        out.contains("null2 character special file 1 3 644"),
+        "{out}"
+    );
+    assert!(out.contains("loop block special file 7 0"), "{out}");
+
+    let fx = Fixture::new();
+    let m = fx.mount();
+    sh_ok(&format!(
+        "cd {} && mknod null c 1 3 && mknod zero c 1 5 && mkdir d && mknod d/zero c 1 5",
+        fx.mnt.display()
+    ));
+    for name in ["null", "zero", "d/zero"] {
+        let st = std::fs::symlink_metadata(fx.c(name)).unwrap();
+        assert!(
+            st.file_type().is_file(),
+            "{name} is a regular file in the cipherdir"
+        );
+    }
+    // nodev (the default): the kernel refuses to open them.
+    let e = std::fs::File::open(fx.m("zero")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EACCES));
+    m.unmount();
+
+    // With `-o dev` they are the devices, after a remount and a rename.
+    let m = fx.mount_with(&["-o", "dev"]);
+    std::fs::rename(fx.m("d"), fx.m("e")).unwrap();
+    std::fs::write(fx.m("null"), b"into the void").unwrap();
+    let mut buf = [0xffu8; 16];
+    std::io::Read::read_exact(&mut std::fs::File::open(fx.m("e/zero")).unwrap(), &mut buf).unwrap();
+    assert_eq!(buf, [0u8; 16]);
+    m.unmount();
+
+    // Moved behind the mount's back, a device node's file no longer opens
+    // at its new path: it shows as a regular file that reads as EIO.
+    std::fs::rename(fx.c("zero"), fx.c("moved")).unwrap();
+    let m = fx.mount();
+    let st = std::fs::symlink_metadata(fx.m("moved")).unwrap();
+    assert!(st.file_type().is_file(), "{st:?}");
+    assert_eq!(read_err(&fx.m("moved")), Some(libc::EIO));
+    m.unmount();
+}

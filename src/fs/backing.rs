@@ -198,6 +198,27 @@ impl Backing {
         Ok((key, file_id))
     }
 
+    /// Makes the new, empty file `cf` (just created for `rel`) the stored
+    /// form of a device node (devnode.rs).
+    pub fn write_device(&self, cf: &CryptFile, kind: u32, rdev: u64) -> io::Result<()> {
+        cf.write_at(0, &super::devnode::encode(kind, rdev))?;
+        std::os::unix::fs::FileExt::write_all_at(
+            &cf.fd,
+            &[0],
+            super::devnode::backing_len(self.hs) - 1,
+        )
+    }
+
+    /// The device node stored in the file at `rel`, if it is one: its key
+    /// opens it at this path (as the mount: showing a node is not reading
+    /// a user's data) and its block decodes. `None` for a regular file that
+    /// merely has a device node's length.
+    pub fn read_device(&self, rel: &str) -> FsResult<Option<(u32, u64)>> {
+        let cf = self.open_crypt(rel, &Caller::this_process(crate::kms::Via::Mount))?;
+        let block = Zeroizing::new(cf.read_at(0, format::BLOCK_SIZE)?);
+        Ok(super::devnode::decode(&block))
+    }
+
     /// Empties a file and gives it a new data key and file id. The old
     /// blocks go first, so a crash leaves an empty file under either key.
     pub fn rekey_file(&self, fd: File, rel: &str, caller: &Caller) -> FsResult<CryptFile> {

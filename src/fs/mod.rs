@@ -5,6 +5,7 @@
 pub mod backing;
 pub mod config;
 pub mod cryptfile;
+pub mod devnode;
 pub mod fairness;
 pub mod format;
 pub mod inode;

@@ -5,6 +5,7 @@
 use super::backing::{Backing, FsError, FsResult, TEMP_PREFIX};
 use super::config::RESERVED_NAMES;
 use super::cryptfile::CryptFile;
+use super::devnode::{self, DeviceCache};
 use super::fairness::{Claim, OpenBudget, RenameGate};
 use super::format;
 use super::inode::{self, Inodes};
@@ -111,6 +112,7 @@ pub struct KmsFs {
     root_meta: libc::stat,
     /// What the mount root shows as its mode and owner (not the cipherdir's).
     root_attr: Mutex<RootAttr>,
+    devices: DeviceCache,
 }
 
 /// The largest read or write the kernel sends.
@@ -178,6 +180,7 @@ impl KmsFs {
             as_root: unsafe { libc::geteuid() } == 0,
             root_meta,
             root_attr: Mutex::new(root_attr),
+            devices: DeviceCache::default(),
         })
     }
 
@@ -296,14 +299,37 @@ impl KmsFs {
     /// cipherdir was planted (a restored backup, a synced folder) and is not
     /// served.
     fn stat(&self, rel: &str) -> Result<libc::stat, Errno> {
-        let st = self.b.tree.lstat(rel).map_err(|e| io_errno(&e))?;
+        let mut st = self.b.tree.lstat(rel).map_err(|e| io_errno(&e))?;
         if foreign(st.st_mode) {
             crate::log_line!(
                 "kmsfs: {rel:?}: a device node in the cipherdir, not made by kmsfs: refused"
             );
             return Err(Errno::EIO);
         }
+        self.as_device(rel, &mut st);
         Ok(st)
+    }
+
+    /// A backing file with a device node's length shows as the device node
+    /// it stores (devnode.rs); one that does not decode as one stays the
+    /// regular file it is (and fails as one when opened, if damaged).
+    fn as_device(&self, rel: &str, st: &mut libc::stat) {
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG
+            || !devnode::is_candidate(self.b.hs, st.st_size as u64)
+        {
+            return;
+        }
+        if let Some((kind, rdev)) = self.devices.get(st) {
+            return devnode::show(st, kind, rdev);
+        }
+        match self.b.read_device(rel) {
+            Ok(Some((kind, rdev))) => {
+                self.devices.put(st, kind, rdev);
+                devnode::show(st, kind, rdev);
+            }
+            Ok(None) => {}
+            Err(e) => self.log("reading the device node", rel, &e),
+        }
     }
 
     /// Answers a lookup-like call: lstat, count the lookup, reply.
@@ -834,7 +860,12 @@ impl Filesystem for KmsFs {
             return reply.error(e);
         }
         match target.stat(t) {
-            Ok(m) => reply.attr(&self.opts.attr_ttl, &self.attr(ino.0, &m)),
+            Ok(mut m) => {
+                if let Node::Named(rel) = &node {
+                    self.as_device(rel, &mut m);
+                }
+                reply.attr(&self.opts.attr_ttl, &self.attr(ino.0, &m))
+            }
             Err(e) => reply.error(io_errno(&e)),
         }
     }
@@ -874,9 +905,39 @@ impl Filesystem for KmsFs {
                 Err(e) => reply.error(e),
             };
         }
+        if kind == libc::S_IFCHR || kind == libc::S_IFBLK {
+            // Stored as an encrypted regular file (devnode.rs): the
+            // cipherdir never holds a node that opens a device. (The kernel
+            // has checked CAP_MKNOD.)
+            let r = self
+                .create_file(req, parent, name, (mode & 0o7777) | libc::S_IFREG, umask)
+                .and_then(|(ino, f, _)| {
+                    let rel = self.path(INodeNo(ino))?;
+                    let cf = f.io.read().unwrap_or_else(|e| e.into_inner());
+                    if let Err(e) = self.b.write_device(&cf, kind, u64::from(rdev)) {
+                        drop(cf);
+                        let _ = self.b.tree.unlink(&rel);
+                        self.inodes
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .forget(ino, 1);
+                        return Err(self.fs_errno("mknod", &rel, e.into()));
+                    }
+                    let mut st = stat::fstat(&cf.fd).map_err(|e| io_errno(&e))?;
+                    self.devices.put(&st, kind, u64::from(rdev));
+                    devnode::show(&mut st, kind, u64::from(rdev));
+                    Ok((ino, st))
+                });
+            return match r {
+                // create_file counted the lookup this reply stands for.
+                Ok((ino, st)) => {
+                    reply.entry(&self.opts.attr_ttl, &self.attr(ino, &st), Generation(0))
+                }
+                Err(e) => reply.error(e),
+            };
+        }
         if kind != libc::S_IFIFO && kind != libc::S_IFSOCK {
-            // Device nodes would let a cipherdir carry devices into the mount.
-            return reply.error(Errno::EPERM);
+            return reply.error(Errno::EINVAL);
         }
         let r = (|| {
             let pp = self.path(parent)?;
@@ -985,7 +1046,9 @@ impl Filesystem for KmsFs {
                 FileType::Directory => {
                     rename::rename_dir(&self.b, &from, &to, flags.bits(), &caller)
                 }
-                FileType::RegularFile => {
+                // A device node is a regular file in the cipherdir, keyed
+                // like one.
+                FileType::RegularFile | FileType::CharDevice | FileType::BlockDevice => {
                     rename::rename_file(&self.b, &from, &to, flags.bits(), &caller)
                 }
                 FileType::Symlink => {
@@ -1252,12 +1315,13 @@ impl Filesystem for KmsFs {
             if !visible(&rel, e.name) {
                 return false;
             }
-            let Ok(m) = stat::lstat_at(dir, e.name) else {
+            let Ok(mut m) = stat::lstat_at(dir, e.name) else {
                 return false;
             };
             if foreign(m.st_mode) {
                 return false;
             }
+            self.as_device(&inode::join(&rel, e.name), &mut m);
             // A child's entry counts a lookup; the dots' do not.
             let (n, counted) = match self.dot_ino(e.name, ino, &rel) {
                 Some(n) => (n, false),
