@@ -385,6 +385,132 @@ impl CryptFile {
     }
 }
 
+/// fallocate(2) modes kmsfs implements; the kernel refuses the others
+/// (collapse, insert, unshare) before asking, and so does `allocate`.
+pub const FALLOCATE_MODES: i32 =
+    libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+
+impl CryptFile {
+    /// fallocate(2) on the plaintext range `off..off+len`. Mode 0 and
+    /// KEEP_SIZE reserve the backing blocks (the range reads as it did, or
+    /// as zeros past the end) and mode 0 grows the size; PUNCH_HOLE and
+    /// ZERO_RANGE zero the range: edge blocks are re-encrypted with zeros
+    /// in their part of it, whole blocks become holes (all-zero blocks,
+    /// which read as zeros), and ZERO_RANGE keeps their space allocated.
+    /// Space is reserved before anything changes, so ENOSPC leaves the file
+    /// as it was.
+    pub fn allocate(&self, off: u64, len: u64, mode: i32) -> io::Result<()> {
+        if mode & !FALLOCATE_MODES != 0
+            || (mode & libc::FALLOC_FL_PUNCH_HOLE != 0
+                && mode & (libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE)
+                    != libc::FALLOC_FL_KEEP_SIZE)
+        {
+            return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+        }
+        let end = off
+            .checked_add(len)
+            .filter(|&e| e <= i64::MAX as u64 && len > 0)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let bs = BLOCK_SIZE as u64;
+        let hs = self.header_size;
+        let size = self.plain_size()?;
+        let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let punch = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
+        let zero = mode & libc::FALLOC_FL_ZERO_RANGE != 0;
+        // What the file's blocks will span, reserved first.
+        let new_size = if keep { size } else { size.max(end) };
+        if !punch {
+            self.fallocate_backing(
+                0,
+                format::block_offset(hs, off / bs),
+                format::block_offset(hs, end.div_ceil(bs)),
+            )?;
+            if new_size > size {
+                // The old partial last block is padded; blocks in between
+                // stay holes over the reserved space.
+                self.truncate(new_size)?;
+            }
+        }
+        if !(punch || zero) {
+            return Ok(());
+        }
+        // Zero `off..end` within the file (past the end reads as zeros
+        // already).
+        let (zs, ze) = (off, end.min(new_size));
+        if zs >= ze {
+            return Ok(());
+        }
+        let size = new_size;
+        let (first, last) = (zs / bs, (ze - 1) / bs);
+        let whole = |b: u64| zs <= b * bs && ze >= (b + 1) * bs;
+        let mut out = Vec::with_capacity(DISK_BLOCK);
+        // The edge blocks, where the range covers part of a block (or all
+        // of a short last block, which cannot be a hole): re-encrypted.
+        let edges = if first == last {
+            vec![first]
+        } else {
+            vec![first, last]
+        };
+        for b in edges.into_iter().filter(|&b| !whole(b)) {
+            let mut plain = self.block_plain(b, size)?;
+            let lo = (zs.max(b * bs) - b * bs) as usize;
+            let hi = ((ze - b * bs).min(bs) as usize).min(plain.len());
+            if lo < hi {
+                plain[lo..hi].fill(0);
+                out.clear();
+                self.seal_into(b, &plain, &mut out);
+                self.fd.write_all_at(&out, format::block_offset(hs, b))?;
+            }
+        }
+        let (w0, w1) = (zs.div_ceil(bs), ze / bs);
+        if w0 < w1 {
+            let (from, to) = (format::block_offset(hs, w0), format::block_offset(hs, w1));
+            let flags = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+            match self.fallocate_backing(flags, from, to) {
+                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                    // No hole punching below: zeros written are a hole too.
+                    let zeros = vec![0u8; DISK_BLOCK];
+                    for b in w0..w1 {
+                        self.fd.write_all_at(&zeros, format::block_offset(hs, b))?;
+                    }
+                }
+                other => other?,
+            }
+            if zero {
+                self.fallocate_backing(libc::FALLOC_FL_KEEP_SIZE, from, to)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// fallocate on the backing file, the caller's request: unlike
+    /// `reserve`, a backing filesystem without it says so (EOPNOTSUPP).
+    fn fallocate_backing(&self, mode: i32, from: u64, to: u64) -> io::Result<()> {
+        if to <= from {
+            return Ok(());
+        }
+        let mode = if mode == 0 {
+            libc::FALLOC_FL_KEEP_SIZE
+        } else {
+            mode
+        };
+        // SAFETY: fallocate on an open descriptor with a valid range.
+        let r = unsafe {
+            libc::fallocate(
+                std::os::unix::io::AsRawFd::as_raw_fd(&self.fd),
+                mode,
+                from as libc::off_t,
+                (to - from) as libc::off_t,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -408,7 +534,16 @@ mod tests {
     enum Action {
         Write(u64, Vec<u8>),
         Truncate(u64),
+        Allocate(u64, u64, i32),
     }
+
+    const MODES: [i32; 5] = [
+        0,
+        libc::FALLOC_FL_KEEP_SIZE,
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+        libc::FALLOC_FL_ZERO_RANGE,
+        libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+    ];
 
     fn action() -> impl Strategy<Value = Action> {
         prop_oneof![
@@ -418,12 +553,15 @@ mod tests {
             )
                 .prop_map(|(o, d)| Action::Write(o, d)),
             (0u64..25_000).prop_map(Action::Truncate),
+            (0u64..20_000, 1u64..12_000, 0usize..MODES.len())
+                .prop_map(|(o, l, m)| Action::Allocate(o, l, MODES[m])),
         ]
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(64))]
-        /// Any sequence of writes and truncates reads back like a plain byte vector.
+        #![proptest_config(ProptestConfig::with_cases(96))]
+        /// Any sequence of writes, truncates and fallocates reads back like
+        /// a plain byte vector.
         #[test]
         fn behaves_like_a_byte_vector(actions in proptest::collection::vec(action(), 1..12)) {
             let (_t, f) = new_file();
@@ -440,6 +578,19 @@ mod tests {
                         f.truncate(n).unwrap();
                         model.resize(n as usize, 0);
                     }
+                    Action::Allocate(o, l, mode) => {
+                        f.allocate(o, l, mode).unwrap();
+                        let (o, end) = (o as usize, (o + l) as usize);
+                        if mode & libc::FALLOC_FL_KEEP_SIZE == 0 && model.len() < end {
+                            model.resize(end, 0);
+                        }
+                        if mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0 {
+                            let e = end.min(model.len());
+                            if o < e {
+                                model[o..e].fill(0);
+                            }
+                        }
+                    }
                 }
                 prop_assert_eq!(f.plain_size().unwrap(), model.len() as u64);
                 let all = f.read_at(0, model.len() + 10).unwrap();
@@ -448,6 +599,42 @@ mod tests {
             let mid = f.read_at(4000, 300).unwrap();
             let want: Vec<u8> = model.iter().skip(4000).take(300).copied().collect();
             prop_assert_eq!(mid, want);
+        }
+    }
+
+    #[test]
+    fn punched_whole_blocks_free_their_space_and_zero_range_keeps_it() {
+        use std::os::unix::fs::MetadataExt;
+        let (t, f) = new_file();
+        let bs = BLOCK_SIZE as u64;
+        f.write_at(0, &vec![9u8; 64 * BLOCK_SIZE]).unwrap();
+        let blocks = || std::fs::metadata(t.path()).unwrap().blocks() * 512;
+        let full = blocks();
+        let flags = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        f.allocate(100, 40 * bs, flags).unwrap();
+        assert!(blocks() < full - 30 * bs, "{} of {full} bytes", blocks());
+        let got = f.read_at(0, 64 * BLOCK_SIZE).unwrap();
+        assert!(got[..100].iter().all(|&b| b == 9));
+        assert!(got[100..100 + 40 * BLOCK_SIZE].iter().all(|&b| b == 0));
+        assert!(got[100 + 40 * BLOCK_SIZE..].iter().all(|&b| b == 9));
+        f.allocate(0, 64 * bs, libc::FALLOC_FL_ZERO_RANGE).unwrap();
+        assert!(
+            blocks() >= full - 2 * bs,
+            "ZERO_RANGE keeps the space allocated"
+        );
+        assert!(
+            f.read_at(0, 64 * BLOCK_SIZE)
+                .unwrap()
+                .iter()
+                .all(|&b| b == 0)
+        );
+        // Mode 0 past the end: the size grows and the space is there.
+        f.allocate(64 * bs, 64 * bs, 0).unwrap();
+        assert_eq!(f.plain_size().unwrap(), 128 * bs);
+        assert!(blocks() >= 2 * full - 4 * bs);
+        for bad in [libc::FALLOC_FL_PUNCH_HOLE, libc::FALLOC_FL_COLLAPSE_RANGE] {
+            let e = f.allocate(0, bs, bad).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP), "mode {bad:#x}");
         }
     }
 

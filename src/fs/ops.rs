@@ -1476,15 +1476,27 @@ impl Filesystem for KmsFs {
     fn fallocate(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
-        _length: u64,
-        _mode: i32,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
         reply: ReplyEmpty,
     ) {
-        // Preallocated space would have to be encrypted zeros; not in format v1.
-        reply.error(Errno::EOPNOTSUPP);
+        // The kernel sends it only on a handle opened for writing.
+        let f = match self.file_handle(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        let cf = f.io.write().unwrap_or_else(|e| e.into_inner());
+        self.changed(ino.0);
+        match cf.allocate(offset, length, mode) {
+            Ok(()) => reply.ok(),
+            Err(e) => {
+                let rel = self.path(ino).unwrap_or_default();
+                reply.error(self.fs_errno("fallocate", &rel, e.into()))
+            }
+        }
     }
 }
 
