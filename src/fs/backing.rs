@@ -31,6 +31,8 @@ pub struct Backing {
     pub kms: Arc<dyn KeyBackend>,
     /// Serialises the repair of files a crash left without a header.
     repair: std::sync::Mutex<()>,
+    /// The extended attributes' keys (xattr_store.rs).
+    pub(super) xattr: super::xattr_store::XattrSecret,
 }
 
 /// A failure that is either an I/O error or a KMS refusal; turned into an
@@ -88,6 +90,7 @@ impl Backing {
             hs,
             kms,
             repair: std::sync::Mutex::new(()),
+            xattr: Default::default(),
         }
     }
 
@@ -219,7 +222,7 @@ impl Backing {
         Ok(super::devnode::decode(&block))
     }
 
-    /// Empties a file and gives it a new data key and file id. The old
+    /// Empties a file and gives it a new data key (it keeps its id). The old
     /// blocks go first, so a crash leaves an empty file under either key.
     pub fn rekey_file(&self, fd: File, rel: &str, caller: &Caller) -> FsResult<CryptFile> {
         let (key, blob) = self
@@ -230,8 +233,13 @@ impl Backing {
                 "wrapped data key does not fit the header",
             )));
         }
+        // The file keeps its id (what its extended attributes are bound
+        // to, as a native file keeps them across `> file`); its new data
+        // key gives it a new content key all the same.
+        let file_id = cryptfile::read_header(&fd, self.hs)
+            .map(|h| h.file_id)
+            .unwrap_or_else(|_| crate::crypto::random::array::<16>());
         fd.set_len(self.hs as u64)?;
-        let file_id = crate::crypto::random::array::<16>();
         cryptfile::write_new_header(&fd, self.hs, file_id, blob)?;
         Ok(CryptFile::new(fd, self.hs, file_id, &key))
     }

@@ -21,6 +21,7 @@ pub const RESERVED_NAMES: &[&str] = &[
     ".kmsfs.journal",
     ".kmsfs.journal.tmp",
     ROOT_ATTR_NAME,
+    super::xattr_store::KEY_FILE,
 ];
 
 /// The mount root's own mode and owner, kept apart from the cipherdir's.

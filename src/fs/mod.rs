@@ -19,3 +19,5 @@ pub mod root_attr;
 pub mod stat;
 pub mod symlink;
 pub mod tree;
+pub mod xattr;
+pub mod xattr_store;

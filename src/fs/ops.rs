@@ -649,6 +649,53 @@ impl KmsFs {
     }
 }
 
+impl KmsFs {
+    /// Runs `f` on a descriptor of node `ino` that holds its extended
+    /// attributes: the open file's own when there is one (no path walk:
+    /// the kernel asks for security.capability before every write), else
+    /// one opened beneath the cipherdir.
+    fn with_xattr_node<T>(
+        &self,
+        ino: INodeNo,
+        what: &str,
+        f: impl FnOnce(&std::fs::File, bool) -> FsResult<T>,
+    ) -> Result<T, Errno> {
+        let open = self
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&ino.0)
+            .and_then(Weak::upgrade);
+        let r = match open {
+            Some(of) => {
+                let cf = of.io.read().unwrap_or_else(|e| e.into_inner());
+                f(&cf.fd, false)
+            }
+            None => {
+                let rel = self.path(ino)?;
+                let (fd, dir) = self.b.xattr_node(&rel).map_err(|e| io_errno(&e))?;
+                f(&fd, dir)
+            }
+        };
+        r.map_err(|e| {
+            let rel = self.path(ino).unwrap_or_default();
+            self.fs_errno(what, &rel, e)
+        })
+    }
+}
+
+/// Answers getxattr or listxattr as the kernel asks: the size alone, the
+/// bytes, or ERANGE when they do not fit.
+fn reply_xattr(reply: ReplyXattr, bytes: &[u8], size: u32) {
+    if size == 0 {
+        reply.size(bytes.len() as u32)
+    } else if bytes.len() > size as usize {
+        reply.error(Errno::ERANGE)
+    } else {
+        reply.data(bytes)
+    }
+}
+
 impl Filesystem for KmsFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let _ = config.set_max_write(MAX_READ as u32);
@@ -1392,37 +1439,71 @@ impl Filesystem for KmsFs {
     fn setxattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        // Format v1 keeps no extended attributes (values would need their own
-        // path-bound keys); see README. ENOSYS makes the kernel stop asking and
-        // answer EOPNOTSUPP itself, which also spares a getxattr round trip
-        // (security.capability) on every write.
-        reply.error(Errno::ENOSYS);
+        let Some(name) = name.to_str() else {
+            return reply.error(Errno::EOPNOTSUPP);
+        };
+        let r = self.with_xattr_node(ino, "setxattr", |fd, dir| {
+            self.b.xattr_set(fd, dir, name, value, flags)
+        });
+        match r {
+            Ok(()) => {
+                self.changed(ino.0);
+                reply.ok()
+            }
+            Err(e) => reply.error(e),
+        }
     }
 
-    fn getxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
-        reply: ReplyXattr,
-    ) {
-        reply.error(Errno::ENOSYS);
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let Some(name) = name.to_str() else {
+            return reply.error(Errno::ENODATA);
+        };
+        let r = self.with_xattr_node(ino, "getxattr", |fd, dir| self.b.xattr_get(fd, dir, name));
+        match r {
+            Ok(v) => reply_xattr(reply, &v, size),
+            // Symlinks, FIFOs and sockets hold none.
+            Err(e) if e == Errno::EPERM => reply.error(Errno::ENODATA),
+            Err(e) => reply.error(e),
+        }
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
-        reply.error(Errno::ENOSYS);
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let r = self.with_xattr_node(ino, "listxattr", |fd, dir| {
+            self.b.xattr_list(fd, dir, &format!("inode {}", ino.0))
+        });
+        match r {
+            Ok(names) => {
+                // As ext4 does: trusted.* only for the privileged.
+                let shown = names
+                    .iter()
+                    .filter(|n| req.uid() == 0 || !n.starts_with("trusted."))
+                    .map(String::as_str);
+                reply_xattr(reply, &super::xattr::list_bytes(shown), size)
+            }
+            Err(e) if e == Errno::EPERM => reply_xattr(reply, &[], size),
+            Err(e) => reply.error(e),
+        }
     }
 
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::ENOSYS);
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let Some(name) = name.to_str() else {
+            return reply.error(Errno::ENODATA);
+        };
+        let r = self.with_xattr_node(ino, "removexattr", |fd, _| self.b.xattr_remove(fd, name));
+        match r {
+            Ok(()) => {
+                self.changed(ino.0);
+                reply.ok()
+            }
+            Err(e) => reply.error(e),
+        }
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
