@@ -41,6 +41,9 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("root_attr", root_attr),
     ("encryption_context", encryption_context),
     ("key_ref", key_ref),
+    ("hard_links", hard_links),
+    ("xattr_value", xattr_value),
+    ("device_node", device_node),
 ];
 
 /// A big-endian u64 from the first bytes of `data` (zero-padded).
@@ -319,4 +322,30 @@ pub fn key_ref(data: &[u8]) {
     let _ = KeyRef::parse(s, "123456789012");
     let _ = KeyId::parse(s);
     let _ = keyref::validate_alias_name(s, false);
+}
+
+/// A file's hard-link entries (`Links::decode`): what decodes must encode
+/// back to the same bytes.
+pub fn hard_links(data: &[u8]) {
+    if let Ok(l) = crate::fs::links::Links::decode(data) {
+        assert_eq!(l.encode(), data, "links round-trip");
+    }
+}
+
+/// A backing attribute value opened as an extended attribute
+/// (`XattrKeys::open`), under a fixed key and node, with a name from the
+/// first byte.
+pub fn xattr_value(data: &[u8]) {
+    let keys = crate::fs::xattr::XattrKeys::new(&crate::crypto::Key256::from_bytes([3; 32]));
+    let name = format!("user.{}", data.first().copied().unwrap_or(0));
+    let _ = keys.open(&[1; 16], &keys.backing_name(&name), data);
+}
+
+/// A decrypted block read as a device node (`devnode::decode`).
+pub fn device_node(data: &[u8]) {
+    let _ = crate::fs::devnode::decode(data);
+    let mut block = vec![0u8; crate::fs::format::BLOCK_SIZE];
+    let n = data.len().min(block.len());
+    block[..n].copy_from_slice(&data[..n]);
+    let _ = crate::fs::devnode::decode(&block);
 }

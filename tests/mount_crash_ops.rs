@@ -1,9 +1,10 @@
-//! SIGKILL of the daemon at random moments (200 kills in all) while
+//! SIGKILL of the daemon at random moments (220 kills in all) while
 //! workloads create, write and fsync files, append, truncate (up, down, to
 //! zero with a re-key), rename files and directories, make and replace
-//! symlinks, unlink, and change modes, owners and times: after each remount
-//! every file reads without an integrity error, every fsynced file has its
-//! bytes, and nothing is under two names.
+//! symlinks, link and unlink names of linked files, and change modes,
+//! owners and times: after each remount every file reads without an
+//! integrity error, every fsynced file has its bytes under each of its
+//! names, and nothing is under two names.
 
 mod common;
 use common::*;
@@ -150,7 +151,7 @@ fn all_readable(dir: &std::path::Path, round: usize) {
 #[test]
 fn sigkill_during_file_operations_loses_nothing_fsynced() {
     let fx = Fixture::new();
-    let rounds = 100;
+    let rounds = 80;
     let total = crash_rounds(&fx, WORKLOAD, rounds, 0x5eed, |round, done| {
         for i in done.iter().map(|l| l.parse::<usize>().unwrap()) {
             let got = fs::read(fx.m(&format!("c{i}")))
@@ -223,7 +224,7 @@ except OSError:
 #[test]
 fn sigkill_during_renames_of_files_and_directories_loses_nothing_fsynced() {
     let fx = Fixture::new();
-    let rounds = 100;
+    let rounds = 80;
     let total = crash_rounds(&fx, NAMES_WORKLOAD, rounds, 0xd1e5, |round, done| {
         // A crash between a directory's two renames leaves it as e{k}, and
         // one between a file's as g{i}: each is put back once checked.
@@ -262,6 +263,69 @@ fn sigkill_during_renames_of_files_and_directories_loses_nothing_fsynced() {
     });
     eprintln!("{rounds} kills, {total} fsynced files and unlinks checked after each");
     assert!(total > rounds, "the workload hardly ran ({total} lines)");
+}
+
+/// Hard links: names added in other directories, a directory renamed with
+/// linked names inside, one of several names unlinked.
+const LINKS_WORKLOAD: &str = r#"
+import os, sys
+mnt, log, i = sys.argv[1], sys.argv[2], int(sys.argv[3])
+lf = open(log, "a")
+def note(s):
+    lf.write(s + "\n"); lf.flush(); os.fsync(lf.fileno())
+def data(i):
+    return bytes(((j * 31 + i) & 255) for j in range(1000 + (i * 37) % 9000))
+try:
+    for d in ("a", "b/c"):
+        os.makedirs("%s/%s" % (mnt, d), exist_ok=True)
+    while True:
+        p = "%s/a/f%d" % (mnt, i)
+        fd = os.open(p, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o644)
+        os.write(fd, data(i))
+        os.fsync(fd)
+        os.close(fd)
+        os.link(p, "%s/b/c/g%d" % (mnt, i))
+        os.link(p, "%s/b/h%d" % (mnt, i))
+        note("%d" % i)
+        os.rename("%s/b" % mnt, "%s/B" % mnt)
+        os.rename("%s/B" % mnt, "%s/b" % mnt)
+        os.unlink("%s/b/h%d" % (mnt, i))
+        i += 1
+except OSError:
+    pass
+"#;
+
+#[test]
+fn sigkill_during_links_unlinks_and_renames_over_linked_files_loses_nothing() {
+    let fx = Fixture::new();
+    let rounds = 60;
+    let total = crash_rounds(&fx, LINKS_WORKLOAD, rounds, 0x11c5, |round, _| {
+        // A crash between the directory's two renames leaves it as B.
+        let (b, big) = (fx.m("b"), fx.m("B"));
+        assert!(
+            !(b.exists() && big.exists()),
+            "round {round}: b is under two names"
+        );
+        if big.exists() {
+            std::fs::rename(&big, &b).unwrap();
+        }
+        all_readable(&fx.mnt, round);
+    });
+    // Every logged file reads, under each of its names that exist.
+    let m = fx.mount();
+    let done = fs::read_to_string(fx.dir.path().join("fsynced.log")).unwrap_or_default();
+    for i in done.lines().map(|l| l.parse::<usize>().unwrap()) {
+        for name in [format!("a/f{i}"), format!("b/c/g{i}"), format!("b/h{i}")] {
+            match fs::read(fx.m(&name)) {
+                Ok(got) => assert!(got == data(i), "{name} lost fsynced bytes"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !name.starts_with("a/") => {}
+                Err(e) => panic!("{name}: {e}"),
+            }
+        }
+    }
+    m.unmount();
+    eprintln!("{rounds} kills, {total} linked files checked after each");
+    assert!(total > rounds, "the workload hardly ran ({total} files)");
 }
 
 /// A backing file with no bytes is what a crash between create and header

@@ -5,6 +5,7 @@
 use super::config::Config;
 use super::cryptfile::{self, CryptFile, integrity_error};
 use super::format::{self, Slot};
+use super::hardlink::Written;
 use super::keys::{KeyBackend, Purpose, file_context};
 use super::symlink;
 use super::tree::Tree;
@@ -134,7 +135,7 @@ impl Backing {
     }
 
     /// Read-write, for the header rewrites of a rename.
-    fn open_update(&self, rel: &str) -> io::Result<File> {
+    pub(super) fn open_update(&self, rel: &str) -> io::Result<File> {
         // O_NOATIME: reading the header to re-wrap it is kmsfs's business,
         // not an access the user should see in the file's atime. (Allowed to
         // the file's owner and to root; refused with EPERM otherwise.)
@@ -255,6 +256,10 @@ impl Backing {
     ) -> FsResult<(Key256, format::FileId)> {
         let h = cryptfile::read_header(fd, self.hs)?;
         let ctx = self.ctx(rel);
+        // A hard link's own entry (one fgetxattr; none for most files).
+        if let Some(blob) = self.link_blob(fd, rel)? {
+            return Ok((self.kms.unwrap(caller, &blob, &ctx)?, h.file_id));
+        }
         let (_, key) = self.first_slot(&h, |blob| self.kms.unwrap(caller, blob, &ctx)).map_err(|m| {
             FsError::Io(integrity_error(format!(
                 "the data key of {rel} does not unwrap for this path and filesystem (moved, renamed, copied or swapped behind kmsfs's back?): {m}"
@@ -267,7 +272,7 @@ impl Backing {
     /// works. A slot for another path (or from another KMS) is skipped; if
     /// every slot is, the outer error carries the first such message. Any
     /// other KMS refusal (disabled key, policy) stops at once.
-    fn first_slot<T>(
+    pub(super) fn first_slot<T>(
         &self,
         h: &format::Header,
         mut op: impl FnMut(&[u8]) -> Result<T, KmsError>,
@@ -338,31 +343,24 @@ impl Backing {
         Ok(())
     }
 
-    /// Writes a slot holding the data key of the backing file `at`,
-    /// re-wrapped from path `from` to path `to`; returns the slot index
-    /// written. The old slot stays until `drop_slot`.
+    /// Writes the data key of the backing file `at`, re-wrapped from path
+    /// `from` to path `to`: into the header slot that is not current when
+    /// `from` is the header's name, else into a hard-link entry for `to`.
+    /// What opens it at `from` stays until `finish_rewrap`.
     pub fn rewrap_file(
         &self,
         at: &str,
         from: &str,
         to: &str,
         caller: &Caller,
-    ) -> FsResult<(File, usize, format::FileId)> {
+    ) -> FsResult<(File, Written, format::FileId)> {
         let fd = self.open_update(at)?;
         let h = cryptfile::read_header(&fd, self.hs)?;
-        // The slot that opens the file at `from` may not be the newest: a
-        // crash or a failed rename can leave a newer slot for another path.
-        let (from_ctx, to_ctx) = (self.ctx(from), self.ctx(to));
-        let (good, new_blob) = self
-            .first_slot(&h, |blob| {
-                self.kms
-                    .rewrap(caller, blob, &from_ctx, &self.cfg.key_id, &to_ctx)
-            })
-            .map_err(|m| {
-                FsError::Io(integrity_error(format!(
-                    "{from}: no key slot opens it here: {m}"
-                )))
-            })??;
+        let (good, new_blob) = self.rewrapped_for(&fd, &h, from, to, caller)?;
+        let Some(good) = good else {
+            self.put_link(&fd, to, new_blob)?;
+            return Ok((fd, Written::Link, h.file_id));
+        };
         // Overwrite the other slot, keeping the one that works until the rename is done.
         let index = 1 - good;
         // A sequence number read from disk: a wrapped one would order the
@@ -390,7 +388,35 @@ impl Backing {
                 blob: new_blob,
             }),
         )?;
-        Ok((fd, index, h.file_id))
+        Ok((fd, Written::Slot(index), h.file_id))
+    }
+
+    /// Takes back what `rewrap_file` wrote for `to` (the rename failed).
+    pub fn undo_rewrap(
+        &self,
+        fd: &File,
+        id: &format::FileId,
+        w: Written,
+        to: &str,
+    ) -> FsResult<()> {
+        match w {
+            Written::Slot(i) => Ok(self.drop_slot(fd, id, i)?),
+            Written::Link => self.drop_link(fd, to),
+        }
+    }
+
+    /// After the rename: what opened the file at its old path `from` goes.
+    pub fn finish_rewrap(
+        &self,
+        fd: &File,
+        id: &format::FileId,
+        w: Written,
+        from: &str,
+    ) -> FsResult<()> {
+        match w {
+            Written::Slot(i) => Ok(self.drop_slot(fd, id, 1 - i)?),
+            Written::Link => self.drop_link(fd, from),
+        }
     }
 
     /// Empties slot `index` (the one for the old path, after a rename).
@@ -398,14 +424,16 @@ impl Backing {
         cryptfile::write_slot(fd, self.hs, file_id, index, None)
     }
 
-    /// Empties the older slot of a file whose newest slot is current.
-    pub fn drop_older_slot(&self, rel: &str) -> io::Result<File> {
+    /// After a directory rename moved the file at `rel` from `old`: the
+    /// older header slot, and any hard-link entry for `old`, go.
+    pub fn drop_old_name(&self, rel: &str, old: &str) -> FsResult<File> {
         let fd = self.open_update(rel)?;
         let h = cryptfile::read_header(&fd, self.hs)?;
         let order = h.slots_newest_first();
         if order.len() == 2 {
             self.drop_slot(&fd, &h.file_id, order[1])?;
         }
+        self.drop_link(&fd, old)?;
         Ok(fd)
     }
 
@@ -536,7 +564,10 @@ mod tests {
             "the older slot still opens it"
         );
         // Renaming to "c" works from the slot that opens it, and keeps it.
-        let (_, idx, _) = b.rewrap_file(p, "a", "c", &caller).unwrap();
+        let (_, w, _) = b.rewrap_file(p, "a", "c", &caller).unwrap();
+        let Written::Slot(idx) = w else {
+            panic!("a file without links re-wraps into a slot")
+        };
         assert!(b.unwrap_file(&fd, "c", &caller).is_ok());
         assert!(b.unwrap_file(&fd, "a", &caller).is_ok());
         b.drop_slot(

@@ -335,12 +335,29 @@ impl KmsFs {
     /// Answers a lookup-like call: lstat, count the lookup, reply.
     fn entry_for(&self, rel: &str) -> Result<(FileAttr, u64), Errno> {
         let m = self.stat(rel)?;
-        let ino = self
-            .inodes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .lookup(rel);
+        let ino = self.count_lookup(rel, &m);
         Ok((self.attr(ino, &m), ino))
+    }
+
+    /// The node for `rel`, counting a kernel lookup: one per backing inode
+    /// for a file with several names, each of which has its own key entry.
+    /// A name without one (a link made in the cipherdir behind the mount's
+    /// back) gets a node of its own, so opening it tries its own path's key
+    /// and fails, instead of sharing the node a real name opens.
+    fn count_lookup(&self, rel: &str, m: &libc::stat) -> u64 {
+        let kind = m.st_mode & libc::S_IFMT;
+        let linked = m.st_nlink > 1
+            && match kind {
+                libc::S_IFREG => self.b.is_link_name_at(rel),
+                libc::S_IFIFO | libc::S_IFSOCK => true,
+                _ => false,
+            };
+        let mut inodes = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
+        if linked {
+            inodes.lookup_linked(rel, (m.st_dev, m.st_ino))
+        } else {
+            inodes.lookup(rel)
+        }
     }
 
     /// Gives a new node the owner and group a native filesystem would: the
@@ -1022,7 +1039,28 @@ impl Filesystem for KmsFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.remove(parent, name, |p| self.b.tree.unlink(p), reply)
+        self.remove(
+            parent,
+            name,
+            |p| {
+                // A file with other names keeps them: this name's hard-link
+                // entry goes with it (after the name, so a crash leaves an
+                // unused entry, never a name without one).
+                let linked = self
+                    .b
+                    .tree
+                    .lstat(p)
+                    .ok()
+                    .filter(|st| st.st_nlink > 1 && st.st_mode & libc::S_IFMT == libc::S_IFREG)
+                    .and_then(|_| self.b.open_update(p).ok());
+                self.b.tree.unlink(p)?;
+                if let Some(fd) = linked {
+                    self.b.forget_name(&fd, p);
+                }
+                Ok(())
+            },
+            reply,
+        )
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -1122,14 +1160,52 @@ impl Filesystem for KmsFs {
 
     fn link(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _newparent: INodeNo,
-        _newname: &OsStr,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        // A data key is bound to one path; a second name could not decrypt.
-        reply.error(Errno::EPERM);
+        let r = (|| {
+            // Both names claimed at once, as a rename claims them (two
+            // shared claims taken one after the other could wait on a
+            // rename that waits on the first): no rename moves either
+            // meanwhile.
+            let (from, to, _claim) = loop {
+                let from = self.path(ino)?;
+                let np = self.path(newparent)?;
+                let to = inode::join(&np, &user_name(&np, newname)?);
+                let claim = self.renames.claim(&from, &to);
+                if self.path(ino)? == from && self.path(newparent)? == np {
+                    break (from, to, claim);
+                }
+            };
+            let st = self.b.tree.lstat(&from).map_err(|e| io_errno(&e))?;
+            match st.st_mode & libc::S_IFMT {
+                // The new name gets its own wrapped key (hardlink.rs).
+                libc::S_IFREG => self
+                    .b
+                    .link_file(&from, &to, &Self::caller(req))
+                    .map_err(|e| self.fs_errno("link", &from, e))?,
+                // No key: the name is all there is.
+                libc::S_IFIFO | libc::S_IFSOCK => {
+                    self.b.tree.link(&from, &to).map_err(|e| io_errno(&e))?
+                }
+                // A symlink's target is encrypted for its one path.
+                _ => return Err(Errno::EPERM),
+            }
+            let m = self.stat(&to)?;
+            self.changed(ino.0);
+            self.inodes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .add_link(ino.0, &to, (m.st_dev, m.st_ino));
+            Ok(self.attr(ino.0, &m))
+        })();
+        match r {
+            Ok(attr) => reply.entry(&self.opts.attr_ttl, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -1372,11 +1448,7 @@ impl Filesystem for KmsFs {
             // A child's entry counts a lookup; the dots' do not.
             let (n, counted) = match self.dot_ino(e.name, ino, &rel) {
                 Some(n) => (n, false),
-                None => {
-                    let child = inode::join(&rel, e.name);
-                    let mut inodes = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
-                    (inodes.lookup(&child), true)
-                }
+                None => (self.count_lookup(&inode::join(&rel, e.name), &m), true),
             };
             let attr = self.attr(n, &m);
             let full = reply.add(

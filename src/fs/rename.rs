@@ -130,14 +130,30 @@ fn temp_name(dir: &str, what: &str) -> String {
 
 /// Renames one regular file, re-wrapping its key.
 pub fn rename_file(b: &Backing, from: &str, to: &str, flags: u32, caller: &Caller) -> FsResult<()> {
-    let (fd, index, file_id) = b.rewrap_file(from, from, to, caller)?;
+    // Two names of one file (hard links): rename(2) does nothing.
+    if let (Ok(a), Ok(t)) = (b.tree.lstat(from), b.tree.lstat(to))
+        && (a.st_dev, a.st_ino) == (t.st_dev, t.st_ino)
+    {
+        return Ok(());
+    }
+    // The file `to` names now, if it has other names, loses that one.
+    let replaced = b
+        .tree
+        .lstat(to)
+        .ok()
+        .filter(|t| t.st_nlink > 1)
+        .and_then(|_| b.open_update(to).ok());
+    let (fd, written, file_id) = b.rewrap_file(from, from, to, caller)?;
     fd.sync_data()?;
     if let Err(e) = b.tree.rename(from, to, flags) {
-        let _ = b.drop_slot(&fd, &file_id, index);
+        let _ = b.undo_rewrap(&fd, &file_id, written, to);
         return Err(e.into());
     }
     b.tree.fsync_dir(parent(to))?;
-    b.drop_slot(&fd, &file_id, 1 - index)?;
+    b.finish_rewrap(&fd, &file_id, written, from)?;
+    if let Some(r) = replaced {
+        b.forget_name(&r, to);
+    }
     Ok(())
 }
 
@@ -261,7 +277,7 @@ fn prepare_tree(
 }
 
 /// After the directory moved: twins replace their links, old slots go.
-fn finish_tree(b: &Backing, to: &str, flush: &mut Flusher) -> io::Result<()> {
+fn finish_tree(b: &Backing, from: &str, to: &str, flush: &mut Flusher) -> io::Result<()> {
     let mut stack = vec![to.to_string()];
     while let Some(d) = stack.pop() {
         for (name, kind) in listing::entries(&b.tree.open_dir_quiet(&d)?)? {
@@ -272,7 +288,8 @@ fn finish_tree(b: &Backing, to: &str, flush: &mut Flusher) -> io::Result<()> {
                 b.tree.rename(&rel, &join(&d, orig), 0)?;
                 flush.dir(&d);
             } else if kind == FileType::RegularFile && !name.starts_with(TEMP_PREFIX) {
-                match b.drop_older_slot(&rel) {
+                let old = format!("{from}{}", &rel[to.len()..]);
+                match b.drop_old_name(&rel, &old) {
                     Ok(fd) => flush.file(fd),
                     Err(err) => {
                         crate::log_line!("kmsfs: rename: {rel}: old slot not cleared: {err}")
@@ -321,7 +338,7 @@ pub fn rename_dir(b: &Backing, from: &str, to: &str, flags: u32, caller: &Caller
     if parent(from) != parent(to) {
         b.tree.fsync_dir(parent(from))?;
     }
-    finish_tree(b, to, &mut flush)?;
+    finish_tree(b, from, to, &mut flush)?;
     for (sub, times) in &dir_times {
         let here = if sub.is_empty() {
             to.to_string()
@@ -395,7 +412,7 @@ pub fn recover(b: &Backing, caller: &Caller) -> Result<Option<String>, String> {
         return Err(step(format!("{} is not a directory", j.to)));
     }
     let mut flush = Flusher::default();
-    finish_tree(b, &j.to, &mut flush).map_err(|e| step(e.to_string()))?;
+    finish_tree(b, &j.from, &j.to, &mut flush).map_err(|e| step(e.to_string()))?;
     flush.flush(&b.tree).map_err(|e| step(e.to_string()))?;
     write_journal(b, None).map_err(|e| step(e.to_string()))?;
     Ok(Some(format!(

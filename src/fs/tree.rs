@@ -308,6 +308,14 @@ impl Tree {
         })
     }
 
+    /// A second name for the node at `from` (linkat without
+    /// AT_SYMLINK_FOLLOW: a symlink is linked, never its target).
+    pub fn link(&self, from: &str, to: &str) -> io::Result<()> {
+        let (f, t) = (self.at(from)?, self.at(to)?);
+        // SAFETY: valid directory descriptors and C names.
+        check(unsafe { libc::linkat(f.dir_fd(), f.name.as_ptr(), t.dir_fd(), t.name.as_ptr(), 0) })
+    }
+
     /// lchown: a symlink's own owner, never its target's.
     pub fn chown(&self, rel: &str, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
         let (u, g) = (uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX));

@@ -49,6 +49,16 @@ impl XattrKeys {
         s
     }
 
+    /// The tag of a hard link's entry for `path` (links.rs): keyed, so
+    /// the cipherdir does not confirm a guessed name.
+    pub fn link_tag(&self, path: &str) -> [u8; 16] {
+        let mac = kdf::hmac_sha256(
+            self.names.as_bytes(),
+            &[b"kmsfs-link-v1\0", path.as_bytes()],
+        );
+        mac[..16].try_into().expect("16 bytes")
+    }
+
     fn aad(node: &NodeId, backing: &str) -> Vec<u8> {
         [AAD_LABEL, node.as_slice(), backing.as_bytes()].concat()
     }

@@ -32,7 +32,7 @@ fn cname(name: &str) -> io::Result<CString> {
 
 /// fgetxattr into a buffer sized by asking first (the value may change
 /// between the two calls: asked again then).
-fn fget(fd: &File, name: &str) -> io::Result<Vec<u8>> {
+pub(super) fn fget(fd: &File, name: &str) -> io::Result<Vec<u8>> {
     let c = cname(name)?;
     for _ in 0..4 {
         // SAFETY: a size query with a null buffer of length 0.
@@ -62,7 +62,7 @@ fn fget(fd: &File, name: &str) -> io::Result<Vec<u8>> {
     Err(io::Error::from_raw_os_error(libc::EAGAIN))
 }
 
-fn fset(fd: &File, name: &str, value: &[u8], flags: i32) -> io::Result<()> {
+pub(super) fn fset(fd: &File, name: &str, value: &[u8], flags: i32) -> io::Result<()> {
     let c = cname(name)?;
     // SAFETY: a valid name and a buffer of value.len() bytes.
     let r = unsafe {
@@ -149,7 +149,7 @@ impl Backing {
     /// The filesystem's attribute keys: unwrapped from `KEY_FILE` once per
     /// mount, or (`create`) made and stored there by the first attribute
     /// ever set. `None`: no attribute was ever set here.
-    fn xattr_keys(&self, create: bool) -> FsResult<Option<Arc<XattrKeys>>> {
+    pub(super) fn xattr_keys(&self, create: bool) -> FsResult<Option<Arc<XattrKeys>>> {
         let mut slot = self.xattr.0.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(k) = slot.as_ref() {
             return Ok(Some(k.clone()));
