@@ -1,7 +1,8 @@
-//! SIGKILL of the daemon at random moments (220 kills in all) while
+//! SIGKILL of the daemon at random moments (240 kills in all) while
 //! workloads create, write and fsync files, append, truncate (up, down, to
 //! zero with a re-key), rename files and directories, make and replace
-//! symlinks, link and unlink names of linked files, and change modes,
+//! symlinks, link and unlink names of linked files, exchange directories
+//! (RENAME_EXCHANGE), and change modes,
 //! owners and times: after each remount every file reads without an
 //! integrity error, every fsynced file has its bytes under each of its
 //! names, and nothing is under two names.
@@ -224,7 +225,7 @@ except OSError:
 #[test]
 fn sigkill_during_renames_of_files_and_directories_loses_nothing_fsynced() {
     let fx = Fixture::new();
-    let rounds = 80;
+    let rounds = 70;
     let total = crash_rounds(&fx, NAMES_WORKLOAD, rounds, 0xd1e5, |round, done| {
         // A crash between a directory's two renames leaves it as e{k}, and
         // one between a file's as g{i}: each is put back once checked.
@@ -298,7 +299,7 @@ except OSError:
 #[test]
 fn sigkill_during_links_unlinks_and_renames_over_linked_files_loses_nothing() {
     let fx = Fixture::new();
-    let rounds = 60;
+    let rounds = 50;
     let total = crash_rounds(&fx, LINKS_WORKLOAD, rounds, 0x11c5, |round, _| {
         // A crash between the directory's two renames leaves it as B.
         let (b, big) = (fx.m("b"), fx.m("B"));
@@ -325,6 +326,85 @@ fn sigkill_during_links_unlinks_and_renames_over_linked_files_loses_nothing() {
     }
     m.unmount();
     eprintln!("{rounds} kills, {total} linked files checked after each");
+    assert!(total > rounds, "the workload hardly ran ({total} files)");
+}
+
+/// RENAME_EXCHANGE of two directories full of fsynced files (and a
+/// symlink each), and of two files.
+const EXCHANGE_WORKLOAD: &str = r#"
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+def xchg(a, b):
+    if libc.renameat2(-100, a.encode(), -100, b.encode(), 2) != 0:
+        raise OSError(ctypes.get_errno(), "exchange")
+mnt, log, i = sys.argv[1], sys.argv[2], int(sys.argv[3])
+lf = open(log, "a")
+def data(i):
+    return bytes(((j * 31 + i) & 255) for j in range(1000 + (i * 37) % 9000))
+try:
+    for d in ("X", "Y"):
+        os.makedirs("%s/%s/sub" % (mnt, d), exist_ok=True)
+        if not os.path.lexists("%s/%s/sub/link" % (mnt, d)):
+            os.symlink("target-" + d, "%s/%s/sub/link" % (mnt, d))
+    while True:
+        d = "XY"[i % 2]
+        p = "%s/%s/sub/%s%d" % (mnt, d, d, i)
+        fd = os.open(p, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o644)
+        os.write(fd, data(i))
+        os.fsync(fd)
+        os.close(fd)
+        lf.write("%d\n" % i); lf.flush(); os.fsync(lf.fileno())
+        xchg(mnt + "/X", mnt + "/Y")
+        xchg(mnt + "/X", mnt + "/Y")
+        i += 1
+except OSError:
+    pass
+"#;
+
+#[test]
+fn sigkill_during_rename_exchange_loses_nothing_and_keeps_each_side_whole() {
+    let fx = Fixture::new();
+    let rounds = 40;
+    let total = crash_rounds(&fx, EXCHANGE_WORKLOAD, rounds, 0xe8c4, |round, done| {
+        all_readable(&fx.mnt, round);
+        // Each side moves whole: its files and its link stay together,
+        // whichever name it ends under.
+        let target = |d: &str| fs::read_link(fx.m(&format!("{d}/sub/link"))).unwrap();
+        let x_is = if target("X") == std::path::Path::new("target-X") {
+            "X"
+        } else {
+            "Y"
+        };
+        let y_is = if x_is == "X" { "Y" } else { "X" };
+        assert_eq!(
+            target(y_is),
+            std::path::Path::new("target-Y"),
+            "round {round}"
+        );
+        for i in done.iter().map(|l| l.parse::<usize>().unwrap()) {
+            let (side, name) = if i % 2 == 0 { (x_is, "X") } else { (y_is, "Y") };
+            let p = fx.m(&format!("{side}/sub/{name}{i}"));
+            let got =
+                fs::read(&p).unwrap_or_else(|e| panic!("round {round}: {}: {e}", p.display()));
+            assert!(
+                got == data(i),
+                "round {round}: {} lost fsynced bytes",
+                p.display()
+            );
+        }
+        // Put the sides back under their own names for the next round.
+        if x_is == "Y" {
+            let ex = "import ctypes,sys; l=ctypes.CDLL(None); sys.exit(l.renameat2(-100, sys.argv[1].encode(), -100, sys.argv[2].encode(), 2))";
+            let st = std::process::Command::new("python3")
+                .args(["-c", ex])
+                .arg(fx.m("X"))
+                .arg(fx.m("Y"))
+                .status()
+                .unwrap();
+            assert!(st.success(), "round {round}: swapping back");
+        }
+    });
+    eprintln!("{rounds} kills, {total} fsynced files checked after each");
     assert!(total > rounds, "the workload hardly ran ({total} files)");
 }
 

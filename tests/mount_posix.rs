@@ -259,3 +259,46 @@ done
     }
     m.unmount();
 }
+
+/// renameat2(RENAME_EXCHANGE) from python (coreutils here has no
+/// `mv --exchange`).
+const EXCHANGE: &str = r#"
+xchg() { python3 -c '
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.renameat2(-100, sys.argv[1].encode(), -100, sys.argv[2].encode(), 2) != 0:
+    print("exchange", sys.argv[1], sys.argv[2], os.strerror(ctypes.get_errno()))
+' "$1" "$2"; }
+"#;
+
+#[test]
+fn rename_exchange_swaps_files_symlinks_and_directories_as_natively() {
+    let script = format!(
+        "{EXCHANGE}{}",
+        r#"
+echo A > fa; echo B > fb
+mkdir -p da/s db; echo in-a > da/s/f; ln -s f da/s/l; echo in-b > db/g
+ln -s fa la
+mkfifo pipe
+touch -h -d '2002-02-02' fa fb da db la pipe da/s da/s/f da/s/l db/g
+chown 1234:2345 fa; touch -d '2001-01-01' fa da
+xchg fa fb
+xchg da db
+xchg la fb
+xchg fa da
+xchg pipe la
+xchg fb missing
+xchg db db/s
+#--
+for p in fa fb la pipe da db db/s db/s/f db/s/l fa/g; do stat -c '%n %F %u %g %a %Y' $p; done
+cat fb fa/g da da/s/f pipe/s/l 2>&1
+readlink pipe la fb 2>&1
+find . | sort
+"#
+    );
+    let out = same_as_plain(&script, true);
+    assert!(
+        out.contains("exchange fb missing No such file or directory"),
+        "{out}"
+    );
+}

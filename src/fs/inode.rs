@@ -200,6 +200,14 @@ impl Inodes {
         }
     }
 
+    /// Swaps `a` and `b` and everything below them (RENAME_EXCHANGE).
+    pub fn exchange(&mut self, a: &str, b: &str) {
+        const AWAY: &str = "\0exchanging";
+        self.rename(a, AWAY);
+        self.rename(b, a);
+        self.rename(AWAY, b);
+    }
+
     pub fn len(&self) -> usize {
         self.nodes.len()
     }
@@ -261,5 +269,16 @@ mod tests {
         // Forgetting it forgets every name and the backing inode.
         t.forget(a, 3);
         assert_ne!(t.lookup_linked("g", b), a);
+    }
+
+    #[test]
+    fn exchange_swaps_both_subtrees() {
+        let mut t = Inodes::default();
+        let (x, xs, y) = (t.lookup("x"), t.lookup("x/s"), t.lookup("y"));
+        t.exchange("x", "y");
+        assert_eq!(t.path(x).unwrap(), "y");
+        assert_eq!(t.path(xs).unwrap(), "y/s");
+        assert_eq!(t.path(y).unwrap(), "x");
+        assert_eq!(t.peek("x/s"), None);
     }
 }

@@ -6,6 +6,7 @@ pub mod backing;
 pub mod config;
 pub mod cryptfile;
 pub mod devnode;
+pub mod exchange;
 pub mod fairness;
 pub mod format;
 pub mod hardlink;

@@ -1103,12 +1103,11 @@ impl Filesystem for KmsFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        if flags.contains(RenameFlags::RENAME_EXCHANGE)
-            || flags.contains(RenameFlags::RENAME_WHITEOUT)
-        {
-            // Exchanging two names would need both keys re-wrapped atomically.
+        if flags.contains(RenameFlags::RENAME_WHITEOUT) {
+            // Whiteouts are for overlayfs over a native filesystem.
             return reply.error(Errno::EINVAL);
         }
+        let exchange = flags.contains(RenameFlags::RENAME_EXCHANGE);
         let r = (|| {
             // Waits only for claims whose paths overlap these; the paths
             // are looked up again once it holds them (a rename it waited for
@@ -1127,6 +1126,15 @@ impl Filesystem for KmsFs {
             };
             let m = self.stat(&from)?;
             let caller = Self::caller(req);
+            if exchange {
+                super::exchange::exchange(&self.b, &from, &to, &caller)
+                    .map_err(|e| self.fs_errno("rename (exchange)", &from, e))?;
+                self.inodes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .exchange(&from, &to);
+                return Ok(());
+            }
             let res = match stat::kind(m.st_mode) {
                 FileType::Directory => {
                     rename::rename_dir(&self.b, &from, &to, flags.bits(), &caller)

@@ -28,10 +28,14 @@ const MAX_JOURNAL_LEN: u64 = 3 * libc::PATH_MAX as u64;
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-struct Journal {
-    op: String,
-    from: String,
-    to: String,
+pub(super) struct Journal {
+    pub op: String,
+    pub from: String,
+    pub to: String,
+    /// For an exchange: the backing inode `from` named when it began, which
+    /// tells recovery whether the names were swapped yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ino: Option<u64>,
 }
 
 impl Journal {
@@ -40,8 +44,15 @@ impl Journal {
     /// nodes (no kmsfs file or temporary), and the rename must be one the
     /// mount could have started.
     fn validate(&self) -> Result<(), String> {
-        if self.op != "rename" {
+        if self.op != "rename" && self.op != "exchange" {
             return Err(format!("unknown operation {:?}", self.op));
+        }
+        if (self.op == "exchange") != self.ino.is_some() {
+            return Err(format!(
+                "a {} with{} an inode",
+                self.op,
+                if self.ino.is_some() { "" } else { "out" }
+            ));
         }
         for (what, p) in [("from", &self.from), ("to", &self.to)] {
             if p.is_empty() || !is_clean(p) {
@@ -55,7 +66,10 @@ impl Journal {
                 ));
             }
         }
-        if self.from == self.to || self.to.starts_with(&format!("{}/", self.from)) {
+        if self.from == self.to
+            || self.to.starts_with(&format!("{}/", self.from))
+            || (self.op == "exchange" && self.from.starts_with(&format!("{}/", self.to)))
+        {
             return Err(format!("cannot rename {:?} to {:?}", self.from, self.to));
         }
         Ok(())
@@ -76,7 +90,7 @@ pub fn parse_journal(bytes: &[u8]) -> Result<(), String> {
 /// Past a few files no descriptor is kept: a rename of a huge tree must not
 /// hold one per file.
 #[derive(Default)]
-struct Flusher {
+pub(super) struct Flusher {
     files: Vec<std::fs::File>,
     dirs: Vec<String>,
     many: bool,
@@ -85,7 +99,7 @@ struct Flusher {
 impl Flusher {
     const MANY: usize = 64;
 
-    fn file(&mut self, f: std::fs::File) {
+    pub(super) fn file(&mut self, f: std::fs::File) {
         if self.many || self.files.len() >= Self::MANY {
             self.many = true;
             self.files.clear();
@@ -94,7 +108,7 @@ impl Flusher {
         }
     }
 
-    fn dir(&mut self, rel: &str) {
+    pub(super) fn dir(&mut self, rel: &str) {
         if self.many || self.dirs.len() >= Self::MANY {
             self.many = true;
             self.dirs.clear();
@@ -103,7 +117,7 @@ impl Flusher {
         }
     }
 
-    fn flush(&mut self, tree: &Tree) -> io::Result<()> {
+    pub(super) fn flush(&mut self, tree: &Tree) -> io::Result<()> {
         if self.many {
             tree.syncfs()?;
         } else {
@@ -206,12 +220,12 @@ fn walk(tree: &Tree, dir: &str) -> io::Result<(Vec<String>, Vec<String>)> {
     Ok((files, links))
 }
 
-fn twin_of(rel: &str) -> String {
+pub(super) fn twin_of(rel: &str) -> String {
     let name = rel.rsplit('/').next().unwrap_or(rel);
     join(parent(rel), &format!("{TWIN}{name}"))
 }
 
-fn write_journal(b: &Backing, j: Option<&Journal>) -> io::Result<()> {
+pub(super) fn write_journal(b: &Backing, j: Option<&Journal>) -> io::Result<()> {
     match j {
         Some(j) => {
             let bytes = serde_json::to_vec(j).expect("journal serialises");
@@ -228,7 +242,7 @@ fn write_journal(b: &Backing, j: Option<&Journal>) -> io::Result<()> {
 }
 
 /// Prepares every file and symlink below `from` for its path below `to`.
-fn prepare_tree(
+pub(super) fn prepare_tree(
     b: &Backing,
     from: &str,
     to: &str,
@@ -277,7 +291,12 @@ fn prepare_tree(
 }
 
 /// After the directory moved: twins replace their links, old slots go.
-fn finish_tree(b: &Backing, from: &str, to: &str, flush: &mut Flusher) -> io::Result<()> {
+pub(super) fn finish_tree(
+    b: &Backing,
+    from: &str,
+    to: &str,
+    flush: &mut Flusher,
+) -> io::Result<()> {
     let mut stack = vec![to.to_string()];
     while let Some(d) = stack.pop() {
         for (name, kind) in listing::entries(&b.tree.open_dir_quiet(&d)?)? {
@@ -322,6 +341,7 @@ pub fn rename_dir(b: &Backing, from: &str, to: &str, flags: u32, caller: &Caller
             op: "rename".into(),
             from: from.into(),
             to: to.into(),
+            ino: None,
         }),
     )?;
     let mut flush = Flusher::default();
@@ -339,7 +359,20 @@ pub fn rename_dir(b: &Backing, from: &str, to: &str, flags: u32, caller: &Caller
         b.tree.fsync_dir(parent(from))?;
     }
     finish_tree(b, from, to, &mut flush)?;
-    for (sub, times) in &dir_times {
+    restore_dir_times(b, to, &dir_times);
+    flush.flush(&b.tree)?;
+    write_journal(b, None)?;
+    Ok(())
+}
+
+/// Puts back the times `prepare_tree` recorded of directories below what
+/// is now at `to`.
+pub(super) fn restore_dir_times(
+    b: &Backing,
+    to: &str,
+    dir_times: &[(String, [libc::timespec; 2])],
+) {
+    for (sub, times) in dir_times {
         let here = if sub.is_empty() {
             to.to_string()
         } else {
@@ -349,9 +382,6 @@ pub fn rename_dir(b: &Backing, from: &str, to: &str, flags: u32, caller: &Caller
             crate::log_line!("kmsfs: rename: {here}: times not restored: {e}");
         }
     }
-    flush.flush(&b.tree)?;
-    write_journal(b, None)?;
-    Ok(())
 }
 
 /// Reads the journal, if there is one: never through a symlink, bounded in
@@ -382,6 +412,9 @@ pub fn recover(b: &Backing, caller: &Caller) -> Result<Option<String>, String> {
     let Some(j) = read_journal(&b.tree)? else {
         return Ok(None);
     };
+    if j.op == "exchange" {
+        return super::exchange::recover(b, &j, caller).map(Some);
+    }
     let step = |e: String| format!("recovering the rename of {} to {}: {e}", j.from, j.to);
     let is_dir = |rel: &str| {
         b.tree
@@ -454,6 +487,7 @@ mod tests {
             op: "rename".into(),
             from: "a".into(),
             to: "b".into(),
+            ino: None,
         };
         let s = serde_json::to_vec(&j).unwrap();
         assert_eq!(serde_json::from_slice::<Journal>(&s).unwrap(), j);
@@ -467,6 +501,7 @@ mod tests {
             op: "rename".into(),
             from: from.into(),
             to: to.into(),
+            ino: None,
         };
         assert!(j("a/b", "c").validate().is_ok());
         for (from, to) in [
@@ -488,6 +523,18 @@ mod tests {
         let mut bad = j("a", "b");
         bad.op = "delete".into();
         assert!(bad.validate().is_err());
+        // An exchange names the inode it began with, a rename none; and
+        // neither side of an exchange may be below the other.
+        let mut x = j("a", "b");
+        x.op = "exchange".into();
+        assert!(x.validate().is_err());
+        x.ino = Some(7);
+        assert!(x.validate().is_ok());
+        x.from = "b/c".into();
+        assert!(x.validate().is_err());
+        let mut r = j("a", "b");
+        r.ino = Some(7);
+        assert!(r.validate().is_err());
         assert!(
             serde_json::from_str::<Journal>(r#"{"op":"rename","from":"a","to":"b","x":1}"#)
                 .is_err()
