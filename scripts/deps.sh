@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Installs the Debian packages kmsfs and its tests use, if missing:
-# fuse3 (fusermount3 for non-root mounts), rsync and attr (backup-tool and
-# xattr tests), util-linux's flock, runuser and losetup (test users, the
-# failing-disk tests), e2fsprogs (mkfs.ext4, e2fsck) and python3
-# (crash workloads). Needs root (or
-# sudo) only when something is missing. Waits for another apt or dpkg process
+# fuse3 (fusermount3 for non-root mounts), rsync, attr, acl and git
+# (backup-tool, xattr, ACL and hard-link tests), util-linux's flock, runuser
+# and losetup (test users, the failing-disk tests), e2fsprogs (mkfs.ext4,
+# e2fsck) and python3 (crash workloads). Needs root (or sudo) only when
+# something is missing. Waits for another apt or dpkg process
 # to let go of its lock instead of failing at once, as a set-up script on a
 # busy machine must.
 set -euo pipefail
 need=()
-for p in fuse3 rsync attr util-linux e2fsprogs python3 "$@"; do
+for p in fuse3 rsync attr acl git util-linux e2fsprogs python3 "$@"; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

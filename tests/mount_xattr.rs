@@ -171,3 +171,110 @@ fn cp_a_and_rsync_x_carry_attributes_into_and_out_of_the_mount() {
     assert_eq!(dump(back.path()), want, "rsync -X out of the mount");
     m.unmount();
 }
+
+const ACL_SCRIPT: &str = r#"
+umask 022
+echo x > f && setfacl -m u:1234:rw,g:2345:r f
+chmod 640 f
+mkdir d && setfacl -d -m u:1234:rwx,m:rwx d
+touch d/new && mkdir d/sub
+echo y > g && setfacl -m u:1234:r g && setfacl -b g
+echo z > h && setfacl -m u::rwx,g::r,o::- h
+chmod 0751 d/sub
+getfacl -R -p . 2>&1 | grep -v '^# file'
+stat -c '%n %a' f g h d d/new d/sub
+"#;
+
+#[test]
+fn posix_acls_behave_as_on_ext4_and_are_enforced_for_other_users() {
+    ensure_users(&[], &[("kmsfs-alice", &[]), ("kmsfs-bob", &[])]);
+    let plain = tempfile::tempdir().unwrap();
+    let want = sh_ok(&format!(
+        "cd {} && {{ {ACL_SCRIPT} }}",
+        plain.path().display()
+    ));
+    assert!(want.contains("default:user:1234:rwx"), "{want}");
+    let (fx, _) = Fixture::with_policy(
+        r#"{"Version": "2012-10-17", "Statement": [{"Sid": "All", "Effect": "Allow", "Principal": {"Unix": ["uid:0", "user:kmsfs-alice", "user:kmsfs-bob"]}, "Action": "kms:*", "Resource": "*"}]}"#,
+    );
+    let m = fx.mount_with(&["--allow-other"]);
+    std::fs::create_dir(fx.m("t")).unwrap();
+    let got = sh_ok(&format!("cd {} && {{ {ACL_SCRIPT} }}", fx.m("t").display()));
+    assert_eq!(got, want, "the mount (left) differs from ext4 (right)");
+
+    // Enforced: alice is named in the ACL of a file only its owner may
+    // otherwise read; bob is not.
+    let secret = fx.m("secret");
+    sh_ok(&format!(
+        "echo for-alice > {0} && chmod 600 {0} && chmod 755 {1} && setfacl -m u:kmsfs-alice:r {0}",
+        secret.display(),
+        fx.mnt.display()
+    ));
+    assert_eq!(
+        as_user("kmsfs-alice", &format!("cat {}", secret.display())).unwrap(),
+        "for-alice\n"
+    );
+    let e = as_user("kmsfs-bob", &format!("cat {}", secret.display())).unwrap_err();
+    assert!(e.contains("Permission denied"), "{e}");
+    // chmod 600 again: the mask drops alice's read.
+    sh_ok(&format!("chmod 600 {}", secret.display()));
+    let e = as_user("kmsfs-alice", &format!("cat {}", secret.display())).unwrap_err();
+    assert!(e.contains("Permission denied"), "{e}");
+    m.unmount();
+
+    // Kept across a remount, encrypted in the cipherdir.
+    let m = fx.mount_with(&["--allow-other"]);
+    let again = sh_ok(&format!(
+        "cd {} && getfacl -R -p . 2>&1 | grep -v '^# file'",
+        fx.m("t").display()
+    ));
+    assert!(
+        again.contains("user:1234:rw-") && again.contains("default:mask::rwx"),
+        "{again}"
+    );
+    let raw = sh_ok(&format!("getfattr -R -d -m - {} 2>&1", fx.c("t").display()));
+    assert!(!raw.contains("posix_acl"), "{raw}");
+    m.unmount();
+}
+
+#[test]
+fn rsync_axh_carries_acls_xattrs_and_links_through_the_mount() {
+    let src = tempfile::tempdir().unwrap();
+    let back = tempfile::tempdir().unwrap();
+    sh_ok(&format!(
+        "cd {} && mkdir -p t/d && echo a > t/a && ln t/a t/d/a2 && setfacl -m u:1234:rw t/a && \
+         setfattr -n user.k -v v t/d && setfacl -d -m g:2345:rx t/d && echo b > t/d/b",
+        src.path().display()
+    ));
+    let (fx, _) = Fixture::with_policy(
+        r#"{"Version": "2012-10-17", "Statement": [{"Sid": "Root", "Effect": "Allow", "Principal": {"Unix": ["uid:0"]}, "Action": "kms:*", "Resource": "*"}]}"#,
+    );
+    let m = fx.mount_with(&["--allow-other"]);
+    let dump = |d: &Path| {
+        sh_ok(&format!(
+            "cd {} && getfacl -R -p t 2>&1 && getfattr -R -d -m user. t && find t -type f -printf '%p %n\\n' | sort",
+            d.display()
+        ))
+    };
+    sh_ok(&format!(
+        "rsync -aHAX {}/t {}/",
+        src.path().display(),
+        fx.mnt.display()
+    ));
+    assert_eq!(
+        dump(&fx.mnt),
+        dump(src.path()),
+        "rsync -aHAX into the mount"
+    );
+    sh_ok(&format!(
+        "rsync -aHAX {}/t {}/",
+        fx.mnt.display(),
+        back.path().display()
+    ));
+    assert_eq!(
+        dump(back.path()),
+        dump(src.path()),
+        "rsync -aHAX out of the mount"
+    );
+    m.unmount();
+}

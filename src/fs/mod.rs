@@ -2,6 +2,7 @@
 //! over a backing file, the inode table, the rename journal, the FUSE
 //! operations and mounting.
 
+pub mod acl;
 pub mod backing;
 pub mod config;
 pub mod cryptfile;

@@ -499,6 +499,7 @@ pub fn mount(kms: Kms, args: MountArgs, default_log: PathBuf) -> Result<(), Stri
             read_only: args.read_only,
             writeback_cache: args.writeback_cache,
             open_files: super::fairness::raise_open_file_limit(),
+            posix_acl: args.allow_other,
             ..FsOptions::default()
         },
         root_attr,

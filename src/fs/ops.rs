@@ -15,6 +15,8 @@ use super::rename;
 use super::root_attr::RootAttr;
 use super::stat::{self, NodeStat};
 use super::symlink;
+
+mod acl_ops;
 use crate::kms::{Caller, Via};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
@@ -76,6 +78,9 @@ pub struct Options {
     pub writeback_cache: bool,
     /// The daemon's open-file limit, shared out between users.
     pub open_files: u64,
+    /// POSIX ACLs (acl_ops.rs): with --allow-other, where the kernel
+    /// checks permissions and so can enforce them.
+    pub posix_acl: bool,
 }
 
 impl Default for Options {
@@ -86,6 +91,7 @@ impl Default for Options {
             attr_ttl: Duration::from_secs(30),
             read_only: false,
             writeback_cache: true,
+            posix_acl: false,
             open_files: 1024,
         }
     }
@@ -634,10 +640,11 @@ impl KmsFs {
         // Under the claim, no directory rename can walk past this file
         // before it has its key for this path.
         let (rel, _, _claim) = self.claimed_child(parent, &n)?;
+        let (made, inherit) = self.creation_mode(&pp, mode, umask);
         let fd = self
             .b
             .tree
-            .create_new(&rel, mode & !umask & 0o7777)
+            .create_new(&rel, made & 0o7777)
             .map_err(|e| io_errno(&e))?;
         // A crash before the header is written leaves an empty file, which
         // the next open repairs (Backing::repair_empty): cheaper than making
@@ -651,6 +658,9 @@ impl KmsFs {
                 return Err(self.fs_errno("create", &rel, e));
             }
         };
+        if let Some(d) = &inherit {
+            self.inherit_acl(&rel, d, mode);
+        }
         let mut m = fd.metadata().map_err(|e| io_errno(&e))?;
         if self.as_root && (NodeStat::uid(&m), NodeStat::gid(&m)) != (req.uid(), req.gid()) {
             self.own(&rel, req).map_err(|e| io_errno(&e))?;
@@ -727,6 +737,13 @@ impl Filesystem for KmsFs {
                 // See opendir.
                 | fuser::InitFlags::FUSE_NO_OPENDIR_SUPPORT,
         );
+        if self.opts.posix_acl {
+            // The kernel enforces ACLs; the daemon keeps them and applies
+            // the umask itself (none where a default ACL is inherited).
+            let _ = config.add_capabilities(
+                fuser::InitFlags::FUSE_POSIX_ACL | fuser::InitFlags::FUSE_DONT_MASK,
+            );
+        }
         if self.opts.writeback_cache && !self.opts.read_only {
             let _ = config.add_capabilities(fuser::InitFlags::FUSE_WRITEBACK_CACHE);
         }
@@ -876,6 +893,7 @@ impl Filesystem for KmsFs {
             }
             if let Some(m) = mode {
                 target.chmod(t, m).map_err(|e| io_errno(&e))?;
+                self.chmod_acl(ino, m)?;
             }
             if uid.is_some() || gid.is_some() {
                 target.chown(t, uid, gid).map_err(|e| io_errno(&e))?;
@@ -1006,11 +1024,15 @@ impl Filesystem for KmsFs {
         let r = (|| {
             let pp = self.path(parent)?;
             let rel = inode::join(&pp, &user_name(&pp, name)?);
+            let (made, inherit) = self.creation_mode(&pp, mode, umask);
             self.b
                 .tree
-                .mknod(&rel, mode & !umask, u64::from(rdev))
+                .mknod(&rel, made, u64::from(rdev))
                 .map_err(|e| io_errno(&e))?;
             self.own(&rel, req).map_err(|e| io_errno(&e))?;
+            if let Some(d) = &inherit {
+                self.inherit_acl(&rel, d, mode);
+            }
             self.entry_for(&rel)
         })();
         self.reply_entry(r, reply)
@@ -1028,11 +1050,15 @@ impl Filesystem for KmsFs {
         let r = (|| {
             let pp = self.path(parent)?;
             let rel = inode::join(&pp, &user_name(&pp, name)?);
+            let (made, inherit) = self.creation_mode(&pp, mode | libc::S_IFDIR, umask);
             self.b
                 .tree
-                .mkdir(&rel, mode & !umask & 0o7777)
+                .mkdir(&rel, made & 0o7777)
                 .map_err(|e| io_errno(&e))?;
             self.own(&rel, req).map_err(|e| io_errno(&e))?;
+            if let Some(d) = &inherit {
+                self.inherit_acl(&rel, d, mode);
+            }
             self.entry_for(&rel)
         })();
         self.reply_entry(r, reply)
@@ -1530,7 +1556,11 @@ impl Filesystem for KmsFs {
             return reply.error(Errno::EOPNOTSUPP);
         };
         let r = self.with_xattr_node(ino, "setxattr", |fd, dir| {
-            self.b.xattr_set(fd, dir, name, value, flags)
+            if name == super::acl::ACCESS || name == super::acl::DEFAULT {
+                self.set_acl(fd, dir, name, value)
+            } else {
+                self.b.xattr_set(fd, dir, name, value, flags)
+            }
         });
         match r {
             Ok(()) => {

@@ -114,13 +114,15 @@ pub fn list_bytes<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<u8> {
 }
 
 /// Whether `name` (as the kernel passes it) is one kmsfs stores: a
-/// namespace the kernel knows and a length it allows. POSIX ACLs
-/// (`system.*`) are the kernel's own business and not stored.
+/// namespace the kernel knows and a length it allows, or a POSIX ACL.
 pub fn storable(name: &str) -> bool {
     let ok_ns = ["user.", "trusted.", "security."]
         .iter()
         .any(|p| name.len() > p.len() && name.starts_with(p));
-    ok_ns && name.len() <= 255
+    // POSIX ACLs: the kernel passes them only when the mount keeps them
+    // (acl_ops.rs).
+    let acl = name == super::acl::ACCESS || name == super::acl::DEFAULT;
+    (ok_ns || acl) && name.len() <= 255
 }
 
 #[cfg(test)]
@@ -176,7 +178,8 @@ mod tests {
         for ok in ["user.a", "trusted.overlay.opaque", "security.capability"] {
             assert!(storable(ok), "{ok}");
         }
-        for no in ["user.", "system.posix_acl_access", "other.x", "user"] {
+        assert!(storable("system.posix_acl_default"));
+        for no in ["user.", "system.other", "other.x", "user"] {
             assert!(!storable(no), "{no}");
         }
         assert_eq!(list_bytes(["user.a", "user.b"]), b"user.a\0user.b\0");
