@@ -1024,15 +1024,15 @@ impl Filesystem for KmsFs {
         let r = (|| {
             let pp = self.path(parent)?;
             let rel = inode::join(&pp, &user_name(&pp, name)?);
-            let (made, inherit) = self.creation_mode(&pp, mode, umask);
+            // The mode a default ACL gives; the ACL itself is not kept on
+            // FIFOs and sockets (the backing filesystem refuses the user
+            // attributes it would be stored in).
+            let (made, _) = self.creation_mode(&pp, mode, umask);
             self.b
                 .tree
                 .mknod(&rel, made, u64::from(rdev))
                 .map_err(|e| io_errno(&e))?;
             self.own(&rel, req).map_err(|e| io_errno(&e))?;
-            if let Some(d) = &inherit {
-                self.inherit_acl(&rel, d, mode);
-            }
             self.entry_for(&rel)
         })();
         self.reply_entry(r, reply)
