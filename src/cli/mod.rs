@@ -95,6 +95,12 @@ pub enum Command {
         /// the kernel's writeback cache.
         #[arg(long)]
         no_writeback_cache: bool,
+        /// Refuse extended attributes and POSIX ACLs (EOPNOTSUPP), as
+        /// kmsfs did before they were kept: the kernel then stops asking
+        /// for security.capability before every write and chown, one
+        /// round trip less each (untar of 8,000 files ~20% faster here).
+        #[arg(long)]
+        no_xattrs: bool,
         /// With --allow-other, serve a cipherdir that other users can enter
         /// or change (refused without this: they could read or swap the
         /// ciphertext behind the mount).
@@ -171,11 +177,12 @@ pub fn run(cli: Cli) -> i32 {
             log_file,
             threads,
             no_writeback_cache,
+            no_xattrs,
             shared_cipherdir,
         } => report(run_mount(
             kms_home_flag,
             &secret,
-            !no_writeback_cache,
+            (!no_writeback_cache, !no_xattrs),
             cipherdir,
             mountpoint,
             foreground,
@@ -222,7 +229,7 @@ fn run_init(
 fn run_mount(
     kms_home_flag: Option<PathBuf>,
     secret: &secret::SecretArgs,
-    writeback_cache: bool,
+    (writeback_cache, xattrs): (bool, bool),
     cipherdir: PathBuf,
     mountpoint: PathBuf,
     foreground: bool,
@@ -267,6 +274,7 @@ fn run_mount(
         log_file,
         threads: threads.unwrap_or_else(crate::fs::mount::default_threads),
         writeback_cache,
+        xattrs,
         shared_cipherdir,
         kms_home: home.dir.clone(),
     };

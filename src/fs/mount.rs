@@ -171,6 +171,8 @@ pub struct MountArgs {
     pub log_file: Option<PathBuf>,
     pub threads: usize,
     pub writeback_cache: bool,
+    /// Extended attributes and (with allow_other) POSIX ACLs.
+    pub xattrs: bool,
     /// Serve `--allow-other` from a cipherdir other users can enter.
     pub shared_cipherdir: bool,
     /// The KMS home in use: refused inside the mountpoint, and named.
@@ -499,7 +501,8 @@ pub fn mount(kms: Kms, args: MountArgs, default_log: PathBuf) -> Result<(), Stri
             read_only: args.read_only,
             writeback_cache: args.writeback_cache,
             open_files: super::fairness::raise_open_file_limit(),
-            posix_acl: args.allow_other,
+            posix_acl: args.allow_other && args.xattrs,
+            xattrs: args.xattrs,
             ..FsOptions::default()
         },
         root_attr,

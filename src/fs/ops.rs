@@ -81,6 +81,9 @@ pub struct Options {
     /// POSIX ACLs (acl_ops.rs): with --allow-other, where the kernel
     /// checks permissions and so can enforce them.
     pub posix_acl: bool,
+    /// Extended attributes kept; without, every xattr call is ENOSYS (the
+    /// kernel then answers EOPNOTSUPP itself and stops asking).
+    pub xattrs: bool,
 }
 
 impl Default for Options {
@@ -92,6 +95,7 @@ impl Default for Options {
             read_only: false,
             writeback_cache: true,
             posix_acl: false,
+            xattrs: true,
             open_files: 1024,
         }
     }
@@ -119,6 +123,11 @@ pub struct KmsFs {
     /// What the mount root shows as its mode and owner (not the cipherdir's).
     root_attr: Mutex<RootAttr>,
     devices: DeviceCache,
+    /// Nodes known to have no extended attributes (made through this
+    /// mount, or found without any), until one is set: the kernel asks
+    /// for security.capability before every write and chown, and these
+    /// answer with no walk and no syscall.
+    bare: Mutex<std::collections::HashSet<u64>>,
 }
 
 /// The largest read or write the kernel sends.
@@ -187,6 +196,7 @@ impl KmsFs {
             root_meta,
             root_attr: Mutex::new(root_attr),
             devices: DeviceCache::default(),
+            bare: Mutex::new(Default::default()),
         })
     }
 
@@ -671,6 +681,9 @@ impl KmsFs {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .lookup(&rel);
+        if inherit.is_none() {
+            self.set_bare(ino, true);
+        }
         let f = self.publish(ino, CryptFile::new(fd, self.b.hs, id, &key));
         Ok((ino, f, m))
     }
@@ -681,6 +694,22 @@ impl KmsFs {
     /// attributes: the open file's own when there is one (no path walk:
     /// the kernel asks for security.capability before every write), else
     /// one opened beneath the cipherdir.
+    fn is_bare(&self, ino: u64) -> bool {
+        self.bare
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&ino)
+    }
+
+    fn set_bare(&self, ino: u64, bare: bool) {
+        let mut b = self.bare.lock().unwrap_or_else(|e| e.into_inner());
+        if bare {
+            b.insert(ino);
+        } else {
+            b.remove(&ino);
+        }
+    }
+
     fn with_xattr_node<T>(
         &self,
         ino: INodeNo,
@@ -790,6 +819,7 @@ impl Filesystem for KmsFs {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&ino.0);
+            self.set_bare(ino.0, false);
         }
     }
 
@@ -1059,7 +1089,11 @@ impl Filesystem for KmsFs {
             if let Some(d) = &inherit {
                 self.inherit_acl(&rel, d, mode);
             }
-            self.entry_for(&rel)
+            let (attr, ino) = self.entry_for(&rel)?;
+            if inherit.is_none() {
+                self.set_bare(ino, true);
+            }
+            Ok((attr, ino))
         })();
         self.reply_entry(r, reply)
     }
@@ -1552,9 +1586,13 @@ impl Filesystem for KmsFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        if !self.opts.xattrs {
+            return reply.error(Errno::ENOSYS);
+        }
         let Some(name) = name.to_str() else {
             return reply.error(Errno::EOPNOTSUPP);
         };
+        self.set_bare(ino.0, false);
         let r = self.with_xattr_node(ino, "setxattr", |fd, dir| {
             if name == super::acl::ACCESS || name == super::acl::DEFAULT {
                 self.set_acl(fd, dir, name, value)
@@ -1572,10 +1610,22 @@ impl Filesystem for KmsFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if !self.opts.xattrs {
+            return reply.error(Errno::ENOSYS);
+        }
+        if self.is_bare(ino.0) {
+            return reply.error(Errno::ENODATA);
+        }
         let Some(name) = name.to_str() else {
             return reply.error(Errno::ENODATA);
         };
-        let r = self.with_xattr_node(ino, "getxattr", |fd, dir| self.b.xattr_get(fd, dir, name));
+        let r = self.with_xattr_node(ino, "getxattr", |fd, dir| {
+            let v = self.b.xattr_get(fd, dir, name);
+            if matches!(&v, Err(e) if e.errno() == libc::ENODATA) && !self.b.has_xattrs(fd) {
+                self.set_bare(ino.0, true);
+            }
+            v
+        });
         match r {
             Ok(v) => reply_xattr(reply, &v, size),
             // Symlinks, FIFOs and sockets hold none.
@@ -1585,6 +1635,12 @@ impl Filesystem for KmsFs {
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if !self.opts.xattrs {
+            return reply.error(Errno::ENOSYS);
+        }
+        if self.is_bare(ino.0) {
+            return reply_xattr(reply, &[], size);
+        }
         let r = self.with_xattr_node(ino, "listxattr", |fd, dir| {
             self.b.xattr_list(fd, dir, &format!("inode {}", ino.0))
         });
@@ -1603,6 +1659,9 @@ impl Filesystem for KmsFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if !self.opts.xattrs {
+            return reply.error(Errno::ENOSYS);
+        }
         let Some(name) = name.to_str() else {
             return reply.error(Errno::ENODATA);
         };

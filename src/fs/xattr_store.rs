@@ -202,6 +202,11 @@ impl Backing {
         }
     }
 
+    /// Whether the node open as `fd` holds any kmsfs attribute.
+    pub fn has_xattrs(&self, fd: &File) -> bool {
+        flist(fd).map(|l| !l.is_empty()).unwrap_or(true)
+    }
+
     /// getxattr: the value, or ENODATA. A node without kmsfs attributes
     /// answers after one flistxattr, with no key use (the kernel asks for
     /// security.capability before every write and chown).

@@ -85,7 +85,7 @@ impl KmsFs {
     /// After chmod of node `ino`: its access ACL, if it has one, follows
     /// the new mode (owner, mask or group, other).
     pub(super) fn chmod_acl(&self, ino: INodeNo, mode: u32) -> Result<(), Errno> {
-        if !self.opts.posix_acl {
+        if !self.opts.posix_acl || self.is_bare(ino.0) {
             return Ok(());
         }
         self.with_xattr_node(ino, "chmod (ACL)", |fd, dir| {
