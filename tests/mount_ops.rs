@@ -132,12 +132,14 @@ fn metadata_dirs_links_fifos() {
         "target is encrypted: {stored:?}"
     );
 
-    let e = fs::hard_link(&p, fx.m("hard")).unwrap_err();
+    // A hard link is a second name with its own key (mount_hardlinks.rs).
+    fs::hard_link(&p, fx.m("hard")).unwrap();
+    assert_eq!(fs::metadata(fx.m("hard")).unwrap().nlink(), 2);
     assert_eq!(
-        e.raw_os_error(),
-        Some(libc::EPERM),
-        "hard links are refused"
+        fs::metadata(fx.m("hard")).unwrap().ino(),
+        fs::metadata(&p).unwrap().ino()
     );
+    assert_eq!(fs::read(fx.m("hard")).unwrap(), fs::read(&p).unwrap());
 
     sh_ok(&format!("mkfifo {}", fx.m("fifo").display()));
     assert!(fs::metadata(fx.m("fifo")).unwrap().file_type().is_fifo());
@@ -153,13 +155,13 @@ fn metadata_dirs_links_fifos() {
     assert!(fs::write(fx.m("kmsfs.conf"), b"x").is_err());
     assert!(fs::write(fx.m(".kmsfs-x"), b"x").is_err());
 
-    // xattrs: a documented decision (not supported in format v1).
-    let o = sh(&format!(
-        "setfattr -n user.k -v v {} 2>&1 || python3 -c \"import os; os.setxattr('{}', 'user.k', b'v')\"",
-        p.display(),
-        p.display()
-    ));
-    assert!(!o.status.success());
+    // xattrs are kept (mount_xattr.rs); the old refusals leave nothing.
+    sh_ok(&format!("setfattr -n user.k -v v {}", p.display()));
+    assert_eq!(
+        sh_ok(&format!("getfattr -n user.k --only-values {}", p.display())),
+        "v"
+    );
+    assert!(fs::write(fx.m("kmsfs.conf"), b"x").is_err());
     let st = sh_ok(&format!("stat -f -c %b {}", fx.mnt.display()));
     assert!(
         st.trim().parse::<u64>().unwrap() > 0,
@@ -219,6 +221,8 @@ fn renames_files_dirs_and_noreplace() {
         std::io::Error::last_os_error().raw_os_error(),
         Some(libc::EEXIST)
     );
+    // RENAME_EXCHANGE swaps the two (mount_posix.rs covers every kind).
+    let before_other = fs::read(fx.m("other")).unwrap();
     let r = unsafe {
         libc::renameat2(
             libc::AT_FDCWD,
@@ -228,11 +232,19 @@ fn renames_files_dirs_and_noreplace() {
             libc::RENAME_EXCHANGE,
         )
     };
-    assert_eq!(r, -1);
-    assert_eq!(
-        std::io::Error::last_os_error().raw_os_error(),
-        Some(libc::EINVAL)
-    );
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    assert_eq!(fs::read(fx.m("other")).unwrap(), b"a");
+    assert_eq!(fs::read(fx.m("a")).unwrap(), before_other);
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    assert_eq!(r, 0);
     assert_eq!(fs::read(fx.m("a")).unwrap(), b"a");
 }
 
