@@ -1,5 +1,6 @@
-//! Extended attributes through the mount: the same calls give the same
-//! results as in a plain directory; values are encrypted in the cipherdir
+//! Extended attributes through the mount (`--xattrs`): the same calls give
+//! the same results as in a plain directory; without the flag they are
+//! refused as before; values are encrypted in the cipherdir
 //! and bound to their file and name; cp -a and rsync -X carry them.
 
 mod common;
@@ -63,7 +64,7 @@ fn xattr_calls_behave_as_in_a_plain_directory_and_survive_remounts() {
     let want = run(plain.path());
     assert!(want.contains("get ok b'blue'"), "{want}");
     let fx = Fixture::new();
-    let m = fx.mount();
+    let m = fx.mount_with(&["--xattrs"]);
     let got = run(&fx.mnt);
     assert_eq!(
         got, want,
@@ -85,7 +86,7 @@ fn xattr_calls_behave_as_in_a_plain_directory_and_survive_remounts() {
     }
     assert!(raw.contains("user.kmsfs.x."), "{raw}");
 
-    let m = fx.mount();
+    let m = fx.mount_with(&["--xattrs"]);
     let after = sh_ok(&format!(
         "getfattr --absolute-names -n user.colour --only-values {}; echo; getfattr --absolute-names -n user.d --only-values {}",
         fx.m("g").display(),
@@ -98,7 +99,7 @@ fn xattr_calls_behave_as_in_a_plain_directory_and_survive_remounts() {
 #[test]
 fn an_attribute_copied_to_another_file_in_the_cipherdir_fails_and_is_left_out() {
     let fx = Fixture::new();
-    let m = fx.mount();
+    let m = fx.mount_with(&["--xattrs"]);
     std::fs::write(fx.m("a"), b"a").unwrap();
     std::fs::write(fx.m("b"), b"b").unwrap();
     sh_ok(&format!(
@@ -122,7 +123,7 @@ fn an_attribute_copied_to_another_file_in_the_cipherdir_fails_and_is_left_out() 
         fx.c("b").display()
     ));
 
-    let m = fx.mount();
+    let m = fx.mount_with(&["--xattrs"]);
     let o = sh(&format!("getfattr -n user.secret {}", fx.m("b").display()));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("Input/output error"),
@@ -154,7 +155,7 @@ fn cp_a_and_rsync_x_carry_attributes_into_and_out_of_the_mount() {
         src.path().display()
     ));
     let fx = Fixture::new();
-    let m = fx.mount();
+    let m = fx.mount_with(&["--xattrs"]);
     let dump = |d: &Path| sh_ok(&format!("cd {} && getfattr -R -d -m user. t", d.display()));
     let want = dump(src.path());
     sh_ok(&format!(
@@ -197,7 +198,7 @@ fn posix_acls_behave_as_on_ext4_and_are_enforced_for_other_users() {
     let (fx, _) = Fixture::with_policy(
         r#"{"Version": "2012-10-17", "Statement": [{"Sid": "All", "Effect": "Allow", "Principal": {"Unix": ["uid:0", "user:kmsfs-alice", "user:kmsfs-bob"]}, "Action": "kms:*", "Resource": "*"}]}"#,
     );
-    let m = fx.mount_with(&["--allow-other"]);
+    let m = fx.mount_with(&["--allow-other", "--xattrs"]);
     std::fs::create_dir(fx.m("t")).unwrap();
     let got = sh_ok(&format!("cd {} && {{ {ACL_SCRIPT} }}", fx.m("t").display()));
     assert_eq!(got, want, "the mount (left) differs from ext4 (right)");
@@ -223,7 +224,7 @@ fn posix_acls_behave_as_on_ext4_and_are_enforced_for_other_users() {
     m.unmount();
 
     // Kept across a remount, encrypted in the cipherdir.
-    let m = fx.mount_with(&["--allow-other"]);
+    let m = fx.mount_with(&["--allow-other", "--xattrs"]);
     let again = sh_ok(&format!(
         "cd {} && getfacl -R -p . 2>&1 | grep -v '^# file'",
         fx.m("t").display()
@@ -249,7 +250,7 @@ fn rsync_axh_carries_acls_xattrs_and_links_through_the_mount() {
     let (fx, _) = Fixture::with_policy(
         r#"{"Version": "2012-10-17", "Statement": [{"Sid": "Root", "Effect": "Allow", "Principal": {"Unix": ["uid:0"]}, "Action": "kms:*", "Resource": "*"}]}"#,
     );
-    let m = fx.mount_with(&["--allow-other"]);
+    let m = fx.mount_with(&["--allow-other", "--xattrs"]);
     let dump = |d: &Path| {
         sh_ok(&format!(
             "cd {} && getfacl -R -p t 2>&1 && getfattr -R -d -m user. t && find t -type f -printf '%p %n\\n' | sort",
@@ -276,5 +277,21 @@ fn rsync_axh_carries_acls_xattrs_and_links_through_the_mount() {
         dump(src.path()),
         "rsync -aHAX out of the mount"
     );
+    m.unmount();
+}
+
+#[test]
+fn without_xattrs_attributes_are_refused_as_unsupported() {
+    let fx = Fixture::new();
+    let m = fx.mount();
+    std::fs::write(fx.m("f"), b"x").unwrap();
+    let o = sh(&format!("setfattr -n user.k -v v {}", fx.m("f").display()));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Operation not supported"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = sh(&format!("getfattr -n user.k {}", fx.m("f").display()));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("Operation not supported"));
     m.unmount();
 }
