@@ -13,12 +13,19 @@ use std::fs;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-const WORKLOAD: &str = r#"
-import os, sys
+/// What every workload starts with: its arguments (mountpoint, log, first
+/// number), `note` (a line in the log, fsynced) and `data` (file i's bytes).
+const PRELUDE: &str = r#"
+import ctypes, os, sys
 mnt, log, i = sys.argv[1], sys.argv[2], int(sys.argv[3])
 lf = open(log, "a")
+def note(s):
+    lf.write(s + "\n"); lf.flush(); os.fsync(lf.fileno())
 def data(i):
     return bytes(((j * 31 + i) & 255) for j in range(1000 + (i * 37) % 9000))
+"#;
+
+const WORKLOAD: &str = r#"
 try:
     while True:
         p = "%s/c%d" % (mnt, i)
@@ -26,7 +33,7 @@ try:
         os.write(fd, data(i))
         os.fsync(fd)
         os.close(fd)
-        lf.write("%d\n" % i); lf.flush(); os.fsync(lf.fileno())
+        note("%d" % i)
         s = "%s/s%d" % (mnt, i % 5)
         with open(s, "ab") as f:
             f.write(data(i)[:700])
@@ -72,7 +79,7 @@ fn crash_rounds(
     for round in 0..rounds {
         let m = fx.mount_foreground();
         let mut w = Command::new("python3")
-            .args(["-c", workload])
+            .args(["-c", &format!("{PRELUDE}{workload}")])
             .arg(&fx.mnt)
             .arg(&log)
             .arg(next.to_string())
@@ -183,13 +190,6 @@ fn sigkill_during_file_operations_loses_nothing_fsynced() {
 /// re-wrapped under its new path), files renamed and unlinked, symlinks
 /// made and replaced, modes, owners and times set.
 const NAMES_WORKLOAD: &str = r#"
-import os, sys
-mnt, log, i = sys.argv[1], sys.argv[2], int(sys.argv[3])
-lf = open(log, "a")
-def note(s):
-    lf.write(s + "\n"); lf.flush(); os.fsync(lf.fileno())
-def data(i):
-    return bytes(((j * 31 + i) & 255) for j in range(1000 + (i * 37) % 9000))
 try:
     while True:
         k = i % 4
@@ -269,13 +269,6 @@ fn sigkill_during_renames_of_files_and_directories_loses_nothing_fsynced() {
 /// Hard links: names added in other directories, a directory renamed with
 /// linked names inside, one of several names unlinked.
 const LINKS_WORKLOAD: &str = r#"
-import os, sys
-mnt, log, i = sys.argv[1], sys.argv[2], int(sys.argv[3])
-lf = open(log, "a")
-def note(s):
-    lf.write(s + "\n"); lf.flush(); os.fsync(lf.fileno())
-def data(i):
-    return bytes(((j * 31 + i) & 255) for j in range(1000 + (i * 37) % 9000))
 try:
     for d in ("a", "b/c"):
         os.makedirs("%s/%s" % (mnt, d), exist_ok=True)
@@ -332,15 +325,10 @@ fn sigkill_during_links_unlinks_and_renames_over_linked_files_loses_nothing() {
 /// RENAME_EXCHANGE of two directories full of fsynced files (and a
 /// symlink each), and of two files.
 const EXCHANGE_WORKLOAD: &str = r#"
-import ctypes, os, sys
 libc = ctypes.CDLL(None, use_errno=True)
 def xchg(a, b):
     if libc.renameat2(-100, a.encode(), -100, b.encode(), 2) != 0:
         raise OSError(ctypes.get_errno(), "exchange")
-mnt, log, i = sys.argv[1], sys.argv[2], int(sys.argv[3])
-lf = open(log, "a")
-def data(i):
-    return bytes(((j * 31 + i) & 255) for j in range(1000 + (i * 37) % 9000))
 try:
     for d in ("X", "Y"):
         os.makedirs("%s/%s/sub" % (mnt, d), exist_ok=True)
@@ -353,7 +341,7 @@ try:
         os.write(fd, data(i))
         os.fsync(fd)
         os.close(fd)
-        lf.write("%d\n" % i); lf.flush(); os.fsync(lf.fileno())
+        note("%d" % i)
         xchg(mnt + "/X", mnt + "/Y")
         xchg(mnt + "/X", mnt + "/Y")
         i += 1

@@ -203,15 +203,7 @@ fn renames_files_dirs_and_noreplace() {
         std::ffi::CString::new(fx.m("a").to_str().unwrap()).unwrap(),
         std::ffi::CString::new(fx.m("other").to_str().unwrap()).unwrap(),
     );
-    let r = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            a.as_ptr(),
-            libc::AT_FDCWD,
-            b.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
+    let r = rename2(&a, &b, libc::RENAME_NOREPLACE);
     assert_eq!(r, -1);
     assert_eq!(
         std::io::Error::last_os_error().raw_os_error(),
@@ -219,27 +211,11 @@ fn renames_files_dirs_and_noreplace() {
     );
     // RENAME_EXCHANGE swaps the two (mount_posix.rs covers every kind).
     let before_other = fs::read(fx.m("other")).unwrap();
-    let r = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            a.as_ptr(),
-            libc::AT_FDCWD,
-            b.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
+    let r = rename2(&a, &b, libc::RENAME_EXCHANGE);
     assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
     assert_eq!(fs::read(fx.m("other")).unwrap(), b"a");
     assert_eq!(fs::read(fx.m("a")).unwrap(), before_other);
-    let r = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            a.as_ptr(),
-            libc::AT_FDCWD,
-            b.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
+    let r = rename2(&a, &b, libc::RENAME_EXCHANGE);
     assert_eq!(r, 0);
     assert_eq!(fs::read(fx.m("a")).unwrap(), b"a");
 }
@@ -540,5 +516,19 @@ fn an_open_file_keeps_working_after_its_name_is_unlinked() {
         // The backing file went with its last descriptor.
         assert_eq!(fs::read_dir(fx.c(mode)).unwrap().count(), 0, "{mode}");
         m.unmount();
+    }
+}
+
+/// renameat2(2) of two C paths; its return value.
+fn rename2(a: &std::ffi::CStr, b: &std::ffi::CStr, flags: u32) -> i32 {
+    // SAFETY: two NUL-terminated paths.
+    unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            flags,
+        )
     }
 }
