@@ -136,14 +136,11 @@ impl Backing {
 
     /// Read-write, for the header rewrites of a rename.
     pub(super) fn open_update(&self, rel: &str) -> io::Result<File> {
-        // O_NOATIME: reading the header to re-wrap it is kmsfs's business,
-        // not an access the user should see in the file's atime. (Allowed to
-        // the file's owner and to root; refused with EPERM otherwise.)
-        let flags = libc::O_RDWR | libc::O_NONBLOCK | libc::O_NOCTTY;
-        let fd = match self.tree.open_file(rel, flags | libc::O_NOATIME) {
-            Err(e) if e.raw_os_error() == Some(libc::EPERM) => self.tree.open_file(rel, flags)?,
-            other => other?,
-        };
+        // Reading the header to re-wrap it is kmsfs's business, not an
+        // access the user should see in the file's atime.
+        let fd = self
+            .tree
+            .open_quiet(rel, libc::O_RDWR | libc::O_NONBLOCK | libc::O_NOCTTY)?;
         if !fd.metadata()?.is_file() {
             return Err(integrity_error(format!(
                 "{rel} is not a regular file in the cipherdir (planted there?)"

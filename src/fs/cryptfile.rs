@@ -229,25 +229,9 @@ impl CryptFile {
     /// FALLOC_FL_KEEP_SIZE: the size changes only with the write itself.
     /// Backing filesystems without fallocate go on as before.
     fn reserve(&self, from: u64, to: u64) -> io::Result<()> {
-        if to <= from {
-            return Ok(());
-        }
-        // SAFETY: fallocate on an open descriptor with a valid range.
-        let r = unsafe {
-            libc::fallocate(
-                std::os::unix::io::AsRawFd::as_raw_fd(&self.fd),
-                libc::FALLOC_FL_KEEP_SIZE,
-                from as libc::off_t,
-                (to - from) as libc::off_t,
-            )
-        };
-        if r == 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(()),
-            _ => Err(e),
+        match self.fallocate_backing(libc::FALLOC_FL_KEEP_SIZE, from, to) {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOSYS)) => Ok(()),
+            other => other,
         }
     }
 
@@ -421,7 +405,7 @@ impl CryptFile {
         let new_size = if keep { size } else { size.max(end) };
         if !punch {
             self.fallocate_backing(
-                0,
+                libc::FALLOC_FL_KEEP_SIZE,
                 format::block_offset(hs, off / bs),
                 format::block_offset(hs, end.div_ceil(bs)),
             )?;

@@ -155,8 +155,8 @@ impl Backing {
 
     /// `is_link_name` by path, for a lookup.
     pub fn is_link_name_at(&self, rel: &str) -> bool {
-        let flags = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_NOATIME;
-        match self.tree.open_file(rel, flags) {
+        let flags = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY;
+        match self.tree.open_quiet(rel, flags) {
             Ok(fd) => self.is_link_name(&fd, rel),
             Err(_) => false,
         }

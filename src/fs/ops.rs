@@ -95,7 +95,7 @@ impl Default for Options {
             read_only: false,
             writeback_cache: true,
             posix_acl: false,
-            xattrs: true,
+            xattrs: false,
             open_files: 1024,
         }
     }
@@ -690,10 +690,6 @@ impl KmsFs {
 }
 
 impl KmsFs {
-    /// Runs `f` on a descriptor of node `ino` that holds its extended
-    /// attributes: the open file's own when there is one (no path walk:
-    /// the kernel asks for security.capability before every write), else
-    /// one opened beneath the cipherdir.
     fn is_bare(&self, ino: u64) -> bool {
         self.bare
             .lock()
@@ -710,6 +706,10 @@ impl KmsFs {
         }
     }
 
+    /// Runs `f` on a descriptor of node `ino` that holds its extended
+    /// attributes: the open file's own when there is one (no path walk:
+    /// the kernel asks for security.capability before every write), else
+    /// one opened beneath the cipherdir.
     fn with_xattr_node<T>(
         &self,
         ino: INodeNo,

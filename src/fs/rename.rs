@@ -144,19 +144,19 @@ fn temp_name(dir: &str, what: &str) -> String {
 
 /// Renames one regular file, re-wrapping its key.
 pub fn rename_file(b: &Backing, from: &str, to: &str, flags: u32, caller: &Caller) -> FsResult<()> {
-    // Two names of one file (hard links): rename(2) does nothing.
-    if let (Ok(a), Ok(t)) = (b.tree.lstat(from), b.tree.lstat(to))
-        && (a.st_dev, a.st_ino) == (t.st_dev, t.st_ino)
-    {
-        return Ok(());
+    // What `to` names now: the same file under another of its names
+    // (hard links: rename(2) does nothing), or a file that, if it has other
+    // names, loses that one.
+    let mut replaced = None;
+    if let Ok(t) = b.tree.lstat(to) {
+        let a = b.tree.lstat(from)?;
+        if (a.st_dev, a.st_ino) == (t.st_dev, t.st_ino) {
+            return Ok(());
+        }
+        if t.st_nlink > 1 {
+            replaced = b.open_update(to).ok();
+        }
     }
-    // The file `to` names now, if it has other names, loses that one.
-    let replaced = b
-        .tree
-        .lstat(to)
-        .ok()
-        .filter(|t| t.st_nlink > 1)
-        .and_then(|_| b.open_update(to).ok());
     let (fd, written, file_id) = b.rewrap_file(from, from, to, caller)?;
     fd.sync_data()?;
     if let Err(e) = b.tree.rename(from, to, flags) {

@@ -183,16 +183,20 @@ impl Tree {
         self.open_file(rel, libc::O_RDONLY | libc::O_DIRECTORY)
     }
 
-    /// `open_dir` for kmsfs's own walks (a directory rename's re-wrap):
-    /// with O_NOATIME, so they leave the directories' access times as the
-    /// user left them. (Root and the owner may; EPERM otherwise, then
-    /// without it.)
-    pub fn open_dir_quiet(&self, rel: &str) -> io::Result<File> {
-        let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+    /// `open_file` with O_NOATIME, for kmsfs's own reads (a rename's
+    /// re-wrap and walk, attribute and link bookkeeping): they leave the
+    /// access times as the user left them. (Root and the owner may; EPERM
+    /// otherwise, then without it.)
+    pub fn open_quiet(&self, rel: &str, flags: i32) -> io::Result<File> {
         match self.open_file(rel, flags | libc::O_NOATIME) {
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => self.open_file(rel, flags),
             other => other,
         }
+    }
+
+    /// `open_dir` for kmsfs's own walks, with `open_quiet`.
+    pub fn open_dir_quiet(&self, rel: &str) -> io::Result<File> {
+        self.open_quiet(rel, libc::O_RDONLY | libc::O_DIRECTORY)
     }
 
     /// The parent directory of `rel` (held by descriptor) and its last name.

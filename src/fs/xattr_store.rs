@@ -30,26 +30,17 @@ fn cname(name: &str) -> io::Result<CString> {
     CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
-/// fgetxattr into a buffer sized by asking first (the value may change
-/// between the two calls: asked again then).
-pub(super) fn fget(fd: &File, name: &str) -> io::Result<Vec<u8>> {
-    let c = cname(name)?;
+/// A variable-sized answer from `call(buf, len)` (an xattr call returning
+/// a length): asked for its size first, then again with a buffer that big;
+/// asked again if it grew in between (ERANGE).
+fn sized(mut call: impl FnMut(*mut libc::c_void, usize) -> isize) -> io::Result<Vec<u8>> {
     for _ in 0..4 {
-        // SAFETY: a size query with a null buffer of length 0.
-        let n = unsafe { libc::fgetxattr(fd.as_raw_fd(), c.as_ptr(), std::ptr::null_mut(), 0) };
+        let n = call(std::ptr::null_mut(), 0);
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
         let mut buf = vec![0u8; n as usize];
-        // SAFETY: the buffer holds buf.len() bytes.
-        let m = unsafe {
-            libc::fgetxattr(
-                fd.as_raw_fd(),
-                c.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        };
+        let m = call(buf.as_mut_ptr().cast(), buf.len());
         if m >= 0 {
             buf.truncate(m as usize);
             return Ok(buf);
@@ -60,6 +51,14 @@ pub(super) fn fget(fd: &File, name: &str) -> io::Result<Vec<u8>> {
         }
     }
     Err(io::Error::from_raw_os_error(libc::EAGAIN))
+}
+
+/// fgetxattr of `name`.
+pub(super) fn fget(fd: &File, name: &str) -> io::Result<Vec<u8>> {
+    let c = cname(name)?;
+    // SAFETY: a valid descriptor and C name; `sized` passes a buffer of
+    // the length it names (or null with 0).
+    sized(|buf, len| unsafe { libc::fgetxattr(fd.as_raw_fd(), c.as_ptr(), buf, len) })
 }
 
 pub(super) fn fset(fd: &File, name: &str, value: &[u8], flags: i32) -> io::Result<()> {
@@ -83,38 +82,20 @@ pub(super) fn fset(fd: &File, name: &str, value: &[u8], flags: i32) -> io::Resul
 
 /// The backing attribute names of `fd` that hold kmsfs attributes.
 fn flist(fd: &File) -> io::Result<Vec<String>> {
-    for _ in 0..4 {
-        // SAFETY: a size query.
-        let n = unsafe { libc::flistxattr(fd.as_raw_fd(), std::ptr::null_mut(), 0) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            // No xattrs in the backing filesystem: none here either.
-            return match e.raw_os_error() {
-                Some(libc::EOPNOTSUPP) => Ok(vec![]),
-                _ => Err(e),
-            };
-        }
-        if n == 0 {
-            return Ok(vec![]);
-        }
-        let mut buf = vec![0u8; n as usize];
-        // SAFETY: the buffer holds buf.len() bytes.
-        let m = unsafe { libc::flistxattr(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if m >= 0 {
-            buf.truncate(m as usize);
-            return Ok(buf
-                .split(|&b| b == 0)
-                .filter_map(|n| std::str::from_utf8(n).ok())
-                .filter(|n| n.starts_with(xattr::PREFIX))
-                .map(str::to_string)
-                .collect());
-        }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::ERANGE) {
-            return Err(e);
-        }
-    }
-    Err(io::Error::from_raw_os_error(libc::EAGAIN))
+    // SAFETY: a valid descriptor; `sized` passes a buffer of the length it
+    // names (or null with 0).
+    let raw = match sized(|buf, len| unsafe { libc::flistxattr(fd.as_raw_fd(), buf.cast(), len) }) {
+        Ok(raw) => raw,
+        // No xattrs in the backing filesystem: none here either.
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return Ok(vec![]),
+        Err(e) => return Err(e),
+    };
+    Ok(raw
+        .split(|&b| b == 0)
+        .filter_map(|n| std::str::from_utf8(n).ok())
+        .filter(|n| n.starts_with(xattr::PREFIX))
+        .map(str::to_string)
+        .collect())
 }
 
 fn key_context(fs_id: &str) -> EncryptionContext {
@@ -132,16 +113,11 @@ impl Backing {
         let st = self.tree.lstat(rel)?;
         match st.st_mode & libc::S_IFMT {
             libc::S_IFDIR => Ok((self.tree.open_dir_quiet(rel)?, true)),
-            libc::S_IFREG => {
-                let flags = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY;
-                let fd = match self.tree.open_file(rel, flags | libc::O_NOATIME) {
-                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-                        self.tree.open_file(rel, flags)?
-                    }
-                    other => other?,
-                };
-                Ok((fd, false))
-            }
+            libc::S_IFREG => Ok((
+                self.tree
+                    .open_quiet(rel, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY)?,
+                false,
+            )),
             _ => Err(io::Error::from_raw_os_error(libc::EPERM)),
         }
     }
