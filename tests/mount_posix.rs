@@ -210,6 +210,93 @@ find . -type b
 }
 
 #[test]
+fn symlink_targets_up_to_path_max_minus_one_bytes_work_as_natively() {
+    // Targets past what an encrypted backing symlink holds (about 3,000
+    // bytes) are stored as encrypted files; every operation on them must
+    // still see a symlink.
+    let out = same_as_plain(
+        r#"
+t() { head -c "$1" /dev/zero | tr '\0' "$2"; }
+ln -s "$(t 2900 a)" short
+ln -s "$(t 3100 b)" l3100
+ln -s "$(t 4095 c)" l4095
+ln -s "/$(t 4094 d)" abs4095
+ln -s "$(t 4096 e)" l4096 2>&1 | sed 's/.*: //'
+mkdir -p d1/sub d2
+ln -s "$(t 4000 f)" d1/sub/deep
+touch -h -d '2002-03-04 05:06:07' l3100 abs4095 d1/sub/deep
+mv l3100 d2/moved
+mv d1 d3
+touch -h -d '2001-02-03 04:05:06' l4095
+chown -h 1234:5678 abs4095
+ln l4095 l4095.hard 2>&1 | sed 's/.*: //'
+python3 -c "
+import os
+os.rename('l4095', 'short', )
+"
+for l in short d2/moved abs4095 d3/sub/deep; do
+  printf '%s %s %s\n' "$l" "$(readlink "$l" | sha256sum | cut -c1-16)" "$(readlink "$l" | wc -c)"
+done
+stat -c '%n %F %s %a %u %g %Y' short d2/moved abs4095 d3/sub/deep
+find . -type l | sort
+find . -type f | sort
+ls -l d2 | tail -n +2 | cut -c1-10
+cat short 2>&1 | sed 's/.*: //'
+#--
+stat -c '%n %F %s %u %g %Y' short abs4095 d3/sub/deep
+readlink d2/moved | wc -c
+rm short d2/moved
+find . -type l | sort
+"#,
+        true,
+    );
+    assert!(
+        out.contains("d2/moved symbolic link 3100 777 0 0 1015218367"),
+        "{out}"
+    );
+    assert!(
+        out.contains("abs4095 symbolic link 4095 777 1234 5678"),
+        "{out}"
+    );
+    assert!(
+        out.contains("short symbolic link 4095 777 0 0 981173106"),
+        "{out}"
+    );
+    assert!(out.contains("File name too long"), "{out}");
+
+    // In the cipherdir they are regular files (no symlink to follow); moved
+    // behind the mount's back, one no longer shows as a symlink and reads
+    // as EIO, as a moved file does.
+    let fx = Fixture::new();
+    let m = fx.mount();
+    let long = "x".repeat(4000);
+    std::os::unix::fs::symlink(&long, fx.m("long")).unwrap();
+    std::os::unix::fs::symlink(&long, fx.m("other")).unwrap();
+    assert_eq!(
+        std::fs::read_link(fx.m("long")).unwrap().as_os_str().len(),
+        4000
+    );
+    m.unmount();
+    assert!(
+        std::fs::symlink_metadata(fx.c("long"))
+            .unwrap()
+            .file_type()
+            .is_file()
+    );
+    std::fs::rename(fx.c("long"), fx.c("moved")).unwrap();
+    let m = fx.mount();
+    let st = std::fs::symlink_metadata(fx.m("moved")).unwrap();
+    assert!(st.file_type().is_file(), "{st:?}");
+    assert_eq!(read_err(&fx.m("moved")), Some(libc::EIO));
+    // The other link still works after the remount.
+    assert_eq!(
+        std::fs::read_link(fx.m("other")).unwrap().as_os_str().len(),
+        4000
+    );
+    m.unmount();
+}
+
+#[test]
 fn fallocate_reserves_and_zeroes_as_on_a_native_filesystem() {
     let out = same_as_plain(
         r#"

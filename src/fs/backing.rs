@@ -199,25 +199,51 @@ impl Backing {
         Ok((key, file_id))
     }
 
-    /// Makes the new, empty file `cf` (just created for `rel`) the stored
-    /// form of a device node (devnode.rs).
-    pub fn write_device(&self, cf: &CryptFile, kind: u32, rdev: u64) -> io::Result<()> {
-        cf.write_at(0, &super::devnode::encode(kind, rdev))?;
-        std::os::unix::fs::FileExt::write_all_at(
-            &cf.fd,
-            &[0],
-            super::devnode::backing_len(self.hs) - 1,
-        )
+    /// Makes the new, empty file `cf` the stored form of a special node
+    /// (a device node, devnode.rs, or a long symlink, longlink.rs): its
+    /// payload at offset 0, then the one byte past its blocks that gives it
+    /// a length no regular file has.
+    pub fn write_special(
+        &self,
+        cf: &CryptFile,
+        payload: &[u8],
+        backing_len: u64,
+    ) -> io::Result<()> {
+        cf.write_at(0, payload)?;
+        std::os::unix::fs::FileExt::write_all_at(&cf.fd, &[0], backing_len - 1)
     }
 
-    /// The device node stored in the file at `rel`, if it is one: its key
-    /// opens it at this path (as the mount: showing a node is not reading
-    /// a user's data) and its block decodes. `None` for a regular file that
-    /// merely has a device node's length.
+    /// The first `len` plaintext bytes of the special node stored at `rel`,
+    /// its key unwrapped for `caller` at this path. A special node's size
+    /// and type are shown as the mount itself (showing a node is not
+    /// reading a user's data); a long symlink's target is read as the user.
+    pub fn read_special(
+        &self,
+        rel: &str,
+        len: usize,
+        caller: &Caller,
+    ) -> FsResult<Zeroizing<Vec<u8>>> {
+        let cf = self.open_crypt(rel, caller)?;
+        Ok(Zeroizing::new(cf.read_at(0, len)?))
+    }
+
+    /// The device node stored in the file at `rel`, if it is one; `None`
+    /// for a regular file that merely has a device node's length.
     pub fn read_device(&self, rel: &str) -> FsResult<Option<(u32, u64)>> {
-        let cf = self.open_crypt(rel, &Caller::this_process(crate::kms::Via::Mount))?;
-        let block = Zeroizing::new(cf.read_at(0, format::BLOCK_SIZE)?);
+        let mount = Caller::this_process(crate::kms::Via::Mount);
+        let block = self.read_special(rel, format::BLOCK_SIZE, &mount)?;
         Ok(super::devnode::decode(&block))
+    }
+
+    /// The target of the long symlink stored in the file at `rel`, if it is
+    /// one, read for `caller`.
+    pub fn read_long_symlink(
+        &self,
+        rel: &str,
+        caller: &Caller,
+    ) -> FsResult<Option<Zeroizing<Vec<u8>>>> {
+        let payload = self.read_special(rel, super::longlink::PAYLOAD, caller)?;
+        Ok(super::longlink::decode(&payload).map(|t| Zeroizing::new(t.to_vec())))
     }
 
     /// Empties a file and gives it a new data key (it keeps its id). The old

@@ -15,6 +15,7 @@ pub mod inode;
 pub mod keys;
 pub mod links;
 pub mod listing;
+pub mod longlink;
 pub mod mount;
 pub mod node;
 pub mod ops;

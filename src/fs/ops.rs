@@ -10,6 +10,7 @@ use super::fairness::{Claim, OpenBudget, RenameGate};
 use super::format;
 use super::inode::{self, Inodes};
 use super::listing;
+use super::longlink;
 use super::node::{self, Target};
 use super::rename;
 use super::root_attr::RootAttr;
@@ -159,6 +160,16 @@ fn user_name(parent: &str, name: &OsStr) -> Result<String, Errno> {
     Ok(n.to_string())
 }
 
+/// Shows a special node's backing file as the node: a device (`n` its
+/// number) or a long symlink (`n` its target's length).
+fn show_special(st: &mut libc::stat, kind: u32, n: u64) {
+    if kind == libc::S_IFLNK {
+        longlink::show(st, n)
+    } else {
+        devnode::show(st, kind, n)
+    }
+}
+
 /// Names kmsfs keeps for itself: `.kmsfs-*` anywhere (rename temporaries),
 /// and in the root the config, lock and journal files with their temporary
 /// copies (`.NAME.tmp-PID`).
@@ -266,7 +277,7 @@ impl KmsFs {
         };
         let size = match kind {
             FileType::RegularFile => format::plain_size(self.b.hs, m.size()),
-            FileType::Symlink => symlink::plain_len(m.size()),
+            // Made the target's length by as_special.
             _ => m.size(),
         };
         let (at, mt, ct) = (m.atime(), m.mtime(), m.ctime());
@@ -322,29 +333,51 @@ impl KmsFs {
             );
             return Err(Errno::EIO);
         }
-        self.as_device(rel, &mut st);
+        self.as_special(rel, &mut st);
         Ok(st)
     }
 
-    /// A backing file with a device node's length shows as the device node
-    /// it stores (devnode.rs); one that does not decode as one stays the
-    /// regular file it is (and fails as one when opened, if damaged).
-    fn as_device(&self, rel: &str, st: &mut libc::stat) {
-        if st.st_mode & libc::S_IFMT != libc::S_IFREG
-            || !devnode::is_candidate(self.b.hs, st.st_size as u64)
-        {
+    /// A backing file with a device node's or a long symlink's length shows
+    /// as the node it stores (devnode.rs, longlink.rs); one that does not
+    /// decode as one stays the regular file it is (and fails as one when
+    /// opened, if damaged).
+    /// A backing symlink's size is its encoded target's; the target's own
+    /// length follows from it (symlink.rs).
+    fn as_special(&self, rel: &str, st: &mut libc::stat) {
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFLNK => {
+                st.st_size = symlink::plain_len(st.st_size as u64) as i64;
+                return;
+            }
+            libc::S_IFREG => {}
+            _ => return,
+        }
+        let len = st.st_size as u64;
+        let (device, link) = (
+            devnode::is_candidate(self.b.hs, len),
+            longlink::is_candidate(self.b.hs, len),
+        );
+        if !device && !link {
             return;
         }
-        if let Some((kind, rdev)) = self.devices.get(st) {
-            return devnode::show(st, kind, rdev);
+        if let Some((kind, n)) = self.devices.get(st) {
+            return show_special(st, kind, n);
         }
-        match self.b.read_device(rel) {
-            Ok(Some((kind, rdev))) => {
-                self.devices.put(st, kind, rdev);
-                devnode::show(st, kind, rdev);
+        let mount = Caller::this_process(crate::kms::Via::Mount);
+        let found = if device {
+            self.b.read_device(rel)
+        } else {
+            self.b
+                .read_long_symlink(rel, &mount)
+                .map(|t| t.map(|t| (libc::S_IFLNK, t.len() as u64)))
+        };
+        match found {
+            Ok(Some((kind, n))) => {
+                self.devices.put(st, kind, n);
+                show_special(st, kind, n);
             }
             Ok(None) => {}
-            Err(e) => self.log("reading the device node", rel, &e),
+            Err(e) => self.log("reading the special node", rel, &e),
         }
     }
 
@@ -687,6 +720,45 @@ impl KmsFs {
         let f = self.publish(ino, CryptFile::new(fd, self.b.hs, id, &key));
         Ok((ino, f, m))
     }
+
+    /// Creates a special node stored as an encrypted regular file: a device
+    /// (`shown` = its type and number) or a long symlink (S_IFLNK and its
+    /// target's length), `payload` its plaintext and `len` its backing
+    /// length. Nothing is left behind if writing it fails.
+    #[allow(clippy::too_many_arguments)]
+    fn make_special(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        perm: u32,
+        umask: u32,
+        shown: (u32, u64),
+        payload: &[u8],
+        len: u64,
+    ) -> Result<(u64, libc::stat), Errno> {
+        let (ino, f, _) = self.create_file(req, parent, name, perm | libc::S_IFREG, umask)?;
+        let rel = self.path(INodeNo(ino))?;
+        let cf = f.io.read().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = self.b.write_special(&cf, payload, len) {
+            drop(cf);
+            let _ = self.b.tree.unlink(&rel);
+            self.inodes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .forget(ino, 1);
+            let what = if shown.0 == libc::S_IFLNK {
+                "symlink"
+            } else {
+                "mknod"
+            };
+            return Err(self.fs_errno(what, &rel, e.into()));
+        }
+        let mut st = stat::fstat(&cf.fd).map_err(|e| io_errno(&e))?;
+        self.devices.put(&st, shown.0, shown.1);
+        show_special(&mut st, shown.0, shown.1);
+        Ok((ino, st))
+    }
 }
 
 impl KmsFs {
@@ -974,7 +1046,7 @@ impl Filesystem for KmsFs {
         match target.stat(t) {
             Ok(mut m) => {
                 if let Node::Named(rel) = &node {
-                    self.as_device(rel, &mut m);
+                    self.as_special(rel, &mut m);
                 }
                 reply.attr(&self.opts.attr_ttl, &self.attr(ino.0, &m))
             }
@@ -987,11 +1059,20 @@ impl Filesystem for KmsFs {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
+        let caller = Self::caller(req);
         let stored = match self.b.tree.readlink(&rel) {
             Ok(s) => s,
+            // Not a backing symlink: a long one is a regular file.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                return match self.b.read_long_symlink(&rel, &caller) {
+                    Ok(Some(t)) => reply.data(&t),
+                    Ok(None) => reply.error(Errno::EINVAL),
+                    Err(e) => reply.error(self.fs_errno("readlink", &rel, e)),
+                };
+            }
             Err(e) => return reply.error(io_errno(&e)),
         };
-        match self.b.decrypt_symlink(&rel, &stored, &Self::caller(req)) {
+        match self.b.decrypt_symlink(&rel, &stored, &caller) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(self.fs_errno("readlink", &rel, e)),
         }
@@ -1021,25 +1102,19 @@ impl Filesystem for KmsFs {
             // Stored as an encrypted regular file (devnode.rs): the
             // cipherdir never holds a node that opens a device. (The kernel
             // has checked CAP_MKNOD.)
-            let r = self
-                .create_file(req, parent, name, (mode & 0o7777) | libc::S_IFREG, umask)
-                .and_then(|(ino, f, _)| {
-                    let rel = self.path(INodeNo(ino))?;
-                    let cf = f.io.read().unwrap_or_else(|e| e.into_inner());
-                    if let Err(e) = self.b.write_device(&cf, kind, u64::from(rdev)) {
-                        drop(cf);
-                        let _ = self.b.tree.unlink(&rel);
-                        self.inodes
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .forget(ino, 1);
-                        return Err(self.fs_errno("mknod", &rel, e.into()));
-                    }
-                    let mut st = stat::fstat(&cf.fd).map_err(|e| io_errno(&e))?;
-                    self.devices.put(&st, kind, u64::from(rdev));
-                    devnode::show(&mut st, kind, u64::from(rdev));
-                    Ok((ino, st))
-                });
+            let rdev = u64::from(rdev);
+            let payload = devnode::encode(kind, rdev);
+            let len = devnode::backing_len(self.b.hs);
+            let r = self.make_special(
+                req,
+                parent,
+                name,
+                mode & 0o7777,
+                umask,
+                (kind, rdev),
+                &payload,
+                len,
+            );
             return match r {
                 // create_file counted the lookup this reply stands for.
                 Ok((ino, st)) => {
@@ -1135,13 +1210,31 @@ impl Filesystem for KmsFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let target = target.as_os_str().as_bytes();
+        if target.len() > symlink::MAX_TARGET {
+            // Too long for a backing symlink once encrypted: stored as an
+            // encrypted regular file (longlink.rs).
+            if target.len() > longlink::MAX_TARGET {
+                return reply.error(Errno::ENAMETOOLONG);
+            }
+            let shown = (libc::S_IFLNK, target.len() as u64);
+            let payload = longlink::encode(target);
+            let len = longlink::backing_len(self.b.hs);
+            let r = self.make_special(req, parent, link_name, 0o600, 0, shown, &payload, len);
+            return match r {
+                Ok((ino, st)) => {
+                    reply.entry(&self.opts.attr_ttl, &self.attr(ino, &st), Generation(0))
+                }
+                Err(e) => reply.error(e),
+            };
+        }
         let r = (|| {
             let pp = self.path(parent)?;
             let n = user_name(&pp, link_name)?;
             let (rel, _, _claim) = self.claimed_child(parent, &n)?;
             let enc = self
                 .b
-                .encrypt_symlink(&rel, target.as_os_str().as_bytes(), &Self::caller(req))
+                .encrypt_symlink(&rel, target, &Self::caller(req))
                 .map_err(|e| self.fs_errno("symlink", &rel, e))?;
             self.b
                 .tree
@@ -1202,6 +1295,12 @@ impl Filesystem for KmsFs {
                 // A device node is a regular file in the cipherdir, keyed
                 // like one.
                 FileType::RegularFile | FileType::CharDevice | FileType::BlockDevice => {
+                    rename::rename_file(&self.b, &from, &to, flags.bits(), &caller)
+                }
+                // A long symlink is a regular file in the cipherdir.
+                FileType::Symlink
+                    if self.b.tree.lstat(&from)?.st_mode & libc::S_IFMT == libc::S_IFREG =>
+                {
                     rename::rename_file(&self.b, &from, &to, flags.bits(), &caller)
                 }
                 FileType::Symlink => {
@@ -1512,7 +1611,7 @@ impl Filesystem for KmsFs {
             if foreign(m.st_mode) {
                 return false;
             }
-            self.as_device(&inode::join(&rel, e.name), &mut m);
+            self.as_special(&inode::join(&rel, e.name), &mut m);
             // A child's entry counts a lookup; the dots' do not.
             let (n, counted) = match self.dot_ino(e.name, ino, &rel) {
                 Some(n) => (n, false),
