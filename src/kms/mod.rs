@@ -20,6 +20,7 @@ pub mod keystore;
 pub mod policy;
 mod serde_secret;
 pub mod service;
+pub mod sigv4;
 
 pub use caller::{Caller, Via};
 pub use context::EncryptionContext;
