@@ -3,11 +3,9 @@
 use super::awsargs::{blob_arg, parse_tags, text_arg, time_arg};
 use crate::kms::grant::{Constraints, JsonError};
 use crate::kms::policy::parse_json_strict;
-use crate::kms::{Caller, CreateKeyRequest, DataKeySpec, EncryptionContext, Kms, KmsError};
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
+use crate::kms::{Caller, EncryptionContext, Kms, KmsError, api};
 use clap::{Args, Subcommand};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 #[derive(Args, Debug, Clone)]
 pub struct KeyIdArg {
@@ -83,25 +81,6 @@ fn tags_arg(args: &[String]) -> Result<Vec<(String, String)>, CmdError> {
     }
     Ok(parse_tags(args)?)
 }
-
-/// Prints a warning of principals that match nobody (AWS's output has no
-/// field for it, so the JSON stays as AWS's).
-fn warn_unresolved(what: &str, unresolved: &[String], advice: &str) {
-    if !unresolved.is_empty() {
-        eprintln!(
-            "kmsfs: warning: {what} names {} that match nobody: {}. The rest of the policy applies; {advice}",
-            if unresolved.len() == 1 {
-                "a principal"
-            } else {
-                "principals"
-            },
-            unresolved.join(", ")
-        );
-    }
-}
-
-const UNRESOLVED_AT_PUT: &str = "a user: or group: name is bound to the account it names when the policy is put, so put the policy again once the account exists.";
-const UNRESOLVED_NOW: &str = "the account was deleted, or recreated with another id, since the policy was put (a recreated account does not inherit); put the policy again to bind the name to the account it names now.";
 
 // The flags GenerateDataKey and GenerateDataKeyWithoutPlaintext share. (Not a
 // doc comment: clap would show it as both commands' description.)
@@ -464,53 +443,11 @@ impl From<String> for CmdError {
     }
 }
 
-fn b64(b: &[u8]) -> String {
-    B64.encode(b)
-}
-
 fn ctx_opt(s: &Option<String>) -> Result<EncryptionContext, String> {
     s.as_deref()
         .map(ctx_arg)
         .transpose()
         .map(Option::unwrap_or_default)
-}
-
-fn data_key(
-    kms: &Kms,
-    caller: &Caller,
-    a: DataKeyArgs,
-    with_plaintext: bool,
-) -> Result<Value, CmdError> {
-    let caller = &with_tokens(caller, a.grant_tokens)?;
-    let spec = DataKeySpec {
-        key_spec: a.key_spec,
-        number_of_bytes: a.number_of_bytes,
-    };
-    let r = kms.generate_data_key(
-        caller,
-        &a.key.key_id,
-        &spec,
-        &ctx_opt(&a.encryption_context)?,
-        with_plaintext,
-    )?;
-    // AWS's field order: CiphertextBlob, Plaintext, KeyId.
-    Ok(match &r.plaintext {
-        Some(p) => {
-            json!({"CiphertextBlob": b64(&r.ciphertext_blob), "Plaintext": b64(p.as_bytes()), "KeyId": r.key_arn})
-        }
-        None => json!({"CiphertextBlob": b64(&r.ciphertext_blob), "KeyId": r.key_arn}),
-    })
-}
-
-/// The caller with the request's grant tokens (checked by the KMS).
-fn with_tokens(caller: &Caller, tokens: Vec<String>) -> Result<Caller, String> {
-    if tokens.iter().any(|t| t.is_empty()) {
-        return Err("--grant-tokens: empty token".into());
-    }
-    Ok(Caller {
-        grant_tokens: tokens,
-        ..caller.clone()
-    })
 }
 
 /// `EncryptionContextSubset={k=v,k2=v2}` (AWS CLI shorthand) or JSON.
@@ -558,223 +495,219 @@ pub fn operation_name(cmd: &KmsCommand) -> String {
     dbg.split([' ', '(', '{']).next().unwrap_or("").to_string()
 }
 
-/// Runs one operation and returns its JSON output (`Null` prints nothing).
-pub fn run(kms: &Kms, caller: &Caller, cmd: KmsCommand) -> Result<Value, CmdError> {
+/// The API request a command stands for: flags become the members of the
+/// same typed request the server parses from a body (`kms::api`).
+pub fn request(cmd: KmsCommand) -> Result<api::Request, CmdError> {
     use KmsCommand::*;
-    let v = match cmd {
+    use api::Request as R;
+    let tags = |t: &[String]| -> Result<Vec<api::Tag>, CmdError> {
+        Ok(tags_arg(t)?
+            .into_iter()
+            .map(|(tag_key, tag_value)| api::Tag { tag_key, tag_value })
+            .collect())
+    };
+    let key = |k: KeyIdArg| api::KeyOnly { key_id: k.key_id };
+    let key_paging = |k: KeyIdArg, p: Paging| api::KeyPaging {
+        key_id: k.key_id,
+        limit: p.limit,
+        marker: p.marker,
+    };
+    let blob = |v: &str, flag: &str| -> Result<api::Blob, CmdError> {
+        Ok(api::Blob::new(blob_arg(v, flag)?))
+    };
+    let tokens = |t: Vec<String>| -> Result<Vec<String>, CmdError> {
+        if t.iter().any(|t| t.is_empty()) {
+            return Err(CmdError::Usage("--grant-tokens: empty token".into()));
+        }
+        Ok(t)
+    };
+    let data_key = |a: DataKeyArgs| -> Result<api::GenerateDataKey, CmdError> {
+        Ok(api::GenerateDataKey {
+            key_id: a.key.key_id,
+            key_spec: a.key_spec,
+            number_of_bytes: a.number_of_bytes,
+            encryption_context: ctx_opt(&a.encryption_context)?,
+            grant_tokens: tokens(a.grant_tokens)?,
+            dry_run: None,
+        })
+    };
+    Ok(match cmd {
         CreateKey {
             description,
-            tags,
+            tags: t,
             key_usage,
             origin,
             key_spec,
             policy,
             bypass_policy_lockout_safety_check,
-        } => {
-            let policy = policy.map(|p| text_arg(&p, "--policy")).transpose()?;
-            let req = CreateKeyRequest {
-                description,
-                tags: tags_arg(&tags)?,
-                key_usage,
-                origin,
-                key_spec,
-                policy,
-                bypass_policy_lockout_safety_check,
-            };
-            let (meta, unresolved) = kms.create_key_with_warnings(caller, req)?;
-            warn_unresolved("the key policy", &unresolved, UNRESOLVED_AT_PUT);
-            json!({"KeyMetadata": meta})
-        }
-        DescribeKey(k) => json!({"KeyMetadata": kms.describe_key(caller, &k.key_id)?}),
-        GetKeyPolicy { key, policy_name } => {
-            let (v, unresolved) =
-                kms.get_key_policy_with_warnings(caller, &key.key_id, policy_name.as_deref())?;
-            warn_unresolved("the key policy", &unresolved, UNRESOLVED_NOW);
-            v
-        }
+        } => R::CreateKey(api::CreateKey {
+            description: Some(description),
+            tags: tags(&t)?,
+            key_usage,
+            origin,
+            key_spec,
+            policy: policy.map(|p| text_arg(&p, "--policy")).transpose()?,
+            bypass_policy_lockout_safety_check,
+            multi_region: None,
+        }),
+        DescribeKey(k) => R::DescribeKey(key(k)),
+        GetKeyPolicy {
+            key: k,
+            policy_name,
+        } => R::GetKeyPolicy(api::GetKeyPolicy {
+            key_id: k.key_id,
+            policy_name,
+        }),
         PutKeyPolicy {
-            key,
+            key: k,
             policy_name,
             policy,
             bypass_policy_lockout_safety_check,
-        } => {
-            let doc = text_arg(&policy, "--policy")?;
-            let unresolved = kms.put_key_policy_with_warnings(
-                caller,
-                &key.key_id,
-                policy_name.as_deref(),
-                &doc,
-                bypass_policy_lockout_safety_check,
-            )?;
-            warn_unresolved("the key policy", &unresolved, UNRESOLVED_AT_PUT);
-            Value::Null
-        }
+        } => R::PutKeyPolicy(api::PutKeyPolicy {
+            key_id: k.key_id,
+            policy_name,
+            policy: text_arg(&policy, "--policy")?,
+            bypass_policy_lockout_safety_check,
+        }),
         CreateGrant {
-            key,
+            key: k,
             grantee_principal,
             retiring_principal,
             operations,
             constraints,
             name,
             grant_tokens,
-        } => {
-            let caller = &with_tokens(caller, grant_tokens)?;
-            let constraints = constraints.map(|c| parse_constraints(&c)).transpose()?;
-            let req = crate::kms::service::GrantRequest {
-                grantee: grantee_principal,
-                retiring: retiring_principal,
-                operations,
-                constraints,
-                name,
-            };
-            kms.create_grant(caller, &key.key_id, req)?
-        }
+        } => R::CreateGrant(api::CreateGrant {
+            key_id: k.key_id,
+            grantee_principal,
+            retiring_principal,
+            operations,
+            constraints: constraints.map(|c| parse_constraints(&c)).transpose()?,
+            name,
+            grant_tokens: tokens(grant_tokens)?,
+        }),
         ListGrants {
-            key,
+            key: k,
             grant_id,
             grantee_principal,
             paging,
-        } => kms.list_grants(
-            caller,
-            &key.key_id,
-            grant_id.as_deref(),
-            grantee_principal.as_deref(),
-            paging.limit,
-            paging.marker.as_deref(),
-        )?,
+        } => R::ListGrants(api::ListGrants {
+            key_id: k.key_id,
+            grant_id,
+            grantee_principal,
+            limit: paging.limit,
+            marker: paging.marker,
+        }),
         ListRetirableGrants {
             retiring_principal,
             paging,
-        } => kms.list_retirable_grants(
-            caller,
-            &retiring_principal,
-            paging.limit,
-            paging.marker.as_deref(),
-        )?,
+        } => R::ListRetirableGrants(api::ListRetirableGrants {
+            retiring_principal,
+            limit: paging.limit,
+            marker: paging.marker,
+        }),
         RetireGrant {
             grant_token,
             key_id,
             grant_id,
-        } => {
-            kms.retire_grant(
-                caller,
-                grant_token.as_deref(),
-                key_id.as_deref(),
-                grant_id.as_deref(),
-            )?;
-            Value::Null
-        }
-        RevokeGrant { key, grant_id } => {
-            kms.revoke_grant(caller, &key.key_id, &grant_id)?;
-            Value::Null
-        }
-        ListKeys(p) => kms.list_keys(caller, p.limit, p.marker.as_deref())?,
-        EnableKey(k) => {
-            kms.enable_key(caller, &k.key_id)?;
-            Value::Null
-        }
-        DisableKey(k) => {
-            kms.disable_key(caller, &k.key_id)?;
-            Value::Null
-        }
+        } => R::RetireGrant(api::RetireGrant {
+            grant_token,
+            key_id,
+            grant_id,
+        }),
+        RevokeGrant { key: k, grant_id } => R::RevokeGrant(api::RevokeGrant {
+            key_id: k.key_id,
+            grant_id,
+        }),
+        ListKeys(p) => R::ListKeys(api::Paging {
+            limit: p.limit,
+            marker: p.marker,
+        }),
+        EnableKey(k) => R::EnableKey(key(k)),
+        DisableKey(k) => R::DisableKey(key(k)),
         ScheduleKeyDeletion {
-            key,
+            key: k,
             pending_window_in_days,
-        } => kms.schedule_key_deletion(caller, &key.key_id, pending_window_in_days)?,
-        CancelKeyDeletion(k) => kms.cancel_key_deletion(caller, &k.key_id)?,
-        UpdateKeyDescription { key, description } => {
-            kms.update_key_description(caller, &key.key_id, &description)?;
-            Value::Null
-        }
+        } => R::ScheduleKeyDeletion(api::ScheduleKeyDeletion {
+            key_id: k.key_id,
+            pending_window_in_days,
+        }),
+        CancelKeyDeletion(k) => R::CancelKeyDeletion(key(k)),
+        UpdateKeyDescription {
+            key: k,
+            description,
+        } => R::UpdateKeyDescription(api::UpdateKeyDescription {
+            key_id: k.key_id,
+            description,
+        }),
         EnableKeyRotation {
-            key,
+            key: k,
             rotation_period_in_days,
-        } => {
-            kms.enable_key_rotation(caller, &key.key_id, rotation_period_in_days)?;
-            Value::Null
-        }
-        DisableKeyRotation(k) => {
-            kms.disable_key_rotation(caller, &k.key_id)?;
-            Value::Null
-        }
-        GetKeyRotationStatus(k) => kms.get_key_rotation_status(caller, &k.key_id)?,
-        RotateKeyOnDemand(k) => kms.rotate_key_on_demand(caller, &k.key_id)?,
-        ListKeyRotations { key, paging } => {
-            kms.list_key_rotations(caller, &key.key_id, paging.limit, paging.marker.as_deref())?
-        }
+        } => R::EnableKeyRotation(api::EnableKeyRotation {
+            key_id: k.key_id,
+            rotation_period_in_days,
+        }),
+        DisableKeyRotation(k) => R::DisableKeyRotation(key(k)),
+        GetKeyRotationStatus(k) => R::GetKeyRotationStatus(key(k)),
+        RotateKeyOnDemand(k) => R::RotateKeyOnDemand(key(k)),
+        ListKeyRotations { key: k, paging } => R::ListKeyRotations(key_paging(k, paging)),
         CreateAlias {
             alias_name,
             target_key_id,
-        } => {
-            kms.create_alias(caller, &alias_name, &target_key_id)?;
-            Value::Null
-        }
+        } => R::CreateAlias(api::AliasTarget {
+            alias_name,
+            target_key_id,
+        }),
         UpdateAlias {
             alias_name,
             target_key_id,
-        } => {
-            kms.update_alias(caller, &alias_name, &target_key_id)?;
-            Value::Null
-        }
-        DeleteAlias { alias_name } => {
-            kms.delete_alias(caller, &alias_name)?;
-            Value::Null
-        }
-        ListAliases { key_id, paging } => kms.list_aliases(
-            caller,
-            key_id.as_deref(),
-            paging.limit,
-            paging.marker.as_deref(),
-        )?,
-        TagResource { key, tags } => {
-            kms.tag_resource(caller, &key.key_id, &tags_arg(&tags)?)?;
-            Value::Null
-        }
-        UntagResource { key, tag_keys } => {
-            kms.untag_resource(caller, &key.key_id, &tag_keys)?;
-            Value::Null
-        }
-        ListResourceTags { key, paging } => {
-            kms.list_resource_tags(caller, &key.key_id, paging.limit, paging.marker.as_deref())?
-        }
+        } => R::UpdateAlias(api::AliasTarget {
+            alias_name,
+            target_key_id,
+        }),
+        DeleteAlias { alias_name } => R::DeleteAlias(api::AliasOnly { alias_name }),
+        ListAliases { key_id, paging } => R::ListAliases(api::ListAliases {
+            key_id,
+            limit: paging.limit,
+            marker: paging.marker,
+        }),
+        TagResource { key: k, tags: t } => R::TagResource(api::TagResource {
+            key_id: k.key_id,
+            tags: tags(&t)?,
+        }),
+        UntagResource { key: k, tag_keys } => R::UntagResource(api::UntagResource {
+            key_id: k.key_id,
+            tag_keys,
+        }),
+        ListResourceTags { key: k, paging } => R::ListResourceTags(key_paging(k, paging)),
         Encrypt {
-            key,
+            key: k,
             plaintext,
             encryption_context,
             encryption_algorithm,
             grant_tokens,
-        } => {
-            let caller = &with_tokens(caller, grant_tokens)?;
-            let pt = zeroize::Zeroizing::new(blob_arg(&plaintext, "--plaintext")?);
-            let ctx = ctx_opt(&encryption_context)?;
-            let r = kms.encrypt(
-                caller,
-                &key.key_id,
-                &pt,
-                &ctx,
-                encryption_algorithm.as_deref(),
-            )?;
-            json!({"CiphertextBlob": b64(&r.ciphertext_blob), "KeyId": r.key_arn, "EncryptionAlgorithm": "SYMMETRIC_DEFAULT"})
-        }
+        } => R::Encrypt(api::Encrypt {
+            key_id: k.key_id,
+            plaintext: blob(&plaintext, "--plaintext")?,
+            encryption_context: ctx_opt(&encryption_context)?,
+            encryption_algorithm,
+            grant_tokens: tokens(grant_tokens)?,
+            dry_run: None,
+        }),
         Decrypt {
             ciphertext_blob,
             encryption_context,
             key_id,
             encryption_algorithm,
             grant_tokens,
-        } => {
-            let caller = &with_tokens(caller, grant_tokens)?;
-            let blob = blob_arg(&ciphertext_blob, "--ciphertext-blob")?;
-            let ctx = ctx_opt(&encryption_context)?;
-            let r = kms.decrypt(
-                caller,
-                &blob,
-                &ctx,
-                key_id.as_deref(),
-                encryption_algorithm.as_deref(),
-            )?;
-            json!({"KeyId": r.key_arn, "Plaintext": b64(r.plaintext.as_bytes()), "EncryptionAlgorithm": "SYMMETRIC_DEFAULT"})
-        }
+        } => R::Decrypt(api::Decrypt {
+            ciphertext_blob: blob(&ciphertext_blob, "--ciphertext-blob")?,
+            encryption_context: ctx_opt(&encryption_context)?,
+            key_id,
+            encryption_algorithm,
+            grant_tokens: tokens(grant_tokens)?,
+            dry_run: None,
+        }),
         ReEncrypt {
             ciphertext_blob,
             source_encryption_context,
@@ -782,58 +715,51 @@ pub fn run(kms: &Kms, caller: &Caller, cmd: KmsCommand) -> Result<Value, CmdErro
             destination_key_id,
             destination_encryption_context,
             grant_tokens,
-        } => {
-            let caller = &with_tokens(caller, grant_tokens)?;
-            let blob = blob_arg(&ciphertext_blob, "--ciphertext-blob")?;
-            let r = kms.re_encrypt(
-                caller,
-                &blob,
-                &ctx_opt(&source_encryption_context)?,
-                source_key_id.as_deref(),
-                &destination_key_id,
-                &ctx_opt(&destination_encryption_context)?,
-            )?;
-            json!({"CiphertextBlob": b64(&r.ciphertext_blob), "SourceKeyId": r.source_key_arn, "KeyId": r.key_arn,
-                   "SourceEncryptionAlgorithm": "SYMMETRIC_DEFAULT", "DestinationEncryptionAlgorithm": "SYMMETRIC_DEFAULT"})
-        }
-        GenerateDataKey(a) => data_key(kms, caller, a, true)?,
-        GenerateDataKeyWithoutPlaintext(a) => data_key(kms, caller, a, false)?,
+        } => R::ReEncrypt(api::ReEncrypt {
+            ciphertext_blob: blob(&ciphertext_blob, "--ciphertext-blob")?,
+            source_encryption_context: ctx_opt(&source_encryption_context)?,
+            source_key_id,
+            destination_key_id,
+            destination_encryption_context: ctx_opt(&destination_encryption_context)?,
+            grant_tokens: tokens(grant_tokens)?,
+            dry_run: None,
+        }),
+        GenerateDataKey(a) => R::GenerateDataKey(data_key(a)?),
+        GenerateDataKeyWithoutPlaintext(a) => R::GenerateDataKeyWithoutPlaintext(data_key(a)?),
         GenerateRandom { number_of_bytes } => {
-            json!({"Plaintext": b64(kms.generate_random(caller, number_of_bytes)?.as_bytes())})
+            R::GenerateRandom(api::GenerateRandom { number_of_bytes })
         }
         GetParametersForImport {
-            key,
+            key: k,
             wrapping_algorithm,
             wrapping_key_spec,
-        } => kms.get_parameters_for_import(
-            caller,
-            &key.key_id,
-            &wrapping_algorithm,
-            &wrapping_key_spec,
-        )?,
+        } => R::GetParametersForImport(api::GetParametersForImport {
+            key_id: k.key_id,
+            wrapping_algorithm: Some(wrapping_algorithm),
+            wrapping_key_spec: Some(wrapping_key_spec),
+        }),
         ImportKeyMaterial {
-            key,
+            key: k,
             import_token,
             encrypted_key_material,
             expiration_model,
             valid_to,
-        } => {
-            let token = blob_arg(&import_token, "--import-token")?;
-            let material = blob_arg(&encrypted_key_material, "--encrypted-key-material")?;
-            kms.import_key_material(
-                caller,
-                &key.key_id,
-                &token,
-                &material,
-                expiration_model.as_deref(),
-                valid_to,
-            )?;
-            Value::Null
-        }
-        DeleteImportedKeyMaterial(k) => {
-            kms.delete_imported_key_material(caller, &k.key_id)?;
-            Value::Null
-        }
-    };
-    Ok(v)
+        } => R::ImportKeyMaterial(api::ImportKeyMaterial {
+            key_id: k.key_id,
+            import_token: blob(&import_token, "--import-token")?,
+            encrypted_key_material: blob(&encrypted_key_material, "--encrypted-key-material")?,
+            expiration_model,
+            valid_to: valid_to.map(|t| t as f64),
+        }),
+        DeleteImportedKeyMaterial(k) => R::DeleteImportedKeyMaterial(key(k)),
+    })
+}
+
+/// Runs one operation and returns its JSON output (`Null` prints nothing).
+pub fn run(kms: &Kms, caller: &Caller, cmd: KmsCommand) -> Result<Value, CmdError> {
+    let out = api::run(kms, caller, request(cmd)?)?;
+    if let Some(w) = out.warning {
+        eprintln!("kmsfs: warning: {w}");
+    }
+    Ok(out.value)
 }

@@ -4,6 +4,7 @@
 //! key-state table) lives in small modules with their own tests; `keystore`
 //! and `audit` own the file I/O; `service` ties them together.
 
+pub mod api;
 pub mod audit;
 pub mod audit_admit;
 pub mod audit_query;
