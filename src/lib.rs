@@ -10,3 +10,4 @@ pub mod fs;
 pub mod fuzz_targets;
 pub mod kms;
 pub mod log;
+pub mod server;

@@ -102,8 +102,44 @@ pub struct DataKeyArgs {
     pub grant_tokens: Vec<String>,
 }
 
+/// `kms serve`'s flags.
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// TCP address to serve on, e.g. 127.0.0.1:8080 (port 0: any free port, printed); repeatable. Requests must be SigV4-signed with an access key of this KMS.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Vec<std::net::SocketAddr>,
+    /// Unix socket to serve on; a caller's identity is its uid and gid (SO_PEERCRED), no signature needed.
+    #[arg(long, value_name = "PATH")]
+    pub unix: Option<std::path::PathBuf>,
+    /// Requests per second past which ThrottlingException is answered (AWS's quota for cryptographic operations is 5,500 to 100,000 a region).
+    #[arg(long, default_value_t = 50_000)]
+    pub max_rate: u32,
+    /// Connections served at once; more are refused with ThrottlingException.
+    #[arg(long, default_value_t = 512)]
+    pub max_connections: usize,
+    /// Serve plain HTTP on an address other than loopback (only behind a TLS-terminating proxy).
+    #[arg(long)]
+    pub insecure_http: bool,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum KmsCommand {
+    /// Serve this KMS over the AWS KMS JSON API (as `aws kms --endpoint-url`, boto3 and AWS SDKs speak it), in the foreground; prints one line per address once it answers.
+    Serve(ServeArgs),
+    /// Make a SigV4 access key whose requests act as PRINCIPAL (prints the secret once, in IAM's CreateAccessKey shape).
+    CreateAccessKey {
+        /// Who the key's requests act as: uid:N or user:NAME; key policies and grants judge them as that account.
+        #[arg(long)]
+        principal: String,
+    },
+    /// List the access keys (without secrets), in IAM's ListAccessKeys shape.
+    ListAccessKeys,
+    /// Delete an access key; requests signed with it fail from then on.
+    DeleteAccessKey {
+        /// The key's AccessKeyId.
+        #[arg(long)]
+        access_key_id: String,
+    },
     /// Creates a unique customer managed KMS key.
     CreateKey {
         /// A description of the KMS key.
@@ -532,6 +568,12 @@ pub fn request(cmd: KmsCommand) -> Result<api::Request, CmdError> {
         })
     };
     Ok(match cmd {
+        Serve(_) | CreateAccessKey { .. } | ListAccessKeys | DeleteAccessKey { .. } => {
+            return Err(CmdError::Usage(format!(
+                "{} is not an operation of the AWS KMS API",
+                operation_name(&cmd)
+            )));
+        }
         CreateKey {
             description,
             tags: t,
@@ -757,6 +799,17 @@ pub fn request(cmd: KmsCommand) -> Result<api::Request, CmdError> {
 
 /// Runs one operation and returns its JSON output (`Null` prints nothing).
 pub fn run(kms: &Kms, caller: &Caller, cmd: KmsCommand) -> Result<Value, CmdError> {
+    match cmd {
+        KmsCommand::CreateAccessKey { principal } => {
+            return Ok(kms.create_access_key(caller, &principal)?);
+        }
+        KmsCommand::ListAccessKeys => return Ok(kms.list_access_keys(caller)?),
+        KmsCommand::DeleteAccessKey { access_key_id } => {
+            kms.delete_access_key(caller, &access_key_id)?;
+            return Ok(Value::Null);
+        }
+        _ => {}
+    }
     let out = api::run(kms, caller, request(cmd)?)?;
     if let Some(w) = out.warning {
         eprintln!("kmsfs: warning: {w}");

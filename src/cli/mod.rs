@@ -298,6 +298,22 @@ fn run_kms(
             return exit::FAILURE;
         }
     };
+    if let kms_cmd::KmsCommand::Serve(a) = op {
+        let opts = crate::server::ServeOptions {
+            listen: a.listen,
+            unix: a.unix,
+            max_rate: a.max_rate,
+            max_connections: a.max_connections,
+            insecure_http: a.insecure_http,
+        };
+        return match crate::server::serve(kms, opts) {
+            Ok(()) => exit::OK,
+            Err(e) => {
+                eprintln!("kmsfs: {e}");
+                exit::FAILURE
+            }
+        };
+    }
     let caller = Caller::this_process(Via::Cli);
     match kms_cmd::run(&kms, &caller, op) {
         Ok(v) if v.is_null() => exit::OK,

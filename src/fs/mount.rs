@@ -702,13 +702,13 @@ fn signal_set() -> libc::sigset_t {
 
 /// Blocks the ending signals in this thread (and the threads it spawns after),
 /// so one thread can wait for them and unmount cleanly.
-fn block_signals() {
+pub(crate) fn block_signals() {
     let set = signal_set();
     // SAFETY: valid signal set.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
 }
 
-fn wait_signal() -> i32 {
+pub(crate) fn wait_signal() -> i32 {
     let set = signal_set();
     let mut sig = 0;
     // SAFETY: valid signal set and out-parameter.

@@ -37,6 +37,9 @@ pub struct UserIdentity {
     pub pid: u32,
     pub process_name: Option<String>,
     pub invoked_by: super::caller::Via,
+    /// The SigV4 access key of a request through `kmsfs kms serve`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -617,6 +620,7 @@ mod tests {
                 pid: 1,
                 process_name: Some("test".into()),
                 invoked_by: Via::Cli,
+                access_key_id: None,
             },
             event_time: "2026-01-01T00:00:00Z".into(),
             event_source: "kms.kmsfs.local",

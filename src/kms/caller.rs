@@ -25,6 +25,17 @@ pub struct Caller {
     pub source_ip: Option<String>,
     /// Grant tokens sent with the request (AWS's GrantTokens parameter).
     pub grant_tokens: Vec<String>,
+    /// For a request through `kmsfs kms serve`: how it authenticated.
+    pub remote: Option<Remote>,
+}
+
+/// What the audit log records of a network caller besides its address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    /// The SigV4 access key the request was signed with (`None` over a
+    /// unix socket, where the peer's credentials are the identity).
+    pub access_key_id: Option<String>,
+    pub user_agent: Option<String>,
 }
 
 impl Caller {
@@ -40,6 +51,7 @@ impl Caller {
             via,
             source_ip: None,
             grant_tokens: vec![],
+            remote: None,
         }
     }
 
@@ -53,6 +65,7 @@ impl Caller {
             via,
             source_ip: None,
             grant_tokens: vec![],
+            remote: None,
         }
     }
 

@@ -82,6 +82,25 @@ pub struct State {
     pub imports: BTreeMap<KeyId, PendingImport>,
     #[serde(default)]
     pub grants: Vec<super::grant::Grant>,
+    /// SigV4 access keys of `kmsfs kms serve`, by access key id.
+    #[serde(default)]
+    pub access_keys: BTreeMap<String, AccessKey>,
+}
+
+/// A SigV4 credential: its secret, sealed with the rest of the keystore,
+/// and the principal its requests act as.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct AccessKey {
+    #[serde(with = "secret_b64")]
+    pub secret: SecretBytes,
+    pub principal: String,
+    pub created: i64,
+}
+
+impl std::fmt::Debug for AccessKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AccessKey({}, <redacted>)", self.principal)
+    }
 }
 
 /// How the root key is obtained; stored in the clear beside the sealed body.

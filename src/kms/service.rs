@@ -24,6 +24,8 @@ use super::policy::{
 use crate::crypto::kdf::{Argon2Params, hkdf256, hmac_sha256};
 use crate::crypto::{AeadKey, Key256, SecretBytes};
 use serde::Serialize;
+
+mod access_keys;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
@@ -643,10 +645,10 @@ impl Kms {
         let rec = Record {
             event_version: "1.08",
             user_identity: UserIdentity {
-                kind: if caller.via == Via::Service {
-                    "KmsfsService"
-                } else {
-                    "LocalUser"
+                kind: match (caller.via, &caller.remote) {
+                    (Via::Service, _) => "KmsfsService",
+                    (_, Some(r)) if r.access_key_id.is_some() => "AccessKey",
+                    _ => "LocalUser",
                 },
                 principal_id: caller.principal(),
                 uid: caller.uid,
@@ -654,13 +656,18 @@ impl Kms {
                 pid: caller.pid,
                 process_name: caller.process.clone(),
                 invoked_by: caller.via,
+                access_key_id: caller.remote.as_ref().and_then(|r| r.access_key_id.clone()),
             },
             event_time: cached_rfc3339(self.clock.now()),
             event_source: "kms.kmsfs.local",
             event_name: ev.name,
             aws_region: "local",
             source_ip_address: caller.source_ip.clone().unwrap_or_else(|| "local".into()),
-            user_agent: self.user_agent.clone(),
+            user_agent: caller
+                .remote
+                .as_ref()
+                .and_then(|r| r.user_agent.clone())
+                .unwrap_or_else(|| self.user_agent.clone()),
             request_parameters: ev.params,
             response_elements: ev.response,
             error_code,

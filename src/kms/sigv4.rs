@@ -536,6 +536,37 @@ mod tests {
     }
 
     #[test]
+    fn the_verifier_accepts_the_suites_get_vanilla_request() {
+        // The request exactly as the suite gives it, Authorization included.
+        let mut h = suite_headers();
+        h.push((
+            "Authorization".into(),
+            "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request, SignedHeaders=host;x-amz-date, Signature=5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31".into(),
+        ));
+        let req = Request {
+            method: "GET",
+            path: "/",
+            query: "",
+            headers: &h,
+            body: b"",
+        };
+        let auth = check_form(&req, "service", 1_440_938_160).unwrap();
+        assert_eq!(auth.access_key_id, KEY);
+        assert_eq!(verify(&req, &auth, SECRET), Ok(()));
+        assert_eq!(
+            verify(&req, &auth, "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEZ")
+                .unwrap_err()
+                .code,
+            "InvalidSignatureException"
+        );
+        // Signed for another service: refused before any secret is looked up.
+        assert_eq!(
+            check_form(&req, "kms", 1_440_938_160).unwrap_err().code,
+            "IncompleteSignatureException"
+        );
+    }
+
+    #[test]
     fn the_suites_intermediate_values() {
         let h = suite_headers();
         let req = Request {

@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod serve;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_kmsfs");
 
 /// Mount tests need /dev/fuse; without it they fail, loudly.
