@@ -5,7 +5,9 @@
 # counts them all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/deps.sh
+bash scripts/deps.sh curl
+# awscli, boto3 and moto for the KMS server tests, in target/pyenv.
+bash scripts/pydeps.sh
 if [ ! -e /dev/fuse ]; then
   echo "/dev/fuse is missing: the mount tests will fail; load the fuse module (modprobe fuse)" >&2
 fi

@@ -117,3 +117,232 @@ echo "bad alias $(code create-alias --alias-name nope --target-key-id $K)"
         "the secret access key is in the audit log"
     );
 }
+
+/// Python that sends raw signed requests (botocore's own signer) with a
+/// chosen clock, body or secret, and prints `status code` per case.
+const RAW: &str = r#"
+import datetime, json, os, sys, urllib.request
+import botocore.auth, botocore.awsrequest, botocore.credentials
+ENDPOINT = os.environ["ENDPOINT"]
+CREDS = botocore.credentials.Credentials(os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"])
+
+def skewed(skew):
+    def now(remove_tzinfo=True):
+        d = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=skew)
+        return d.replace(tzinfo=None) if remove_tzinfo else d
+    return now
+
+def send(op, body, creds=CREDS, skew=0, tamper=None, sign=True, headers=None):
+    req = botocore.awsrequest.AWSRequest(method="POST", url=ENDPOINT + "/", data=body,
+        headers={"X-Amz-Target": "TrentService." + op, "Content-Type": "application/x-amz-json-1.1", **(headers or {})})
+    if sign:
+        # botocore's signer takes its time from this function.
+        real = botocore.auth.get_current_datetime
+        botocore.auth.get_current_datetime = skewed(skew)
+        try:
+            botocore.auth.SigV4Auth(creds, "kms", "us-west-2").add_auth(req)
+        finally:
+            botocore.auth.get_current_datetime = real
+    data = tamper if tamper is not None else req.body
+    r = urllib.request.Request(ENDPOINT + "/", data=data, method="POST", headers=dict(req.headers.items()))
+    try:
+        with urllib.request.urlopen(r, timeout=20) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+def case(name, *a, **k):
+    status, body = send(*a, **k)
+    print(name, status, body.get("__type", "ok"), body.get("message", "")[:80])
+"#;
+
+#[test]
+fn sigv4_failures_and_malformed_requests_get_awss_error_codes() {
+    let s = Server::start(&[]);
+    let creds = s.access_key("uid:0");
+    let script = format!(
+        r#"{RAW}
+kid = json.dumps({{"KeyId": os.environ["KEY_ID"]}}).encode()
+case("good", "DescribeKey", kid)
+case("wrong-secret", "DescribeKey", kid, creds=botocore.credentials.Credentials(CREDS.access_key, "x" * 40))
+case("unknown-key", "DescribeKey", kid, creds=botocore.credentials.Credentials("KMSFAAAAAAAAAAAAAAAA", CREDS.secret_key))
+case("skewed-past", "DescribeKey", kid, skew=-600)
+case("skewed-future", "DescribeKey", kid, skew=600)
+case("small-skew", "DescribeKey", kid, skew=-120)
+case("tampered-body", "DescribeKey", kid, tamper=json.dumps({{"KeyId": "alias/other"}}).encode())
+case("unsigned", "DescribeKey", kid, sign=False)
+case("unknown-op", "Frobnicate", b"{{}}")
+case("not-json", "DescribeKey", b"{{nope")
+case("wrong-type", "DescribeKey", b'{{"KeyId": 5}}')
+case("missing-member", "DescribeKey", b"{{}}")
+case("bad-base64", "Decrypt", b'{{"CiphertextBlob": "!!!"}}')
+case("no-such-key", "DescribeKey", b'{{"KeyId": "alias/none"}}')
+case("oversized", "Encrypt", b'{{"KeyId": "k", "Plaintext": "' + b"A" * (300 << 10) + b'"}}')
+"#
+    );
+    let out = ok(&s.python(&creds, &script));
+    for (case, status, code) in [
+        ("good", "200", "ok"),
+        ("wrong-secret", "400", "InvalidSignatureException"),
+        ("unknown-key", "400", "UnrecognizedClientException"),
+        ("skewed-past", "400", "InvalidSignatureException Signature expired"),
+        ("skewed-future", "400", "InvalidSignatureException Signature expired"),
+        ("small-skew", "200", "ok"),
+        ("tampered-body", "400", "InvalidSignatureException"),
+        ("unsigned", "400", "MissingAuthenticationTokenException"),
+        ("unknown-op", "400", "UnknownOperationException"),
+        ("not-json", "400", "SerializationException"),
+        ("wrong-type", "400", "SerializationException"),
+        ("missing-member", "400", "ValidationException"),
+        ("bad-base64", "400", "SerializationException"),
+        ("no-such-key", "400", "NotFoundException"),
+        ("oversized", "413", "ValidationException"),
+    ] {
+        let want = format!("{case} {status} {code}");
+        assert!(out.lines().any(|l| l.starts_with(&want)), "missing {want:?} in:\n{out}");
+    }
+    // Garbage on the socket gets an HTTP error, and the server goes on.
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    std::io::Write::write_all(&mut c, b"\x16\x03\x01 not http\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    let _ = std::io::Read::read_to_string(&mut c, &mut reply);
+    assert!(reply.starts_with("HTTP/1.1 400 "), "{reply}");
+    let out = ok(&s.python(&creds, &format!("{RAW}\ncase('after', 'ListKeys', b'{{}}')")));
+    assert!(out.starts_with("after 200 ok"), "{out}");
+}
+
+#[test]
+fn boto3_data_plane_and_access_keys_that_change_while_serving() {
+    let s = Server::start(&[]);
+    let root = s.access_key("uid:0");
+    let blob = s.dir.path().join("dk.blob");
+    let out = ok(&s.python(
+        &root,
+        &r#"
+import boto3, botocore, os
+c = boto3.client("kms", endpoint_url=os.environ["ENDPOINT"], region_name="eu-central-1")
+k = os.environ["KEY_ID"]
+dk = c.generate_data_key(KeyId=k, KeySpec="AES_256", EncryptionContext={"path": "a/b"})
+assert len(dk["Plaintext"]) == 32
+back = c.decrypt(CiphertextBlob=dk["CiphertextBlob"], EncryptionContext={"path": "a/b"})
+assert back["Plaintext"] == dk["Plaintext"] and back["KeyId"].endswith(k)
+try:
+    c.decrypt(CiphertextBlob=dk["CiphertextBlob"], EncryptionContext={"path": "a/c"})
+except botocore.exceptions.ClientError as e:
+    print("moved", e.response["Error"]["Code"])
+c.create_grant(KeyId=k, GranteePrincipal="uid:65534", Operations=["Decrypt"])
+open(os.environ["BLOB"], "wb").write(dk["CiphertextBlob"])
+print("ok")
+"#
+        .replace("os.environ[\"BLOB\"]", &format!("{:?}", blob.display().to_string())),
+    ));
+    assert!(out.contains("moved InvalidCiphertextException") && out.ends_with("ok\n"), "{out}");
+    // A key made while the server runs works at once and acts as its
+    // principal: uid 65534 may Decrypt (the grant) but not Encrypt.
+    let nobody = s.access_key("uid:65534");
+    let script = r#"
+import boto3, botocore, os
+c = boto3.client("kms", endpoint_url=os.environ["ENDPOINT"], region_name="us-east-1",
+                 config=botocore.config.Config(retries={"total_max_attempts": 1}))
+blob = open(os.environ["BLOB"], "rb").read()
+def code(f, **a):
+    try:
+        f(**a); return "ok"
+    except botocore.exceptions.ClientError as e:
+        return e.response["Error"]["Code"]
+print("decrypt", code(c.decrypt, CiphertextBlob=blob, EncryptionContext={"path": "a/b"}))
+print("encrypt", code(c.encrypt, KeyId=os.environ["KEY_ID"], Plaintext=b"x"))
+"#;
+    let run = |creds| s.python(creds, &script.replace("os.environ[\"BLOB\"]", &format!("{:?}", blob.display().to_string())));
+    let out = ok(&run(&nobody));
+    assert!(out.contains("decrypt ok") && out.contains("encrypt AccessDeniedException"), "{out}");
+    let nobody_records: Vec<_> = s
+        .audit()
+        .into_iter()
+        .filter(|r| r["userIdentity"]["accessKeyId"] == nobody.0.as_str())
+        .collect();
+    assert_eq!(nobody_records.len(), 2, "{nobody_records:?}");
+    assert_eq!(nobody_records[0]["userIdentity"]["uid"], 65534);
+    assert_eq!(nobody_records[1]["errorCode"], "AccessDeniedException");
+    // Deleted while serving: refused from the next request on.
+    ok(&s.cli(&["kms", "delete-access-key", "--access-key-id", &nobody.0]));
+    let out = ok(&run(&nobody));
+    assert!(out.contains("decrypt UnrecognizedClientException"), "{out}");
+    let listed = ok(&s.cli(&["kms", "list-access-keys"]));
+    assert!(listed.contains(&root.0) && !listed.contains(&nobody.0), "{listed}");
+    assert!(!listed.contains("SecretAccessKey"), "{listed}");
+}
+
+#[test]
+fn unix_socket_callers_are_who_the_kernel_says_they_are() {
+    let s = Server::start(&[]);
+    common::ensure_users(&[], &[("kmsfs-sock", &[])]);
+    let _ = std::fs::set_permissions(s.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755));
+    let req = |who: &str| {
+        let curl = format!(
+            "curl -s --unix-socket {} -H 'X-Amz-Target: TrentService.GenerateRandom' -H 'Content-Type: application/x-amz-json-1.1' -d '{{\"NumberOfBytes\": 8}}' http://localhost/ ; echo; curl -s --unix-socket {} -H 'X-Amz-Target: TrentService.Encrypt' -d '{{\"KeyId\": \"{}\", \"Plaintext\": \"eA==\"}}' http://localhost/",
+            s.socket.display(),
+            s.socket.display(),
+            s.key_id()
+        );
+        if who == "root" {
+            common::sh_ok(&curl)
+        } else {
+            common::as_user(who, &curl).unwrap()
+        }
+    };
+    let root = req("root");
+    assert!(root.contains("\"Plaintext\"") && root.contains("\"CiphertextBlob\""), "{root}");
+    let user = req("kmsfs-sock");
+    assert!(user.contains("\"Plaintext\""), "{user}");
+    assert!(user.contains("AccessDeniedException"), "another user may not use root's key: {user}");
+    let uid: u32 = common::sh_ok("id -u kmsfs-sock").trim().parse().unwrap();
+    let denied = s
+        .audit()
+        .into_iter()
+        .find(|r| r["errorCode"] == "AccessDeniedException")
+        .expect("the refusal is audited");
+    assert_eq!(denied["userIdentity"]["uid"], uid);
+    assert_eq!(denied["sourceIPAddress"], "unix");
+}
+
+#[test]
+fn many_clients_past_the_rate_get_throttled_and_no_audit_record_is_lost() {
+    let s = Server::start(&["--max-rate", "300"]);
+    let creds = s.access_key("uid:0");
+    let out = ok(&s.python(
+        &creds,
+        r#"
+import boto3, botocore, os, threading, collections
+cfg = botocore.config.Config(retries={"total_max_attempts": 1}, max_pool_connections=32)
+counts = collections.Counter()
+lock = threading.Lock()
+def worker():
+    c = boto3.session.Session().client("kms", endpoint_url=os.environ["ENDPOINT"], region_name="us-east-1", config=cfg)
+    for i in range(60):
+        try:
+            c.encrypt(KeyId=os.environ["KEY_ID"], Plaintext=b"p", EncryptionContext={"n": str(i)})
+            r = "ok"
+        except botocore.exceptions.ClientError as e:
+            r = e.response["Error"]["Code"]
+        with lock:
+            counts[r] += 1
+ts = [threading.Thread(target=worker) for _ in range(16)]
+[t.start() for t in ts]
+[t.join() for t in ts]
+print(counts["ok"], counts["ThrottlingException"], sum(counts.values()))
+"#,
+    ));
+    let n: Vec<u64> = out.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    let (okc, throttled, total) = (n[0], n[1], n[2]);
+    assert_eq!(total, 960, "{out}");
+    assert_eq!(okc + throttled, total, "only successes and throttling: {out}");
+    assert!(throttled > 0, "16 clients past 300 requests/s were never throttled: {out}");
+    assert!(okc >= 300, "{out}");
+    let encrypts = s
+        .audit()
+        .into_iter()
+        .filter(|r| r["eventName"] == "Encrypt" && r["userIdentity"]["invokedBy"] == "api")
+        .count() as u64;
+    assert_eq!(encrypts, okc, "every served Encrypt has its audit record");
+}

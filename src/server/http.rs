@@ -64,17 +64,20 @@ pub fn parse_head(buf: &[u8]) -> Result<Head, HttpError> {
     else {
         return Err(bad(400, "malformed request line"));
     };
-    let close_by_default = match version {
-        "HTTP/1.1" => false,
-        "HTTP/1.0" => true,
-        _ => return Err(bad(505, "only HTTP/1.1 and HTTP/1.0 are served")),
-    };
     if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
         return Err(bad(400, "malformed method"));
     }
     if !target.starts_with('/') {
         return Err(bad(400, "the request target must be a path"));
     }
+    let close_by_default = match version {
+        "HTTP/1.1" => false,
+        "HTTP/1.0" => true,
+        _ if version.starts_with("HTTP/") => {
+            return Err(bad(505, "only HTTP/1.1 and HTTP/1.0 are served"));
+        }
+        _ => return Err(bad(400, "malformed request line")),
+    };
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let mut headers = Vec::new();
     for line in lines {
@@ -189,6 +192,7 @@ mod tests {
         let status = |s: &str| parse_head(s.as_bytes()).unwrap_err().status;
         assert_eq!(status("POST /\r\n\r\n"), 400);
         assert_eq!(status("POST / HTTP/2\r\n\r\n"), 505);
+        assert_eq!(status("\x16\x03\x01 not http\r\n\r\n"), 400);
         assert_eq!(status("post / HTTP/1.1\r\n\r\n"), 400);
         assert_eq!(status("POST http://x/ HTTP/1.1\r\n\r\n"), 400);
         assert_eq!(status("POST / HTTP/1.1\r\nno colon\r\n\r\n"), 400);
