@@ -10,4 +10,5 @@ pub mod fs;
 pub mod fuzz_targets;
 pub mod kms;
 pub mod log;
+pub mod remote;
 pub mod server;

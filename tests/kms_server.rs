@@ -185,8 +185,16 @@ case("oversized", "Encrypt", b'{{"KeyId": "k", "Plaintext": "' + b"A" * (300 << 
         ("good", "200", "ok"),
         ("wrong-secret", "400", "InvalidSignatureException"),
         ("unknown-key", "400", "UnrecognizedClientException"),
-        ("skewed-past", "400", "InvalidSignatureException Signature expired"),
-        ("skewed-future", "400", "InvalidSignatureException Signature expired"),
+        (
+            "skewed-past",
+            "400",
+            "InvalidSignatureException Signature expired",
+        ),
+        (
+            "skewed-future",
+            "400",
+            "InvalidSignatureException Signature expired",
+        ),
         ("small-skew", "200", "ok"),
         ("tampered-body", "400", "InvalidSignatureException"),
         ("unsigned", "400", "MissingAuthenticationTokenException"),
@@ -199,7 +207,10 @@ case("oversized", "Encrypt", b'{{"KeyId": "k", "Plaintext": "' + b"A" * (300 << 
         ("oversized", "413", "ValidationException"),
     ] {
         let want = format!("{case} {status} {code}");
-        assert!(out.lines().any(|l| l.starts_with(&want)), "missing {want:?} in:\n{out}");
+        assert!(
+            out.lines().any(|l| l.starts_with(&want)),
+            "missing {want:?} in:\n{out}"
+        );
     }
     // Garbage on the socket gets an HTTP error, and the server goes on.
     let mut c = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
@@ -207,7 +218,10 @@ case("oversized", "Encrypt", b'{{"KeyId": "k", "Plaintext": "' + b"A" * (300 << 
     let mut reply = String::new();
     let _ = std::io::Read::read_to_string(&mut c, &mut reply);
     assert!(reply.starts_with("HTTP/1.1 400 "), "{reply}");
-    let out = ok(&s.python(&creds, &format!("{RAW}\ncase('after', 'ListKeys', b'{{}}')")));
+    let out = ok(&s.python(
+        &creds,
+        &format!("{RAW}\ncase('after', 'ListKeys', b'{{}}')"),
+    ));
     assert!(out.starts_with("after 200 ok"), "{out}");
 }
 
@@ -234,9 +248,15 @@ c.create_grant(KeyId=k, GranteePrincipal="uid:65534", Operations=["Decrypt"])
 open(os.environ["BLOB"], "wb").write(dk["CiphertextBlob"])
 print("ok")
 "#
-        .replace("os.environ[\"BLOB\"]", &format!("{:?}", blob.display().to_string())),
+        .replace(
+            "os.environ[\"BLOB\"]",
+            &format!("{:?}", blob.display().to_string()),
+        ),
     ));
-    assert!(out.contains("moved InvalidCiphertextException") && out.ends_with("ok\n"), "{out}");
+    assert!(
+        out.contains("moved InvalidCiphertextException") && out.ends_with("ok\n"),
+        "{out}"
+    );
     // A key made while the server runs works at once and acts as its
     // principal: uid 65534 may Decrypt (the grant) but not Encrypt.
     let nobody = s.access_key("uid:65534");
@@ -253,9 +273,20 @@ def code(f, **a):
 print("decrypt", code(c.decrypt, CiphertextBlob=blob, EncryptionContext={"path": "a/b"}))
 print("encrypt", code(c.encrypt, KeyId=os.environ["KEY_ID"], Plaintext=b"x"))
 "#;
-    let run = |creds| s.python(creds, &script.replace("os.environ[\"BLOB\"]", &format!("{:?}", blob.display().to_string())));
+    let run = |creds| {
+        s.python(
+            creds,
+            &script.replace(
+                "os.environ[\"BLOB\"]",
+                &format!("{:?}", blob.display().to_string()),
+            ),
+        )
+    };
     let out = ok(&run(&nobody));
-    assert!(out.contains("decrypt ok") && out.contains("encrypt AccessDeniedException"), "{out}");
+    assert!(
+        out.contains("decrypt ok") && out.contains("encrypt AccessDeniedException"),
+        "{out}"
+    );
     let nobody_records: Vec<_> = s
         .audit()
         .into_iter()
@@ -269,7 +300,10 @@ print("encrypt", code(c.encrypt, KeyId=os.environ["KEY_ID"], Plaintext=b"x"))
     let out = ok(&run(&nobody));
     assert!(out.contains("decrypt UnrecognizedClientException"), "{out}");
     let listed = ok(&s.cli(&["kms", "list-access-keys"]));
-    assert!(listed.contains(&root.0) && !listed.contains(&nobody.0), "{listed}");
+    assert!(
+        listed.contains(&root.0) && !listed.contains(&nobody.0),
+        "{listed}"
+    );
     assert!(!listed.contains("SecretAccessKey"), "{listed}");
 }
 
@@ -277,7 +311,10 @@ print("encrypt", code(c.encrypt, KeyId=os.environ["KEY_ID"], Plaintext=b"x"))
 fn unix_socket_callers_are_who_the_kernel_says_they_are() {
     let s = Server::start(&[]);
     common::ensure_users(&[], &[("kmsfs-sock", &[])]);
-    let _ = std::fs::set_permissions(s.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755));
+    let _ = std::fs::set_permissions(
+        s.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    );
     let req = |who: &str| {
         let curl = format!(
             "curl -s --unix-socket {} -H 'X-Amz-Target: TrentService.GenerateRandom' -H 'Content-Type: application/x-amz-json-1.1' -d '{{\"NumberOfBytes\": 8}}' http://localhost/ ; echo; curl -s --unix-socket {} -H 'X-Amz-Target: TrentService.Encrypt' -d '{{\"KeyId\": \"{}\", \"Plaintext\": \"eA==\"}}' http://localhost/",
@@ -292,10 +329,16 @@ fn unix_socket_callers_are_who_the_kernel_says_they_are() {
         }
     };
     let root = req("root");
-    assert!(root.contains("\"Plaintext\"") && root.contains("\"CiphertextBlob\""), "{root}");
+    assert!(
+        root.contains("\"Plaintext\"") && root.contains("\"CiphertextBlob\""),
+        "{root}"
+    );
     let user = req("kmsfs-sock");
     assert!(user.contains("\"Plaintext\""), "{user}");
-    assert!(user.contains("AccessDeniedException"), "another user may not use root's key: {user}");
+    assert!(
+        user.contains("AccessDeniedException"),
+        "another user may not use root's key: {user}"
+    );
     let uid: u32 = common::sh_ok("id -u kmsfs-sock").trim().parse().unwrap();
     let denied = s
         .audit()
@@ -336,8 +379,15 @@ print(counts["ok"], counts["ThrottlingException"], sum(counts.values()))
     let n: Vec<u64> = out.split_whitespace().map(|x| x.parse().unwrap()).collect();
     let (okc, throttled, total) = (n[0], n[1], n[2]);
     assert_eq!(total, 960, "{out}");
-    assert_eq!(okc + throttled, total, "only successes and throttling: {out}");
-    assert!(throttled > 0, "16 clients past 300 requests/s were never throttled: {out}");
+    assert_eq!(
+        okc + throttled,
+        total,
+        "only successes and throttling: {out}"
+    );
+    assert!(
+        throttled > 0,
+        "16 clients past 300 requests/s were never throttled: {out}"
+    );
     assert!(okc >= 300, "{out}");
     let encrypts = s
         .audit()

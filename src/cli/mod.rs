@@ -4,6 +4,7 @@
 pub mod audit_cmd;
 pub mod awsargs;
 pub mod kms_cmd;
+pub mod remote_args;
 pub mod secret;
 
 use crate::kms::keystore::KmsHome;
@@ -66,9 +67,11 @@ pub enum Command {
     Init {
         /// Directory for the encrypted files: empty, or created.
         cipherdir: PathBuf,
-        /// CMK to wrap the data keys [default: a new key kmsfs manages, alias/kmsfs/<filesystem id>].
+        /// CMK to wrap the data keys [default: a new key kmsfs manages, alias/kmsfs/<filesystem id>]; required with --kms-endpoint.
         #[arg(long)]
         key_id: Option<String>,
+        #[command(flatten)]
+        remote: remote_args::RemoteArgs,
     },
     /// Mount CIPHERDIR on MOUNTPOINT; returns once the mount works.
     Mount {
@@ -108,6 +111,8 @@ pub enum Command {
         /// ciphertext behind the mount).
         #[arg(long)]
         shared_cipherdir: bool,
+        #[command(flatten)]
+        remote: remote_args::RemoteArgs,
     },
     /// Unmount a kmsfs mount and wait until its daemon has written everything.
     Unmount {
@@ -167,9 +172,18 @@ pub fn run(cli: Cli) -> i32 {
             Ok(home) => run_audit(&home, &secret, &op),
             Err(e) => report(Err(e)),
         },
-        Command::Init { cipherdir, key_id } => {
-            report(home.and_then(|home| run_init(&home, &secret, &cipherdir, key_id.as_deref())))
-        }
+        Command::Init {
+            cipherdir,
+            key_id,
+            remote,
+        } => match &remote.kms_endpoint {
+            Some(url) => report(home.and_then(|home| {
+                run_init_remote(&home, &remote, url, &cipherdir, key_id.as_deref())
+            })),
+            None => report(
+                home.and_then(|home| run_init(&home, &secret, &cipherdir, key_id.as_deref())),
+            ),
+        },
         Command::Mount {
             cipherdir,
             mountpoint,
@@ -181,9 +195,11 @@ pub fn run(cli: Cli) -> i32 {
             no_writeback_cache,
             xattrs,
             shared_cipherdir,
+            remote,
         } => report(run_mount(
             kms_home_flag,
             &secret,
+            &remote,
             (!no_writeback_cache, xattrs),
             cipherdir,
             mountpoint,
@@ -206,6 +222,33 @@ fn report(r: Result<(), String>) -> i32 {
             exit::FAILURE
         }
     }
+}
+
+fn run_init_remote(
+    home: &KmsHome,
+    remote: &remote_args::RemoteArgs,
+    url: &str,
+    cipherdir: &std::path::Path,
+    key_id: Option<&str>,
+) -> Result<(), String> {
+    let key_id = key_id.ok_or(
+        "--kms-endpoint needs --key-id: the CMK (key id, ARN or alias) in that KMS to wrap the data keys",
+    )?;
+    let region = remote.region(None);
+    let kms = remote.open(url, &region)?;
+    let cfg = crate::fs::mount::init_remote(&kms, &region, cipherdir, key_id)?;
+    remote_args::trust(&home.dir, &cfg.filesystem_id, kms.endpoint())?;
+    println!(
+        "created a kmsfs filesystem in {} (id {})\n  key: {} at {} (region {region})\nThe data keys of every file are wrapped by that key, which lives only in that KMS. This host accepted the endpoint in {}; another host mounts with --kms-endpoint {} once.\nMount it with: kmsfs mount {} MOUNTPOINT",
+        cipherdir.display(),
+        cfg.filesystem_id,
+        cfg.key_id,
+        kms.endpoint(),
+        home.dir.display(),
+        kms.endpoint(),
+        cipherdir.display()
+    );
+    Ok(())
 }
 
 fn run_init(
@@ -231,6 +274,7 @@ fn run_init(
 fn run_mount(
     kms_home_flag: Option<PathBuf>,
     secret: &secret::SecretArgs,
+    remote: &remote_args::RemoteArgs,
     (writeback_cache, xattrs): (bool, bool),
     cipherdir: PathBuf,
     mountpoint: PathBuf,
@@ -252,7 +296,25 @@ fn run_mount(
         .or(cfg.kms_home.clone())
         .map_or_else(KmsHome::default_dir, Ok)?;
     let home = KmsHome::new(dir);
-    let kms = open_kms(&home, secret, false)?;
+    let kms = match &cfg.kms_endpoint {
+        Some(url) => {
+            remote_args::check_trusted(
+                &home.dir,
+                &cfg.filesystem_id,
+                url,
+                remote.kms_endpoint.as_deref(),
+            )?;
+            let region = remote.region(cfg.kms_region.as_deref());
+            crate::fs::mount::KmsLink::Remote(remote.open(url, &region)?)
+        }
+        None if remote.kms_endpoint.is_some() => {
+            return Err(format!(
+                "{} keeps its keys in the local KMS home, not a remote KMS: drop --kms-endpoint",
+                cipherdir.display()
+            ));
+        }
+        None => crate::fs::mount::KmsLink::Local(Box::new(open_kms(&home, secret, false)?)),
+    };
     let mut read_only = false;
     let mut allow_other = allow_other;
     let mut rest = vec![];

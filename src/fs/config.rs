@@ -40,7 +40,10 @@ pub const FLAG_ENCRYPTED_SYMLINKS: &str = "EncryptedSymlinks";
 pub const FLAG_TYPED_CONTEXTS: &str = "TypedContexts";
 /// Only the symlinks of an older filesystem have been upgraded.
 pub const FLAG_TYPED_SYMLINKS: &str = "TypedSymlinks";
+/// The CMK lives in a remote KMS (`KmsEndpoint`), not in a local keystore.
+pub const FLAG_REMOTE_KMS: &str = "RemoteKms";
 const KNOWN_FLAGS: &[&str] = &[
+    FLAG_REMOTE_KMS,
     FLAG_PATH_BOUND_KEYS,
     FLAG_PLAINTEXT_NAMES,
     FLAG_ENCRYPTED_SYMLINKS,
@@ -63,6 +66,12 @@ pub struct Config {
     /// Where the KMS home was when the filesystem was created (the mount's
     /// --kms-home or $KMSFS_HOME wins).
     pub kms_home: Option<PathBuf>,
+    /// The remote KMS holding the CMK (with FLAG_REMOTE_KMS), and the
+    /// region its requests are signed for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_region: Option<String>,
     /// base64 of the KMS blob sealing the other fields (see the module doc).
     /// Absent only in configs written before seals, which the first mount
     /// seals.
@@ -86,6 +95,8 @@ impl Config {
             block_size: super::format::BLOCK_SIZE as u32,
             header_size: super::format::DEFAULT_HEADER_SIZE as u32,
             kms_home,
+            kms_endpoint: None,
+            kms_region: None,
             seal: None,
         }
     }

@@ -32,13 +32,73 @@ fn create_private_dirs(p: &Path) -> io::Result<()> {
         .create(p)
 }
 
-/// Creates a filesystem in `cipherdir`; returns its config.
+/// Creates a filesystem in `cipherdir` whose keys the embedded KMS holds;
+/// returns its config.
 pub fn init(
     kms: &Kms,
     home: &KmsHome,
     cipherdir: &Path,
     key_id: Option<&str>,
 ) -> Result<Config, String> {
+    let tree = empty_cipherdir(cipherdir)?;
+    let caller = Caller::this_process(Via::Cli);
+    let fs_id = crate::kms::keyref::KeyId::random().to_string();
+    let arn = match key_id {
+        Some(k) => {
+            let m = kms
+                .describe_key(&caller, k)
+                .map_err(|e| format!("{}: {}", e.code, e.message))?;
+            enabled(&m.key_id, m.key_state)?;
+            m.arn
+        }
+        None => {
+            kms.create_managed_key(
+                &caller,
+                &fs_id,
+                &format!("kmsfs filesystem {fs_id} in {}", cipherdir.display()),
+            )
+            .map_err(|e| format!("{}: {}", e.code, e.message))?
+            .arn
+        }
+    };
+    let home_dir = std::fs::canonicalize(&home.dir).unwrap_or(home.dir.clone());
+    let cfg = Config::new(fs_id, arn, Some(home_dir));
+    finish_init(kms, &tree, cipherdir, cfg)
+}
+
+/// Creates a filesystem in `cipherdir` whose CMK `key_id` a remote KMS holds.
+pub fn init_remote(
+    remote: &crate::remote::RemoteKms,
+    region: &str,
+    cipherdir: &Path,
+    key_id: &str,
+) -> Result<Config, String> {
+    let tree = empty_cipherdir(cipherdir)?;
+    let (arn, state) = remote
+        .describe_key(key_id)
+        .map_err(|e| format!("{}: {}", e.code, e.message))?;
+    enabled(&arn, &state)?;
+    let fs_id = crate::kms::keyref::KeyId::random().to_string();
+    let mut cfg = Config::new(fs_id, arn, None);
+    cfg.feature_flags
+        .push(super::config::FLAG_REMOTE_KMS.into());
+    cfg.kms_endpoint = Some(remote.endpoint().to_string());
+    cfg.kms_region = Some(region.to_string());
+    finish_init(remote, &tree, cipherdir, cfg)
+}
+
+fn enabled(key: &str, state: &str) -> Result<(), String> {
+    if state != "Enabled" {
+        return Err(format!(
+            "key {key} is {state}; a filesystem needs an Enabled key"
+        ));
+    }
+    Ok(())
+}
+
+/// The cipherdir, created if need be, checked empty and case-sensitive, and
+/// made private.
+fn empty_cipherdir(cipherdir: &Path) -> Result<Tree, String> {
     create_private_dirs(cipherdir)
         .map_err(|e| format!("cannot create {}: {e}", cipherdir.display()))?;
     let tree =
@@ -66,46 +126,29 @@ pub fn init(
             cipherdir.display()
         )
     })?;
-    let caller = Caller::this_process(Via::Cli);
-    let fs_id = crate::kms::keyref::KeyId::random().to_string();
-    let arn = match key_id {
-        Some(k) => {
-            let m = kms
-                .describe_key(&caller, k)
-                .map_err(|e| format!("{}: {}", e.code, e.message))?;
-            if m.key_state != "Enabled" {
-                return Err(format!(
-                    "key {} is {}; a filesystem needs an Enabled key",
-                    m.key_id, m.key_state
-                ));
-            }
-            m.arn
-        }
-        None => {
-            kms.create_managed_key(
-                &caller,
-                &fs_id,
-                &format!("kmsfs filesystem {fs_id} in {}", cipherdir.display()),
-            )
-            .map_err(|e| format!("{}: {}", e.code, e.message))?
-            .arn
-        }
-    };
-    let home_dir = std::fs::canonicalize(&home.dir).unwrap_or(home.dir.clone());
-    let mut cfg = Config::new(fs_id, arn, Some(home_dir));
+    Ok(tree)
+}
+
+/// Seals and writes the config and the root's attributes.
+fn finish_init(
+    kms: &dyn KeyBackend,
+    tree: &Tree,
+    cipherdir: &Path,
+    mut cfg: Config,
+) -> Result<Config, String> {
     // The seal is the filesystem's own key use, as the mount's are (a
     // managed key allows crypto only through the mount).
     seal(kms, &Caller::this_process(Via::Mount), &mut cfg)?;
     // SAFETY: geteuid and getegid have no preconditions.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    RootAttr::new(uid, gid).save(&tree).map_err(|e| {
+    RootAttr::new(uid, gid).save(tree).map_err(|e| {
         format!(
             "cannot write {}/{}: {e}",
             cipherdir.display(),
             super::config::ROOT_ATTR_NAME
         )
     })?;
-    cfg.save(&tree)?;
+    cfg.save(tree)?;
     Ok(cfg)
 }
 
@@ -354,7 +397,33 @@ fn check_fuse() -> Result<(), String> {
 
 /// Mounts and serves. Returns the process exit code; in the background the
 /// parent returns once the child reports the mount working (or failing).
-pub fn mount(kms: Kms, args: MountArgs, default_log: PathBuf) -> Result<(), String> {
+/// Where a mount's keys live: the embedded KMS, or a remote one.
+pub enum KmsLink {
+    Local(Box<Kms>),
+    Remote(crate::remote::RemoteKms),
+}
+
+impl KmsLink {
+    /// The key's id and state.
+    fn key_state(&self, caller: &Caller, key_id: &str) -> Result<(String, String), String> {
+        let r = match self {
+            KmsLink::Local(k) => k
+                .describe_key(caller, key_id)
+                .map(|m| (m.key_id, m.key_state.to_string())),
+            KmsLink::Remote(r) => r.describe_key(key_id),
+        };
+        r.map_err(|e| format!("the filesystem's key: {}: {}", e.code, e.message))
+    }
+
+    fn backend(&self) -> &dyn KeyBackend {
+        match self {
+            KmsLink::Local(k) => k.as_ref(),
+            KmsLink::Remote(r) => r,
+        }
+    }
+}
+
+pub fn mount(link: KmsLink, args: MountArgs, default_log: PathBuf) -> Result<(), String> {
     check_fuse()?;
     let cipherdir = std::fs::canonicalize(&args.cipherdir)
         .map_err(|e| format!("cipherdir {}: {e}", args.cipherdir.display()))?;
@@ -387,31 +456,34 @@ pub fn mount(kms: Kms, args: MountArgs, default_log: PathBuf) -> Result<(), Stri
     let mut cfg = Config::load_from(&tree)?;
     crate::log_line!("kmsfs: KMS home {}", home.display());
     let caller = Caller::this_process(Via::Mount);
-    let meta = kms
-        .describe_key(&caller, &cfg.key_id)
-        .map_err(|e| format!("the filesystem's key: {}: {}", e.code, e.message))?;
-    if meta.key_state != "Enabled" {
+    let (key, state) = link.key_state(&caller, &cfg.key_id)?;
+    if state != "Enabled" {
         return Err(format!(
-            "the filesystem's key {} is {}: files could not be read or written (enable it with `kmsfs kms enable-key`)",
-            meta.key_id, meta.key_state
+            "the filesystem's key {key} is {state}: files could not be read or written (enable it with `kmsfs kms enable-key`)"
         ));
     }
     let lock = lock_cipherdir(&tree)?;
     let conf_path = format!("{}/{}", cipherdir.display(), super::config::CONFIG_NAME);
     if cfg.seal.is_some() {
-        check_seal(&kms, &caller, &cfg, &conf_path)?;
+        check_seal(link.backend(), &caller, &cfg, &conf_path)?;
     } else if args.read_only {
         crate::log_line!(
             "kmsfs: warning: {conf_path} was written by an older kmsfs and has no seal; a read-write mount seals it"
         );
     } else {
         crate::log_line!("kmsfs: sealing {conf_path} (written by an older kmsfs) under its key");
-        seal(&kms, &caller, &mut cfg)?;
+        seal(link.backend(), &caller, &mut cfg)?;
         cfg.save(&tree)?;
     }
     let root_attr = RootAttr::load(&tree)?;
-    let kms: Arc<Kms> = Arc::new(kms);
-    let backend: Arc<dyn KeyBackend> = kms.clone();
+    // The embedded KMS also keeps the audit log, flushed below.
+    let (backend, kms): (Arc<dyn KeyBackend>, Option<Arc<Kms>>) = match link {
+        KmsLink::Local(k) => {
+            let k = Arc::new(*k);
+            (k.clone(), Some(k))
+        }
+        KmsLink::Remote(r) => (Arc::new(r), None),
+    };
     let mut backing = Backing::new(tree, cfg, backend);
     if let Some(done) = super::rename::recover(&backing, &caller)? {
         crate::log_line!("kmsfs: {done}");
@@ -422,7 +494,7 @@ pub fn mount(kms: Kms, args: MountArgs, default_log: PathBuf) -> Result<(), Stri
             "kmsfs: re-encrypted {n} symlink targets under their own encryption context"
         );
         backing.cfg.feature_flags.push(FLAG_TYPED_SYMLINKS.into());
-        seal(kms.as_ref(), &caller, &mut backing.cfg)?;
+        seal(backing.kms.as_ref(), &caller, &mut backing.cfg)?;
         backing.cfg.save(&backing.tree)?;
     }
 
@@ -521,7 +593,7 @@ pub fn mount(kms: Kms, args: MountArgs, default_log: PathBuf) -> Result<(), Stri
     // Coalesced audit records are written within a second or two, even
     // when the mount goes idle. (No fsync here: one a second competed with
     // the files' own I/O, 10-15% on reading a tree cold.)
-    let flusher = Arc::downgrade(&kms);
+    let flusher = kms.as_ref().map(Arc::downgrade).unwrap_or_default();
     std::thread::spawn(move || {
         let mut failing = false;
         while let Some(kms) = flusher.upgrade() {
@@ -578,7 +650,9 @@ pub fn mount(kms: Kms, args: MountArgs, default_log: PathBuf) -> Result<(), Stri
         let _ = writeln!(w, "ok");
     }
     let r = session.run();
-    let _ = kms.sync_audit();
+    if let Some(kms) = &kms {
+        let _ = kms.sync_audit();
+    }
     crate::log_line!("kmsfs: unmounted {}", mountpoint.display());
     drop(lock);
     r.map_err(|e| format!("the FUSE session ended with an error: {e}"))

@@ -62,6 +62,42 @@ impl ErrorCode {
     }
 }
 
+impl ErrorCode {
+    /// Every code, for parsing a remote KMS's `__type`.
+    pub const ALL: &'static [ErrorCode] = &[
+        ErrorCode::AccessDeniedException,
+        ErrorCode::AlreadyExistsException,
+        ErrorCode::DisabledException,
+        ErrorCode::DryRunOperationException,
+        ErrorCode::ExpiredImportTokenException,
+        ErrorCode::IncorrectKeyException,
+        ErrorCode::IncorrectKeyMaterialException,
+        ErrorCode::InvalidAliasNameException,
+        ErrorCode::InvalidArnException,
+        ErrorCode::InvalidCiphertextException,
+        ErrorCode::InvalidGrantIdException,
+        ErrorCode::InvalidGrantTokenException,
+        ErrorCode::InvalidImportTokenException,
+        ErrorCode::InvalidKeyUsageException,
+        ErrorCode::InvalidMarkerException,
+        ErrorCode::KMSInternalException,
+        ErrorCode::KMSInvalidStateException,
+        ErrorCode::LimitExceededException,
+        ErrorCode::MalformedPolicyDocumentException,
+        ErrorCode::NotFoundException,
+        ErrorCode::TagException,
+        ErrorCode::UnsupportedOperationException,
+        ErrorCode::ValidationException,
+    ];
+
+    /// The code AWS names `name` (a `__type`, with or without a
+    /// `namespace#` prefix); `None` for one this KMS does not model.
+    pub fn parse(name: &str) -> Option<ErrorCode> {
+        let name = name.rsplit('#').next().unwrap_or(name);
+        Self::ALL.iter().copied().find(|c| c.as_str() == name)
+    }
+}
+
 impl fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

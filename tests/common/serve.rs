@@ -55,8 +55,16 @@ impl Server {
             String::from_utf8_lossy(&o.stderr)
         );
         std::fs::write(s.dir.path().join("key.json"), &o.stdout).unwrap();
+        s.spawn("127.0.0.1:0", extra);
+        s
+    }
+
+    /// Starts (again) on `listen`, waiting until it answers.
+    fn spawn(&mut self, listen: &str, extra: &[&str]) {
+        let s = self;
+        let _ = std::fs::remove_file(&s.socket);
         let mut cmd = s.cmd();
-        cmd.args(["kms", "serve", "--listen", "127.0.0.1:0", "--unix"])
+        cmd.args(["kms", "serve", "--listen", listen, "--unix"])
             .arg(&s.socket)
             .args(extra)
             .stdin(Stdio::null())
@@ -91,7 +99,13 @@ impl Server {
             }
         }
         assert_ne!(s.port, 0, "no TCP address printed");
-        s
+    }
+
+    /// Stops the server and starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        let listen = format!("127.0.0.1:{}", self.port);
+        self.spawn(&listen, &[]);
     }
 
     pub fn cmd(&self) -> Command {

@@ -168,8 +168,13 @@ pub(super) fn generate_data_key(
     r: GenerateDataKey,
     with_plaintext: bool,
 ) -> KmsResult<Output> {
-    no_dry_run("GenerateDataKey", r.dry_run)?;
     let caller = &super::with_tokens(caller, &r.grant_tokens)?;
+    if r.dry_run == Some(true) {
+        // AWS's answer to a dry run that would succeed is an error too:
+        // DryRunOperationException.
+        kms.generate_data_key_dry_run(caller, &r.key_id, &r.encryption_context)?;
+        return Ok(serde_json::Value::Null.into());
+    }
     let spec = DataKeySpec {
         key_spec: r.key_spec,
         number_of_bytes: r.number_of_bytes,

@@ -1,0 +1,154 @@
+//! Flags and local state of filesystems whose CMK lives in a remote KMS.
+
+use crate::remote::{Client, Endpoint, RemoteKms, creds};
+use clap::Args;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct RemoteArgs {
+    /// A remote KMS speaking the AWS KMS JSON API (`kmsfs kms serve`, AWS KMS, moto), as http://127.0.0.1:PORT. With init: the filesystem's CMK (--key-id) lives there. With mount: confirms the endpoint the filesystem names, once per host.
+    #[arg(long, value_name = "URL")]
+    pub kms_endpoint: Option<String>,
+    /// The region requests to the remote KMS are signed for [default: $AWS_REGION, $AWS_DEFAULT_REGION, us-east-1].
+    #[arg(long)]
+    pub region: Option<String>,
+    /// The profile of the AWS credentials file to sign with [default: $AWS_PROFILE, default]; without it the AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY environment wins.
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// An AWS credentials file (INI, as ~/.aws/credentials) [default: $AWS_SHARED_CREDENTIALS_FILE, ~/.aws/credentials].
+    #[arg(long, value_name = "FILE")]
+    pub aws_credentials_file: Option<PathBuf>,
+}
+
+impl RemoteArgs {
+    pub fn region(&self, recorded: Option<&str>) -> String {
+        self.region
+            .clone()
+            .or_else(|| recorded.map(str::to_string))
+            .or_else(|| std::env::var("AWS_REGION").ok().filter(|v| !v.is_empty()))
+            .or_else(|| {
+                std::env::var("AWS_DEFAULT_REGION")
+                    .ok()
+                    .filter(|v| !v.is_empty())
+            })
+            .unwrap_or_else(|| "us-east-1".into())
+    }
+
+    /// A client of `url`, signing with the standard credentials.
+    pub fn open(&self, url: &str, region: &str) -> Result<RemoteKms, String> {
+        let endpoint = Endpoint::parse(url)?;
+        let creds = creds::resolve(
+            self.aws_credentials_file.as_deref(),
+            self.profile.as_deref(),
+        )?;
+        Ok(RemoteKms::new(Client::new(
+            endpoint,
+            region.to_string(),
+            creds,
+        )))
+    }
+}
+
+const TRUST_NAME: &str = "remote-endpoints.json";
+
+/// The endpoints this host has accepted for remote filesystems, by
+/// filesystem id. kmsfs.conf names its endpoint, but the cipherdir is not
+/// trusted to choose where keys are unwrapped: a planted endpoint could hand
+/// out data keys its owner knows. So a filesystem's endpoint is accepted
+/// once per host: by `init` there, or by `mount --kms-endpoint URL`.
+fn load_trust(dir: &Path) -> BTreeMap<String, String> {
+    std::fs::read(dir.join(TRUST_NAME))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+pub fn trust(dir: &Path, fs_id: &str, endpoint: &str) -> Result<(), String> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode_private()
+        .create(dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let mut t = load_trust(dir);
+    t.insert(fs_id.to_string(), endpoint.to_string());
+    let tmp = dir.join(format!("{TRUST_NAME}.tmp-{}", std::process::id()));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&t).expect("JSON"))
+        .and_then(|_| std::fs::rename(&tmp, dir.join(TRUST_NAME)))
+        .map_err(|e| format!("cannot record the endpoint in {}: {e}", dir.display()))
+}
+
+trait Private {
+    fn mode_private(&mut self) -> &mut Self;
+}
+
+impl Private for std::fs::DirBuilder {
+    fn mode_private(&mut self) -> &mut Self {
+        std::os::unix::fs::DirBuilderExt::mode(self, 0o700)
+    }
+}
+
+/// Whether the filesystem `fs_id`, naming `endpoint`, may be mounted here:
+/// this host accepted that endpoint before, or `confirmed` names it now
+/// (and is recorded).
+pub fn check_trusted(
+    dir: &Path,
+    fs_id: &str,
+    endpoint: &str,
+    confirmed: Option<&str>,
+) -> Result<(), String> {
+    let same = |a: &str, b: &str| a.trim_end_matches('/') == b.trim_end_matches('/');
+    if let Some(c) = confirmed {
+        if !same(c, endpoint) {
+            return Err(format!(
+                "--kms-endpoint {c} is not the KMS this filesystem names ({endpoint}); a filesystem stays with the KMS its keys were made in"
+            ));
+        }
+        return trust(dir, fs_id, endpoint);
+    }
+    match load_trust(dir).get(fs_id) {
+        Some(t) if same(t, endpoint) => Ok(()),
+        Some(t) => Err(format!(
+            "kmsfs.conf now names the KMS {endpoint}, but this host accepted {t} for this filesystem: refusing (a cipherdir is not trusted to choose where keys are unwrapped)"
+        )),
+        None => Err(format!(
+            "this filesystem's keys live in the remote KMS {endpoint}, which this host has not accepted yet: mount with --kms-endpoint {endpoint} once to accept it (recorded in {})",
+            dir.join(TRUST_NAME).display()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_remote_endpoint_is_accepted_once_per_host_and_never_silently_changed() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("state");
+        let e = check_trusted(&dir, "fs1", "http://127.0.0.1:1", None).unwrap_err();
+        assert!(
+            e.contains("mount with --kms-endpoint http://127.0.0.1:1"),
+            "{e}"
+        );
+        let e = check_trusted(
+            &dir,
+            "fs1",
+            "http://127.0.0.1:1",
+            Some("http://127.0.0.1:2"),
+        )
+        .unwrap_err();
+        assert!(e.contains("is not the KMS this filesystem names"), "{e}");
+        check_trusted(
+            &dir,
+            "fs1",
+            "http://127.0.0.1:1",
+            Some("http://127.0.0.1:1/"),
+        )
+        .unwrap();
+        check_trusted(&dir, "fs1", "http://127.0.0.1:1", None).unwrap();
+        let e = check_trusted(&dir, "fs1", "http://127.0.0.1:9", None).unwrap_err();
+        assert!(e.contains("this host accepted http://127.0.0.1:1"), "{e}");
+        assert!(check_trusted(&dir, "fs2", "http://127.0.0.1:1", None).is_err());
+    }
+}

@@ -1,0 +1,357 @@
+//! A SigV4-signing client of the AWS KMS JSON API: one request per call
+//! over a kept-alive connection, bounded timeouts, and the AWS SDKs' retry
+//! rule (throttling, 5xx and broken connections, with backoff), so an
+//! unreachable KMS is a clear error within seconds, never a hung open.
+
+use super::creds::Credentials;
+use crate::kms::api::Request;
+use crate::kms::sigv4;
+use crate::kms::{ErrorCode, KmsError};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Attempts per call, as the SDKs' standard retry mode makes.
+const ATTEMPTS: u32 = 3;
+const MAX_RESPONSE: usize = 1 << 20;
+
+/// Where the KMS is: `http://HOST:PORT` (loopback only: SigV4 protects a
+/// request from forgery, not from being read, and a Decrypt response
+/// carries a data key in the clear).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Endpoint {
+    pub fn parse(url: &str) -> Result<Endpoint, String> {
+        let url = url.trim_end_matches('/');
+        if url.starts_with("https://") {
+            return Err(format!(
+                "{url}: https endpoints need kmsfs's TLS client, which is not built yet; reach a remote KMS through a local TLS tunnel (for instance stunnel) listening on loopback, and give its http://127.0.0.1:PORT"
+            ));
+        }
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("{url}: the KMS endpoint must be http://HOST:PORT"))?;
+        if rest.contains('/') || rest.contains('@') {
+            return Err(format!(
+                "{url}: give the endpoint as http://HOST:PORT, no path"
+            ));
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+                h.trim_start_matches('[').trim_end_matches(']').to_string(),
+                p.parse().map_err(|_| format!("{url}: bad port {p:?}"))?,
+            ),
+            _ => (rest.to_string(), 80),
+        };
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !loopback {
+            return Err(format!(
+                "{url}: plain HTTP is used only on loopback: a Decrypt response carries a data key in the clear"
+            ));
+        }
+        Ok(Endpoint {
+            url: url.to_string(),
+            host,
+            port,
+        })
+    }
+
+    fn addr(&self) -> Result<SocketAddr, String> {
+        (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .map_err(|e| format!("{}: {e}", self.url))?
+            .next()
+            .ok_or_else(|| format!("{}: no address", self.url))
+    }
+
+    fn host_header(&self) -> String {
+        if self.port == 80 {
+            self.host.clone()
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+pub struct Client {
+    pub endpoint: Endpoint,
+    pub region: String,
+    creds: Credentials,
+    idle: Mutex<Vec<TcpStream>>,
+}
+
+/// What went wrong with one attempt.
+enum Failure {
+    /// The KMS answered with an error (`__type`, message, HTTP status).
+    Api(String, String, u16),
+    /// No answer: connection refused, reset or timed out.
+    Transport(String),
+}
+
+impl Client {
+    pub fn new(endpoint: Endpoint, region: String, creds: Credentials) -> Client {
+        Client {
+            endpoint,
+            region,
+            creds,
+            idle: Mutex::new(vec![]),
+        }
+    }
+
+    /// Sends `req`, retrying as the SDKs do; the response's JSON.
+    pub fn call(&self, req: &Request) -> Result<Value, KmsError> {
+        let op = req.operation();
+        let body = serde_json::to_vec(&req.body()).expect("requests serialise");
+        let mut last = None;
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                // 100 ms, then 400 ms, with jitter.
+                let base = 100u64 << (2 * (attempt - 1));
+                let jitter = u64::from(crate::crypto::random::array::<1>()[0]) % (base / 2 + 1);
+                std::thread::sleep(Duration::from_millis(base + jitter));
+            }
+            match self.attempt(op, &body) {
+                Ok(v) => return Ok(v),
+                Err(Failure::Api(code, msg, status)) => {
+                    let retry = status >= 500 || code == "ThrottlingException";
+                    let e = api_error(&code, &msg, &self.endpoint.url);
+                    if !retry {
+                        return Err(e);
+                    }
+                    last = Some(e);
+                }
+                Err(Failure::Transport(m)) => {
+                    last = Some(KmsError::internal(format!(
+                        "the KMS at {} did not answer {op} ({m}); is it running and reachable?",
+                        self.endpoint.url
+                    )));
+                }
+            }
+        }
+        Err(last.expect("at least one attempt"))
+    }
+
+    fn connection(&self) -> Result<TcpStream, Failure> {
+        if let Some(c) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+            return Ok(c);
+        }
+        let addr = self.endpoint.addr().map_err(Failure::Transport)?;
+        let c = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+            .map_err(|e| Failure::Transport(e.to_string()))?;
+        let _ = c.set_nodelay(true);
+        let _ = c.set_read_timeout(Some(IO_TIMEOUT));
+        let _ = c.set_write_timeout(Some(IO_TIMEOUT));
+        Ok(c)
+    }
+
+    fn attempt(&self, op: &str, body: &[u8]) -> Result<Value, Failure> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let amz_date = sigv4::format_amz_date(now);
+        let mut headers = vec![
+            (
+                "Content-Type".to_string(),
+                "application/x-amz-json-1.1".to_string(),
+            ),
+            ("Host".to_string(), self.endpoint.host_header()),
+            ("X-Amz-Date".to_string(), amz_date.clone()),
+            ("X-Amz-Target".to_string(), format!("TrentService.{op}")),
+        ];
+        if let Some(t) = &self.creds.session_token {
+            headers.push(("X-Amz-Security-Token".into(), t.to_string()));
+        }
+        let auth = sigv4::authorization(
+            &sigv4::Request {
+                method: "POST",
+                path: "/",
+                query: "",
+                headers: &headers,
+                body,
+            },
+            &self.creds.access_key_id,
+            &self.creds.secret_access_key,
+            &amz_date,
+            &self.region,
+            "kms",
+        );
+        let mut msg = String::from("POST / HTTP/1.1\r\n");
+        for (k, v) in &headers {
+            msg.push_str(&format!("{k}: {v}\r\n"));
+        }
+        msg.push_str(&format!(
+            "Authorization: {auth}\r\nUser-Agent: kmsfs/{}\r\nContent-Length: {}\r\n\r\n",
+            env!("CARGO_PKG_VERSION"),
+            body.len()
+        ));
+        let mut c = self.connection()?;
+        let sent = c.write_all(msg.as_bytes()).and_then(|_| c.write_all(body));
+        if let Err(e) = sent {
+            return Err(Failure::Transport(e.to_string()));
+        }
+        let (status, keep, resp) = read_response(&mut c).map_err(Failure::Transport)?;
+        if keep {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < 64 {
+                idle.push(c);
+            }
+        }
+        let v: Value = serde_json::from_slice(if resp.is_empty() { b"{}" } else { &resp })
+            .map_err(|e| Failure::Transport(format!("the response is not JSON: {e}")))?;
+        if status == 200 {
+            return Ok(v);
+        }
+        let code = v["__type"].as_str().unwrap_or("UnknownError").to_string();
+        let message = v["message"]
+            .as_str()
+            .or(v["Message"].as_str())
+            .unwrap_or("")
+            .to_string();
+        Err(Failure::Api(code, message, status))
+    }
+}
+
+/// A remote error as the core's: codes this KMS models keep theirs, others
+/// (ThrottlingException, UnrecognizedClientException, ...) become
+/// KMSInternalException naming the code.
+fn api_error(code: &str, message: &str, url: &str) -> KmsError {
+    match ErrorCode::parse(code) {
+        Some(c) => KmsError::new(c, message),
+        None => {
+            let short = code.rsplit('#').next().unwrap_or(code);
+            let code = if short == "UnrecognizedClientException"
+                || short == "InvalidSignatureException"
+                || short == "IncompleteSignatureException"
+                || short == "MissingAuthenticationTokenException"
+            {
+                ErrorCode::AccessDeniedException
+            } else {
+                ErrorCode::KMSInternalException
+            };
+            KmsError::new(
+                code,
+                format!("the KMS at {url} answered {short}: {message}"),
+            )
+        }
+    }
+}
+
+/// Reads one response: its status, whether the connection stays open, and
+/// its body (bounded).
+fn read_response(c: &mut TcpStream) -> Result<(u16, bool, Vec<u8>), String> {
+    let mut buf = Vec::with_capacity(4096);
+    let end = loop {
+        if let Some(e) = crate::server::http::head_end(&buf) {
+            break e;
+        }
+        if buf.len() > 64 << 10 {
+            return Err("response head too large".into());
+        }
+        let mut chunk = [0u8; 8192];
+        match c.read(&mut chunk) {
+            Ok(0) => return Err("connection closed before a response".into()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    let head = std::str::from_utf8(&buf[..end]).map_err(|_| "response head is not UTF-8")?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let mut parts = status_line.splitn(3, ' ');
+    let version = parts.next().unwrap_or_default();
+    let status: u16 = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("malformed status line {status_line:?}"))?;
+    let mut length = None;
+    let mut keep = version == "HTTP/1.1";
+    for l in lines {
+        if let Some((k, v)) = l.split_once(':') {
+            let v = v.trim();
+            if k.eq_ignore_ascii_case("content-length") {
+                length = Some(v.parse::<usize>().map_err(|_| "malformed Content-Length")?);
+            } else if k.eq_ignore_ascii_case("connection") {
+                keep = !v.eq_ignore_ascii_case("close");
+            } else if k.eq_ignore_ascii_case("transfer-encoding") {
+                return Err("chunked responses are not read".into());
+            }
+        }
+    }
+    let mut body = buf[end..].to_vec();
+    match length {
+        Some(n) if n > MAX_RESPONSE => return Err("response too large".into()),
+        Some(n) => {
+            while body.len() < n {
+                let mut chunk = vec![0u8; n - body.len()];
+                match c.read(&mut chunk) {
+                    Ok(0) => return Err("connection closed mid-response".into()),
+                    Ok(k) => body.extend_from_slice(&chunk[..k]),
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            body.truncate(n);
+        }
+        None => {
+            keep = false;
+            c.take(MAX_RESPONSE as u64)
+                .read_to_end(&mut body)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok((status, keep, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_loopback_http_only() {
+        let e = Endpoint::parse("http://127.0.0.1:8080/").unwrap();
+        assert_eq!(
+            (e.host.as_str(), e.port, e.host_header()),
+            ("127.0.0.1", 8080, "127.0.0.1:8080".into())
+        );
+        assert_eq!(Endpoint::parse("http://localhost").unwrap().port, 80);
+        assert_eq!(Endpoint::parse("http://[::1]:9").unwrap().host, "::1");
+        assert!(
+            Endpoint::parse("http://10.0.0.1:80")
+                .unwrap_err()
+                .contains("only on loopback")
+        );
+        assert!(
+            Endpoint::parse("https://kms.us-east-1.amazonaws.com")
+                .unwrap_err()
+                .contains("TLS")
+        );
+        assert!(Endpoint::parse("ftp://x").is_err());
+        assert!(Endpoint::parse("http://127.0.0.1:8080/path").is_err());
+        assert!(Endpoint::parse("http://127.0.0.1:99999").is_err());
+    }
+
+    #[test]
+    fn remote_errors_keep_their_codes() {
+        let e = api_error("com.amazonaws.kms#NotFoundException", "gone", "u");
+        assert_eq!(e.code, ErrorCode::NotFoundException);
+        assert_eq!(
+            api_error("UnrecognizedClientException", "bad key", "u").code,
+            ErrorCode::AccessDeniedException
+        );
+        let t = api_error("ThrottlingException", "Rate exceeded", "http://k");
+        assert_eq!(t.code, ErrorCode::KMSInternalException);
+        assert!(t.message.contains("ThrottlingException"), "{}", t.message);
+    }
+}

@@ -1,0 +1,253 @@
+//! Mounts whose CMK lives in a remote KMS: `kmsfs kms serve` on loopback,
+//! and moto's server (an independent implementation of the AWS KMS API, so
+//! the client is not tuned to our own server).
+
+mod common;
+use common::serve::{Server, ok, pyenv};
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A fixture without a local filesystem yet: init runs against the remote.
+fn remote_fixture() -> Fixture {
+    require_fuse();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fx = Fixture {
+        cipher: dir.path().join("cipher"),
+        mnt: dir.path().join("mnt"),
+        home: dir.path().join("state"),
+        key: dir.path().join("unused.key"),
+        dir,
+    };
+    std::fs::create_dir(&fx.mnt).unwrap();
+    fx
+}
+
+fn credentials_file(dir: &Path, id: &str, secret: &str) -> PathBuf {
+    let p = dir.join("aws-credentials");
+    std::fs::write(
+        &p,
+        format!("[default]\naws_access_key_id = {id}\naws_secret_access_key = {secret}\n"),
+    )
+    .unwrap();
+    p
+}
+
+/// Writes, remounts and reads back; a copied ciphertext file is EIO.
+fn round_trip(fx: &Fixture, creds: &Path) {
+    let c = creds.to_str().unwrap();
+    let m = fx.mount_with(&["--aws-credentials-file", c]);
+    std::fs::write(fx.m("f"), b"kept remotely").unwrap();
+    std::fs::create_dir(fx.m("d")).unwrap();
+    std::fs::write(fx.m("d/g"), vec![7u8; 100_000]).unwrap();
+    std::os::unix::fs::symlink("over/there", fx.m("l")).unwrap();
+    std::fs::rename(fx.m("d"), fx.m("e")).unwrap();
+    m.unmount();
+    std::fs::copy(fx.c("f"), fx.c("copied")).unwrap();
+    let m = fx.mount_with(&["--aws-credentials-file", c]);
+    assert_eq!(std::fs::read(fx.m("f")).unwrap(), b"kept remotely");
+    assert_eq!(std::fs::read(fx.m("e/g")).unwrap(), vec![7u8; 100_000]);
+    assert_eq!(
+        std::fs::read_link(fx.m("l")).unwrap(),
+        Path::new("over/there")
+    );
+    assert_eq!(
+        read_err(&fx.m("copied")),
+        Some(libc::EIO),
+        "path binding holds remotely"
+    );
+    m.unmount();
+}
+
+#[test]
+fn a_mount_whose_key_lives_behind_kmsfs_kms_serve() {
+    let mut s = Server::start(&[]);
+    let (id, secret) = s.access_key("uid:0");
+    let fx = remote_fixture();
+    let creds = credentials_file(fx.dir.path(), &id, &secret);
+    let out = fx.cli(&[
+        "init",
+        fx.cipher.to_str().unwrap(),
+        "--kms-endpoint",
+        &s.url(),
+        "--key-id",
+        &s.key_id(),
+        "--aws-credentials-file",
+        creds.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cfg = fx.config();
+    assert_eq!(cfg["KmsEndpoint"], s.url().as_str());
+    assert!(
+        cfg["FeatureFlags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "RemoteKms")
+    );
+    assert!(
+        !fx.home.join("keystore.json").exists(),
+        "a remote filesystem needs no keystore"
+    );
+    round_trip(&fx, &creds);
+    // The server audited the mount's calls under its access key.
+    let used: Vec<_> = s
+        .audit()
+        .into_iter()
+        .filter(|r| r["userIdentity"]["accessKeyId"] == id.as_str())
+        .map(|r| r["eventName"].as_str().unwrap().to_string())
+        .collect();
+    for op in [
+        "DescribeKey",
+        "Encrypt",
+        "GenerateDataKey",
+        "Decrypt",
+        "ReEncrypt",
+    ] {
+        assert!(used.iter().any(|u| u == op), "no {op} in {used:?}");
+    }
+
+    // The KMS stops: opens fail within seconds, with EIO, and the log says
+    // why; once it is back they work again.
+    let m = fx.mount_with(&["--aws-credentials-file", creds.to_str().unwrap()]);
+    s.stop();
+    let t = Instant::now();
+    assert_eq!(read_err(&fx.m("f")), Some(libc::EIO));
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "an open took {:?} with the KMS down",
+        t.elapsed()
+    );
+    s.restart();
+    assert_eq!(std::fs::read(fx.m("f")).unwrap(), b"kept remotely");
+    m.unmount();
+    let log = std::fs::read_to_string(fx.home.join(format!(
+        "mount-{}.log",
+        cfg["FilesystemId"].as_str().unwrap()
+    )))
+    .unwrap();
+    assert!(log.contains("did not answer"), "{log}");
+
+    // Another host (here: a fresh state directory) must accept the endpoint
+    // once; a different one is refused.
+    let fresh = fx.dir.path().join("other-host");
+    let mount = |extra: &[&str]| {
+        let mut c = Command::new(BIN);
+        c.arg("--kms-home").arg(&fresh).args([
+            "mount",
+            fx.cipher.to_str().unwrap(),
+            fx.mnt.to_str().unwrap(),
+        ]);
+        c.args(["--aws-credentials-file", creds.to_str().unwrap()])
+            .args(extra);
+        run_timeout(&mut c, 60)
+    };
+    let o = mount(&[]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("has not accepted yet"),
+        "{o:?}"
+    );
+    let o = mount(&["--kms-endpoint", "http://127.0.0.1:1"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("is not the KMS this filesystem names"),
+        "{o:?}"
+    );
+    let o = mount(&["--kms-endpoint", &s.url()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m = fx.mounted_in_background();
+    assert_eq!(std::fs::read(fx.m("f")).unwrap(), b"kept remotely");
+    drop(m);
+}
+
+/// moto's KMS server on a free loopback port, killed when dropped.
+struct Moto(Child, u16);
+
+impl Moto {
+    fn start() -> Moto {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(pyenv().join("bin/moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server (scripts/pydeps.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not listen within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Moto(child, port)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_mount_whose_key_lives_in_motos_kms() {
+    let moto = Moto::start();
+    let url = format!("http://127.0.0.1:{}", moto.1);
+    let fx = remote_fixture();
+    let creds = credentials_file(fx.dir.path(), "testing", "testing");
+    let mut c = Command::new(pyenv().join("bin/aws"));
+    c.args([
+        "--endpoint-url",
+        &url,
+        "--region",
+        "eu-west-1",
+        "kms",
+        "create-key",
+        "--query",
+        "KeyMetadata.KeyId",
+        "--output",
+        "text",
+    ])
+    .env("AWS_SHARED_CREDENTIALS_FILE", &creds)
+    .env("AWS_CONFIG_FILE", "/dev/null")
+    .env_remove("AWS_ACCESS_KEY_ID")
+    .env_remove("AWS_SECRET_ACCESS_KEY");
+    let key = ok(&run_timeout(&mut c, 60)).trim().to_string();
+    let out = fx.cli(&[
+        "init",
+        fx.cipher.to_str().unwrap(),
+        "--kms-endpoint",
+        &url,
+        "--key-id",
+        &key,
+        "--region",
+        "eu-west-1",
+        "--aws-credentials-file",
+        creds.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        fx.config()["KeyId"]
+            .as_str()
+            .unwrap()
+            .starts_with("arn:aws:kms:eu-west-1:"),
+        "{}",
+        fx.config()
+    );
+    round_trip(&fx, &creds);
+}
