@@ -396,3 +396,47 @@ print(counts["ok"], counts["ThrottlingException"], sum(counts.values()))
         .count() as u64;
     assert_eq!(encrypts, okc, "every served Encrypt has its audit record");
 }
+
+#[test]
+fn kmsfs_kms_with_an_endpoint_url_manages_a_remote_kms() {
+    let s = Server::start(&[]);
+    let creds = s.access_key("uid:0");
+    let out = ok(&s.bash(
+        &creds,
+        r#"
+r() { "$KMSFS_BIN" kms --endpoint-url "$ENDPOINT" "$@"; }
+K=$(r create-key --description remote --query KeyMetadata.KeyId --output text)
+B=$(r encrypt --key-id "$K" --plaintext aGVsbG8= --encryption-context who=cli --query CiphertextBlob --output text)
+echo "plain $(r decrypt --ciphertext-blob "$B" --encryption-context who=cli --query Plaintext --output text)"
+r disable-key --key-id "$K"
+r encrypt --key-id "$K" --plaintext aGk= 2>&1 | head -1 || true
+echo "rc $(r describe-key --key-id alias/none >/dev/null 2>&1; echo $?)"
+AWS_SECRET_ACCESS_KEY=wrong r list-keys 2>&1 || true
+r create-access-key --principal uid:0 2>&1 || true
+"#,
+    ));
+    assert!(out.contains("plain aGVsbG8="), "{out}");
+    assert!(
+        out.contains("An error occurred (DisabledException) when calling the Encrypt operation"),
+        "{out}"
+    );
+    assert!(out.contains("rc 254"), "{out}");
+    assert!(
+        out.contains("(InvalidSignatureException) when calling the ListKeys operation"),
+        "{out}"
+    );
+    assert!(
+        out.contains("CreateAccessKey is not an operation of the AWS KMS API"),
+        "{out}"
+    );
+    // The key was made in the server's keystore, as its access key's principal.
+    let made = s
+        .audit()
+        .into_iter()
+        .find(|r| r["eventName"] == "CreateKey" && r["userIdentity"]["invokedBy"] == "api")
+        .expect("CreateKey through the API is audited");
+    assert!(
+        made["userAgent"].as_str().unwrap().starts_with("kmsfs/"),
+        "{made}"
+    );
+}

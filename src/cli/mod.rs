@@ -55,6 +55,11 @@ pub enum Command {
         /// Print only this field of the response (e.g. Plaintext, KeyMetadata.KeyId, Keys[0].KeyId).
         #[arg(long, global = true)]
         query: Option<String>,
+        /// Send the operation to a remote KMS (`kmsfs kms serve`, moto, ...) at http://127.0.0.1:PORT, signed with the standard AWS credentials, instead of the local keystore.
+        #[arg(long, global = true, value_name = "URL")]
+        endpoint_url: Option<String>,
+        #[command(flatten)]
+        remote: remote_args::ClientArgs,
         #[command(subcommand)]
         op: kms_cmd::KmsCommand,
     },
@@ -164,7 +169,16 @@ pub fn run(cli: Cli) -> i32 {
         .map_or_else(KmsHome::default_dir, Ok)
         .map(KmsHome::new);
     match command {
-        Command::Kms { output, query, op } => match home {
+        Command::Kms {
+            output,
+            query,
+            endpoint_url: Some(url),
+            remote,
+            op,
+        } => run_kms_remote(&url, &remote, &output, query.as_deref(), op),
+        Command::Kms {
+            output, query, op, ..
+        } => match home {
             Ok(home) => run_kms(&home, &secret, &output, query.as_deref(), op),
             Err(e) => report(Err(e)),
         },
@@ -377,7 +391,57 @@ fn run_kms(
         };
     }
     let caller = Caller::this_process(Via::Cli);
-    match kms_cmd::run(&kms, &caller, op) {
+    print_result(&name, output, query, kms_cmd::run(&kms, &caller, op))
+}
+
+/// `kmsfs kms --endpoint-url URL OP`: the same request, sent to a remote KMS.
+fn run_kms_remote(
+    url: &str,
+    remote: &remote_args::ClientArgs,
+    output: &str,
+    query: Option<&str>,
+    op: kms_cmd::KmsCommand,
+) -> i32 {
+    let name = kms_cmd::operation_name(&op);
+    let client = match remote.client(url) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kmsfs: {e}");
+            return exit::USAGE;
+        }
+    };
+    let req = match kms_cmd::request(op) {
+        Ok(r) => r,
+        Err(e) => return print_result(&name, output, query, Err(e)),
+    };
+    match client.call_verbatim(&req) {
+        Ok(v) => {
+            // AWS answers an operation without output with `{}`.
+            let v = if v.as_object().is_some_and(|o| o.is_empty()) {
+                serde_json::Value::Null
+            } else {
+                v
+            };
+            print_result(&name, output, query, Ok(v))
+        }
+        Err(crate::remote::RemoteError::Api { code, message }) => {
+            eprintln!("An error occurred ({code}) when calling the {name} operation: {message}");
+            exit::SERVICE_ERROR
+        }
+        Err(crate::remote::RemoteError::Unreachable(m)) => {
+            eprintln!("kmsfs: {m}");
+            exit::FAILURE
+        }
+    }
+}
+
+fn print_result(
+    name: &str,
+    output: &str,
+    query: Option<&str>,
+    r: Result<serde_json::Value, kms_cmd::CmdError>,
+) -> i32 {
+    match r {
         Ok(v) if v.is_null() => exit::OK,
         Ok(v) => {
             let v = match query.map(|q| awsargs::query(&v, q)) {

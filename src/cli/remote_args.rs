@@ -50,6 +50,30 @@ impl RemoteArgs {
     }
 }
 
+/// `kmsfs kms --endpoint-url`'s signing flags.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ClientArgs {
+    /// The region to sign for [default: $AWS_REGION, $AWS_DEFAULT_REGION, us-east-1].
+    #[arg(long, global = true)]
+    pub region: Option<String>,
+    /// The AWS credentials-file profile to sign with [default: $AWS_PROFILE, default].
+    #[arg(long, global = true)]
+    pub profile: Option<String>,
+}
+
+impl ClientArgs {
+    pub fn client(&self, url: &str) -> Result<Client, String> {
+        let r = RemoteArgs {
+            kms_endpoint: None,
+            region: self.region.clone(),
+            profile: self.profile.clone(),
+            aws_credentials_file: None,
+        };
+        let creds = creds::resolve(None, self.profile.as_deref())?;
+        Ok(Client::new(Endpoint::parse(url)?, r.region(None), creds))
+    }
+}
+
 const TRUST_NAME: &str = "remote-endpoints.json";
 
 /// The endpoints this host has accepted for remote filesystems, by

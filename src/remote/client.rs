@@ -92,6 +92,13 @@ pub struct Client {
     idle: Mutex<Vec<TcpStream>>,
 }
 
+/// A call's failure: the KMS's error, or no answer at all.
+#[derive(Debug)]
+pub enum RemoteError {
+    Api { code: String, message: String },
+    Unreachable(String),
+}
+
 /// What went wrong with one attempt.
 enum Failure {
     /// The KMS answered with an error (`__type`, message, HTTP status).
@@ -112,6 +119,15 @@ impl Client {
 
     /// Sends `req`, retrying as the SDKs do; the response's JSON.
     pub fn call(&self, req: &Request) -> Result<Value, KmsError> {
+        self.call_verbatim(req).map_err(|e| match e {
+            RemoteError::Api { code, message } => api_error(&code, &message, &self.endpoint.url),
+            RemoteError::Unreachable(m) => KmsError::internal(m),
+        })
+    }
+
+    /// As `call`, with the remote's error code as it sent it (the CLI
+    /// prints it as the AWS CLI does).
+    pub fn call_verbatim(&self, req: &Request) -> Result<Value, RemoteError> {
         let op = req.operation();
         let body = serde_json::to_vec(&req.body()).expect("requests serialise");
         let mut last = None;
@@ -124,16 +140,16 @@ impl Client {
             }
             match self.attempt(op, &body) {
                 Ok(v) => return Ok(v),
-                Err(Failure::Api(code, msg, status)) => {
-                    let retry = status >= 500 || code == "ThrottlingException";
-                    let e = api_error(&code, &msg, &self.endpoint.url);
+                Err(Failure::Api(code, message, status)) => {
+                    let retry = status >= 500 || code.ends_with("ThrottlingException");
+                    let e = RemoteError::Api { code, message };
                     if !retry {
                         return Err(e);
                     }
                     last = Some(e);
                 }
                 Err(Failure::Transport(m)) => {
-                    last = Some(KmsError::internal(format!(
+                    last = Some(RemoteError::Unreachable(format!(
                         "the KMS at {} did not answer {op} ({m}); is it running and reachable?",
                         self.endpoint.url
                     )));

@@ -16,7 +16,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::Value;
 use zeroize::Zeroizing;
 
-pub use client::{Client, Endpoint};
+pub use client::{Client, Endpoint, RemoteError};
 
 pub struct RemoteKms {
     client: Client,
