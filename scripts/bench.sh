@@ -19,7 +19,7 @@ bash scripts/deps.sh fio bc python3 || exit 1
 for p in gocryptfs securefs cryfs bindfs; do
   command -v "$p" >/dev/null || bash scripts/deps.sh "$p" || echo "skipping $p: cannot install it" >&2
 done
-cargo build --release --quiet --bin kmsfs --example kms_bench || exit 1
+cargo build --release --quiet --bin kmsfs --example kms_bench --example kms_serve_bench || exit 1
 K="$PWD/target/release/kmsfs"
 
 rm -rf "$W" && mkdir -p "$W/src" "$W/results"
@@ -141,6 +141,7 @@ RSS=$(awk '/VmHWM/ {print $2}' "/proc/$KPID/status" 2>/dev/null)
 record kmsfs peakRSS_MiB 0 "$(echo "${RSS:-0} / 1024" | bc -l)"
 umount_all
 ./target/release/examples/kms_bench 3 > "$W/results/kms.txt" 2>&1
+./target/release/examples/kms_serve_bench 3 >> "$W/results/kms.txt" 2>&1
 
 python3 - "$RES" "$W/results/kms.txt" "$NFILES" "$TREE_MB" <<'PY'
 import sys, statistics, collections

@@ -129,7 +129,7 @@ impl Client {
     /// prints it as the AWS CLI does).
     pub fn call_verbatim(&self, req: &Request) -> Result<Value, RemoteError> {
         let op = req.operation();
-        let body = serde_json::to_vec(&req.body()).expect("requests serialise");
+        let body = req.body_bytes();
         let mut last = None;
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {

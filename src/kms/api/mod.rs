@@ -64,10 +64,47 @@ pub struct Tag {
     pub tag_value: String,
 }
 
-/// Every operation, tagged by its AWS name (`{"Encrypt": {...}}`), so
-/// `X-Amz-Target: TrentService.<Name>` and a body make one value.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum Request {
+/// Declares the operations once: the `Request` enum (tagged by AWS name,
+/// `{"Encrypt": {...}}`, so `X-Amz-Target: TrentService.<Name>` and a body
+/// make one value), the list of names, and the name and body of a request
+/// without serialising it whole.
+macro_rules! operations {
+    ($($name:ident($ty:ty),)*) => {
+        /// Every operation of the API.
+        #[derive(Debug, Clone, Serialize, Deserialize)]
+        pub enum Request {
+            $($name($ty),)*
+        }
+
+        /// The names of every operation, as `X-Amz-Target` gives them.
+        pub const OPERATIONS: &[&str] = &[$(stringify!($name),)*];
+
+        impl Request {
+            /// The operation's AWS name.
+            pub fn operation(&self) -> &'static str {
+                match self {
+                    $(Request::$name(_) => stringify!($name),)*
+                }
+            }
+
+            /// The request's body as the client sends it.
+            pub fn body(&self) -> Value {
+                match self {
+                    $(Request::$name(r) => serde_json::to_value(r).expect("requests serialise"),)*
+                }
+            }
+
+            /// The body's bytes.
+            pub fn body_bytes(&self) -> Vec<u8> {
+                match self {
+                    $(Request::$name(r) => serde_json::to_vec(r).expect("requests serialise"),)*
+                }
+            }
+        }
+    };
+}
+
+operations! {
     CreateKey(CreateKey),
     DescribeKey(KeyOnly),
     ListKeys(Paging),
@@ -124,46 +161,6 @@ impl From<Value> for Output {
     }
 }
 
-/// The names of every operation, as `X-Amz-Target` gives them.
-pub const OPERATIONS: &[&str] = &[
-    "CreateKey",
-    "DescribeKey",
-    "ListKeys",
-    "EnableKey",
-    "DisableKey",
-    "ScheduleKeyDeletion",
-    "CancelKeyDeletion",
-    "UpdateKeyDescription",
-    "EnableKeyRotation",
-    "DisableKeyRotation",
-    "GetKeyRotationStatus",
-    "RotateKeyOnDemand",
-    "ListKeyRotations",
-    "CreateAlias",
-    "UpdateAlias",
-    "DeleteAlias",
-    "ListAliases",
-    "TagResource",
-    "UntagResource",
-    "ListResourceTags",
-    "GetKeyPolicy",
-    "PutKeyPolicy",
-    "CreateGrant",
-    "ListGrants",
-    "ListRetirableGrants",
-    "RetireGrant",
-    "RevokeGrant",
-    "Encrypt",
-    "Decrypt",
-    "ReEncrypt",
-    "GenerateDataKey",
-    "GenerateDataKeyWithoutPlaintext",
-    "GenerateRandom",
-    "GetParametersForImport",
-    "ImportKeyMaterial",
-    "DeleteImportedKeyMaterial",
-];
-
 /// Why a request body does not make a request, with AWS's error code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseError {
@@ -172,21 +169,6 @@ pub struct ParseError {
 }
 
 impl Request {
-    /// The operation's AWS name.
-    pub fn operation(&self) -> &'static str {
-        let v = serde_json::to_value(self).expect("requests serialise");
-        let name = v
-            .as_object()
-            .and_then(|o| o.keys().next())
-            .cloned()
-            .unwrap_or_default();
-        OPERATIONS
-            .iter()
-            .find(|o| **o == name)
-            .copied()
-            .unwrap_or("Unknown")
-    }
-
     /// The request `operation` with JSON `body`, as the server receives it.
     /// An unknown operation is UnknownOperationException; a body that is not
     /// a JSON object, or a member of the wrong type, SerializationException;
@@ -226,14 +208,6 @@ impl Request {
                 message: format!("{operation}: {m}"),
             }
         })
-    }
-
-    /// The request's body as the client sends it.
-    pub fn body(&self) -> Value {
-        match serde_json::to_value(self).expect("requests serialise") {
-            Value::Object(o) => o.into_iter().next().map(|(_, v)| v).unwrap_or(Value::Null),
-            v => v,
-        }
     }
 }
 

@@ -30,7 +30,29 @@ fn resolve(kms: &Kms, principal: &str) -> Option<(u32, u32)> {
     Some((uid, primary_gid(uid).unwrap_or(uid)))
 }
 
+/// A uid's primary group, remembered for a minute: getpwuid_r reads the
+/// user database on every call, which the server would do per request.
 fn primary_gid(uid: u32) -> Option<u32> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+    static SEEN: Mutex<Option<HashMap<u32, (Instant, Option<u32>)>>> = Mutex::new(None);
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    let map = seen.get_or_insert_with(HashMap::new);
+    if let Some((at, gid)) = map.get(&uid)
+        && at.elapsed() < Duration::from_secs(60)
+    {
+        return *gid;
+    }
+    let gid = lookup_primary_gid(uid);
+    if map.len() > 4096 {
+        map.clear();
+    }
+    map.insert(uid, (Instant::now(), gid));
+    gid
+}
+
+fn lookup_primary_gid(uid: u32) -> Option<u32> {
     let mut buf = vec![0u8; 16384];
     // SAFETY: getpwuid_r with a zeroed struct and a caller-owned buffer.
     unsafe {
