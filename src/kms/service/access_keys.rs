@@ -36,7 +36,8 @@ fn primary_gid(uid: u32) -> Option<u32> {
     use std::collections::HashMap;
     use std::sync::Mutex;
     use std::time::{Duration, Instant};
-    static SEEN: Mutex<Option<HashMap<u32, (Instant, Option<u32>)>>> = Mutex::new(None);
+    type Seen = HashMap<u32, (Instant, Option<u32>)>;
+    static SEEN: Mutex<Option<Seen>> = Mutex::new(None);
     let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
     let map = seen.get_or_insert_with(HashMap::new);
     if let Some((at, gid)) = map.get(&uid)
