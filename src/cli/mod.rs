@@ -118,6 +118,8 @@ pub enum Command {
         shared_cipherdir: bool,
         #[command(flatten)]
         remote: remote_args::RemoteArgs,
+        #[command(flatten)]
+        cache: remote_args::CacheArgs,
     },
     /// Unmount a kmsfs mount and wait until its daemon has written everything.
     Unmount {
@@ -210,10 +212,11 @@ pub fn run(cli: Cli) -> i32 {
             xattrs,
             shared_cipherdir,
             remote,
+            cache,
         } => report(run_mount(
             kms_home_flag,
             &secret,
-            &remote,
+            (&remote, &cache),
             (!no_writeback_cache, xattrs),
             cipherdir,
             mountpoint,
@@ -288,7 +291,7 @@ fn run_init(
 fn run_mount(
     kms_home_flag: Option<PathBuf>,
     secret: &secret::SecretArgs,
-    remote: &remote_args::RemoteArgs,
+    (remote, cache): (&remote_args::RemoteArgs, &remote_args::CacheArgs),
     (writeback_cache, xattrs): (bool, bool),
     cipherdir: PathBuf,
     mountpoint: PathBuf,
@@ -319,8 +322,17 @@ fn run_mount(
                 remote.kms_endpoint.as_deref(),
             )?;
             let region = remote.region(cfg.kms_region.as_deref());
-            crate::fs::mount::KmsLink::Remote(remote.open(url, &region)?)
+            let audit = home
+                .dir
+                .join(format!("cache-audit-{}.log", cfg.filesystem_id));
+            let kms = remote.open(url, &region)?.with_cache(
+                std::time::Duration::from_secs(cache.key_cache_seconds),
+                cache.key_cache_uses,
+                &audit,
+            )?;
+            crate::fs::mount::KmsLink::Remote(kms)
         }
+
         None if remote.kms_endpoint.is_some() => {
             return Err(format!(
                 "{} keeps its keys in the local KMS home, not a remote KMS: drop --kms-endpoint",

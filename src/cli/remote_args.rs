@@ -50,6 +50,17 @@ impl RemoteArgs {
     }
 }
 
+/// How long a mount of a remote filesystem keeps unwrapped data keys.
+#[derive(Args, Debug, Clone)]
+pub struct CacheArgs {
+    /// Keep each file's unwrapped data key this many seconds, so opening it again needs no round trip to the remote KMS (measured on loopback: 2,175 opens/s without, 17,253 with, 17,629 with the embedded KMS); a policy change or revocation there applies to such a file within this time, to every other at once. 0 turns it off. Each use of a kept key is recorded in the state directory's cache-audit-<filesystem id>.log. Only for remote filesystems.
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    pub key_cache_seconds: u64,
+    /// ... and for at most this many opens.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub key_cache_uses: u32,
+}
+
 /// `kmsfs kms --endpoint-url`'s signing flags.
 #[derive(Args, Debug, Clone, Default)]
 pub struct ClientArgs {

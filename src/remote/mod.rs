@@ -4,6 +4,7 @@
 //! remote KMS sees one identity, the access key's: it judges the host, and
 //! the mount's own permission checks judge its users.
 
+pub mod cache;
 pub mod client;
 pub mod creds;
 
@@ -16,10 +17,24 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::Value;
 use zeroize::Zeroizing;
 
+trait Private {
+    fn mode_0600(&mut self) -> &mut Self;
+}
+
+impl Private for std::fs::OpenOptions {
+    fn mode_0600(&mut self) -> &mut Self {
+        std::os::unix::fs::OpenOptionsExt::mode(self, 0o600)
+    }
+}
+
 pub use client::{Client, Endpoint, RemoteError};
 
 pub struct RemoteKms {
     client: Client,
+    cache: Option<cache::KeyCache>,
+    /// The mount's local record of what the remote KMS never sees: each
+    /// data key served from the cache, one JSON line each.
+    hits: Option<std::sync::Mutex<std::fs::File>>,
 }
 
 fn blob_field(v: &Value, name: &str) -> Result<Zeroizing<Vec<u8>>, KmsError> {
@@ -38,7 +53,57 @@ fn data_key(plain: &[u8]) -> Result<Key256, KmsError> {
 
 impl RemoteKms {
     pub fn new(client: Client) -> Self {
-        RemoteKms { client }
+        RemoteKms {
+            client,
+            cache: None,
+            hits: None,
+        }
+    }
+
+    /// Keeps unwrapped data keys for `max_age` and `max_uses` (off if
+    /// either is zero), recording each hit in `audit` (appended).
+    pub fn with_cache(
+        mut self,
+        max_age: std::time::Duration,
+        max_uses: u32,
+        audit: &std::path::Path,
+    ) -> Result<Self, String> {
+        self.cache = cache::KeyCache::new(max_age, max_uses);
+        if self.cache.is_some() {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode_0600()
+                .open(audit)
+                .map_err(|e| format!("cannot open the cache audit log {}: {e}", audit.display()))?;
+            self.hits = Some(std::sync::Mutex::new(f));
+        }
+        Ok(self)
+    }
+
+    fn record_hit(&self, caller: &Caller, ctx: &EncryptionContext) -> Result<(), KmsError> {
+        let Some(f) = &self.hits else { return Ok(()) };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let rec = serde_json::json!({
+            "eventTime": crate::kms::clock::rfc3339(now),
+            "eventName": "Decrypt",
+            "eventSource": "kmsfs.data-key-cache",
+            "kmsEndpoint": self.endpoint(),
+            "userIdentity": {"uid": caller.uid, "gid": caller.gid, "pid": caller.pid, "processName": caller.process},
+            "requestParameters": {"encryptionContext": ctx},
+            "cacheHit": true,
+        });
+        let mut line = serde_json::to_vec(&rec).expect("JSON");
+        line.push(b'\n');
+        use std::io::Write;
+        // As the local audit log does: a use that cannot be recorded fails.
+        f.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write_all(&line)
+            .map_err(|e| KmsError::internal(format!("the cache audit log could not be written ({e}); refusing to use a cached key unaudited")))
     }
 
     pub fn endpoint(&self) -> &str {
@@ -89,11 +154,22 @@ impl KeyBackend for RemoteKms {
 
     fn unwrap(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         blob: &[u8],
         ctx: &EncryptionContext,
     ) -> Result<Key256, KmsError> {
-        data_key(&self.decrypt(_caller, blob, ctx)?)
+        let now = std::time::Instant::now();
+        if let Some(c) = &self.cache
+            && let Some(k) = c.get(blob, ctx, now)
+        {
+            self.record_hit(caller, ctx)?;
+            return Ok(k);
+        }
+        let key = data_key(&self.decrypt(caller, blob, ctx)?)?;
+        if let Some(c) = &self.cache {
+            c.put(blob, ctx, &key, now);
+        }
+        Ok(key)
     }
 
     fn may_generate(
