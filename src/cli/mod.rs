@@ -330,7 +330,7 @@ fn run_mount(
                 cache.key_cache_uses,
                 &audit,
             )?;
-            crate::fs::mount::KmsLink::Remote(kms)
+            crate::fs::mount::KmsLink::Remote(Box::new(kms))
         }
 
         None if remote.kms_endpoint.is_some() => {

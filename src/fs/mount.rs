@@ -400,7 +400,7 @@ fn check_fuse() -> Result<(), String> {
 /// Where a mount's keys live: the embedded KMS, or a remote one.
 pub enum KmsLink {
     Local(Box<Kms>),
-    Remote(crate::remote::RemoteKms),
+    Remote(Box<crate::remote::RemoteKms>),
 }
 
 impl KmsLink {
@@ -418,7 +418,7 @@ impl KmsLink {
     fn backend(&self) -> &dyn KeyBackend {
         match self {
             KmsLink::Local(k) => k.as_ref(),
-            KmsLink::Remote(r) => r,
+            KmsLink::Remote(r) => r.as_ref(),
         }
     }
 }
@@ -482,7 +482,7 @@ pub fn mount(link: KmsLink, args: MountArgs, default_log: PathBuf) -> Result<(),
             let k = Arc::new(*k);
             (k.clone(), Some(k))
         }
-        KmsLink::Remote(r) => (Arc::new(r), None),
+        KmsLink::Remote(r) => (Arc::new(*r), None),
     };
     let mut backing = Backing::new(tree, cfg, backend);
     if let Some(done) = super::rename::recover(&backing, &caller)? {
