@@ -94,6 +94,7 @@ fn main() {
                 session_token: None,
                 source: "bench".into(),
             },
+            None,
         )
     };
     let ctx = EncryptionContext::from_pairs([

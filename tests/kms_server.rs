@@ -440,3 +440,54 @@ r create-access-key --principal uid:0 2>&1 || true
         "{made}"
     );
 }
+
+#[test]
+fn the_api_is_served_over_tls_to_the_aws_cli_boto3_and_kmsfs() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = common::serve::test_pki(certs.path());
+    let s = Server::start(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(s.url().starts_with("https://"), "{}", s.url());
+    let creds = s.access_key("uid:0");
+    let out = ok(&s.bash(
+        &creds,
+        &format!(
+            r#"
+CA={ca}
+echo "cli $(aws kms list-keys --endpoint-url "$ENDPOINT" --ca-bundle "$CA" --query 'length(Keys)' --output text)"
+aws kms list-keys --endpoint-url "$ENDPOINT" 2>&1 | grep -o 'CERTIFICATE_VERIFY_FAILED' | head -1 || true
+echo "kmsfs $("$KMSFS_BIN" kms --endpoint-url "$ENDPOINT" --ca-bundle "$CA" describe-key --key-id "$KEY_ID" --query KeyMetadata.KeyState --output text)"
+"$KMSFS_BIN" kms --endpoint-url "$ENDPOINT" list-keys 2>&1 | head -1 || true
+python -c "
+import boto3, os
+c = boto3.client('kms', endpoint_url=os.environ['ENDPOINT'], region_name='us-east-1', verify='$CA')
+print('boto3', c.generate_random(NumberOfBytes=16)['Plaintext'].__len__())
+"
+# Plain HTTP to the TLS port gets no answer it could take for one.
+curl -s -m 5 -o /dev/null -w 'plain %{{http_code}}\n' -X POST "http://127.0.0.1:{port}/" || echo "plain refused"
+"#,
+            ca = ca.display(),
+            port = s.port
+        ),
+    ));
+    for want in [
+        "cli 1",
+        "CERTIFICATE_VERIFY_FAILED",
+        "kmsfs Enabled",
+        "boto3 16",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    assert!(
+        out.contains("UnknownIssuer") || out.contains("certificate"),
+        "kmsfs without the CA refuses the certificate:\n{out}"
+    );
+    assert!(
+        out.contains("plain 000") || out.contains("plain refused"),
+        "{out}"
+    );
+}

@@ -316,3 +316,63 @@ fn the_data_key_cache_serves_reopens_for_its_max_age_and_records_each_hit() {
     assert_eq!(read_err(&fx.m("cached")), Some(libc::EACCES));
     m.unmount();
 }
+
+#[test]
+fn a_mount_reaches_its_kms_over_tls_and_refuses_an_unknown_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = common::serve::test_pki(certs.path());
+    let s = Server::start(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let (id, secret) = s.access_key("uid:0");
+    let fx = remote_fixture();
+    let creds = credentials_file(fx.dir.path(), &id, &secret);
+    let c = creds.to_str().unwrap();
+    let (url, k) = (s.url(), s.key_id());
+    let init = |extra: &[&str]| {
+        let mut args = vec![
+            "init",
+            fx.cipher.to_str().unwrap(),
+            "--kms-endpoint",
+            &url,
+            "--key-id",
+            &k,
+            "--aws-credentials-file",
+            c,
+        ];
+        args.extend_from_slice(extra);
+        fx.cli(&args)
+    };
+    let o = init(&[]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("UnknownIssuer"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = init(&["--ca-bundle", ca.to_str().unwrap()]);
+    assert!(
+        o.status.success(),
+        "init: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let m = fx.mount_with(&[
+        "--aws-credentials-file",
+        c,
+        "--ca-bundle",
+        ca.to_str().unwrap(),
+    ]);
+    std::fs::write(fx.m("f"), b"over TLS").unwrap();
+    m.unmount();
+    let m = fx.mount_with(&[
+        "--aws-credentials-file",
+        c,
+        "--ca-bundle",
+        ca.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read(fx.m("f")).unwrap(), b"over TLS");
+    m.unmount();
+}

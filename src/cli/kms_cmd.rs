@@ -120,6 +120,12 @@ pub struct ServeArgs {
     /// Serve plain HTTP on an address other than loopback (only behind a TLS-terminating proxy).
     #[arg(long)]
     pub insecure_http: bool,
+    /// PEM certificate chain to serve TCP over TLS (https://), with --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]

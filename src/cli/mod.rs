@@ -393,6 +393,7 @@ fn run_kms(
             max_rate: a.max_rate,
             max_connections: a.max_connections,
             insecure_http: a.insecure_http,
+            tls: a.tls_cert.zip(a.tls_key),
         };
         return match crate::server::serve(kms, opts) {
             Ok(()) => exit::OK,

@@ -19,6 +19,21 @@ pub struct RemoteArgs {
     /// An AWS credentials file (INI, as ~/.aws/credentials) [default: $AWS_SHARED_CREDENTIALS_FILE, ~/.aws/credentials].
     #[arg(long, value_name = "FILE")]
     pub aws_credentials_file: Option<PathBuf>,
+    /// PEM bundle of CA certificates an https endpoint's certificate may chain to, besides the public roots kmsfs carries [default: $AWS_CA_BUNDLE].
+    #[arg(long, value_name = "FILE")]
+    pub ca_bundle: Option<PathBuf>,
+}
+
+/// The TLS configuration an endpoint needs (`None` for plain http).
+fn tls_for(
+    endpoint: &Endpoint,
+    ca: Option<&Path>,
+) -> Result<Option<std::sync::Arc<rustls::ClientConfig>>, String> {
+    if endpoint.tls {
+        crate::remote::client::tls_config(ca).map(Some)
+    } else {
+        Ok(None)
+    }
 }
 
 impl RemoteArgs {
@@ -42,10 +57,12 @@ impl RemoteArgs {
             self.aws_credentials_file.as_deref(),
             self.profile.as_deref(),
         )?;
+        let tls = tls_for(&endpoint, self.ca_bundle.as_deref())?;
         Ok(RemoteKms::new(Client::new(
             endpoint,
             region.to_string(),
             creds,
+            tls,
         )))
     }
 }
@@ -70,6 +87,9 @@ pub struct ClientArgs {
     /// The AWS credentials-file profile to sign with [default: $AWS_PROFILE, default].
     #[arg(long, global = true)]
     pub profile: Option<String>,
+    /// PEM bundle of CA certificates for an https endpoint, besides the public roots [default: $AWS_CA_BUNDLE].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca_bundle: Option<PathBuf>,
 }
 
 impl ClientArgs {
@@ -79,9 +99,12 @@ impl ClientArgs {
             region: self.region.clone(),
             profile: self.profile.clone(),
             aws_credentials_file: None,
+            ca_bundle: None,
         };
         let creds = creds::resolve(None, self.profile.as_deref())?;
-        Ok(Client::new(Endpoint::parse(url)?, r.region(None), creds))
+        let endpoint = Endpoint::parse(url)?;
+        let tls = tls_for(&endpoint, self.ca_bundle.as_deref())?;
+        Ok(Client::new(endpoint, r.region(None), creds, tls))
     }
 }
 

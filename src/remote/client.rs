@@ -10,7 +10,7 @@ use crate::kms::{ErrorCode, KmsError};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -19,27 +19,29 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 const ATTEMPTS: u32 = 3;
 const MAX_RESPONSE: usize = 1 << 20;
 
-/// Where the KMS is: `http://HOST:PORT` (loopback only: SigV4 protects a
-/// request from forgery, not from being read, and a Decrypt response
-/// carries a data key in the clear).
+/// Where the KMS is: `https://HOST[:PORT]`, or `http://HOST:PORT` on
+/// loopback only (SigV4 protects a request from forgery, not from being
+/// read, and a Decrypt response carries a data key in the clear).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     pub url: String,
     pub host: String,
     pub port: u16,
+    pub tls: bool,
 }
 
 impl Endpoint {
     pub fn parse(url: &str) -> Result<Endpoint, String> {
         let url = url.trim_end_matches('/');
-        if url.starts_with("https://") {
-            return Err(format!(
-                "{url}: https endpoints need kmsfs's TLS client, which is not built yet; reach a remote KMS through a local TLS tunnel (for instance stunnel) listening on loopback, and give its http://127.0.0.1:PORT"
-            ));
-        }
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("{url}: the KMS endpoint must be http://HOST:PORT"))?;
+        let (tls, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+            (Some(r), _) => (true, r),
+            (None, Some(r)) => (false, r),
+            _ => {
+                return Err(format!(
+                    "{url}: the KMS endpoint must be https://HOST[:PORT] (or http://127.0.0.1:PORT on loopback)"
+                ));
+            }
+        };
         if rest.contains('/') || rest.contains('@') {
             return Err(format!(
                 "{url}: give the endpoint as http://HOST:PORT, no path"
@@ -50,21 +52,22 @@ impl Endpoint {
                 h.trim_start_matches('[').trim_end_matches(']').to_string(),
                 p.parse().map_err(|_| format!("{url}: bad port {p:?}"))?,
             ),
-            _ => (rest.to_string(), 80),
+            _ => (rest.to_string(), if tls { 443 } else { 80 }),
         };
         let loopback = host == "localhost"
             || host
                 .parse::<std::net::IpAddr>()
                 .is_ok_and(|ip| ip.is_loopback());
-        if !loopback {
+        if !loopback && !tls {
             return Err(format!(
-                "{url}: plain HTTP is used only on loopback: a Decrypt response carries a data key in the clear"
+                "{url}: plain HTTP is used only on loopback: a Decrypt response carries a data key in the clear; use https://"
             ));
         }
         Ok(Endpoint {
             url: url.to_string(),
             host,
             port,
+            tls,
         })
     }
 
@@ -77,7 +80,7 @@ impl Endpoint {
     }
 
     fn host_header(&self) -> String {
-        if self.port == 80 {
+        if self.port == if self.tls { 443 } else { 80 } {
             self.host.clone()
         } else {
             format!("{}:{}", self.host, self.port)
@@ -89,7 +92,76 @@ pub struct Client {
     pub endpoint: Endpoint,
     pub region: String,
     creds: Credentials,
-    idle: Mutex<Vec<TcpStream>>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    idle: Mutex<Vec<Conn>>,
+}
+
+/// A connection to the KMS, plain or TLS.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Read for Conn {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(c) => c.read(b),
+            Conn::Tls(c) => c.read(b),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(c) => c.write(b),
+            Conn::Tls(c) => c.write(b),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Conn::Plain(c) => c.flush(),
+            Conn::Tls(c) => c.flush(),
+        }
+    }
+}
+
+/// The roots a TLS endpoint's certificate is checked against: Mozilla's
+/// (webpki-roots, so AWS KMS needs nothing installed), and the PEM bundle
+/// `ca_bundle` or $AWS_CA_BUNDLE names (a private CA), as the AWS CLI does.
+pub fn tls_config(
+    ca_bundle: Option<&std::path::Path>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let env = std::env::var_os("AWS_CA_BUNDLE").filter(|v| !v.is_empty());
+    if let Some(p) = ca_bundle.map(|p| p.as_os_str().to_owned()).or(env) {
+        let path = std::path::Path::new(&p);
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .and_then(|i| i.collect::<Result<_, _>>())
+            .map_err(|e| format!("CA bundle {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "CA bundle {}: no PEM certificate in it",
+                path.display()
+            ));
+        }
+        for c in certs {
+            roots
+                .add(c)
+                .map_err(|e| format!("CA bundle {}: {e}", path.display()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ))
 }
 
 /// A call's failure: the KMS's error, or no answer at all.
@@ -108,11 +180,18 @@ enum Failure {
 }
 
 impl Client {
-    pub fn new(endpoint: Endpoint, region: String, creds: Credentials) -> Client {
+    /// A client; `tls` must be given for an https endpoint.
+    pub fn new(
+        endpoint: Endpoint,
+        region: String,
+        creds: Credentials,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Client {
         Client {
             endpoint,
             region,
             creds,
+            tls,
             idle: Mutex::new(vec![]),
         }
     }
@@ -159,7 +238,7 @@ impl Client {
         Err(last.expect("at least one attempt"))
     }
 
-    fn connection(&self) -> Result<TcpStream, Failure> {
+    fn connection(&self) -> Result<Conn, Failure> {
         if let Some(c) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() {
             return Ok(c);
         }
@@ -169,7 +248,17 @@ impl Client {
         let _ = c.set_nodelay(true);
         let _ = c.set_read_timeout(Some(IO_TIMEOUT));
         let _ = c.set_write_timeout(Some(IO_TIMEOUT));
-        Ok(c)
+        if !self.endpoint.tls {
+            return Ok(Conn::Plain(c));
+        }
+        let cfg = self.tls.clone().ok_or_else(|| {
+            Failure::Transport("no TLS configuration for an https endpoint".into())
+        })?;
+        let name = rustls::pki_types::ServerName::try_from(self.endpoint.host.clone())
+            .map_err(|e| Failure::Transport(format!("{}: {e}", self.endpoint.host)))?;
+        let conn = rustls::ClientConnection::new(cfg, name)
+            .map_err(|e| Failure::Transport(format!("TLS: {e}")))?;
+        Ok(Conn::Tls(Box::new(rustls::StreamOwned::new(conn, c))))
     }
 
     fn attempt(&self, op: &str, body: &[u8]) -> Result<Value, Failure> {
@@ -267,7 +356,7 @@ fn api_error(code: &str, message: &str, url: &str) -> KmsError {
 
 /// Reads one response: its status, whether the connection stays open, and
 /// its body (bounded).
-fn read_response(c: &mut TcpStream) -> Result<(u16, bool, Vec<u8>), String> {
+fn read_response(c: &mut impl Read) -> Result<(u16, bool, Vec<u8>), String> {
     let mut buf = Vec::with_capacity(4096);
     let end = loop {
         if let Some(e) = crate::server::http::head_end(&buf) {

@@ -8,6 +8,7 @@
 
 pub mod http;
 pub mod throttle;
+pub mod tls;
 
 use crate::kms::api::{self, Request};
 use crate::kms::sigv4;
@@ -29,6 +30,8 @@ pub struct ServeOptions {
     pub max_connections: usize,
     /// Plain HTTP on an address other than loopback.
     pub insecure_http: bool,
+    /// PEM certificate chain and private key: TCP is served over TLS.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// How long a connection may sit idle between requests, and how long one
@@ -86,10 +89,14 @@ pub fn serve(kms: Kms, opts: ServeOptions) -> Result<(), String> {
     if opts.listen.is_empty() && opts.unix.is_none() {
         return Err("give --listen ADDR:PORT and/or --unix PATH".into());
     }
+    let tls = match &opts.tls {
+        Some((cert, key)) => Some(tls::server_config(cert, key)?),
+        None => None,
+    };
     for a in &opts.listen {
-        if !a.ip().is_loopback() && !opts.insecure_http {
+        if !a.ip().is_loopback() && !opts.insecure_http && tls.is_none() {
             return Err(format!(
-                "--listen {a}: plain HTTP is served only on loopback (127.0.0.1, ::1) or a unix socket: SigV4 keeps requests from being forged, not read; give --insecure-http to serve {a} anyway, behind a TLS proxy"
+                "--listen {a}: plain HTTP is served only on loopback (127.0.0.1, ::1) or a unix socket: SigV4 keeps requests from being forged, not read; give --tls-cert and --tls-key to serve {a} over TLS (or --insecure-http, behind a TLS proxy)"
             ));
         }
     }
@@ -105,9 +112,10 @@ pub fn serve(kms: Kms, opts: ServeOptions) -> Result<(), String> {
     for a in &opts.listen {
         let l = TcpListener::bind(a).map_err(|e| format!("--listen {a}: {e}"))?;
         let local = l.local_addr().map_err(|e| e.to_string())?;
-        lines.push(format!("http://{local}"));
-        let s = server.clone();
-        std::thread::spawn(move || accept_tcp(s, l));
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        lines.push(format!("{scheme}://{local}"));
+        let (s, tls) = (server.clone(), tls.clone());
+        std::thread::spawn(move || accept_tcp(s, l, tls));
     }
     if let Some(p) = &opts.unix {
         match std::fs::symlink_metadata(p) {
@@ -156,12 +164,22 @@ pub fn serve(kms: Kms, opts: ServeOptions) -> Result<(), String> {
     Ok(())
 }
 
-fn accept_tcp(s: Arc<Server>, l: TcpListener) {
+fn accept_tcp(s: Arc<Server>, l: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) {
     for conn in l.incoming() {
         let Ok(c) = conn else { continue };
         let Ok(peer) = c.peer_addr() else { continue };
         let _ = c.set_nodelay(true);
-        spawn_connection(&s, c, Peer::Tcp(peer));
+        match &tls {
+            None => spawn_connection(&s, c, Peer::Tcp(peer)),
+            Some(cfg) => match rustls::ServerConnection::new(cfg.clone()) {
+                // The handshake runs on the connection's thread, at its
+                // first read, under the same timeouts.
+                Ok(conn) => {
+                    spawn_connection(&s, rustls::StreamOwned::new(conn, c), Peer::Tcp(peer))
+                }
+                Err(e) => crate::log_line!("kmsfs: TLS: {e}"),
+            },
+        }
     }
 }
 
@@ -202,6 +220,12 @@ impl Stream for TcpStream {
     fn set_timeout(&self, d: Duration) {
         let _ = self.set_read_timeout(Some(d));
         let _ = self.set_write_timeout(Some(d));
+    }
+}
+
+impl Stream for rustls::StreamOwned<rustls::ServerConnection, TcpStream> {
+    fn set_timeout(&self, d: Duration) {
+        self.sock.set_timeout(d);
     }
 }
 

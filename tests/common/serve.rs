@@ -27,6 +27,8 @@ pub struct Server {
     pub home: PathBuf,
     pub key: PathBuf,
     pub port: u16,
+    /// http, or https when served with --tls-cert.
+    pub scheme: String,
     pub socket: PathBuf,
     child: Child,
 }
@@ -44,6 +46,7 @@ impl Server {
             home,
             key,
             port: 0,
+            scheme: String::new(),
             socket,
             child: Command::new("true").spawn().unwrap(),
             dir,
@@ -94,8 +97,10 @@ impl Server {
                         s.log()
                     )
                 });
-            if let Some(p) = line.strip_prefix("kmsfs: serving the KMS API on http://127.0.0.1:") {
+            let addr = line.strip_prefix("kmsfs: serving the KMS API on ");
+            if let Some((scheme, p)) = addr.and_then(|a| a.split_once("://127.0.0.1:")) {
                 s.port = p.trim().parse().expect("port");
+                s.scheme = scheme.to_string();
             }
         }
         assert_ne!(s.port, 0, "no TCP address printed");
@@ -129,7 +134,7 @@ impl Server {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
     }
 
     /// The id of the key made at start.
@@ -224,6 +229,35 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A test CA and a server certificate it signed for 127.0.0.1 and
+/// localhost: (CA, cert, key), PEM.
+pub fn test_pki(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let script = r#"
+set -e
+cd "$1"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=kmsfs-test-ca -keyout ca.key -out ca.crt 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost -keyout tls.key -out tls.csr 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > ext
+openssl x509 -req -in tls.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile ext -out tls.crt 2>/dev/null
+"#;
+    let o = run_timeout(
+        std::process::Command::new("bash")
+            .arg("-c")
+            .arg(script)
+            .arg("pki")
+            .arg(dir),
+        60,
+    );
+    assert!(
+        o.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (dir.join("ca.crt"), dir.join("tls.crt"), dir.join("tls.key"))
 }
 
 /// Asserts a command succeeded, showing its output if not.
