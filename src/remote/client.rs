@@ -424,7 +424,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn endpoints_are_loopback_http_only() {
+    fn endpoints_are_https_anywhere_or_http_on_loopback() {
         let e = Endpoint::parse("http://127.0.0.1:8080/").unwrap();
         assert_eq!(
             (e.host.as_str(), e.port, e.host_header()),
@@ -437,11 +437,12 @@ mod tests {
                 .unwrap_err()
                 .contains("only on loopback")
         );
-        assert!(
-            Endpoint::parse("https://kms.us-east-1.amazonaws.com")
-                .unwrap_err()
-                .contains("TLS")
+        let aws = Endpoint::parse("https://kms.us-east-1.amazonaws.com").unwrap();
+        assert_eq!(
+            (aws.port, aws.tls, aws.host_header()),
+            (443, true, "kms.us-east-1.amazonaws.com".into())
         );
+        assert!(Endpoint::parse("https://10.0.0.1:8443").unwrap().tls, "TLS may leave loopback");
         assert!(Endpoint::parse("ftp://x").is_err());
         assert!(Endpoint::parse("http://127.0.0.1:8080/path").is_err());
         assert!(Endpoint::parse("http://127.0.0.1:99999").is_err());
