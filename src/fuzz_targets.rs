@@ -192,6 +192,8 @@ pub fn key_policy(data: &[u8]) {
         uid: 1000,
         gid: 100,
         groups: vec![100, 4],
+        account: "111122223333".into(),
+        iam: Some("user/alice".into()),
     };
     let ctx = EncryptionContext::from_pairs([("kmsfs:path", "projects/a.txt"), ("Team", "ops")]);
     let ops = ["Decrypt".to_string(), "Encrypt".to_string()];

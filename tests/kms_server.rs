@@ -491,3 +491,92 @@ curl -s -m 5 -o /dev/null -w 'plain %{{http_code}}\n' -X POST "http://127.0.0.1:
         "{out}"
     );
 }
+
+#[test]
+fn iam_principals_in_policies_and_grants_name_access_keys() {
+    let s = Server::start(&[]);
+    let root = s.access_key("uid:0");
+    let meta = ok(&s.cli(&["kms", "describe-key", "--key-id", &s.key_id()]));
+    let account =
+        serde_json::from_str::<serde_json::Value>(&meta).unwrap()["KeyMetadata"]["AWSAccountId"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    let alice = s.access_key(&format!("arn:kmsfs:iam::{account}:user/alice"));
+    let app = s.access_key(&format!("arn:kmsfs:iam::{account}:role/app"));
+    let o = s.cli(&[
+        "kms",
+        "create-access-key",
+        "--principal",
+        "arn:kmsfs:iam::999988887777:user/x",
+    ]);
+    assert!(!o.status.success(), "another account's identity is refused");
+    // A policy as AWS's documentation writes it: the account root for
+    // administration, one IAM user for Decrypt; and a grant to a role.
+    let script = format!(
+        r#"
+import boto3, botocore, json, os
+def client():
+    return boto3.session.Session().client("kms", endpoint_url=os.environ["ENDPOINT"], region_name="us-east-1",
+        config=botocore.config.Config(retries={{"total_max_attempts": 1}}))
+def code(f, **a):
+    try:
+        f(**a); return "ok"
+    except botocore.exceptions.ClientError as e:
+        return e.response["Error"]["Code"]
+mode = os.environ["MODE"]
+c = client()
+if mode == "setup":
+    k = c.create_key(Description="iam", Policy=json.dumps({{"Version": "2012-10-17", "Statement": [
+        {{"Sid": "Enable IAM User Permissions", "Effect": "Allow", "Principal": {{"AWS": "arn:aws:iam::{account}:root"}},
+          "Action": ["kms:Create*", "kms:Describe*", "kms:Put*", "kms:Get*", "kms:List*", "kms:Encrypt", "kms:CreateGrant", "kms:RevokeGrant"], "Resource": "*"}},
+        {{"Sid": "Alice decrypts", "Effect": "Allow", "Principal": {{"AWS": ["arn:aws:iam::{account}:user/alice"]}},
+          "Action": "kms:Decrypt", "Resource": "*"}}]}}))["KeyMetadata"]["KeyId"]
+    blob = c.encrypt(KeyId=k, Plaintext=b"secret")["CiphertextBlob"]
+    c.create_grant(KeyId=k, GranteePrincipal="arn:aws:iam::{account}:role/app", Operations=["GenerateDataKey"])
+    open(os.environ["OUT"], "w").write(json.dumps({{"k": k, "blob": blob.hex()}}))
+else:
+    d = json.load(open(os.environ["OUT"]))
+    print(mode, "describe", code(c.describe_key, KeyId=d["k"]))
+    print(mode, "decrypt", code(c.decrypt, CiphertextBlob=bytes.fromhex(d["blob"])))
+    print(mode, "datakey", code(c.generate_data_key, KeyId=d["k"], KeySpec="AES_256"))
+"#
+    );
+    let out_file = s.dir.path().join("iam.json");
+    let run = |creds: &(String, String), mode: &str| {
+        let mut c = std::process::Command::new(common::serve::pyenv().join("bin/python"));
+        c.arg("-c")
+            .arg(&script)
+            .env("MODE", mode)
+            .env("OUT", &out_file);
+        c.env("AWS_ACCESS_KEY_ID", &creds.0)
+            .env("AWS_SECRET_ACCESS_KEY", &creds.1)
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .env("ENDPOINT", s.url());
+        ok(&common::run_timeout(&mut c, 120))
+    };
+    run(&root, "setup");
+    let out = run(&alice, "alice") + &run(&app, "app") + &run(&root, "root");
+    for want in [
+        "alice describe ok",
+        "alice decrypt ok",
+        "alice datakey AccessDeniedException",
+        "app describe ok",
+        "app decrypt AccessDeniedException",
+        "app datakey ok",
+        "root describe ok",
+        "root decrypt AccessDeniedException",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    let rec = s
+        .audit()
+        .into_iter()
+        .find(|r| r["userIdentity"]["accessKeyId"] == alice.0.as_str())
+        .unwrap();
+    assert_eq!(
+        rec["userIdentity"]["principalId"],
+        format!("arn:kmsfs:iam::{account}:user/alice").as_str()
+    );
+}

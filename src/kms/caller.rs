@@ -36,6 +36,17 @@ pub struct Remote {
     /// unix socket, where the peer's credentials are the identity).
     pub access_key_id: Option<String>,
     pub user_agent: Option<String>,
+    /// The IAM identity (`arn:...:iam::ACCOUNT:user/NAME`) of an access key
+    /// made for one rather than for a local account.
+    pub iam_arn: Option<String>,
+}
+
+impl Remote {
+    /// `user/NAME` or `role/NAME`: what policies' IAM principals match.
+    pub fn iam_name(&self) -> Option<&str> {
+        let arn = self.iam_arn.as_deref()?;
+        super::policy::parse_iam(arn).ok()?.1
+    }
 }
 
 impl Caller {
@@ -76,9 +87,13 @@ impl Caller {
         }
     }
 
-    /// The principal string policies use, e.g. `uid:1000`.
+    /// The principal string policies use, e.g. `uid:1000`, or the IAM ARN
+    /// of an access key made for one.
     pub fn principal(&self) -> String {
-        format!("uid:{}", self.uid)
+        match self.remote.as_ref().and_then(|r| r.iam_arn.clone()) {
+            Some(arn) => arn,
+            None => format!("uid:{}", self.uid),
+        }
     }
 }
 

@@ -282,6 +282,7 @@ mod tests {
             uid: 1003,
             gid: 1003,
             groups: vec![],
+            ..Default::default()
         };
         let sub = Constraints {
             encryption_context_subset: Some(
@@ -324,6 +325,7 @@ mod tests {
             uid: 1004,
             gid: 1004,
             groups: vec![],
+            ..Default::default()
         };
         assert!(!g.allows(
             &dave,
@@ -445,6 +447,7 @@ mod tests {
             uid: 1003,
             gid: 1003,
             groups: vec![],
+            ..Default::default()
         };
         assert!(
             !g.can_retire(&carol, &Names),

@@ -5,7 +5,11 @@
 //! Evaluation is AWS's: an explicit Deny wins, then an Allow, else the request
 //! is denied by default.
 //!
-//! Principals: `"*"`, or `{"Unix": ["uid:1000", "user:alice", "gid:100", "group:backup"]}`.
+//! Principals: `"*"`, `{"Unix": ["uid:1000", "user:alice", "gid:100", "group:backup"]}`,
+//! or AWS's `{"AWS": ["arn:aws:iam::ACCOUNT:root", "arn:aws:iam::ACCOUNT:user/NAME"]}`
+//! (partition `aws` or `kmsfs`, a bare 12-digit account id for its root): the
+//! account root stands for every principal of this KMS, as in AWS, and
+//! `user/NAME` / `role/NAME` name access keys made for that identity.
 //! How `user:`/`group:` names are matched is decided at [`Binding`].
 //! Condition keys: `kms:EncryptionContext:<key>` (the key part matched without
 //! regard to case, as AWS condition keys are; values case-sensitive),
@@ -23,6 +27,12 @@ pub const MAX_POLICY_BYTES: usize = 32 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
     Any,
+    /// `arn:PARTITION:iam::ACCOUNT:root` (`name` None) or `...:user/NAME`,
+    /// `...:role/NAME`.
+    Iam {
+        account: String,
+        name: Option<String>,
+    },
     Uid(u32),
     Gid(u32),
     /// `user:NAME`.
@@ -212,6 +222,55 @@ pub struct Subject {
     pub uid: u32,
     pub gid: u32,
     pub groups: Vec<u32>,
+    /// The account of the KMS judging (what an IAM root principal names).
+    pub account: String,
+    /// `user/NAME` or `role/NAME` for a caller signing with an access key
+    /// made for an IAM identity.
+    pub iam: Option<String>,
+}
+
+/// Whether an IAM principal (`name` None: the account root) is `s`.
+fn iam_matches(account: &str, name: Option<&str>, s: &Subject) -> bool {
+    account == s.account && name.is_none_or(|n| s.iam.as_deref() == Some(n))
+}
+
+/// An IAM principal's account and name: `arn:PARTITION:iam::ACCOUNT:root`,
+/// `...:user/NAME`, `...:role/NAME`, or a bare 12-digit account id (its root).
+pub fn parse_iam(s: &str) -> Result<(&str, Option<&str>), String> {
+    let bad = || {
+        format!(
+            "principal {s:?} is not arn:aws:iam::ACCOUNT:root, arn:aws:iam::ACCOUNT:user/NAME or role/NAME (or a 12-digit account id)"
+        )
+    };
+    let account_ok = |a: &str| a.len() == 12 && a.bytes().all(|b| b.is_ascii_digit());
+    if account_ok(s) {
+        return Ok((s, None));
+    }
+    let parts: Vec<&str> = s.splitn(6, ':').collect();
+    let ["arn", partition, "iam", "", account, resource] = parts[..] else {
+        return Err(bad());
+    };
+    if !matches!(partition, "aws" | "kmsfs") {
+        return Err(format!(
+            "principal {s:?}: partition {partition:?}; this KMS answers for aws and kmsfs"
+        ));
+    }
+    if !account_ok(account) {
+        return Err(bad());
+    }
+    if resource == "root" {
+        return Ok((account, None));
+    }
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && n.len() <= 128
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b))
+    };
+    match resource.split_once('/') {
+        Some(("user" | "role", n)) if name_ok(n) => Ok((account, Some(resource))),
+        _ => Err(bad()),
+    }
 }
 
 /// The request being judged.
@@ -391,6 +450,7 @@ pub fn names_account(principal: &str) -> bool {
 /// A principal string's syntax, names not resolved.
 enum Syntax<'a> {
     Any,
+    Iam(&'a str, Option<&'a str>),
     Uid(u32),
     Gid(u32),
     User(&'a str),
@@ -401,7 +461,11 @@ fn syntax(s: &str) -> Result<Syntax<'_>, String> {
     if s == "*" {
         return Ok(Syntax::Any);
     }
-    let bad = || format!("principal {s:?} is not uid:N, user:NAME, gid:N, group:NAME or *");
+    if s.starts_with("arn:") {
+        return parse_iam(s).map(|(a, n)| Syntax::Iam(a, n));
+    }
+    let bad =
+        || format!("principal {s:?} is not uid:N, user:NAME, gid:N, group:NAME, an IAM ARN or *");
     let (kind, val) = s.split_once(':').ok_or_else(bad)?;
     // Digits only: `uid:+5` or `uid: 5` is a mistake, not uid 5.
     let number = || {
@@ -440,6 +504,10 @@ pub fn parse_principal(s: &str) -> Result<Principal, String> {
     };
     Ok(match syntax(s)? {
         Syntax::Any => Principal::Any,
+        Syntax::Iam(account, name) => Principal::Iam {
+            account: account.into(),
+            name: name.map(str::to_string),
+        },
         Syntax::Uid(u) => Principal::Uid(u),
         Syntax::Gid(g) => Principal::Gid(g),
         Syntax::User(_) => Principal::User(named()),
@@ -499,6 +567,7 @@ impl Principal {
     pub fn matches(&self, s: &Subject, names: &dyn NameResolver) -> bool {
         match self {
             Principal::Any => true,
+            Principal::Iam { account, name } => iam_matches(account, name.as_deref(), s),
             Principal::Uid(u) => *u == s.uid,
             Principal::Gid(g) => in_group(*g, s),
             Principal::User(n) => named_matches(true, n.name(), n.binding, s, names),
@@ -517,6 +586,7 @@ pub fn principal_str_matches(
     names: &dyn NameResolver,
 ) -> bool {
     match syntax(principal) {
+        Ok(Syntax::Iam(account, name)) => iam_matches(account, name, s),
         Ok(Syntax::Uid(u)) => u == s.uid,
         Ok(Syntax::Gid(g)) => in_group(g, s),
         Ok(Syntax::User(n)) => named_matches(true, n, binding_of(principal, ids), s, names),
@@ -751,12 +821,30 @@ pub fn parse(doc: &str) -> Result<Policy, String> {
             Some(Value::Object(p)) => {
                 let mut out = vec![];
                 for (k, v) in p {
-                    if k != "Unix" {
-                        return Err(err(format!(
-                            "principal type {k:?} is not supported; use \"Unix\" (principal types are case-sensitive)"
-                        )));
-                    }
+                    let aws = match k.as_str() {
+                        "Unix" => false,
+                        "AWS" => true,
+                        _ => {
+                            return Err(err(format!(
+                                "principal type {k:?} is not supported; use \"Unix\" or \"AWS\" (principal types are case-sensitive)"
+                            )));
+                        }
+                    };
                     for s in strings(v, "Principal", false).map_err(err)? {
+                        if aws && s != "*" {
+                            // An IAM principal, or an account id for its root.
+                            let (account, name) = parse_iam(&s).map_err(err)?;
+                            out.push(Principal::Iam {
+                                account: account.into(),
+                                name: name.map(str::to_string),
+                            });
+                            continue;
+                        }
+                        if !aws && s.starts_with("arn:") {
+                            return Err(err(format!(
+                                "principal {s:?} is an IAM ARN: list it under \"AWS\", not \"Unix\""
+                            )));
+                        }
                         names_groups |= names_group(&s);
                         names_accounts |= names_account(&s);
                         out.push(parse_principal(&s).map_err(err)?);
@@ -767,7 +855,11 @@ pub fn parse(doc: &str) -> Result<Policy, String> {
                 }
                 out
             }
-            _ => return Err(err("Principal must be \"*\" or {\"Unix\": [...]}".into())),
+            _ => {
+                return Err(err(
+                    "Principal must be \"*\", {\"Unix\": [...]} or {\"AWS\": [...]}".into(),
+                ));
+            }
         };
         let actions = strings(
             o.get("Action")
@@ -1115,7 +1207,57 @@ mod tests {
             uid,
             gid,
             groups: groups.to_vec(),
+            account: "111122223333".into(),
+            iam: None,
         }
+    }
+
+    #[test]
+    fn iam_principals_name_the_account_root_or_one_identity() {
+        let p = parse(
+            r#"{"Version":"2012-10-17","Statement":[
+              {"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::111122223333:root"},"Action":"kms:DescribeKey","Resource":"*"},
+              {"Effect":"Allow","Principal":{"AWS":["arn:kmsfs:iam::111122223333:user/alice","444455556666"]},"Action":"kms:Decrypt","Resource":"*"}]}"#,
+        )
+        .unwrap();
+        let unix = subj(1000, 1000, &[]);
+        let alice = Subject {
+            iam: Some("user/alice".into()),
+            ..subj(65534, 65534, &[])
+        };
+        let bob = Subject {
+            iam: Some("user/bob".into()),
+            ..subj(65534, 65534, &[])
+        };
+        let other_account = Subject {
+            account: "999988887777".into(),
+            ..alice.clone()
+        };
+        let allowed =
+            |s: &Subject, a: &str| matches!(p.evaluate(&req(s, a, None)), Decision::Allow(_));
+        // The root stands for every principal of the account.
+        for s in [&unix, &alice, &bob] {
+            assert!(allowed(s, "kms:DescribeKey"), "{s:?}");
+        }
+        assert!(!allowed(&other_account, "kms:DescribeKey"));
+        assert!(allowed(&alice, "kms:Decrypt"));
+        assert!(!allowed(&bob, "kms:Decrypt"));
+        assert!(!allowed(&unix, "kms:Decrypt"));
+        for bad in [
+            r#"{"AWS":"arn:aws:iam::1234:root"}"#,
+            r#"{"AWS":"arn:aws:iam::111122223333:group/x"}"#,
+            r#"{"AWS":"arn:aws-cn:iam::111122223333:root"}"#,
+            r#"{"AWS":"uid:0"}"#,
+            r#"{"Unix":"arn:aws:iam::111122223333:root"}"#,
+        ] {
+            let doc = format!(
+                r#"{{"Statement":[{{"Effect":"Allow","Principal":{bad},"Action":"kms:*","Resource":"*"}}]}}"#
+            );
+            assert!(parse(&doc).is_err(), "{bad}");
+        }
+        let grantee = "arn:aws:iam::111122223333:user/alice";
+        assert!(principal_str_matches(grantee, None, &alice, &FakeNames));
+        assert!(!principal_str_matches(grantee, None, &bob, &FakeNames));
     }
 
     fn req<'a>(s: &'a Subject, action: &'a str, ctx: Option<&'a EncryptionContext>) -> Request<'a> {
@@ -1356,7 +1498,11 @@ mod tests {
         );
         bad(
             r#"{"Statement":[{"Effect":"Allow","Principal":{"AWS":"x"},"Action":"kms:*","Resource":"*"}]}"#,
-            "Unix",
+            "is not arn:aws:iam::ACCOUNT:root",
+        );
+        bad(
+            r#"{"Statement":[{"Effect":"Allow","Principal":{"Service":"x"},"Action":"kms:*","Resource":"*"}]}"#,
+            "use \"Unix\" or \"AWS\"",
         );
         bad(
             r#"{"Statement":[{"Effect":"Allow","Principal":{"unix":"uid:1"},"Action":"kms:*","Resource":"*"}]}"#,

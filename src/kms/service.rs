@@ -783,6 +783,7 @@ impl Kms {
         let subject = subject_of(
             caller,
             policy.names_groups || state.grants.iter().any(|g| grant::names_group(&g.grantee)),
+            &self.account,
         );
         let arn = if policy.names_resources {
             self.arn(&key.id)
@@ -1662,7 +1663,7 @@ impl Kms {
         parsed.bind(ids.as_ref());
         let unresolved = parsed.unresolved(names);
         if !bypass {
-            let subject = subject_of(caller, parsed.names_groups);
+            let subject = subject_of(caller, parsed.names_groups, &self.account);
             let req = PolicyRequest {
                 subject: &subject,
                 names,
@@ -2011,7 +2012,11 @@ impl Kms {
             };
             let g = &s.grants[idx];
             ev.key = Some(g.key_id);
-            let subject = subject_of(caller, grant::names_group(&g.grantee) || g.retiring.as_deref().is_some_and(grant::names_group));
+            let subject = subject_of(
+                caller,
+                grant::names_group(&g.grantee) || g.retiring.as_deref().is_some_and(grant::names_group),
+                &self.account,
+            );
             if !g.can_retire(&subject, &self.names) {
                 return Err(KmsError::access_denied(format!(
                     "{} is neither the retiring principal of grant {} nor its grantee with RetireGrant",
@@ -2749,8 +2754,8 @@ fn split_stored_policy(stored: &str) -> (&str, Option<PrincipalIds>) {
 
 /// The caller as policies see it; supplementary groups only when asked for
 /// (they cost a read of /proc).
-fn subject_of(caller: &Caller, with_groups: bool) -> Subject {
-    let groups = if with_groups {
+fn subject_of(caller: &Caller, with_groups: bool, account: &str) -> Subject {
+    let groups = if with_groups && caller.pid != 0 {
         super::caller::supplementary_groups(caller.pid)
     } else {
         vec![]
@@ -2759,5 +2764,10 @@ fn subject_of(caller: &Caller, with_groups: bool) -> Subject {
         uid: caller.uid,
         gid: caller.gid,
         groups,
+        account: account.to_string(),
+        iam: caller
+            .remote
+            .as_ref()
+            .and_then(|r| r.iam_name().map(str::to_string)),
     }
 }

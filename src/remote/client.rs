@@ -442,7 +442,10 @@ mod tests {
             (aws.port, aws.tls, aws.host_header()),
             (443, true, "kms.us-east-1.amazonaws.com".into())
         );
-        assert!(Endpoint::parse("https://10.0.0.1:8443").unwrap().tls, "TLS may leave loopback");
+        assert!(
+            Endpoint::parse("https://10.0.0.1:8443").unwrap().tls,
+            "TLS may leave loopback"
+        );
         assert!(Endpoint::parse("ftp://x").is_err());
         assert!(Endpoint::parse("http://127.0.0.1:8080/path").is_err());
         assert!(Endpoint::parse("http://127.0.0.1:99999").is_err());

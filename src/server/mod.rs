@@ -415,6 +415,7 @@ fn authenticate(
             c.remote = Some(crate::kms::caller::Remote {
                 access_key_id: None,
                 user_agent,
+                iam_arn: None,
             });
             Ok(c)
         }

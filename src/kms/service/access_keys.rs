@@ -18,8 +18,18 @@ use zeroize::Zeroizing;
 /// Access keys per keystore: a bound, not a quota anyone needs.
 const MAX_ACCESS_KEYS: usize = 1000;
 
-/// The uid and primary gid a principal names: `uid:N` or `user:NAME`.
+/// What an IAM identity's requests run as locally: nobody (65534), so that
+/// only policies and grants naming the identity (or the account root) let
+/// it in, never a Unix principal.
+const NOBODY: u32 = 65534;
+
+/// The uid and primary gid a principal names: `uid:N` or `user:NAME`, or
+/// nobody for an IAM ARN of this KMS's account.
 fn resolve(kms: &Kms, principal: &str) -> Option<(u32, u32)> {
+    if principal.starts_with("arn:") {
+        let (account, name) = crate::kms::policy::parse_iam(principal).ok()?;
+        return (account == kms.account && name.is_some()).then_some((NOBODY, NOBODY));
+    }
     let uid = if let Some(n) = principal.strip_prefix("uid:") {
         n.parse().ok()?
     } else if let Some(name) = principal.strip_prefix("user:") {
@@ -99,7 +109,8 @@ impl Kms {
             cli_only(caller, "CreateAccessKey")?;
             if resolve(self, principal).is_none() {
                 return Err(KmsError::validation(format!(
-                    "--principal {principal:?} is not uid:N or user:NAME of an existing account"
+                    "--principal {principal:?} is not uid:N or user:NAME of an existing account, nor arn:kmsfs:iam::{}:user/NAME or role/NAME of this KMS's account",
+                    self.account
                 )));
             }
             let id = new_key_id();
@@ -198,6 +209,7 @@ impl Kms {
                 remote: Some(Remote {
                     access_key_id: Some(id.to_string()),
                     user_agent: user_agent.map(str::to_string),
+                    iam_arn: k.principal.starts_with("arn:").then(|| k.principal.clone()),
                 }),
             },
         )))
