@@ -443,14 +443,7 @@ r create-access-key --principal uid:0 2>&1 || true
 
 #[test]
 fn the_api_is_served_over_tls_to_the_aws_cli_boto3_and_kmsfs() {
-    let certs = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = common::serve::test_pki(certs.path());
-    let s = Server::start(&[
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-    ]);
+    let (s, ca) = Server::start_tls();
     assert!(s.url().starts_with("https://"), "{}", s.url());
     let creds = s.access_key("uid:0");
     let out = ok(&s.bash(

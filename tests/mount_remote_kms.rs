@@ -34,6 +34,23 @@ fn credentials_file(dir: &Path, id: &str, secret: &str) -> PathBuf {
     p
 }
 
+/// `kmsfs init` of `fx` against the server `s`, signing with `creds`.
+fn init_remote(fx: &Fixture, s: &Server, creds: &Path, extra: &[&str]) -> std::process::Output {
+    let (url, key) = (s.url(), s.key_id());
+    let mut args = vec![
+        "init",
+        fx.cipher.to_str().unwrap(),
+        "--kms-endpoint",
+        &url,
+        "--key-id",
+        &key,
+        "--aws-credentials-file",
+        creds.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    fx.cli(&args)
+}
+
 /// Writes, remounts and reads back; a copied ciphertext file is EIO.
 fn round_trip(fx: &Fixture, creds: &Path) {
     let c = creds.to_str().unwrap();
@@ -66,16 +83,7 @@ fn a_mount_whose_key_lives_behind_kmsfs_kms_serve() {
     let (id, secret) = s.access_key("uid:0");
     let fx = remote_fixture();
     let creds = credentials_file(fx.dir.path(), &id, &secret);
-    let out = fx.cli(&[
-        "init",
-        fx.cipher.to_str().unwrap(),
-        "--kms-endpoint",
-        &s.url(),
-        "--key-id",
-        &s.key_id(),
-        "--aws-credentials-file",
-        creds.to_str().unwrap(),
-    ]);
+    let out = init_remote(&fx, &s, &creds, &[]);
     assert!(
         out.status.success(),
         "init: {}",
@@ -259,16 +267,7 @@ fn the_data_key_cache_serves_reopens_for_its_max_age_and_records_each_hit() {
     let fx = remote_fixture();
     let creds = credentials_file(fx.dir.path(), &id, &secret);
     let c = creds.to_str().unwrap();
-    let o = fx.cli(&[
-        "init",
-        fx.cipher.to_str().unwrap(),
-        "--kms-endpoint",
-        &s.url(),
-        "--key-id",
-        &s.key_id(),
-        "--aws-credentials-file",
-        c,
-    ]);
+    let o = init_remote(&fx, &s, &creds, &[]);
     assert!(
         o.status.success(),
         "init: {}",
@@ -319,33 +318,12 @@ fn the_data_key_cache_serves_reopens_for_its_max_age_and_records_each_hit() {
 
 #[test]
 fn a_mount_reaches_its_kms_over_tls_and_refuses_an_unknown_certificate() {
-    let certs = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = common::serve::test_pki(certs.path());
-    let s = Server::start(&[
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-    ]);
+    let (s, ca) = Server::start_tls();
     let (id, secret) = s.access_key("uid:0");
     let fx = remote_fixture();
     let creds = credentials_file(fx.dir.path(), &id, &secret);
     let c = creds.to_str().unwrap();
-    let (url, k) = (s.url(), s.key_id());
-    let init = |extra: &[&str]| {
-        let mut args = vec![
-            "init",
-            fx.cipher.to_str().unwrap(),
-            "--kms-endpoint",
-            &url,
-            "--key-id",
-            &k,
-            "--aws-credentials-file",
-            c,
-        ];
-        args.extend_from_slice(extra);
-        fx.cli(&args)
-    };
+    let init = |extra: &[&str]| init_remote(&fx, &s, &creds, extra);
     let o = init(&[]);
     assert!(!o.status.success());
     assert!(

@@ -62,6 +62,23 @@ impl Server {
         s
     }
 
+    /// Served over TLS with a certificate from a test CA (see `test_pki`):
+    /// the server, and the CA's PEM file a client must trust.
+    pub fn start_tls() -> (Server, PathBuf) {
+        let certs = tempfile::tempdir().expect("tempdir");
+        let (ca, cert, key) = test_pki(certs.path());
+        let s = Server::start(&[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ]);
+        // Kept with the server's own directory, which outlives the test's use.
+        let kept = s.dir.path().join("ca.crt");
+        std::fs::copy(&ca, &kept).unwrap();
+        (s, kept)
+    }
+
     /// Starts (again) on `listen`, waiting until it answers.
     fn spawn(&mut self, listen: &str, extra: &[&str]) {
         let s = self;
