@@ -34,9 +34,12 @@ pub struct ServeOptions {
     pub tls: Option<(PathBuf, PathBuf)>,
 }
 
-/// How long a connection may sit idle between requests, and how long one
-/// request may take to arrive once started.
+/// How long a connection may sit idle between requests.
 const IDLE: Duration = Duration::from_secs(60);
+/// How long one request may take to arrive once its first byte has: a
+/// client trickling a byte a minute would otherwise hold a connection slot
+/// for ever.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
 
 struct Server {
     kms: Arc<Kms>,
@@ -288,7 +291,10 @@ fn request_id() -> String {
 fn connection<S: Stream>(s: &Server, c: &mut S, peer: &Peer) {
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     loop {
-        // The head: read until its blank line, bounded.
+        // The head: read until its blank line, bounded in size and time.
+        let mut started = (!buf.is_empty()).then(Instant::now);
+        let late =
+            |started: Option<Instant>| started.is_some_and(|t| t.elapsed() > REQUEST_DEADLINE);
         let end = loop {
             if let Some(e) = http::head_end(&buf) {
                 break e;
@@ -298,10 +304,16 @@ fn connection<S: Stream>(s: &Server, c: &mut S, peer: &Peer) {
                 let _ = c.write_all(&http::response(431, &request_id(), &body, true));
                 return;
             }
+            if late(started) {
+                return;
+            }
             let mut chunk = [0u8; 8192];
             match c.read(&mut chunk) {
                 Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Ok(n) => {
+                    started.get_or_insert_with(Instant::now);
+                    buf.extend_from_slice(&chunk[..n])
+                }
             }
         };
         let head = match http::parse_head(&buf[..end]) {
@@ -319,6 +331,9 @@ fn connection<S: Stream>(s: &Server, c: &mut S, peer: &Peer) {
         };
         let want = end + head.content_length;
         while buf.len() < want {
+            if late(started) {
+                return;
+            }
             let mut chunk = vec![0u8; (want - buf.len()).min(64 << 10)];
             match c.read(&mut chunk) {
                 Ok(0) | Err(_) => return,
