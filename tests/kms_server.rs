@@ -351,7 +351,10 @@ fn unix_socket_callers_are_who_the_kernel_says_they_are() {
 
 #[test]
 fn many_clients_past_the_rate_get_throttled_and_no_audit_record_is_lost() {
-    let s = Server::start(&["--max-rate", "300"]);
+    // A rate far below what 16 clients send even from a loaded debug run
+    // (boto3 manages a few hundred calls a second here), so that throttling
+    // is certain, not a race.
+    let s = Server::start(&["--max-rate", "20"]);
     let creds = s.access_key("uid:0");
     let out = ok(&s.python(
         &creds,
@@ -362,7 +365,7 @@ counts = collections.Counter()
 lock = threading.Lock()
 def worker():
     c = boto3.session.Session().client("kms", endpoint_url=os.environ["ENDPOINT"], region_name="us-east-1", config=cfg)
-    for i in range(60):
+    for i in range(30):
         try:
             c.encrypt(KeyId=os.environ["KEY_ID"], Plaintext=b"p", EncryptionContext={"n": str(i)})
             r = "ok"
@@ -378,7 +381,7 @@ print(counts["ok"], counts["ThrottlingException"], sum(counts.values()))
     ));
     let n: Vec<u64> = out.split_whitespace().map(|x| x.parse().unwrap()).collect();
     let (okc, throttled, total) = (n[0], n[1], n[2]);
-    assert_eq!(total, 960, "{out}");
+    assert_eq!(total, 480, "{out}");
     assert_eq!(
         okc + throttled,
         total,
@@ -386,9 +389,9 @@ print(counts["ok"], counts["ThrottlingException"], sum(counts.values()))
     );
     assert!(
         throttled > 0,
-        "16 clients past 300 requests/s were never throttled: {out}"
+        "16 clients past 20 requests/s were never throttled: {out}"
     );
-    assert!(okc >= 300, "{out}");
+    assert!(okc >= 20, "the burst of the rate is served: {out}");
     let encrypts = s
         .audit()
         .into_iter()
