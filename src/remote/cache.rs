@@ -30,7 +30,7 @@ struct Entry {
 
 /// What a blob and its context are cached under: a hash, so the map holds
 /// neither (and a blob under another context is another entry).
-fn slot(blob: &[u8], ctx: &EncryptionContext) -> [u8; 32] {
+pub fn slot(blob: &[u8], ctx: &EncryptionContext) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update((blob.len() as u64).to_le_bytes());
     h.update(blob);
@@ -54,8 +54,8 @@ impl KeyCache {
 
     /// The key for `blob` under `ctx`, if unwrapped within `max_age` and
     /// used fewer than `max_uses` times; counts the use.
-    pub fn get(&self, blob: &[u8], ctx: &EncryptionContext, now: Instant) -> Option<Key256> {
-        let k = slot(blob, ctx);
+    /// `slot` is [`slot`] of the blob and its context.
+    pub fn get(&self, k: [u8; 32], now: Instant) -> Option<Key256> {
         let mut m = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let e = m.get_mut(&k)?;
         if now.duration_since(e.made) >= self.max_age || e.uses >= self.max_uses {
@@ -66,7 +66,7 @@ impl KeyCache {
         Some(e.key.clone())
     }
 
-    pub fn put(&self, blob: &[u8], ctx: &EncryptionContext, key: &Key256, now: Instant) {
+    pub fn put(&self, k: [u8; 32], key: &Key256, now: Instant) {
         let mut m = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if m.len() >= MAX_ENTRIES {
             let age = self.max_age;
@@ -76,7 +76,7 @@ impl KeyCache {
             }
         }
         m.insert(
-            slot(blob, ctx),
+            k,
             Entry {
                 key: key.clone(),
                 made: now,
@@ -99,22 +99,24 @@ mod tests {
         );
         let key = Key256::from_bytes([9; 32]);
         let t0 = Instant::now();
-        assert!(c.get(b"blob", &ctx, t0).is_none());
-        c.put(b"blob", &ctx, &key, t0);
+        assert!(c.get(slot(b"blob", &ctx), t0).is_none());
+        c.put(slot(b"blob", &ctx), &key, t0);
         assert!(
-            c.get(b"blob", &other, t0).is_none(),
+            c.get(slot(b"blob", &other), t0).is_none(),
             "another path is another entry"
         );
-        assert!(c.get(b"blob2", &ctx, t0).is_none());
-        assert!(c.get(b"blob", &ctx, t0 + Duration::from_secs(1)) == Some(key.clone()));
-        assert!(c.get(b"blob", &ctx, t0 + Duration::from_secs(2)) == Some(key.clone()));
+        assert!(c.get(slot(b"blob2", &ctx), t0).is_none());
+        assert!(c.get(slot(b"blob", &ctx), t0 + Duration::from_secs(1)) == Some(key.clone()));
+        assert!(c.get(slot(b"blob", &ctx), t0 + Duration::from_secs(2)) == Some(key.clone()));
         assert!(
-            c.get(b"blob", &ctx, t0 + Duration::from_secs(3)).is_none(),
+            c.get(slot(b"blob", &ctx), t0 + Duration::from_secs(3))
+                .is_none(),
             "two uses, then gone"
         );
-        c.put(b"blob", &ctx, &key, t0);
+        c.put(slot(b"blob", &ctx), &key, t0);
         assert!(
-            c.get(b"blob", &ctx, t0 + Duration::from_secs(5)).is_none(),
+            c.get(slot(b"blob", &ctx), t0 + Duration::from_secs(5))
+                .is_none(),
             "five seconds old"
         );
         assert!(

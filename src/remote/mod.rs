@@ -159,15 +159,17 @@ impl KeyBackend for RemoteKms {
         ctx: &EncryptionContext,
     ) -> Result<Key256, KmsError> {
         let now = std::time::Instant::now();
-        if let Some(c) = &self.cache
-            && let Some(k) = c.get(blob, ctx, now)
+        // Hashed once per open, for the lookup and the insertion.
+        let slot = self.cache.as_ref().map(|_| cache::slot(blob, ctx));
+        if let (Some(c), Some(k)) = (&self.cache, slot)
+            && let Some(key) = c.get(k, now)
         {
             self.record_hit(caller, ctx)?;
-            return Ok(k);
+            return Ok(key);
         }
         let key = data_key(&self.decrypt(caller, blob, ctx)?)?;
-        if let Some(c) = &self.cache {
-            c.put(blob, ctx, &key, now);
+        if let (Some(c), Some(k)) = (&self.cache, slot) {
+            c.put(k, &key, now);
         }
         Ok(key)
     }

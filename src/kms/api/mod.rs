@@ -94,6 +94,15 @@ macro_rules! operations {
                 }
             }
 
+            /// The request `operation` from its body's bytes, parsed once,
+            /// straight into its struct; `None` for an unknown operation.
+            fn from_body(operation: &str, body: &[u8]) -> Option<Result<Request, serde_json::Error>> {
+                Some(match operation {
+                    $(stringify!($name) => serde_json::from_slice(body).map(Request::$name),)*
+                    _ => return None,
+                })
+            }
+
             /// The body's bytes.
             pub fn body_bytes(&self) -> Vec<u8> {
                 match self {
@@ -180,28 +189,26 @@ impl Request {
                 message: format!("Unknown operation {operation}"),
             });
         }
-        let body: Value = if body.iter().all(u8::is_ascii_whitespace) {
-            Value::Object(Default::default())
-        } else {
-            serde_json::from_slice(body).map_err(|e| ParseError {
-                code: "SerializationException",
-                message: format!("the request body is not JSON: {e}"),
-            })?
+        let first = body.iter().find(|b| !b.is_ascii_whitespace());
+        let body: &[u8] = match first {
+            None => b"{}",
+            // A struct would also deserialise from a JSON array, by position.
+            Some(b'{') => body,
+            Some(_) => {
+                return Err(ParseError {
+                    code: "SerializationException",
+                    message: "the request body must be a JSON object".into(),
+                });
+            }
         };
-        if !body.is_object() {
-            return Err(ParseError {
-                code: "SerializationException",
-                message: "the request body must be a JSON object".into(),
-            });
-        }
-        let mut tagged = serde_json::Map::new();
-        tagged.insert(operation.to_string(), body);
-        serde_json::from_value(Value::Object(tagged)).map_err(|e| {
+        let parsed = Self::from_body(operation, body).expect("a known operation");
+        parsed.map_err(|e| {
             let m = e.to_string();
-            let code = if m.starts_with("missing field") {
-                "ValidationException"
-            } else {
-                "SerializationException"
+            let code = match e.classify() {
+                serde_json::error::Category::Data if m.starts_with("missing field") => {
+                    "ValidationException"
+                }
+                _ => "SerializationException",
             };
             ParseError {
                 code,
