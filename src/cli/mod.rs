@@ -75,6 +75,22 @@ pub enum Command {
         /// CMK to wrap the data keys [default: a new key kmsfs manages, alias/kmsfs/<filesystem id>]; required with --kms-endpoint.
         #[arg(long)]
         key_id: Option<String>,
+        /// Keep file and directory names as they are in the cipherdir (the format before encrypted names; lookups skip one decryption). By default every name is encrypted, so whoever sees the cipherdir (a backup target, a synced folder) learns only the tree's shape and the names' lengths to 16 bytes.
+        #[arg(long)]
+        plaintext_names: bool,
+        #[command(flatten)]
+        remote: remote_args::RemoteArgs,
+    },
+    /// Map paths between the mount and the cipherdir of an encrypted-name filesystem (for operators: which backing file holds a file, which file a backing name is). Unwraps the name key through the KMS, audited.
+    Names {
+        /// Directory holding the encrypted files.
+        cipherdir: PathBuf,
+        /// Paths relative to the filesystem's root (as inside the mount), or with --decrypt, relative to the cipherdir.
+        #[arg(required = true)]
+        paths: Vec<String>,
+        /// Turn cipherdir paths into the mount's paths instead.
+        #[arg(long)]
+        decrypt: bool,
         #[command(flatten)]
         remote: remote_args::RemoteArgs,
     },
@@ -191,15 +207,29 @@ pub fn run(cli: Cli) -> i32 {
         Command::Init {
             cipherdir,
             key_id,
+            plaintext_names,
             remote,
-        } => match &remote.kms_endpoint {
-            Some(url) => report(home.and_then(|home| {
-                run_init_remote(&home, &remote, url, &cipherdir, key_id.as_deref())
-            })),
-            None => report(
-                home.and_then(|home| run_init(&home, &secret, &cipherdir, key_id.as_deref())),
-            ),
-        },
+        } => {
+            let names = if plaintext_names {
+                crate::fs::mount::NameMode::Plaintext
+            } else {
+                crate::fs::mount::NameMode::Encrypted
+            };
+            match &remote.kms_endpoint {
+                Some(url) => report(home.and_then(|home| {
+                    run_init_remote(&home, &remote, url, &cipherdir, key_id.as_deref(), names)
+                })),
+                None => report(home.and_then(|home| {
+                    run_init(&home, &secret, &cipherdir, key_id.as_deref(), names)
+                })),
+            }
+        }
+        Command::Names {
+            cipherdir,
+            paths,
+            decrypt,
+            remote,
+        } => report(run_names(kms_home_flag, &secret, &remote, &cipherdir, &paths, decrypt)),
         Command::Mount {
             cipherdir,
             mountpoint,
@@ -247,13 +277,14 @@ fn run_init_remote(
     url: &str,
     cipherdir: &std::path::Path,
     key_id: Option<&str>,
+    names: crate::fs::mount::NameMode,
 ) -> Result<(), String> {
     let key_id = key_id.ok_or(
         "--kms-endpoint needs --key-id: the CMK (key id, ARN or alias) in that KMS to wrap the data keys",
     )?;
     let region = remote.region(None);
     let kms = remote.open(url, &region)?;
-    let cfg = crate::fs::mount::init_remote(&kms, &region, cipherdir, key_id)?;
+    let cfg = crate::fs::mount::init_remote(&kms, &region, cipherdir, key_id, names)?;
     remote_args::trust(&home.dir, &cfg.filesystem_id, kms.endpoint())?;
     println!(
         "created a kmsfs filesystem in {} (id {})\n  key: {} at {} (region {region})\nThe data keys of every file are wrapped by that key, which lives only in that KMS. This host accepted the endpoint in {}; another host mounts with --kms-endpoint {} once.\nMount it with: kmsfs mount {} MOUNTPOINT",
@@ -273,9 +304,10 @@ fn run_init(
     secret: &secret::SecretArgs,
     cipherdir: &std::path::Path,
     key_id: Option<&str>,
+    names: crate::fs::mount::NameMode,
 ) -> Result<(), String> {
     let kms = open_kms(home, secret, true)?;
-    let cfg = crate::fs::mount::init(&kms, home, cipherdir, key_id)?;
+    let cfg = crate::fs::mount::init(&kms, home, cipherdir, key_id, names)?;
     println!(
         "created a kmsfs filesystem in {} (id {})\n  key: {}\n  keystore: {}\nThe data keys of every file are wrapped by that key, which lives only in the keystore: without the keystore and its passphrase or key file, the data is lost. Back both up.\nMount it with: kmsfs mount {} MOUNTPOINT",
         cipherdir.display(),
@@ -303,6 +335,98 @@ fn run_mount(
     shared_cipherdir: bool,
 ) -> Result<(), String> {
     let cfg = crate::fs::config::Config::load(&cipherdir)?;
+    let (kms, home) = fs_kms(kms_home_flag, secret, remote, cache, &cfg, &cipherdir)?;
+    let mut read_only = false;
+    let mut allow_other = allow_other;
+    let mut rest = vec![];
+    for o in options {
+        match o.as_str() {
+            "ro" => read_only = true,
+            "rw" => read_only = false,
+            "allow_other" => allow_other = true,
+            "" => {}
+            _ => rest.push(o),
+        }
+    }
+    let default_log = home.dir.join(format!("mount-{}.log", cfg.filesystem_id));
+    let args = crate::fs::mount::MountArgs {
+        cipherdir,
+        mountpoint,
+        foreground,
+        read_only,
+        allow_other,
+        options: rest,
+        log_file,
+        threads: threads.unwrap_or_else(crate::fs::mount::default_threads),
+        writeback_cache,
+        xattrs,
+        shared_cipherdir,
+        kms_home: home.dir.clone(),
+    };
+    crate::fs::mount::mount(kms, args, default_log)
+}
+
+/// `kmsfs names`: paths mapped through the filesystem's name cipher.
+fn run_names(
+    kms_home_flag: Option<PathBuf>,
+    secret: &secret::SecretArgs,
+    remote: &remote_args::RemoteArgs,
+    cipherdir: &std::path::Path,
+    paths: &[String],
+    decrypt: bool,
+) -> Result<(), String> {
+    let cfg = crate::fs::config::Config::load(cipherdir)?;
+    if !cfg.encrypted_names() {
+        return Err(format!(
+            "{} keeps its names in plaintext (made with --plaintext-names): its paths are the same in the mount and the cipherdir",
+            cipherdir.display()
+        ));
+    }
+    let cache = remote_args::CacheArgs {
+        key_cache_seconds: 0,
+        key_cache_uses: 0,
+    };
+    let (link, _) = fs_kms(kms_home_flag, secret, remote, &cache, &cfg, cipherdir)?;
+    let caller = Caller::this_process(Via::Mount);
+    let cipher = crate::fs::mount::name_cipher(link.backend(), &caller, &cfg)?
+        .expect("a filesystem with encrypted names has a name cipher");
+    let mut tree = crate::fs::tree::Tree::open(cipherdir)
+        .map_err(|e| format!("cannot open {}: {e}", cipherdir.display()))?;
+    tree.set_names(crate::fs::names::Names::encrypted(cipher));
+    let mut failed = false;
+    for p in paths {
+        let p = p.trim_matches('/');
+        let r = if decrypt {
+            crate::fs::names::decrypt_path(&tree, p)
+        } else if crate::fs::tree::is_clean(p) {
+            Ok(tree.names().path(p).into_owned())
+        } else {
+            Err(format!("{p:?} is not a clean relative path"))
+        };
+        match r {
+            Ok(out) => println!("{out}"),
+            Err(e) => {
+                eprintln!("kmsfs: {p}: {e}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        return Err("some paths could not be mapped".into());
+    }
+    Ok(())
+}
+
+/// The KMS a filesystem's keys are in (and the KMS home, for the state
+/// kept beside it): the remote one its config names, or the local one.
+fn fs_kms(
+    kms_home_flag: Option<PathBuf>,
+    secret: &secret::SecretArgs,
+    remote: &remote_args::RemoteArgs,
+    cache: &remote_args::CacheArgs,
+    cfg: &crate::fs::config::Config,
+    cipherdir: &std::path::Path,
+) -> Result<(crate::fs::mount::KmsLink, KmsHome), String> {
     // The KMS home: --kms-home, then $KMSFS_HOME, then where init recorded it.
     let dir = kms_home_flag
         .or_else(|| {
@@ -341,34 +465,7 @@ fn run_mount(
         }
         None => crate::fs::mount::KmsLink::Local(Box::new(open_kms(&home, secret, false)?)),
     };
-    let mut read_only = false;
-    let mut allow_other = allow_other;
-    let mut rest = vec![];
-    for o in options {
-        match o.as_str() {
-            "ro" => read_only = true,
-            "rw" => read_only = false,
-            "allow_other" => allow_other = true,
-            "" => {}
-            _ => rest.push(o),
-        }
-    }
-    let default_log = home.dir.join(format!("mount-{}.log", cfg.filesystem_id));
-    let args = crate::fs::mount::MountArgs {
-        cipherdir,
-        mountpoint,
-        foreground,
-        read_only,
-        allow_other,
-        options: rest,
-        log_file,
-        threads: threads.unwrap_or_else(crate::fs::mount::default_threads),
-        writeback_cache,
-        xattrs,
-        shared_cipherdir,
-        kms_home: home.dir.clone(),
-    };
-    crate::fs::mount::mount(kms, args, default_log)
+    Ok((kms, home))
 }
 
 fn run_kms(

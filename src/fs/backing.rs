@@ -533,7 +533,7 @@ impl Backing {
     /// owner and times, so a rename keeps them as on any filesystem (and a
     /// sticky directory's owner checks still see the user's link, not
     /// root's).
-    fn keep_link_attrs(&self, old: &libc::stat, new: &str) -> io::Result<()> {
+    pub(super) fn keep_link_attrs(&self, old: &libc::stat, new: &str) -> io::Result<()> {
         self.tree.chown(new, Some(old.st_uid), Some(old.st_gid))?;
         self.tree.set_times(new, &super::stat::times_of(old))
     }

@@ -42,7 +42,11 @@ pub const FLAG_TYPED_CONTEXTS: &str = "TypedContexts";
 pub const FLAG_TYPED_SYMLINKS: &str = "TypedSymlinks";
 /// The CMK lives in a remote KMS (`KmsEndpoint`), not in a local keystore.
 pub const FLAG_REMOTE_KMS: &str = "RemoteKms";
+/// Every name in the cipherdir is encrypted (names/cipher.rs) under the
+/// name key `NameKey` wraps; the other filesystems have PlaintextNames.
+pub const FLAG_ENCRYPTED_NAMES: &str = "EncryptedNames";
 const KNOWN_FLAGS: &[&str] = &[
+    FLAG_ENCRYPTED_NAMES,
     FLAG_REMOTE_KMS,
     FLAG_PATH_BOUND_KEYS,
     FLAG_PLAINTEXT_NAMES,
@@ -72,6 +76,10 @@ pub struct Config {
     pub kms_endpoint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kms_region: Option<String>,
+    /// base64 of the KMS blob wrapping the name key (with
+    /// FLAG_ENCRYPTED_NAMES), under the context `keys::name_key_context`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name_key: Option<String>,
     /// base64 of the KMS blob sealing the other fields (see the module doc).
     /// Absent only in configs written before seals, which the first mount
     /// seals.
@@ -97,12 +105,17 @@ impl Config {
             kms_home,
             kms_endpoint: None,
             kms_region: None,
+            name_key: None,
             seal: None,
         }
     }
 
     pub fn has(&self, flag: &str) -> bool {
         self.feature_flags.iter().any(|f| f == flag)
+    }
+
+    pub fn encrypted_names(&self) -> bool {
+        self.has(FLAG_ENCRYPTED_NAMES)
     }
 
     /// Whether data keys are wrapped under a context naming their purpose.
@@ -145,9 +158,14 @@ impl Config {
                 "{CONFIG_NAME} uses feature {f:?}, unknown to this kmsfs: upgrade kmsfs to mount it"
             ));
         }
-        if !c.feature_flags.iter().any(|f| f == FLAG_PLAINTEXT_NAMES) {
+        if c.has(FLAG_PLAINTEXT_NAMES) == c.has(FLAG_ENCRYPTED_NAMES) {
             return Err(format!(
-                "{CONFIG_NAME} asks for encrypted names, which this kmsfs does not implement"
+                "{CONFIG_NAME} must have exactly one of the features {FLAG_PLAINTEXT_NAMES} and {FLAG_ENCRYPTED_NAMES}: it was not written by kmsfs; restore it from a backup of the cipherdir"
+            ));
+        }
+        if c.has(FLAG_ENCRYPTED_NAMES) != c.name_key.is_some() {
+            return Err(format!(
+                "{CONFIG_NAME}: NameKey must be there exactly when names are encrypted: it was not written by kmsfs; restore it from a backup of the cipherdir"
             ));
         }
         if c.block_size as usize != super::format::BLOCK_SIZE {

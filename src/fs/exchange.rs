@@ -15,6 +15,7 @@ use super::inode::parent;
 use super::rename::{
     Flusher, Journal, finish_tree, prepare_tree, restore_dir_times, twin_of, write_journal,
 };
+use super::rename_names::rename_names;
 use crate::kms::Caller;
 use std::io;
 
@@ -56,7 +57,7 @@ fn prepare(
             flush.file(fd);
         }
         Kind::Symlink => {
-            b.rewrap_symlink(from, from, to, &twin_of(from), caller)?;
+            b.rewrap_symlink(from, from, to, &twin_of(&b.tree, from), caller)?;
             flush.dir(parent(from));
         }
         Kind::Dir => prepare_tree(b, from, to, caller, recovering, flush, times)?,
@@ -67,18 +68,27 @@ fn prepare(
 
 /// After the swap: what was at `from` is at `to`; drop what opened it at
 /// `from` and put its twin in place.
-fn finish(b: &Backing, k: Kind, from: &str, to: &str, flush: &mut Flusher) -> FsResult<()> {
+fn finish(
+    b: &Backing,
+    k: Kind,
+    (from, to): (&str, &str),
+    caller: &Caller,
+    flush: &mut Flusher,
+) -> FsResult<()> {
     match k {
         Kind::File => flush.file(b.drop_old_name(to, from)?),
         Kind::Symlink => {
             // The twin (made beside `from`) replaces the link now at `to`.
-            match b.tree.rename(&twin_of(from), to, 0) {
+            match b.tree.rename(&twin_of(&b.tree, from), to, 0) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 other => other?,
             }
             flush.dir(parent(to));
         }
-        Kind::Dir => finish_tree(b, from, to, flush)?,
+        Kind::Dir => {
+            rename_names(b, to, from, caller, flush)?;
+            finish_tree(b, from, to, flush)?;
+        }
         Kind::Plain => {}
     }
     Ok(())
@@ -121,8 +131,8 @@ pub fn exchange(bk: &Backing, a: &str, b: &str, caller: &Caller) -> FsResult<()>
     if parent(a) != parent(b) {
         bk.tree.fsync_dir(parent(b))?;
     }
-    finish(bk, ka, a, b, &mut flush)?;
-    finish(bk, kb, b, a, &mut flush)?;
+    finish(bk, ka, (a, b), caller, &mut flush)?;
+    finish(bk, kb, (b, a), caller, &mut flush)?;
     restore_dir_times(bk, b, &ta);
     restore_dir_times(bk, a, &tb);
     flush.flush(&bk.tree)?;
@@ -155,8 +165,8 @@ pub(super) fn recover(bk: &Backing, j: &Journal, caller: &Caller) -> Result<Stri
             .rename(a, b, libc::RENAME_EXCHANGE)
             .map_err(|e| step(e.to_string()))?;
     }
-    finish(bk, ka, a, b, &mut flush).map_err(|e| step(e.to_string()))?;
-    finish(bk, kb, b, a, &mut flush).map_err(|e| step(e.to_string()))?;
+    finish(bk, ka, (a, b), caller, &mut flush).map_err(|e| step(e.to_string()))?;
+    finish(bk, kb, (b, a), caller, &mut flush).map_err(|e| step(e.to_string()))?;
     flush.flush(&bk.tree).map_err(|e| step(e.to_string()))?;
     write_journal(bk, None).map_err(|e| step(e.to_string()))?;
     Ok(format!("completed an interrupted exchange of {a} and {b}"))

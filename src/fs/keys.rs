@@ -52,6 +52,11 @@ pub fn file_context(cfg: &Config, purpose: Purpose, rel_path: &str) -> Encryptio
     }
 }
 
+/// The context of the filesystem's name key (`NameKey` in `kmsfs.conf`).
+pub fn name_key_context(fs_id: &str) -> EncryptionContext {
+    EncryptionContext::from_pairs([(CTX_FS, fs_id), (CTX_TYPE, "name-key")])
+}
+
 /// The context of the seal over `kmsfs.conf`: the filesystem, no path.
 pub fn config_context(fs_id: &str) -> EncryptionContext {
     EncryptionContext::from_pairs([(CTX_FS, fs_id), (CTX_TYPE, "config")])

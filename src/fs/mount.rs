@@ -5,6 +5,7 @@
 use super::backing::Backing;
 use super::config::{Config, FLAG_TYPED_SYMLINKS};
 use super::keys::{KeyBackend, config_context};
+use super::names::{Names, cipher::NameCipher};
 use super::ops::{KmsFs, Options as FsOptions};
 use super::root_attr::RootAttr;
 use super::tree::Tree;
@@ -39,6 +40,7 @@ pub fn init(
     home: &KmsHome,
     cipherdir: &Path,
     key_id: Option<&str>,
+    names: NameMode,
 ) -> Result<Config, String> {
     let tree = empty_cipherdir(cipherdir)?;
     let caller = Caller::this_process(Via::Cli);
@@ -63,7 +65,7 @@ pub fn init(
     };
     let home_dir = std::fs::canonicalize(&home.dir).unwrap_or(home.dir.clone());
     let cfg = Config::new(fs_id, arn, Some(home_dir));
-    finish_init(kms, &tree, cipherdir, cfg)
+    finish_init(kms, &tree, cipherdir, cfg, names)
 }
 
 /// Creates a filesystem in `cipherdir` whose CMK `key_id` a remote KMS holds.
@@ -72,6 +74,7 @@ pub fn init_remote(
     region: &str,
     cipherdir: &Path,
     key_id: &str,
+    names: NameMode,
 ) -> Result<Config, String> {
     let tree = empty_cipherdir(cipherdir)?;
     let (arn, state) = remote
@@ -84,7 +87,40 @@ pub fn init_remote(
         .push(super::config::FLAG_REMOTE_KMS.into());
     cfg.kms_endpoint = Some(remote.endpoint().to_string());
     cfg.kms_region = Some(region.to_string());
-    finish_init(remote, &tree, cipherdir, cfg)
+    finish_init(remote, &tree, cipherdir, cfg, names)
+}
+
+/// Whether a new filesystem encrypts its names (the default) or keeps them
+/// as they are (`kmsfs init --plaintext-names`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NameMode {
+    Encrypted,
+    Plaintext,
+}
+
+/// The name cipher of a filesystem with encrypted names: its name key,
+/// unwrapped by the KMS (one audited Decrypt per mount).
+pub fn name_cipher(
+    kms: &dyn KeyBackend,
+    caller: &Caller,
+    cfg: &Config,
+) -> Result<Option<NameCipher>, String> {
+    use base64::Engine;
+    let Some(b64) = cfg.name_key.as_deref().filter(|_| cfg.encrypted_names()) else {
+        return Ok(None);
+    };
+    let blob = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|_| format!("{}: NameKey is not base64: restore it from a backup of the cipherdir", super::config::CONFIG_NAME))?;
+    let key = kms
+        .unwrap(caller, &blob, &super::keys::name_key_context(&cfg.filesystem_id))
+        .map_err(|e| {
+            format!(
+                "unwrapping the filesystem's name key under {}: {}: {}",
+                cfg.key_id, e.code, e.message
+            )
+        })?;
+    Ok(Some(NameCipher::new(key.as_bytes(), &cfg.filesystem_id)))
 }
 
 fn enabled(key: &str, state: &str) -> Result<(), String> {
@@ -135,10 +171,27 @@ fn finish_init(
     tree: &Tree,
     cipherdir: &Path,
     mut cfg: Config,
+    names: NameMode,
 ) -> Result<Config, String> {
     // The seal is the filesystem's own key use, as the mount's are (a
     // managed key allows crypto only through the mount).
-    seal(kms, &Caller::this_process(Via::Mount), &mut cfg)?;
+    let caller = Caller::this_process(Via::Mount);
+    if names == NameMode::Encrypted {
+        use base64::Engine;
+        let (_, blob) = kms
+            .new_data_key(
+                &caller,
+                &cfg.key_id,
+                &super::keys::name_key_context(&cfg.filesystem_id),
+            )
+            .map_err(|e| format!("making the name key under {}: {}: {}", cfg.key_id, e.code, e.message))?;
+        cfg.feature_flags
+            .retain(|f| f != super::config::FLAG_PLAINTEXT_NAMES);
+        cfg.feature_flags
+            .push(super::config::FLAG_ENCRYPTED_NAMES.into());
+        cfg.name_key = Some(base64::engine::general_purpose::STANDARD.encode(blob));
+    }
+    seal(kms, &caller, &mut cfg)?;
     // SAFETY: geteuid and getegid have no preconditions.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
     RootAttr::new(uid, gid).save(tree).map_err(|e| {
@@ -415,7 +468,7 @@ impl KmsLink {
         r.map_err(|e| format!("the filesystem's key: {}: {}", e.code, e.message))
     }
 
-    fn backend(&self) -> &dyn KeyBackend {
+    pub fn backend(&self) -> &dyn KeyBackend {
         match self {
             KmsLink::Local(k) => k.as_ref(),
             KmsLink::Remote(r) => r.as_ref(),
@@ -484,6 +537,10 @@ pub fn mount(link: KmsLink, args: MountArgs, default_log: PathBuf) -> Result<(),
         }
         KmsLink::Remote(r) => (Arc::new(*r), None),
     };
+    let mut tree = tree;
+    if let Some(c) = name_cipher(backend.as_ref(), &caller, &cfg)? {
+        tree.set_names(Names::encrypted(c));
+    }
     let mut backing = Backing::new(tree, cfg, backend);
     if let Some(done) = super::rename::recover(&backing, &caller)? {
         crate::log_line!("kmsfs: {done}");

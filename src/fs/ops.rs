@@ -2,14 +2,12 @@
 //! backing-file work, and answers with an errno that says what happened: EIO
 //! for integrity failures, EACCES for KMS refusals, the backing errno else.
 
-use super::backing::{Backing, FsError, FsResult, TEMP_PREFIX};
-use super::config::RESERVED_NAMES;
+use super::backing::{Backing, FsError, FsResult};
 use super::cryptfile::CryptFile;
 use super::devnode::{self, DeviceCache};
 use super::fairness::{Claim, OpenBudget, RenameGate};
 use super::format;
 use super::inode::{self, Inodes};
-use super::listing;
 use super::longlink;
 use super::node::{self, Target};
 use super::rename;
@@ -174,18 +172,7 @@ fn show_special(st: &mut libc::stat, kind: u32, n: u64) {
 /// and in the root the config, lock and journal files with their temporary
 /// copies (`.NAME.tmp-PID`).
 fn visible(parent: &str, name: &str) -> bool {
-    if name.starts_with(TEMP_PREFIX) {
-        return false;
-    }
-    if parent.is_empty() {
-        let base = name
-            .strip_prefix('.')
-            .filter(|b| b.starts_with(".kmsfs") || b.starts_with("kmsfs.conf"))
-            .unwrap_or(name);
-        let base = base.split(".tmp-").next().unwrap_or(base);
-        return !RESERVED_NAMES.contains(&base);
-    }
-    true
+    !super::names::is_internal(parent, name)
 }
 
 impl KmsFs {
@@ -1566,7 +1553,7 @@ impl Filesystem for KmsFs {
             Ok(d) => d,
             Err(e) => return reply.error(io_errno(&e)),
         };
-        let r = listing::for_each(&dir, offset, |e, _| {
+        let r = self.b.tree.read_dir(&rel, &dir, offset, |e, _| {
             if !visible(&rel, e.name)
                 || matches!(e.kind, FileType::BlockDevice | FileType::CharDevice)
             {
@@ -1601,11 +1588,11 @@ impl Filesystem for KmsFs {
             Ok(d) => d,
             Err(e) => return reply.error(io_errno(&e)),
         };
-        let r = listing::for_each(&dir, offset, |e, dir| {
+        let r = self.b.tree.read_dir(&rel, &dir, offset, |e, dir| {
             if !visible(&rel, e.name) {
                 return false;
             }
-            let Ok(mut m) = stat::lstat_at(dir, e.name) else {
+            let Ok(mut m) = stat::lstat_at(dir, e.raw) else {
                 return false;
             };
             if foreign(m.st_mode) {

@@ -14,11 +14,12 @@
 use super::backing::{Backing, FsError, FsResult, TEMP_PREFIX};
 use super::config::RESERVED_NAMES;
 use super::inode::{join, parent};
-use super::listing;
+use super::rename_names::rename_names;
 use super::tree::{Tree, is_clean};
 use crate::kms::Caller;
 use fuser::FileType;
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 use std::io;
 
 const JOURNAL: &str = ".kmsfs.journal";
@@ -206,7 +207,7 @@ fn walk(tree: &Tree, dir: &str) -> io::Result<(Vec<String>, Vec<String>)> {
         } else {
             join(dir, &sub)
         };
-        for (name, kind) in listing::entries(&tree.open_dir_quiet(&here)?)? {
+        for (name, kind) in tree.entries(&here)? {
             let rel = join(&sub, &name);
             match kind {
                 FileType::Directory => stack.push(rel),
@@ -220,15 +221,27 @@ fn walk(tree: &Tree, dir: &str) -> io::Result<(Vec<String>, Vec<String>)> {
     Ok((files, links))
 }
 
-pub(super) fn twin_of(rel: &str) -> String {
-    let name = rel.rsplit('/').next().unwrap_or(rel);
-    join(parent(rel), &format!("{TWIN}{name}"))
+/// The name of the re-encrypted copy of the symlink `rel` made beside it.
+/// With encrypted names it names no plaintext: a hash of the link's stored
+/// name.
+pub(super) fn twin_of(tree: &Tree, rel: &str) -> String {
+    let (dir, name) = (parent(rel), rel.rsplit('/').next().unwrap_or(rel));
+    if !tree.names().is_encrypted() {
+        return join(dir, &format!("{TWIN}{name}"));
+    }
+    let raw = tree.names().store(dir, name).raw;
+    let mut hex = String::new();
+    crate::crypto::hex_into(&sha2::Sha256::digest(raw.as_bytes())[..16], &mut hex);
+    join(dir, &format!("{TWIN}{hex}"))
 }
 
 pub(super) fn write_journal(b: &Backing, j: Option<&Journal>) -> io::Result<()> {
     match j {
         Some(j) => {
-            let bytes = serde_json::to_vec(j).expect("journal serialises");
+            let mut bytes = serde_json::to_vec(j).expect("journal serialises");
+            if let Some(c) = b.tree.names().cipher() {
+                bytes = c.seal_journal(&bytes);
+            }
             b.tree.replace(JOURNAL, &bytes, 0o600)
         }
         None => {
@@ -267,6 +280,13 @@ pub(super) fn prepare_tree(
     // Twins are made in the directories holding symlinks, which moves their
     // times: recorded here, put back once the twins are renamed over.
     let mut seen = std::collections::HashSet::new();
+    // With encrypted names, links are made anew once the directory has
+    // moved, with their new names (rename_names.rs): no twins.
+    let links = if b.tree.names().is_encrypted() {
+        vec![]
+    } else {
+        links
+    };
     for l in &links {
         let sub = parent(l);
         if seen.insert(sub) {
@@ -282,7 +302,7 @@ pub(super) fn prepare_tree(
     }
     for l in links {
         let (src, dst) = (format!("{from}/{l}"), format!("{to}/{l}"));
-        match b.rewrap_symlink(&src, &src, &dst, &twin_of(&src), caller) {
+        match b.rewrap_symlink(&src, &src, &dst, &twin_of(&b.tree, &src), caller) {
             Ok(()) => flush.dir(parent(&src)),
             Err(e) => crate::log_line!("kmsfs: rename: symlink {src}: not re-wrapped: {e}"),
         }
@@ -297,13 +317,14 @@ pub(super) fn finish_tree(
     to: &str,
     flush: &mut Flusher,
 ) -> io::Result<()> {
+    let twins = !b.tree.names().is_encrypted();
     let mut stack = vec![to.to_string()];
     while let Some(d) = stack.pop() {
-        for (name, kind) in listing::entries(&b.tree.open_dir_quiet(&d)?)? {
+        for (name, kind) in b.tree.entries(&d)? {
             let rel = join(&d, &name);
             if kind == FileType::Directory {
                 stack.push(rel);
-            } else if let Some(orig) = name.strip_prefix(TWIN) {
+            } else if let Some(orig) = name.strip_prefix(TWIN).filter(|_| twins) {
                 b.tree.rename(&rel, &join(&d, orig), 0)?;
                 flush.dir(&d);
             } else if kind == FileType::RegularFile && !name.starts_with(TEMP_PREFIX) {
@@ -328,7 +349,7 @@ pub fn rename_dir(b: &Backing, from: &str, to: &str, flags: u32, caller: &Caller
         if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
             return Err(FsError::Io(io::Error::from_raw_os_error(libc::ENOTDIR)));
         }
-        if !listing::entries(&b.tree.open_dir(to)?)?.is_empty() {
+        if !b.tree.entries(to)?.is_empty() {
             return Err(FsError::Io(io::Error::from_raw_os_error(libc::ENOTEMPTY)));
         }
     }
@@ -358,6 +379,7 @@ pub fn rename_dir(b: &Backing, from: &str, to: &str, flags: u32, caller: &Caller
     if parent(from) != parent(to) {
         b.tree.fsync_dir(parent(from))?;
     }
+    rename_names(b, to, from, caller, &mut flush)?;
     finish_tree(b, from, to, &mut flush)?;
     restore_dir_times(b, to, &dir_times);
     flush.flush(&b.tree)?;
@@ -397,6 +419,14 @@ fn read_journal(tree: &Tree) -> Result<Option<Journal>, String> {
             ));
         }
         Err(e) => return Err(format!("cannot read the rename journal {p}: {e}")),
+    };
+    let bytes = match tree.names().cipher() {
+        None => bytes,
+        Some(c) => c.open_journal(&bytes).ok_or_else(|| {
+            format!(
+                "the rename journal {p} is not one this filesystem wrote (it does not authenticate under its name key); nothing was replayed. Remove it to mount"
+            )
+        })?,
     };
     let j: Journal = serde_json::from_slice(&bytes).map_err(|e| {
         format!("the rename journal {p} is damaged ({e}); nothing was replayed. Remove it to mount")
@@ -445,6 +475,7 @@ pub fn recover(b: &Backing, caller: &Caller) -> Result<Option<String>, String> {
         return Err(step(format!("{} is not a directory", j.to)));
     }
     let mut flush = Flusher::default();
+    rename_names(b, &j.to, &j.from, caller, &mut flush).map_err(|e| step(e.to_string()))?;
     finish_tree(b, &j.from, &j.to, &mut flush).map_err(|e| step(e.to_string()))?;
     flush.flush(&b.tree).map_err(|e| step(e.to_string()))?;
     write_journal(b, None).map_err(|e| step(e.to_string()))?;
@@ -491,8 +522,10 @@ mod tests {
         };
         let s = serde_json::to_vec(&j).unwrap();
         assert_eq!(serde_json::from_slice::<Journal>(&s).unwrap(), j);
-        assert_eq!(twin_of("x/y/name"), "x/y/.kmsfs-rewrap.name");
-        assert_eq!(twin_of("name"), ".kmsfs-rewrap.name");
+        let d = tempfile::tempdir().unwrap();
+        let t = Tree::open(d.path()).unwrap();
+        assert_eq!(twin_of(&t, "x/y/name"), "x/y/.kmsfs-rewrap.name");
+        assert_eq!(twin_of(&t, "name"), ".kmsfs-rewrap.name");
     }
 
     #[test]

@@ -18,6 +18,10 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use super::names::cipher::{SIDE_SUFFIX, is_long_raw, is_side_raw};
+use super::listing;
+use super::names::{Listed, Names};
+
 /// Resolution rules for every walk: stay beneath the root, follow no symlink
 /// (magic links included), cross no mount point.
 const RESOLVE: u64 = libc::RESOLVE_BENEATH
@@ -30,6 +34,9 @@ pub struct Tree {
     root: File,
     /// For messages only: never used to reach a file.
     path: PathBuf,
+    /// How the mount's paths map to backing paths: every method here takes
+    /// the mount's (plaintext) path and maps it.
+    names: Names,
 }
 
 fn cstr(s: &[u8]) -> io::Result<CString> {
@@ -72,6 +79,133 @@ fn split(rel: &str) -> io::Result<(&str, &str)> {
     Ok(rel.rsplit_once('/').unwrap_or(("", rel)))
 }
 
+/// One entry of a listing (`Tree::read_dir`).
+pub struct Entry<'a> {
+    /// The plaintext name (kmsfs's own files: their backing name).
+    pub name: &'a str,
+    /// The backing name, for `*at` calls on the listed directory.
+    pub raw: &'a str,
+    pub kind: fuser::FileType,
+    pub next: u64,
+}
+
+/// The backing name `raw` in the open directory `dir`, as an `At`.
+fn at_raw(dir: &File, raw: &str) -> io::Result<At> {
+    Ok(At {
+        dir: OwnedFd::from(dir.try_clone()?),
+        name: cstr(raw.as_bytes())?,
+    })
+}
+
+fn side_name(at: &At) -> io::Result<CString> {
+    let mut v = at.name.as_bytes().to_vec();
+    v.extend_from_slice(SIDE_SUFFIX.as_bytes());
+    cstr(&v)
+}
+
+/// fstatat without following a symlink.
+fn stat_at(at: &At) -> io::Result<libc::stat> {
+    // SAFETY: an all-zero stat is a valid value to be filled in.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid directory descriptor, C name and stat buffer.
+    check(unsafe {
+        libc::fstatat(
+            at.dir_fd(),
+            at.name.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    Ok(st)
+}
+
+/// Writes the side file of the long name `at` holding `side`; true if it
+/// was made now. One already there with the same content is kept; one with
+/// other content (damaged, planted) is replaced.
+fn write_side(at: &At, side: &str) -> io::Result<bool> {
+    use std::io::Write;
+    let name = side_name(at)?;
+    for _ in 0..2 {
+        // SAFETY: a valid directory descriptor and C name; the descriptor
+        // returned is owned below.
+        let fd = unsafe {
+            libc::openat(
+                at.dir_fd(),
+                name.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0o600,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: a fresh descriptor, owned once.
+            let mut f = unsafe { File::from_raw_fd(fd) };
+            if let Err(e) = f.write_all(side.as_bytes()) {
+                drop(f);
+                let _ = unlink_side(at);
+                return Err(e);
+            }
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EEXIST) {
+            return Err(e);
+        }
+        // SAFETY: a valid directory descriptor (O_PATH) reopened for reading.
+        let dir = unsafe {
+            libc::openat(
+                at.dir_fd(),
+                c".".as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if dir < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor, owned once.
+        let dir = unsafe { File::from_raw_fd(dir) };
+        let raw = at.name.to_str().map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        if super::names::read_side(&dir, raw).is_ok_and(|s| s == side) {
+            return Ok(false);
+        }
+        unlink_side(at)?;
+    }
+    Err(io::Error::from_raw_os_error(libc::EEXIST))
+}
+
+fn unlink_side(at: &At) -> io::Result<()> {
+    let name = side_name(at)?;
+    // SAFETY: a valid directory descriptor and C name.
+    check(unsafe { libc::unlinkat(at.dir_fd(), name.as_ptr(), 0) })
+}
+
+/// A directory rmdir found not empty: if all it holds are long names' side
+/// files (whose entries a crash removed), they go, and true is returned.
+fn clear_orphan_sides(at: &At) -> io::Result<bool> {
+    // SAFETY: a valid directory descriptor and C name; owned below.
+    let fd = unsafe {
+        libc::openat(
+            at.dir_fd(),
+            at.name.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor, owned once.
+    let dir = unsafe { File::from_raw_fd(fd) };
+    let entries = listing::entries(&dir)?;
+    if entries.is_empty() || !entries.iter().all(|(n, _)| is_side_raw(n)) {
+        return Ok(false);
+    }
+    for (n, _) in entries {
+        let c = cstr(n.as_bytes())?;
+        // SAFETY: a valid directory descriptor and C name.
+        check(unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) })?;
+    }
+    Ok(true)
+}
+
 /// A directory descriptor and a name in it: the two halves of an `*at` call.
 pub struct At {
     dir: OwnedFd,
@@ -107,7 +241,18 @@ impl Tree {
             // SAFETY: a fresh descriptor, owned once.
             root: unsafe { File::from_raw_fd(fd) },
             path: path.to_path_buf(),
+            names: Names::Plain,
         })
+    }
+
+    /// From now on, paths map through `names` (encrypted names, once the
+    /// mount has the name key).
+    pub fn set_names(&mut self, names: Names) {
+        self.names = names;
+    }
+
+    pub fn names(&self) -> &Names {
+        &self.names
     }
 
     /// The cipherdir's path, for messages.
@@ -126,7 +271,35 @@ impl Tree {
         if !is_clean(rel) {
             return Err(unclean(rel));
         }
-        let c = cstr(if rel.is_empty() { b"." } else { rel.as_bytes() })?;
+        let backing = self.names.path(rel);
+        // Encrypted names are longer than their plaintext, so a path under
+        // PATH_MAX in the mount may be longer in the cipherdir: walked in
+        // pieces, each beneath the directory the last one opened.
+        let mut dir: Option<OwnedFd> = None;
+        let mut rest: &str = &backing;
+        while rest.len() >= libc::PATH_MAX as usize {
+            let cut = rest[..libc::PATH_MAX as usize - 1]
+                .rfind('/')
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::ENAMETOOLONG))?;
+            let from = dir.as_ref().map_or(self.root.as_raw_fd(), |d| d.as_raw_fd());
+            let next = self.openat2_in(from, &rest[..cut], libc::O_PATH | libc::O_DIRECTORY, 0, rel)?;
+            dir = Some(next);
+            rest = &rest[cut + 1..];
+        }
+        let from = dir.as_ref().map_or(self.root.as_raw_fd(), |d| d.as_raw_fd());
+        self.openat2_in(from, rest, flags, mode, rel)
+    }
+
+    /// One `openat2` of the backing path `path` beneath `from`.
+    fn openat2_in(
+        &self,
+        from: libc::c_int,
+        path: &str,
+        flags: i32,
+        mode: u32,
+        rel: &str,
+    ) -> io::Result<OwnedFd> {
+        let c = cstr(if path.is_empty() { b"." } else { path.as_bytes() })?;
         // SAFETY: open_how is plain data; all-zero is its default.
         let mut how: libc::open_how = unsafe { std::mem::zeroed() };
         how.flags = (flags | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64;
@@ -142,7 +315,7 @@ impl Tree {
             let fd = unsafe {
                 libc::syscall(
                     libc::SYS_openat2,
-                    self.root.as_raw_fd(),
+                    from,
                     c.as_ptr(),
                     &how as *const libc::open_how,
                     std::mem::size_of::<libc::open_how>(),
@@ -199,14 +372,52 @@ impl Tree {
         self.open_quiet(rel, libc::O_RDONLY | libc::O_DIRECTORY)
     }
 
-    /// The parent directory of `rel` (held by descriptor) and its last name.
+    /// The parent directory of `rel` (held by descriptor) and its last
+    /// component's backing name.
     pub fn at(&self, rel: &str) -> io::Result<At> {
+        self.at_stored(rel).map(|(at, _)| at)
+    }
+
+    /// `at`, with the side file a long encrypted name needs when it is made.
+    fn at_stored(&self, rel: &str) -> io::Result<(At, Option<String>)> {
         let (parent, name) = split(rel)?;
         let dir = self.openat2(parent, libc::O_PATH | libc::O_DIRECTORY, 0)?;
-        Ok(At {
-            dir,
-            name: cstr(name.as_bytes())?,
-        })
+        let stored = self.names.store(parent, name);
+        Ok((
+            At {
+                dir,
+                name: cstr(stored.raw.as_bytes())?,
+            },
+            stored.side,
+        ))
+    }
+
+    /// Runs `make`, which creates the entry `at`; a long name first gets its
+    /// side file (gocryptfs's order: a crash leaves at worst a side file
+    /// without its entry, which listings skip and rmdir clears).
+    fn creating<T>(
+        &self,
+        at: &At,
+        side: Option<&str>,
+        make: impl FnOnce() -> io::Result<T>,
+    ) -> io::Result<T> {
+        let Some(side) = side else { return make() };
+        let created = write_side(at, side)?;
+        let r = make();
+        if let Err(e) = &r
+            && created
+            && e.raw_os_error() != Some(libc::EEXIST)
+        {
+            let _ = unlink_side(at);
+        }
+        r
+    }
+
+    /// After the entry `at` went: its side file, if it has one, goes too.
+    fn removed(&self, at: &At) {
+        if at.name.to_str().is_ok_and(is_long_raw) {
+            let _ = unlink_side(at);
+        }
     }
 
     /// lstat of `rel` (the root: fstat of the held descriptor).
@@ -229,64 +440,80 @@ impl Tree {
     /// Creates the regular file `rel`, failing if any node has that name.
     pub fn create_new(&self, rel: &str, mode: u32) -> io::Result<File> {
         split(rel)?;
-        Ok(File::from(self.openat2(
-            rel,
-            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
-            mode,
-        )?))
+        let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL;
+        if !self.names.is_encrypted() {
+            return Ok(File::from(self.openat2(rel, flags, mode)?));
+        }
+        let (at, side) = self.at_stored(rel)?;
+        self.creating(&at, side.as_deref(), || {
+            let name = at.name.to_str().map_err(|_| unclean(rel))?;
+            self.openat2_in(at.dir_fd(), name, flags, mode, rel)
+                .map(File::from)
+        })
     }
 
     pub fn mkdir(&self, rel: &str, mode: u32) -> io::Result<()> {
-        let at = self.at(rel)?;
-        // SAFETY: a valid directory descriptor and C name.
-        check(unsafe { libc::mkdirat(at.dir_fd(), at.name.as_ptr(), mode as libc::mode_t) })
+        let (at, side) = self.at_stored(rel)?;
+        self.creating(&at, side.as_deref(), || {
+            // SAFETY: a valid directory descriptor and C name.
+            check(unsafe { libc::mkdirat(at.dir_fd(), at.name.as_ptr(), mode as libc::mode_t) })
+        })
     }
 
     pub fn mknod(&self, rel: &str, mode: u32, dev: u64) -> io::Result<()> {
-        let at = self.at(rel)?;
-        // SAFETY: a valid directory descriptor and C name.
-        check(unsafe {
-            libc::mknodat(
-                at.dir_fd(),
-                at.name.as_ptr(),
-                mode as libc::mode_t,
-                dev as libc::dev_t,
-            )
+        let (at, side) = self.at_stored(rel)?;
+        self.creating(&at, side.as_deref(), || {
+            // SAFETY: a valid directory descriptor and C name.
+            check(unsafe {
+                libc::mknodat(
+                    at.dir_fd(),
+                    at.name.as_ptr(),
+                    mode as libc::mode_t,
+                    dev as libc::dev_t,
+                )
+            })
         })
     }
 
     /// Creates the symlink `rel` pointing at `target` (stored as given).
     pub fn symlink(&self, target: &[u8], rel: &str) -> io::Result<()> {
-        let at = self.at(rel)?;
+        let (at, side) = self.at_stored(rel)?;
         let t = cstr(target)?;
-        // SAFETY: a valid directory descriptor and C strings.
-        check(unsafe { libc::symlinkat(t.as_ptr(), at.dir_fd(), at.name.as_ptr()) })
+        self.creating(&at, side.as_deref(), || {
+            // SAFETY: a valid directory descriptor and C strings.
+            check(unsafe { libc::symlinkat(t.as_ptr(), at.dir_fd(), at.name.as_ptr()) })
+        })
     }
 
     /// The stored target of the symlink `rel` (EINVAL if it is not one).
     pub fn readlink(&self, rel: &str) -> io::Result<Vec<u8>> {
-        let at = self.at(rel)?;
-        let mut buf = vec![0u8; libc::PATH_MAX as usize];
-        // SAFETY: a valid directory descriptor, C name and buffer of that length.
-        let n = unsafe {
-            libc::readlinkat(
-                at.dir_fd(),
-                at.name.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        buf.truncate(n as usize);
-        Ok(buf)
+        readlink_at(&self.at(rel)?)
     }
 
     pub fn unlink(&self, rel: &str) -> io::Result<()> {
         self.unlinkat(rel, 0)
     }
+}
 
+fn readlink_at(at: &At) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    // SAFETY: a valid directory descriptor, C name and buffer of that length.
+    let n = unsafe {
+        libc::readlinkat(
+            at.dir_fd(),
+            at.name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+impl Tree {
     pub fn rmdir(&self, rel: &str) -> io::Result<()> {
         self.unlinkat(rel, libc::AT_REMOVEDIR)
     }
@@ -294,30 +521,143 @@ impl Tree {
     fn unlinkat(&self, rel: &str, flags: i32) -> io::Result<()> {
         let at = self.at(rel)?;
         // SAFETY: a valid directory descriptor and C name.
-        check(unsafe { libc::unlinkat(at.dir_fd(), at.name.as_ptr(), flags) })
+        let mut r = check(unsafe { libc::unlinkat(at.dir_fd(), at.name.as_ptr(), flags) });
+        if flags & libc::AT_REMOVEDIR != 0
+            && matches!(&r, Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY))
+            && self.names.is_encrypted()
+            && clear_orphan_sides(&at)?
+        {
+            // SAFETY: as above.
+            r = check(unsafe { libc::unlinkat(at.dir_fd(), at.name.as_ptr(), flags) });
+        }
+        r?;
+        self.removed(&at);
+        Ok(())
     }
 
     /// renameat2 of `from` to `to`, both beneath the root.
     pub fn rename(&self, from: &str, to: &str, flags: u32) -> io::Result<()> {
-        let (f, t) = (self.at(from)?, self.at(to)?);
-        // SAFETY: valid directory descriptors and C names.
-        check(unsafe {
-            libc::renameat2(
-                f.dir_fd(),
-                f.name.as_ptr(),
-                t.dir_fd(),
-                t.name.as_ptr(),
-                flags,
-            )
-        })
+        let f = self.at(from)?;
+        let (t, side) = self.at_stored(to)?;
+        self.creating(&t, side.as_deref(), || {
+            // SAFETY: valid directory descriptors and C names.
+            check(unsafe {
+                libc::renameat2(
+                    f.dir_fd(),
+                    f.name.as_ptr(),
+                    t.dir_fd(),
+                    t.name.as_ptr(),
+                    flags,
+                )
+            })
+        })?;
+        // The old name's side file goes with the old name; an exchange, or
+        // a rename between two names of one file, leaves both names.
+        if flags & libc::RENAME_EXCHANGE == 0
+            && f.name.to_str().is_ok_and(is_long_raw)
+            && stat_at(&f).is_err_and(|e| e.raw_os_error() == Some(libc::ENOENT))
+        {
+            let _ = unlink_side(&f);
+        }
+        Ok(())
     }
 
     /// A second name for the node at `from` (linkat without
     /// AT_SYMLINK_FOLLOW: a symlink is linked, never its target).
     pub fn link(&self, from: &str, to: &str) -> io::Result<()> {
-        let (f, t) = (self.at(from)?, self.at(to)?);
-        // SAFETY: valid directory descriptors and C names.
-        check(unsafe { libc::linkat(f.dir_fd(), f.name.as_ptr(), t.dir_fd(), t.name.as_ptr(), 0) })
+        let f = self.at(from)?;
+        let (t, side) = self.at_stored(to)?;
+        self.creating(&t, side.as_deref(), || {
+            // SAFETY: valid directory descriptors and C names.
+            check(unsafe {
+                libc::linkat(f.dir_fd(), f.name.as_ptr(), t.dir_fd(), t.name.as_ptr(), 0)
+            })
+        })
+    }
+
+    /// Moves the entry with backing name `raw` in the open directory `dir`
+    /// to the path `to` (never over another node): for re-encrypting the
+    /// names below a moved directory (rename_names.rs).
+    pub fn move_raw(&self, dir: &File, raw: &str, to: &str) -> io::Result<()> {
+        let f = at_raw(dir, raw)?;
+        let (t, side) = self.at_stored(to)?;
+        self.creating(&t, side.as_deref(), || {
+            // SAFETY: valid directory descriptors and C names.
+            check(unsafe {
+                libc::renameat2(
+                    f.dir_fd(),
+                    f.name.as_ptr(),
+                    t.dir_fd(),
+                    t.name.as_ptr(),
+                    libc::RENAME_NOREPLACE,
+                )
+            })
+        })?;
+        self.removed(&f);
+        Ok(())
+    }
+
+    /// Unlinks the non-directory with backing name `raw` in `dir` (and its
+    /// side file).
+    pub fn unlink_raw(&self, dir: &File, raw: &str) -> io::Result<()> {
+        let at = at_raw(dir, raw)?;
+        // SAFETY: a valid directory descriptor and C name.
+        check(unsafe { libc::unlinkat(at.dir_fd(), at.name.as_ptr(), 0) })?;
+        self.removed(&at);
+        Ok(())
+    }
+
+    /// The stored target of the symlink with backing name `raw` in `dir`.
+    pub fn readlink_raw(&self, dir: &File, raw: &str) -> io::Result<Vec<u8>> {
+        readlink_at(&at_raw(dir, raw)?)
+    }
+
+    /// Calls `f` for each entry of the directory `rel`, open as `dir`, from
+    /// the backing position `offset`, by its plaintext name (`Entry::raw`
+    /// is the backing name, for `*at` calls on `dir`), until `f` returns
+    /// true. kmsfs's own files pass by their own names (the caller hides
+    /// them); side files and names that do not decrypt here are skipped.
+    pub fn read_dir(
+        &self,
+        rel: &str,
+        dir: &File,
+        offset: u64,
+        mut f: impl FnMut(&Entry, &File) -> bool,
+    ) -> io::Result<()> {
+        listing::for_each(dir, offset, |e, d| {
+            let named;
+            let name = match self.names.list(rel, e.name, d) {
+                Listed::Own => e.name,
+                Listed::Name(n) => {
+                    named = n;
+                    &named
+                }
+                Listed::Side | Listed::Foreign(_) => return false,
+            };
+            f(
+                &Entry {
+                    name,
+                    raw: e.name,
+                    kind: e.kind,
+                    next: e.next,
+                },
+                d,
+            )
+        })
+    }
+
+    /// Every entry of the directory `rel` but `.` and `..`, by plaintext
+    /// name: (name, kind).
+    pub fn entries(&self, rel: &str) -> io::Result<Vec<(String, fuser::FileType)>> {
+        let dir = self.open_dir_quiet(rel)?;
+        let mut out = vec![];
+        self.read_dir(rel, &dir, 0, |e, _| {
+            if e.name != "." && e.name != ".." {
+                out.push((e.name.to_string(), e.kind));
+            }
+            false
+        })?;
+        Ok(out)
     }
 
     /// lchown: a symlink's own owner, never its target's.

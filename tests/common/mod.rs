@@ -94,8 +94,23 @@ pub struct Fixture {
 }
 
 impl Fixture {
-    /// A fresh filesystem (kmsfs init) with its own KMS home and root key file.
+    /// A fresh filesystem (kmsfs init) with its own KMS home and root key
+    /// file, with encrypted names (the default).
     pub fn new() -> Self {
+        Fixture::new_with(&[])
+    }
+
+    /// A fresh filesystem with plaintext names (`init --plaintext-names`).
+    pub fn plaintext() -> Self {
+        Fixture::new_with(&["--plaintext-names"])
+    }
+
+    /// Each naming mode's fixture, for tests that must hold for both.
+    pub fn both() -> [(&'static str, fn() -> Fixture); 2] {
+        [("encrypted names", Fixture::new), ("plaintext names", Fixture::plaintext)]
+    }
+
+    pub fn new_with(init_args: &[&str]) -> Self {
         require_fuse();
         let dir = tempfile::tempdir().expect("tempdir");
         let (cipher, mnt, home, key) = (
@@ -113,7 +128,9 @@ impl Fixture {
             home,
             key,
         };
-        let o = fx.cli(&["init", fx.cipher.to_str().unwrap()]);
+        let mut args = vec!["init", fx.cipher.to_str().unwrap()];
+        args.extend_from_slice(init_args);
+        let o = fx.cli(&args);
         assert!(
             o.status.success(),
             "init: {}",
@@ -142,12 +159,30 @@ impl Fixture {
         self.mnt.join(rel)
     }
 
+    /// Where the mount's path `rel` is stored in the cipherdir: with
+    /// encrypted names, as `kmsfs names` maps it.
     pub fn c(&self, rel: &str) -> PathBuf {
-        self.cipher.join(rel)
+        if rel.is_empty() || !self.encrypted_names() {
+            return self.cipher.join(rel);
+        }
+        let o = self.cli(&["names", self.cipher.to_str().unwrap(), rel]);
+        assert!(
+            o.status.success(),
+            "kmsfs names {rel}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        self.cipher
+            .join(String::from_utf8_lossy(&o.stdout).trim_end_matches('\n'))
+    }
+
+    pub fn encrypted_names(&self) -> bool {
+        self.config()["FeatureFlags"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f == "EncryptedNames"))
     }
 
     pub fn config(&self) -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(self.c("kmsfs.conf")).unwrap()).unwrap()
+        serde_json::from_slice(&std::fs::read(self.cipher.join("kmsfs.conf")).unwrap()).unwrap()
     }
 
     pub fn audit(&self) -> Vec<serde_json::Value> {
