@@ -61,7 +61,8 @@ fn round_trip(fx: &Fixture, creds: &Path) {
     std::os::unix::fs::symlink("over/there", fx.m("l")).unwrap();
     std::fs::rename(fx.m("d"), fx.m("e")).unwrap();
     m.unmount();
-    std::fs::copy(fx.c("f"), fx.c("copied")).unwrap();
+    let cred = ["--aws-credentials-file", c];
+    std::fs::copy(fx.c_with("f", &cred), fx.c_with("copied", &cred)).unwrap();
     let m = fx.mount_with(&["--aws-credentials-file", c]);
     assert_eq!(std::fs::read(fx.m("f")).unwrap(), b"kept remotely");
     assert_eq!(std::fs::read(fx.m("e/g")).unwrap(), vec![7u8; 100_000]);

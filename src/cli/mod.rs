@@ -229,7 +229,14 @@ pub fn run(cli: Cli) -> i32 {
             paths,
             decrypt,
             remote,
-        } => report(run_names(kms_home_flag, &secret, &remote, &cipherdir, &paths, decrypt)),
+        } => report(run_names(
+            kms_home_flag,
+            &secret,
+            &remote,
+            &cipherdir,
+            &paths,
+            decrypt,
+        )),
         Command::Mount {
             cipherdir,
             mountpoint,

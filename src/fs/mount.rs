@@ -111,9 +111,18 @@ pub fn name_cipher(
     };
     let blob = base64::engine::general_purpose::STANDARD
         .decode(b64)
-        .map_err(|_| format!("{}: NameKey is not base64: restore it from a backup of the cipherdir", super::config::CONFIG_NAME))?;
+        .map_err(|_| {
+            format!(
+                "{}: NameKey is not base64: restore it from a backup of the cipherdir",
+                super::config::CONFIG_NAME
+            )
+        })?;
     let key = kms
-        .unwrap(caller, &blob, &super::keys::name_key_context(&cfg.filesystem_id))
+        .unwrap(
+            caller,
+            &blob,
+            &super::keys::name_key_context(&cfg.filesystem_id),
+        )
         .map_err(|e| {
             format!(
                 "unwrapping the filesystem's name key under {}: {}: {}",
@@ -184,7 +193,12 @@ fn finish_init(
                 &cfg.key_id,
                 &super::keys::name_key_context(&cfg.filesystem_id),
             )
-            .map_err(|e| format!("making the name key under {}: {}: {}", cfg.key_id, e.code, e.message))?;
+            .map_err(|e| {
+                format!(
+                    "making the name key under {}: {}: {}",
+                    cfg.key_id, e.code, e.message
+                )
+            })?;
         cfg.feature_flags
             .retain(|f| f != super::config::FLAG_PLAINTEXT_NAMES);
         cfg.feature_flags

@@ -18,8 +18,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use super::names::cipher::{SIDE_SUFFIX, is_long_raw, is_side_raw};
 use super::listing;
+use super::names::cipher::{SIDE_SUFFIX, is_long_raw, is_side_raw};
 use super::names::{Listed, Names};
 
 /// Resolution rules for every walk: stay beneath the root, follow no symlink
@@ -69,6 +69,19 @@ fn unclean(rel: &str) -> io::Error {
         io::ErrorKind::InvalidInput,
         format!("{rel:?} is not a clean relative path"),
     )
+}
+
+/// ENAMETOOLONG for a component past NAME_MAX, as the backing filesystem
+/// would answer for a plaintext name: an encrypted one would otherwise be
+/// stored in its long form, and a lookup say ENOENT.
+fn long_component(rel: &str) -> io::Result<()> {
+    if rel
+        .split('/')
+        .any(|c| c.len() > super::names::cipher::MAX_NAME)
+    {
+        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    Ok(())
 }
 
 /// `rel`'s parent and last component; the root has neither.
@@ -163,7 +176,10 @@ fn write_side(at: &At, side: &str) -> io::Result<bool> {
         }
         // SAFETY: a fresh descriptor, owned once.
         let dir = unsafe { File::from_raw_fd(dir) };
-        let raw = at.name.to_str().map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let raw = at
+            .name
+            .to_str()
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
         if super::names::read_side(&dir, raw).is_ok_and(|s| s == side) {
             return Ok(false);
         }
@@ -271,6 +287,7 @@ impl Tree {
         if !is_clean(rel) {
             return Err(unclean(rel));
         }
+        long_component(rel)?;
         let backing = self.names.path(rel);
         // Encrypted names are longer than their plaintext, so a path under
         // PATH_MAX in the mount may be longer in the cipherdir: walked in
@@ -281,12 +298,17 @@ impl Tree {
             let cut = rest[..libc::PATH_MAX as usize - 1]
                 .rfind('/')
                 .ok_or_else(|| io::Error::from_raw_os_error(libc::ENAMETOOLONG))?;
-            let from = dir.as_ref().map_or(self.root.as_raw_fd(), |d| d.as_raw_fd());
-            let next = self.openat2_in(from, &rest[..cut], libc::O_PATH | libc::O_DIRECTORY, 0, rel)?;
+            let from = dir
+                .as_ref()
+                .map_or(self.root.as_raw_fd(), |d| d.as_raw_fd());
+            let next =
+                self.openat2_in(from, &rest[..cut], libc::O_PATH | libc::O_DIRECTORY, 0, rel)?;
             dir = Some(next);
             rest = &rest[cut + 1..];
         }
-        let from = dir.as_ref().map_or(self.root.as_raw_fd(), |d| d.as_raw_fd());
+        let from = dir
+            .as_ref()
+            .map_or(self.root.as_raw_fd(), |d| d.as_raw_fd());
         self.openat2_in(from, rest, flags, mode, rel)
     }
 
@@ -299,7 +321,11 @@ impl Tree {
         mode: u32,
         rel: &str,
     ) -> io::Result<OwnedFd> {
-        let c = cstr(if path.is_empty() { b"." } else { path.as_bytes() })?;
+        let c = cstr(if path.is_empty() {
+            b"."
+        } else {
+            path.as_bytes()
+        })?;
         // SAFETY: open_how is plain data; all-zero is its default.
         let mut how: libc::open_how = unsafe { std::mem::zeroed() };
         how.flags = (flags | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64;
@@ -381,6 +407,7 @@ impl Tree {
     /// `at`, with the side file a long encrypted name needs when it is made.
     fn at_stored(&self, rel: &str) -> io::Result<(At, Option<String>)> {
         let (parent, name) = split(rel)?;
+        long_component(name)?;
         let dir = self.openat2(parent, libc::O_PATH | libc::O_DIRECTORY, 0)?;
         let stored = self.names.store(parent, name);
         Ok((

@@ -85,6 +85,10 @@ pub fn sh_ok(script: &str) -> String {
     String::from_utf8_lossy(&o.stdout).to_string()
 }
 
+/// `kmsfs init` flags of each naming mode, for tests that must hold for
+/// both: encrypted names (the default) and plaintext names.
+pub const NAME_MODES: [&[&str]; 2] = [&[], &["--plaintext-names"]];
+
 pub struct Fixture {
     pub dir: tempfile::TempDir,
     pub cipher: PathBuf,
@@ -103,11 +107,6 @@ impl Fixture {
     /// A fresh filesystem with plaintext names (`init --plaintext-names`).
     pub fn plaintext() -> Self {
         Fixture::new_with(&["--plaintext-names"])
-    }
-
-    /// Each naming mode's fixture, for tests that must hold for both.
-    pub fn both() -> [(&'static str, fn() -> Fixture); 2] {
-        [("encrypted names", Fixture::new), ("plaintext names", Fixture::plaintext)]
     }
 
     pub fn new_with(init_args: &[&str]) -> Self {
@@ -162,10 +161,19 @@ impl Fixture {
     /// Where the mount's path `rel` is stored in the cipherdir: with
     /// encrypted names, as `kmsfs names` maps it.
     pub fn c(&self, rel: &str) -> PathBuf {
-        if rel.is_empty() || !self.encrypted_names() {
+        self.c_with(rel, &[])
+    }
+
+    /// `c`, with more flags for `kmsfs names` (a remote KMS's credentials).
+    pub fn c_with(&self, rel: &str, extra: &[&str]) -> PathBuf {
+        let own =
+            !rel.contains('/') && (rel.starts_with(".kmsfs") || rel.starts_with("kmsfs.conf"));
+        if rel.is_empty() || own || !self.encrypted_names() {
             return self.cipher.join(rel);
         }
-        let o = self.cli(&["names", self.cipher.to_str().unwrap(), rel]);
+        let mut args = vec!["names", self.cipher.to_str().unwrap(), rel];
+        args.extend_from_slice(extra);
+        let o = self.cli(&args);
         assert!(
             o.status.success(),
             "kmsfs names {rel}: {}",

@@ -338,7 +338,10 @@ mod tests {
             let n = "é".repeat(len / 2) + &"x".repeat(len % 2);
             let s = c.encrypt("d", &n);
             assert_eq!(s.len(), stored_len(n.len()));
-            assert!(s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+            assert!(
+                s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            );
             let st = c.store("d", &n);
             assert_eq!(st.side.is_some(), is_long(n.len()), "{len}");
             assert!(st.raw.len() <= MAX_SHORT);
@@ -349,7 +352,10 @@ mod tests {
             };
             assert_eq!(back.unwrap(), n);
         }
-        assert_eq!(c.encrypt("d", "a").len(), c.encrypt("d", "abcdefghijklmno").len());
+        assert_eq!(
+            c.encrypt("d", "a").len(),
+            c.encrypt("d", "abcdefghijklmno").len()
+        );
         assert!(!is_long(159) && is_long(160));
     }
 

@@ -118,7 +118,12 @@ impl Encrypted {
         if rel.is_empty() {
             return String::new();
         }
-        if let Some(p) = self.paths.lock().unwrap_or_else(|e| e.into_inner()).get(rel) {
+        if let Some(p) = self
+            .paths
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(rel)
+        {
             return p.clone();
         }
         let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
@@ -151,7 +156,12 @@ impl Encrypted {
             return Listed::Side;
         }
         let key = (dir.to_string(), raw.to_string());
-        if let Some(n) = self.names.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        if let Some(n) = self
+            .names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
             return Listed::Name(n.clone());
         }
         let got = if cipher::is_long_raw(raw) {
