@@ -12,9 +12,8 @@ fn tree_hashes(root: &std::path::Path) -> String {
     ))
 }
 
-#[test]
-fn tar_and_rsync_round_trip() {
-    let fx = Fixture::new();
+fn tar_and_rsync_round_trip_in(init: &[&str]) {
+    let fx = Fixture::new_with(init);
     let _m = fx.mount();
     // A source tree: many small files, some large and sparse ones, links, modes.
     let src = fx.dir.path().join("src");
@@ -97,4 +96,14 @@ fn tar_and_rsync_round_trip() {
         used.trim().parse::<u64>().unwrap() < 10_000,
         "sparse file uses {used} KiB"
     );
+}
+
+#[test]
+fn tar_and_rsync_round_trip_with_encrypted_names() {
+    tar_and_rsync_round_trip_in(common::NAME_MODES[0]);
+}
+
+#[test]
+fn tar_and_rsync_round_trip_with_plaintext_names() {
+    tar_and_rsync_round_trip_in(common::NAME_MODES[1]);
 }

@@ -154,9 +154,8 @@ fn step(rng: &mut Rng, a: &Path, b: &Path) {
     }
 }
 
-#[test]
-fn random_operations_match_a_plain_directory() {
-    let fx = Fixture::new();
+fn random_operations_match_a_plain_directory_in(init: &[&str]) {
+    let fx = Fixture::new_with(init);
     let plain = fx.dir.path().join("plain");
     fs::create_dir(&plain).unwrap();
     let seed = std::env::var("KMSFS_MODEL_SEED")
@@ -189,4 +188,14 @@ fn random_operations_match_a_plain_directory() {
         "trees differ after remount (seed {seed:#x})"
     );
     m.unmount();
+}
+
+#[test]
+fn random_operations_match_a_plain_directory_with_encrypted_names() {
+    random_operations_match_a_plain_directory_in(common::NAME_MODES[0]);
+}
+
+#[test]
+fn random_operations_match_a_plain_directory_with_plaintext_names() {
+    random_operations_match_a_plain_directory_in(common::NAME_MODES[1]);
 }

@@ -26,9 +26,8 @@ fn populate(fx: &Fixture) {
     m.unmount();
 }
 
-#[test]
-fn moved_renamed_swapped_copied_and_flipped_files_give_eio() {
-    let fx = Fixture::new();
+fn moved_renamed_swapped_copied_and_flipped_files_give_eio_in(init: &[&str]) {
+    let fx = Fixture::new_with(init);
     populate(&fx);
     // move into another directory, rename in place, swap two, copy one over another
     fs::rename(fx.c("f1"), fx.c("dir/f1")).unwrap();
@@ -95,9 +94,8 @@ fn moved_renamed_swapped_copied_and_flipped_files_give_eio() {
     }
 }
 
-#[test]
-fn corrupt_headers_and_foreign_files_give_eio() {
-    let fx = Fixture::new();
+fn corrupt_headers_and_foreign_files_give_eio_in(init: &[&str]) {
+    let fx = Fixture::new_with(init);
     populate(&fx);
     let other = Fixture::new();
     populate(&other);
@@ -131,9 +129,8 @@ fn corrupt_headers_and_foreign_files_give_eio() {
     assert_eq!(fs::read(fx.m("dir/inner")).unwrap(), content(42));
 }
 
-#[test]
-fn one_slot_torn_still_opens() {
-    let fx = Fixture::new();
+fn one_slot_torn_still_opens_in(init: &[&str]) {
+    let fx = Fixture::new_with(init);
     populate(&fx);
     {
         let m = fx.mount();
@@ -161,9 +158,8 @@ fn one_slot_torn_still_opens() {
 /// while the backing file is unchanged. A change behind the mount's back,
 /// even one that restores the mtime, must end that: the next open reads and
 /// authenticates the ciphertext again.
-#[test]
-fn tampering_behind_a_live_mount_is_not_hidden_by_the_page_cache() {
-    let fx = Fixture::new();
+fn tampering_behind_a_live_mount_is_not_hidden_by_the_page_cache_in(init: &[&str]) {
+    let fx = Fixture::new_with(init);
     let _m = fx.mount();
     fs::write(fx.m("a"), content(1)).unwrap();
     fs::write(fx.m("b"), content(2)).unwrap();
@@ -192,4 +188,44 @@ fn tampering_behind_a_live_mount_is_not_hidden_by_the_page_cache() {
     put(Some(byte));
     assert_eq!(fs::read(fx.m("a")).unwrap(), content(1));
     assert_eq!(fs::read(fx.m("b")).unwrap(), content(2));
+}
+
+#[test]
+fn moved_renamed_swapped_copied_and_flipped_files_give_eio_with_encrypted_names() {
+    moved_renamed_swapped_copied_and_flipped_files_give_eio_in(common::NAME_MODES[0]);
+}
+
+#[test]
+fn moved_renamed_swapped_copied_and_flipped_files_give_eio_with_plaintext_names() {
+    moved_renamed_swapped_copied_and_flipped_files_give_eio_in(common::NAME_MODES[1]);
+}
+
+#[test]
+fn corrupt_headers_and_foreign_files_give_eio_with_encrypted_names() {
+    corrupt_headers_and_foreign_files_give_eio_in(common::NAME_MODES[0]);
+}
+
+#[test]
+fn corrupt_headers_and_foreign_files_give_eio_with_plaintext_names() {
+    corrupt_headers_and_foreign_files_give_eio_in(common::NAME_MODES[1]);
+}
+
+#[test]
+fn one_slot_torn_still_opens_with_encrypted_names() {
+    one_slot_torn_still_opens_in(common::NAME_MODES[0]);
+}
+
+#[test]
+fn one_slot_torn_still_opens_with_plaintext_names() {
+    one_slot_torn_still_opens_in(common::NAME_MODES[1]);
+}
+
+#[test]
+fn tampering_behind_a_live_mount_is_not_hidden_by_the_page_cache_with_encrypted_names() {
+    tampering_behind_a_live_mount_is_not_hidden_by_the_page_cache_in(common::NAME_MODES[0]);
+}
+
+#[test]
+fn tampering_behind_a_live_mount_is_not_hidden_by_the_page_cache_with_plaintext_names() {
+    tampering_behind_a_live_mount_is_not_hidden_by_the_page_cache_in(common::NAME_MODES[1]);
 }
