@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The filesystem benchmark: the same workloads, interleaved round-robin over
-# several rounds, on a plain directory, kmsfs, gocryptfs, securefs, CryFS and
-# bindfs (a FUSE passthrough without encryption). Prints medians (min-max) and
+# several rounds, on a plain directory, kmsfs (encrypted names, the default),
+# kmsfs_plain (init --plaintext-names), gocryptfs, securefs, CryFS and bindfs
+# (a FUSE passthrough without encryption). Prints medians (min-max) and
 # ratios. Every run checks what it reads back (sha256).
 #
 #   bash scripts/bench.sh [ROUNDS]        (default 3; needs root for drop_caches)
@@ -47,6 +48,9 @@ mount_all() {
   mkdir -p "$W/plain" && SYSTEMS+=(plain)
   mkdir -p "$W/c_kmsfs" "$W/m_kmsfs"
   if "$K" init "$W/c_kmsfs" >/dev/null 2>&1 && "$K" mount "$W/c_kmsfs" "$W/m_kmsfs" 2>/dev/null; then SYSTEMS+=(kmsfs); fi
+  mkdir -p "$W/c_kmsfs_plain" "$W/m_kmsfs_plain"
+  if "$K" init --plaintext-names "$W/c_kmsfs_plain" >/dev/null 2>&1 &&
+    "$K" mount "$W/c_kmsfs_plain" "$W/m_kmsfs_plain" 2>/dev/null; then SYSTEMS+=(kmsfs_plain); fi
   if [ -n "${KMSFS_BASELINE:-}" ]; then
     mkdir -p "$W/c_kmsfs_base" "$W/m_kmsfs_base"
     if KMSFS_HOME="$W/kms_base" "$KMSFS_BASELINE" init "$W/c_kmsfs_base" >/dev/null 2>&1 &&
@@ -76,6 +80,7 @@ mount_all() {
 }
 umount_all() {
   "$K" unmount "$W/m_kmsfs" 2>/dev/null
+  "$K" unmount "$W/m_kmsfs_plain" 2>/dev/null
   [ -d "$W/m_kmsfs_base" ] && "$K" unmount "$W/m_kmsfs_base" 2>/dev/null
   for s in gocryptfs securefs cryfs bindfs; do
     [ -d "$W/m_$s" ] && { fusermount -u "$W/m_$s" 2>/dev/null || umount -l "$W/m_$s" 2>/dev/null; }
@@ -136,7 +141,7 @@ for r in $(seq 1 "$ROUNDS"); do
     run_system "$s" "$r"
   done
 done
-KPID=$(pgrep -f "kmsfs mount $W/c_kmsfs" | head -n1)
+KPID=$(pgrep -f "kmsfs mount $W/c_kmsfs $W/m_kmsfs" | head -n1)
 RSS=$(awk '/VmHWM/ {print $2}' "/proc/$KPID/status" 2>/dev/null)
 record kmsfs peakRSS_MiB 0 "$(echo "${RSS:-0} / 1024" | bc -l)"
 umount_all
@@ -153,7 +158,7 @@ for line in open(raw):
     if w == "check":
         failed.append((s, r)); continue
     vals[(s, w)].append(float(v))
-systems = [s for s in ["plain", "kmsfs", "kmsfs_base", "gocryptfs", "securefs", "cryfs", "bindfs"] if any(k[0] == s for k in vals)]
+systems = [s for s in ["plain", "kmsfs", "kmsfs_plain", "kmsfs_base", "gocryptfs", "securefs", "cryfs", "bindfs"] if any(k[0] == s for k in vals)]
 works = [("seqwrite_MBps", "seq write 512 MiB (MB/s)", True), ("seqread_MBps", "seq read 512 MiB (MB/s)", True),
          ("randrw_IOPS", "random 4K r/w (IOPS)", True), ("untar_s", f"untar {nfiles} files (s)", False),
          ("lsR_s", "ls -lR (s)", False), ("readall_s", f"read all {tree_mb} MiB (s)", False), ("rmrf_s", "rm -rf (s)", False)]
@@ -169,20 +174,30 @@ for w, label, higher in works:
         cells.append("-" if not v else f"{fmt(statistics.median(v))} ({fmt(min(v))}–{fmt(max(v))})")
     print(f"| {label} | " + " | ".join(cells) + " |")
 print()
-peers = [s for s in systems if s not in ("plain", "kmsfs", "kmsfs_base", "bindfs")]
-print("| workload | kmsfs vs plain | " + " | ".join(f"kmsfs vs {p}" for p in peers) + " | fastest peer | kmsfs ahead? |")
-print("|---|---|" + "---|" * len(peers) + "---|---|")
-for w, label, higher in works:
-    k = med("kmsfs", w)
-    if k is None: continue
-    def ratio(o):
-        return None if (o is None or o == 0 or k == 0) else (k / o if higher else o / k)
-    pv = {p: med(p, w) for p in peers if med(p, w) is not None}
-    best = (max if higher else min)(pv, key=pv.get) if pv else None
-    ahead = "-" if best is None else ("yes" if (k > pv[best] if higher else k < pv[best]) else "no")
-    cells = [fmt(ratio(med(p, w))) + "×" if ratio(med(p, w)) else "-" for p in peers]
-    print(f"| {label} | {fmt(ratio(med('plain', w)))}× | " + " | ".join(cells) + f" | {best or '-'} | {ahead} |")
-print()
+peers = [s for s in systems if s not in ("plain", "kmsfs", "kmsfs_plain", "kmsfs_base", "bindfs")]
+def ratios(me):
+    print(f"| workload ({me}) | {me} vs plain | " + " | ".join(f"{me} vs {p}" for p in peers) + " | fastest peer | ahead? |")
+    print("|---|---|" + "---|" * len(peers) + "---|---|")
+    for w, label, higher in works:
+        k = med(me, w)
+        if k is None: continue
+        def ratio(o):
+            return None if (o is None or o == 0 or k == 0) else (k / o if higher else o / k)
+        pv = {p: med(p, w) for p in peers if med(p, w) is not None}
+        best = (max if higher else min)(pv, key=pv.get) if pv else None
+        ahead = "-" if best is None else ("yes" if (k > pv[best] if higher else k < pv[best]) else "no")
+        cells = [fmt(ratio(med(p, w))) + "×" if ratio(med(p, w)) else "-" for p in peers]
+        print(f"| {label} | {fmt(ratio(med('plain', w)))}× | " + " | ".join(cells) + f" | {best or '-'} | {ahead} |")
+    print()
+for me in ("kmsfs", "kmsfs_plain"):
+    if me in systems: ratios(me)
+if "kmsfs_plain" in systems:
+    print("| workload | kmsfs (encrypted names) vs kmsfs_plain |\n|---|---|")
+    for w, label, higher in works:
+        k, b = med("kmsfs", w), med("kmsfs_plain", w)
+        if k and b:
+            print(f"| {label} | {fmt(k / b if higher else b / k)}× |")
+    print()
 print("(ratios > 1 mean kmsfs is faster; for timed workloads the ratio is other time / kmsfs time)")
 if "kmsfs_base" in systems:
     print("\n| workload | kmsfs vs kmsfs_base (the baseline build) |\n|---|---|")

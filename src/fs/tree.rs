@@ -409,7 +409,7 @@ impl Tree {
         let (parent, name) = split(rel)?;
         long_component(name)?;
         let dir = self.openat2(parent, libc::O_PATH | libc::O_DIRECTORY, 0)?;
-        let stored = self.names.store(parent, name);
+        let stored = self.names.store_last(rel, parent, name);
         Ok((
             At {
                 dir,
@@ -468,7 +468,8 @@ impl Tree {
     pub fn create_new(&self, rel: &str, mode: u32) -> io::Result<File> {
         split(rel)?;
         let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL;
-        if !self.names.is_encrypted() {
+        let name = rel.rsplit('/').next().unwrap_or(rel);
+        if !self.names.is_encrypted() || !super::names::cipher::is_long(name.len()) {
             return Ok(File::from(self.openat2(rel, flags, mode)?));
         }
         let (at, side) = self.at_stored(rel)?;

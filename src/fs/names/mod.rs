@@ -93,6 +93,20 @@ impl Names {
         }
     }
 
+    /// Where the last component `name` of `rel` (in the directory `dir`)
+    /// is stored: from the path cache, unless it is long and its side
+    /// file's content is needed.
+    pub fn store_last(&self, rel: &str, dir: &str, name: &str) -> Stored {
+        match self {
+            Names::Encrypted(e) if !cipher::is_long(name.len()) || is_internal(dir, name) => {
+                let p = e.path(rel);
+                let raw = p.rsplit('/').next().unwrap_or(&p).to_string();
+                Stored { raw, side: None }
+            }
+            _ => self.store(dir, name),
+        }
+    }
+
     /// Where `name` in the directory `dir` is stored.
     pub fn store(&self, dir: &str, name: &str) -> Stored {
         match self {
