@@ -96,6 +96,10 @@ fn tar_and_rsync_round_trip_in(init: &[&str]) {
         used.trim().parse::<u64>().unwrap() < 10_000,
         "sparse file uses {used} KiB"
     );
+    // No name of the backed-up tree is in the cipherdir.
+    let mut names: Vec<String> = (0..200).map(|i| format!("f{i}")).collect();
+    names.extend(["data", "restored", "a", "b", "big", "sparse", "ln"].map(String::from));
+    fx.assert_names_hidden(&names);
 }
 
 #[test]

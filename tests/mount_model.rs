@@ -181,6 +181,9 @@ fn random_operations_match_a_plain_directory_in(init: &[&str]) {
     }
     assert_eq!(snapshot(&fx.mnt), snapshot(&plain));
     m.unmount();
+    // Every name the run used (n0..n11) stays out of the cipherdir.
+    let used: Vec<String> = (0..12).map(|i| format!("n{i}")).collect();
+    fx.assert_names_hidden(&used);
     let m = fx.mount();
     assert_eq!(
         snapshot(&fx.mnt),

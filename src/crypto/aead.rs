@@ -105,12 +105,7 @@ impl AeadKey {
 mod tests {
     use super::*;
 
-    fn hex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
+    use crate::crypto::unhex as hex;
 
     /// NIST GCM test vector (gcmEncryptExtIV256, Count 0 with 128-bit plaintext):
     /// the known answer pins the implementation and the tag placement.

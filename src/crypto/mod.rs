@@ -25,6 +25,15 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 
 const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
+/// The bytes of a hex string, for test vectors.
+#[cfg(test)]
+pub(crate) fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
 /// The low `digits` hex digits of `v`, most significant first, zero-padded:
 /// `format!("{v:0digits$x}")` without the formatting machinery.
 pub fn hex_u64_into(v: u64, digits: usize, out: &mut String) {

@@ -519,13 +519,27 @@ impl Backing {
         let st = self.tree.lstat(at)?;
         let stored = self.tree.readlink(at)?;
         let target = self.decrypt_symlink(from, &stored, caller)?;
-        let enc = self.encrypt_symlink(to, &target, caller)?;
+        self.place_link(&st, &target, to, new, caller)
+    }
+
+    /// Makes `new` (replacing what is there) a symlink to `target`,
+    /// encrypted for the path `to`, with the owner and times of the link
+    /// `st` describes.
+    pub(super) fn place_link(
+        &self,
+        st: &libc::stat,
+        target: &[u8],
+        to: &str,
+        new: &str,
+        caller: &Caller,
+    ) -> FsResult<()> {
+        let enc = self.encrypt_symlink(to, target, caller)?;
         match self.tree.unlink(new) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
             _ => {}
         }
         self.tree.symlink(enc.as_bytes(), new)?;
-        self.keep_link_attrs(&st, new)?;
+        self.keep_link_attrs(st, new)?;
         Ok(())
     }
 
@@ -533,7 +547,7 @@ impl Backing {
     /// owner and times, so a rename keeps them as on any filesystem (and a
     /// sticky directory's owner checks still see the user's link, not
     /// root's).
-    pub(super) fn keep_link_attrs(&self, old: &libc::stat, new: &str) -> io::Result<()> {
+    fn keep_link_attrs(&self, old: &libc::stat, new: &str) -> io::Result<()> {
         self.tree.chown(new, Some(old.st_uid), Some(old.st_gid))?;
         self.tree.set_times(new, &super::stat::times_of(old))
     }

@@ -252,4 +252,33 @@ mod tests {
         v["HeaderSize"] = 10.into();
         assert!(Config::parse(&serde_json::to_vec(&v).unwrap()).is_err());
     }
+
+    #[test]
+    fn exactly_one_naming_mode_and_a_name_key_only_with_encrypted_names() {
+        let plain = Config::new("fs".into(), "arn:k".into(), None);
+        assert!(!plain.encrypted_names());
+        let mut enc = plain.clone();
+        enc.feature_flags.retain(|f| f != FLAG_PLAINTEXT_NAMES);
+        enc.feature_flags.push(FLAG_ENCRYPTED_NAMES.into());
+        enc.name_key = Some("blob".into());
+        let parsed = Config::parse(&serde_json::to_vec(&enc).unwrap()).unwrap();
+        assert!(parsed.encrypted_names());
+        // The name key is sealed with the rest.
+        let mut other = enc.clone();
+        other.name_key = Some("another".into());
+        assert_ne!(other.digest(), enc.digest());
+        let bad = |c: &Config| Config::parse(&serde_json::to_vec(c).unwrap()).unwrap_err();
+        let mut both = enc.clone();
+        both.feature_flags.push(FLAG_PLAINTEXT_NAMES.into());
+        assert!(bad(&both).contains("exactly one of"), "{}", bad(&both));
+        let mut neither = enc.clone();
+        neither.feature_flags.retain(|f| f != FLAG_ENCRYPTED_NAMES);
+        assert!(bad(&neither).contains("exactly one of"));
+        let mut keyless = enc.clone();
+        keyless.name_key = None;
+        assert!(bad(&keyless).contains("NameKey"));
+        let mut keyed_plain = plain.clone();
+        keyed_plain.name_key = Some("blob".into());
+        assert!(bad(&keyed_plain).contains("NameKey"));
+    }
 }

@@ -1168,14 +1168,11 @@ impl Filesystem for KmsFs {
                 // A file with other names keeps them: this name's hard-link
                 // entry goes with it (after the name, so a crash leaves an
                 // unused entry, never a name without one).
-                let linked = self
-                    .b
-                    .tree
-                    .lstat(p)
-                    .ok()
-                    .filter(|st| st.st_nlink > 1 && st.st_mode & libc::S_IFMT == libc::S_IFREG)
-                    .and_then(|_| self.b.open_update(p).ok());
-                self.b.tree.unlink(p)?;
+                let linked = self.b.tree.unlink_inspected(p, |st| {
+                    (st.st_nlink > 1 && st.st_mode & libc::S_IFMT == libc::S_IFREG)
+                        .then(|| self.b.open_update(p).ok())
+                        .flatten()
+                })?;
                 if let Some(fd) = linked {
                     self.b.forget_name(&fd, p);
                 }

@@ -120,13 +120,7 @@ fn relink(
         }
         Err(e) => return Err(e),
     };
-    let enc = b.encrypt_symlink(new_rel, &target, caller)?;
-    match b.tree.unlink(new_rel) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
-        _ => {}
-    }
-    b.tree.symlink(enc.as_bytes(), new_rel)?;
-    b.keep_link_attrs(&st, new_rel)?;
+    b.place_link(&st, &target, new_rel, new_rel, caller)?;
     b.tree.unlink_raw(dir, raw)?;
     Ok(())
 }

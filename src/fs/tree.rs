@@ -521,6 +521,21 @@ impl Tree {
     pub fn unlink(&self, rel: &str) -> io::Result<()> {
         self.unlinkat(rel, 0)
     }
+
+    /// Unlinks `rel`, first calling `before` with what it is about to
+    /// remove: one walk to the parent for both (rm -rf's per-file cost).
+    pub fn unlink_inspected<T>(
+        &self,
+        rel: &str,
+        before: impl FnOnce(&libc::stat) -> T,
+    ) -> io::Result<T> {
+        let at = self.at(rel)?;
+        let t = before(&stat_at(&at)?);
+        // SAFETY: a valid directory descriptor and C name.
+        check(unsafe { libc::unlinkat(at.dir_fd(), at.name.as_ptr(), 0) })?;
+        self.removed(&at);
+        Ok(t)
+    }
 }
 
 fn readlink_at(at: &At) -> io::Result<Vec<u8>> {
@@ -565,7 +580,17 @@ impl Tree {
 
     /// renameat2 of `from` to `to`, both beneath the root.
     pub fn rename(&self, from: &str, to: &str, flags: u32) -> io::Result<()> {
-        let f = self.at(from)?;
+        self.rename_from(&self.at(from)?, to, flags)
+    }
+
+    /// Moves the entry with backing name `raw` in the open directory `dir`
+    /// to the path `to` (never over another node): for re-encrypting the
+    /// names below a moved directory (rename_names.rs).
+    pub fn move_raw(&self, dir: &File, raw: &str, to: &str) -> io::Result<()> {
+        self.rename_from(&at_raw(dir, raw)?, to, libc::RENAME_NOREPLACE)
+    }
+
+    fn rename_from(&self, f: &At, to: &str, flags: u32) -> io::Result<()> {
         let (t, side) = self.at_stored(to)?;
         self.creating(&t, side.as_deref(), || {
             // SAFETY: valid directory descriptors and C names.
@@ -583,9 +608,9 @@ impl Tree {
         // a rename between two names of one file, leaves both names.
         if flags & libc::RENAME_EXCHANGE == 0
             && f.name.to_str().is_ok_and(is_long_raw)
-            && stat_at(&f).is_err_and(|e| e.raw_os_error() == Some(libc::ENOENT))
+            && stat_at(f).is_err_and(|e| e.raw_os_error() == Some(libc::ENOENT))
         {
-            let _ = unlink_side(&f);
+            let _ = unlink_side(f);
         }
         Ok(())
     }
@@ -601,28 +626,6 @@ impl Tree {
                 libc::linkat(f.dir_fd(), f.name.as_ptr(), t.dir_fd(), t.name.as_ptr(), 0)
             })
         })
-    }
-
-    /// Moves the entry with backing name `raw` in the open directory `dir`
-    /// to the path `to` (never over another node): for re-encrypting the
-    /// names below a moved directory (rename_names.rs).
-    pub fn move_raw(&self, dir: &File, raw: &str, to: &str) -> io::Result<()> {
-        let f = at_raw(dir, raw)?;
-        let (t, side) = self.at_stored(to)?;
-        self.creating(&t, side.as_deref(), || {
-            // SAFETY: valid directory descriptors and C names.
-            check(unsafe {
-                libc::renameat2(
-                    f.dir_fd(),
-                    f.name.as_ptr(),
-                    t.dir_fd(),
-                    t.name.as_ptr(),
-                    libc::RENAME_NOREPLACE,
-                )
-            })
-        })?;
-        self.removed(&f);
-        Ok(())
     }
 
     /// Unlinks the non-directory with backing name `raw` in `dir` (and its

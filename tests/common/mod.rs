@@ -183,6 +183,38 @@ impl Fixture {
             .join(String::from_utf8_lossy(&o.stdout).trim_end_matches('\n'))
     }
 
+    /// With encrypted names: no backing name is any of `names`, and no
+    /// cipherdir file holds one long enough not to occur by chance in
+    /// ciphertext (8 bytes or more).
+    pub fn assert_names_hidden<S: AsRef<str>>(&self, names: &[S]) {
+        if !self.encrypted_names() {
+            return;
+        }
+        let names: std::collections::BTreeSet<&str> = names.iter().map(|n| n.as_ref()).collect();
+        let mut stack = vec![self.cipher.clone()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let e = e.unwrap();
+                let n = e.file_name().to_string_lossy().to_string();
+                assert!(
+                    !names.contains(n.as_str()),
+                    "{n:?} is a name in the cipherdir"
+                );
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                }
+            }
+        }
+        for n in names.iter().filter(|n| n.len() >= 8) {
+            let o = Command::new("grep")
+                .args(["-r", "-F", "-q", "-e", n])
+                .arg(&self.cipher)
+                .output()
+                .unwrap();
+            assert_eq!(o.status.code(), Some(1), "a cipherdir file holds {n:?}");
+        }
+    }
+
     pub fn encrypted_names(&self) -> bool {
         self.config()["FeatureFlags"]
             .as_array()

@@ -236,12 +236,7 @@ impl NameCipher {
 mod tests {
     use super::*;
 
-    fn hex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
+    use crate::crypto::unhex as hex;
 
     /// RFC 5297 A.1: the primitive as the crate implements it.
     #[test]
