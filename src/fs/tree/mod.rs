@@ -19,8 +19,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use super::listing;
-use super::names::cipher::{SIDE_SUFFIX, is_long_raw, is_side_raw};
+use super::names::cipher::is_long_raw;
 use super::names::{Listed, Names};
+
+mod long_names;
+use long_names::{clear_orphan_sides, stat_at, unlink_side};
 
 /// Resolution rules for every walk: stay beneath the root, follow no symlink
 /// (magic links included), cross no mount point.
@@ -108,118 +111,6 @@ fn at_raw(dir: &File, raw: &str) -> io::Result<At> {
         dir: OwnedFd::from(dir.try_clone()?),
         name: cstr(raw.as_bytes())?,
     })
-}
-
-fn side_name(at: &At) -> io::Result<CString> {
-    let mut v = at.name.as_bytes().to_vec();
-    v.extend_from_slice(SIDE_SUFFIX.as_bytes());
-    cstr(&v)
-}
-
-/// fstatat without following a symlink.
-fn stat_at(at: &At) -> io::Result<libc::stat> {
-    // SAFETY: an all-zero stat is a valid value to be filled in.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid directory descriptor, C name and stat buffer.
-    check(unsafe {
-        libc::fstatat(
-            at.dir_fd(),
-            at.name.as_ptr(),
-            &mut st,
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })?;
-    Ok(st)
-}
-
-/// Writes the side file of the long name `at` holding `side`; true if it
-/// was made now. One already there with the same content is kept; one with
-/// other content (damaged, planted) is replaced.
-fn write_side(at: &At, side: &str) -> io::Result<bool> {
-    use std::io::Write;
-    let name = side_name(at)?;
-    for _ in 0..2 {
-        // SAFETY: a valid directory descriptor and C name; the descriptor
-        // returned is owned below.
-        let fd = unsafe {
-            libc::openat(
-                at.dir_fd(),
-                name.as_ptr(),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                0o600,
-            )
-        };
-        if fd >= 0 {
-            // SAFETY: a fresh descriptor, owned once.
-            let mut f = unsafe { File::from_raw_fd(fd) };
-            if let Err(e) = f.write_all(side.as_bytes()) {
-                drop(f);
-                let _ = unlink_side(at);
-                return Err(e);
-            }
-            return Ok(true);
-        }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EEXIST) {
-            return Err(e);
-        }
-        // SAFETY: a valid directory descriptor (O_PATH) reopened for reading.
-        let dir = unsafe {
-            libc::openat(
-                at.dir_fd(),
-                c".".as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        };
-        if dir < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor, owned once.
-        let dir = unsafe { File::from_raw_fd(dir) };
-        let raw = at
-            .name
-            .to_str()
-            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        if super::names::read_side(&dir, raw).is_ok_and(|s| s == side) {
-            return Ok(false);
-        }
-        unlink_side(at)?;
-    }
-    Err(io::Error::from_raw_os_error(libc::EEXIST))
-}
-
-fn unlink_side(at: &At) -> io::Result<()> {
-    let name = side_name(at)?;
-    // SAFETY: a valid directory descriptor and C name.
-    check(unsafe { libc::unlinkat(at.dir_fd(), name.as_ptr(), 0) })
-}
-
-/// A directory rmdir found not empty: if all it holds are long names' side
-/// files (whose entries a crash removed), they go, and true is returned.
-fn clear_orphan_sides(at: &At) -> io::Result<bool> {
-    // SAFETY: a valid directory descriptor and C name; owned below.
-    let fd = unsafe {
-        libc::openat(
-            at.dir_fd(),
-            at.name.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor, owned once.
-    let dir = unsafe { File::from_raw_fd(fd) };
-    let entries = listing::entries(&dir)?;
-    if entries.is_empty() || !entries.iter().all(|(n, _)| is_side_raw(n)) {
-        return Ok(false);
-    }
-    for (n, _) in entries {
-        let c = cstr(n.as_bytes())?;
-        // SAFETY: a valid directory descriptor and C name.
-        check(unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) })?;
-    }
-    Ok(true)
 }
 
 /// A directory descriptor and a name in it: the two halves of an `*at` call.
@@ -417,34 +308,6 @@ impl Tree {
             },
             stored.side,
         ))
-    }
-
-    /// Runs `make`, which creates the entry `at`; a long name first gets its
-    /// side file (gocryptfs's order: a crash leaves at worst a side file
-    /// without its entry, which listings skip and rmdir clears).
-    fn creating<T>(
-        &self,
-        at: &At,
-        side: Option<&str>,
-        make: impl FnOnce() -> io::Result<T>,
-    ) -> io::Result<T> {
-        let Some(side) = side else { return make() };
-        let created = write_side(at, side)?;
-        let r = make();
-        if let Err(e) = &r
-            && created
-            && e.raw_os_error() != Some(libc::EEXIST)
-        {
-            let _ = unlink_side(at);
-        }
-        r
-    }
-
-    /// After the entry `at` went: its side file, if it has one, goes too.
-    fn removed(&self, at: &At) {
-        if at.name.to_str().is_ok_and(is_long_raw) {
-            let _ = unlink_side(at);
-        }
     }
 
     /// lstat of `rel` (the root: fstat of the held descriptor).
@@ -884,134 +747,4 @@ impl Tree {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::symlink;
-
-    fn errno<T>(r: io::Result<T>) -> Option<i32> {
-        r.err().and_then(|e| e.raw_os_error())
-    }
-
-    #[test]
-    fn clean_paths() {
-        for ok in ["", "a", "a/b", ".hidden", "a/..b", "...", "a b"] {
-            assert!(is_clean(ok), "{ok:?}");
-        }
-        for bad in [
-            "/a", "a/", "a//b", ".", "..", "a/../b", "a/./b", "a\0b", "../x",
-        ] {
-            assert!(!is_clean(bad), "{bad:?}");
-        }
-        assert!(!is_clean(&"a".repeat(4096)));
-        assert!(is_clean(&"a".repeat(4095)));
-    }
-
-    #[test]
-    fn no_operation_follows_a_planted_symlink() {
-        let outside = tempfile::tempdir().unwrap();
-        std::fs::write(outside.path().join("secret"), b"root only").unwrap();
-        let d = tempfile::tempdir().unwrap();
-        let t = Tree::open(d.path()).unwrap();
-        // A directory component and a last component that are symlinks out.
-        symlink(outside.path(), d.path().join("dir")).unwrap();
-        symlink(outside.path().join("secret"), d.path().join("file")).unwrap();
-        // A symlink met in the walk fails it with ELOOP; one that should be
-        // the parent directory, opened O_DIRECTORY | O_NOFOLLOW, with ENOTDIR.
-        let refused = |e: io::Result<()>| match e {
-            Err(e) => {
-                e.kind() == io::ErrorKind::InvalidData || e.raw_os_error() == Some(libc::ENOTDIR)
-            }
-            Ok(()) => false,
-        };
-        assert!(refused(
-            t.open_file("dir/secret", libc::O_RDONLY).map(|_| ())
-        ));
-        assert!(refused(t.open_dir("dir").map(|_| ())));
-        assert!(refused(t.open_file("file", libc::O_RDWR).map(|_| ())));
-        assert!(refused(t.lstat("dir/secret").map(|_| ())));
-        assert!(refused(t.create_new("dir/new", 0o600).map(|_| ())));
-        assert!(refused(t.mkdir("dir/new", 0o700).map(|_| ())));
-        assert!(refused(t.unlink("dir/secret").map(|_| ())));
-        assert!(refused(t.chmod("dir/secret", 0o4755).map(|_| ())));
-        assert!(refused(t.chown("dir/secret", Some(1), Some(1)).map(|_| ())));
-        assert!(refused(t.rename("dir/secret", "x", 0).map(|_| ())));
-        let now = [libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_NOW,
-        }; 2];
-        assert!(refused(t.set_times("dir/secret", &now)));
-        assert!(refused(t.symlink(b"x", "dir/l").map(|_| ())));
-        assert!(refused(t.replace("dir/x", b"x", 0o600).map(|_| ())));
-        // chmod of a symlink itself is refused, never applied to its target.
-        assert_eq!(errno(t.chmod("file", 0o4755)), Some(libc::EOPNOTSUPP));
-        // The last component may be a symlink for lstat, readlink, lchown,
-        // unlink: those act on the link itself.
-        let st = t.lstat("file").unwrap();
-        assert_eq!(st.st_mode & libc::S_IFMT, libc::S_IFLNK);
-        assert_eq!(
-            t.readlink("file").unwrap(),
-            outside.path().join("secret").as_os_str().as_bytes()
-        );
-        t.unlink("file").unwrap();
-        let m = std::fs::metadata(outside.path().join("secret")).unwrap();
-        assert_eq!(
-            std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7000,
-            0
-        );
-        assert_eq!(
-            std::fs::read(outside.path().join("secret")).unwrap(),
-            b"root only"
-        );
-        assert!(!outside.path().join("new").exists());
-        // Escapes by name are refused before any syscall.
-        assert_eq!(
-            t.open_file("../x", libc::O_RDONLY).unwrap_err().kind(),
-            io::ErrorKind::InvalidInput
-        );
-    }
-
-    #[test]
-    fn operations_work_on_real_nodes() {
-        let d = tempfile::tempdir().unwrap();
-        let t = Tree::open(d.path()).unwrap();
-        t.mkdir("a", 0o755).unwrap();
-        let f = t.create_new("a/f", 0o640).unwrap();
-        drop(f);
-        assert_eq!(errno(t.create_new("a/f", 0o640)), Some(libc::EEXIST));
-        t.chmod("a/f", 0o600).unwrap();
-        assert_eq!(t.lstat("a/f").unwrap().st_mode & 0o7777, 0o600);
-        t.symlink(b"kmsfs1:x", "a/l").unwrap();
-        assert_eq!(t.readlink("a/l").unwrap(), b"kmsfs1:x");
-        t.rename("a/f", "g", 0).unwrap();
-        assert!(d.path().join("g").exists());
-        let times = [
-            libc::timespec {
-                tv_sec: 5,
-                tv_nsec: 0,
-            },
-            libc::timespec {
-                tv_sec: 7,
-                tv_nsec: 0,
-            },
-        ];
-        t.set_times("g", &times).unwrap();
-        assert_eq!(t.lstat("g").unwrap().st_mtime, 7);
-        t.unlink("a/l").unwrap();
-        t.rmdir("a").unwrap();
-        assert_eq!(t.lstat("").unwrap().st_mode & libc::S_IFMT, libc::S_IFDIR);
-        // A long path works: the limit is on the relative path.
-        let mut rel = String::new();
-        while rel.len() + 201 < 4000 {
-            if !rel.is_empty() {
-                rel.push('/');
-            }
-            rel.push_str(&"d".repeat(200));
-            t.mkdir(&rel, 0o755).unwrap();
-        }
-        t.create_new(&format!("{rel}/file"), 0o600).unwrap();
-        assert!(t.lstat(&format!("{rel}/file")).is_ok());
-        // The temporary directory is on a filesystem that keeps names apart.
-        assert!(!t.folds_names(true).unwrap());
-        assert!(!t.folds_names(false).unwrap());
-    }
-}
+mod tests;
