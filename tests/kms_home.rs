@@ -400,11 +400,14 @@ fn ctrl_c_at_the_passphrase_prompt_gives_the_terminal_its_echo_back() {
 }
 
 const PTY_SCRIPT: &str = r#"
-import fcntl, os, select, subprocess, sys, termios, time
+import fcntl, os, select, signal, subprocess, sys, termios, time
 binary, home = sys.argv[1], sys.argv[2]
 master, slave = os.openpty()
 pid = os.fork()
 if pid == 0:
+    # As a shell starts a foreground job: a harness run in the background
+    # (nohup, `cmd &`) has SIGINT ignored, which would carry over.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     os.setsid()
     fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
     for fd in (0, 1, 2):
@@ -426,7 +429,17 @@ while b"Passphrase: " not in seen:
     seen += os.read(master, 4096)
 print("during:", stty())
 os.write(master, b"\x03")
-_, status = os.waitpid(pid, 0)
+deadline = time.time() + 30
+while True:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        break
+    if time.time() > deadline:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        print("timeout: Ctrl-C did not end kmsfs within 30 s")
+        sys.exit(1)
+    time.sleep(0.02)
 if os.WIFSIGNALED(status):
     print("status: signal", os.WTERMSIG(status))
 else:
