@@ -191,20 +191,17 @@ def ratios(me):
     print()
 for me in ("kmsfs", "kmsfs_plain"):
     if me in systems: ratios(me)
-if "kmsfs_plain" in systems:
-    print("| workload | kmsfs (encrypted names) vs kmsfs_plain |\n|---|---|")
+def versus(other, title):
+    if other not in systems: return
+    print(f"| workload | {title} |\n|---|---|")
     for w, label, higher in works:
-        k, b = med("kmsfs", w), med("kmsfs_plain", w)
+        k, b = med("kmsfs", w), med(other, w)
         if k and b:
             print(f"| {label} | {fmt(k / b if higher else b / k)}× |")
     print()
+versus("kmsfs_plain", "kmsfs (encrypted names) vs kmsfs_plain")
+versus("kmsfs_base", "kmsfs vs kmsfs_base (the baseline build)")
 print("(ratios > 1 mean kmsfs is faster; for timed workloads the ratio is other time / kmsfs time)")
-if "kmsfs_base" in systems:
-    print("\n| workload | kmsfs vs kmsfs_base (the baseline build) |\n|---|---|")
-    for w, label, higher in works:
-        k, b = med("kmsfs", w), med("kmsfs_base", w)
-        if k and b:
-            print(f"| {label} | {fmt(k / b if higher else b / k)}× |")
 rss = med("kmsfs", "peakRSS_MiB")
 if rss is not None: print(f"\nkmsfs daemon peak RSS: {rss:.1f} MiB")
 print("\n" + open(kms).read())
