@@ -22,7 +22,6 @@ use super::names::{is_internal, read_side};
 use super::rename::Flusher;
 use crate::kms::Caller;
 use fuser::FileType;
-use std::io;
 use std::os::fd::AsRawFd;
 
 /// Re-encrypts every name below the directory now at `now` that is still
@@ -41,7 +40,7 @@ pub(super) fn rename_names(
     let mut stack = vec![(now.to_string(), was.to_string())];
     while let Some((now_d, was_d)) = stack.pop() {
         let dir = b.tree.open_dir_quiet(&now_d)?;
-        let times = super::stat::times_of(&fstat(&dir)?);
+        let times = super::stat::times_of(&super::stat::fstat(&dir)?);
         let mut changed = false;
         for (raw, kind) in listing::entries(&dir)? {
             if is_internal(&now_d, &raw) || is_side_raw(&raw) {
@@ -123,14 +122,4 @@ fn relink(
     b.place_link(&st, &target, new_rel, new_rel, caller)?;
     b.tree.unlink_raw(dir, raw)?;
     Ok(())
-}
-
-fn fstat(f: &std::fs::File) -> io::Result<libc::stat> {
-    // SAFETY: an all-zero stat is valid; fstat fills it in.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid descriptor and stat buffer.
-    if unsafe { libc::fstat(f.as_raw_fd(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(st)
 }

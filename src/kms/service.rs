@@ -929,6 +929,21 @@ impl Kms {
         }
         Ok(key)
     }
+
+    /// `usable`, for an operation that changes the key: the same checks,
+    /// then the key itself, to change.
+    fn usable_mut<'s>(
+        &self,
+        caller: &Caller,
+        state: &'s mut State,
+        key_ref: &str,
+        ev: &mut Event,
+        action: &str,
+        op: Option<Op>,
+    ) -> KmsResult<&'s mut Key> {
+        let id = self.usable(caller, state, key_ref, ev, action, op)?.id;
+        Ok(state.keys.get_mut(&id).expect("resolved"))
+    }
 }
 
 /// eventTime changes once a second; formatting it per record showed in profiles.

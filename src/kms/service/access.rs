@@ -112,18 +112,16 @@ impl Kms {
         );
         let r = self.mutate(|s, _| {
             check_policy_name(policy_name)?;
-            let id = self
-                .usable(
-                    caller,
-                    s,
-                    key_id,
-                    &mut ev,
-                    "kms:PutKeyPolicy",
-                    Some(Op::Modify),
-                )?
-                .id;
+            let k = self.usable_mut(
+                caller,
+                s,
+                key_id,
+                &mut ev,
+                "kms:PutKeyPolicy",
+                Some(Op::Modify),
+            )?;
             let (stored, unresolved) = self.check_new_policy(caller, doc, bypass)?;
-            s.keys.get_mut(&id).expect("resolved").policy = Some(stored);
+            k.policy = Some(stored);
             Ok(unresolved)
         });
         if let Ok(unresolved) = &r

@@ -145,17 +145,14 @@ impl Kms {
     pub fn delete_imported_key_material(&self, caller: &Caller, key_id: &str) -> KmsResult<()> {
         let mut ev = Event::new("DeleteImportedKeyMaterial", false, json!({"keyId": key_id}));
         let r = self.mutate(|s, _| {
-            let id = self
-                .usable(
-                    caller,
-                    s,
-                    key_id,
-                    &mut ev,
-                    "kms:DeleteImportedKeyMaterial",
-                    Some(Op::DeleteImportedKeyMaterial),
-                )?
-                .id;
-            let k = s.keys.get_mut(&id).expect("resolved");
+            let k = self.usable_mut(
+                caller,
+                s,
+                key_id,
+                &mut ev,
+                "kms:DeleteImportedKeyMaterial",
+                Some(Op::DeleteImportedKeyMaterial),
+            )?;
             k.materials.clear();
             k.state = KeyState::PendingImport;
             if let Some(i) = &mut k.import {

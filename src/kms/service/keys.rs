@@ -223,7 +223,7 @@ impl Kms {
         let name = if enable { "EnableKey" } else { "DisableKey" };
         let mut ev = Event::new(name, false, json!({"keyId": key_id}));
         let r = self.mutate(|s, _| {
-            let key = self.usable(
+            let k = self.usable_mut(
                 caller,
                 s,
                 key_id,
@@ -235,8 +235,7 @@ impl Kms {
                 },
                 Some(if enable { Op::Enable } else { Op::Disable }),
             )?;
-            let id = key.id;
-            s.keys.get_mut(&id).expect("resolved").state = if enable {
+            k.state = if enable {
                 KeyState::Enabled
             } else {
                 KeyState::Disabled
@@ -272,7 +271,7 @@ impl Kms {
                     "PendingWindowInDays is {days}; it must be 7 to 30"
                 )));
             }
-            let key = self.usable(
+            let k = self.usable_mut(
                 caller,
                 s,
                 key_id,
@@ -280,13 +279,11 @@ impl Kms {
                 "kms:ScheduleKeyDeletion",
                 Some(Op::ScheduleDeletion),
             )?;
-            let id = key.id;
-            let k = s.keys.get_mut(&id).expect("resolved");
             k.state = KeyState::PendingDeletion;
             k.deletion_date = Some(now + days as i64 * DAY);
             k.pending_window_days = Some(days);
             Ok(
-                json!({"KeyId": self.arn(&id), "DeletionDate": rfc3339(now + days as i64 * DAY),
+                json!({"KeyId": self.arn(&k.id), "DeletionDate": rfc3339(now + days as i64 * DAY),
                       "KeyState": "PendingDeletion", "PendingWindowInDays": days}),
             )
         });
@@ -299,17 +296,14 @@ impl Kms {
     pub fn cancel_key_deletion(&self, caller: &Caller, key_id: &str) -> KmsResult<Value> {
         let mut ev = Event::new("CancelKeyDeletion", false, json!({"keyId": key_id}));
         let r = self.mutate(|s, _| {
-            let id = self
-                .usable(
-                    caller,
-                    s,
-                    key_id,
-                    &mut ev,
-                    "kms:CancelKeyDeletion",
-                    Some(Op::CancelDeletion),
-                )?
-                .id;
-            let k = s.keys.get_mut(&id).expect("resolved");
+            let k = self.usable_mut(
+                caller,
+                s,
+                key_id,
+                &mut ev,
+                "kms:CancelKeyDeletion",
+                Some(Op::CancelDeletion),
+            )?;
             // As in AWS, a key whose deletion is cancelled comes back Disabled
             // (or PendingImport if it has no material).
             k.state = if k.materials.is_empty() {
@@ -319,7 +313,7 @@ impl Kms {
             };
             k.deletion_date = None;
             k.pending_window_days = None;
-            Ok(json!({"KeyId": self.arn(&id)}))
+            Ok(json!({"KeyId": self.arn(&k.id)}))
         });
         self.finish(caller, ev, r)
     }
@@ -341,17 +335,15 @@ impl Kms {
                     "Description is longer than {MAX_DESCRIPTION} characters"
                 )));
             }
-            let id = self
-                .usable(
-                    caller,
-                    s,
-                    key_id,
-                    &mut ev,
-                    "kms:UpdateKeyDescription",
-                    Some(Op::Modify),
-                )?
-                .id;
-            s.keys.get_mut(&id).expect("resolved").description = description.to_string();
+            self.usable_mut(
+                caller,
+                s,
+                key_id,
+                &mut ev,
+                "kms:UpdateKeyDescription",
+                Some(Op::Modify),
+            )?
+            .description = description.to_string();
             Ok(())
         });
         self.finish(caller, ev, r)
@@ -375,15 +367,13 @@ impl Kms {
             if !(90..=2560).contains(&days) {
                 return Err(KmsError::validation(format!("RotationPeriodInDays is {days}; it must be 90 to 2560")));
             }
-            let key = self.usable(caller, s, key_id, &mut ev, "kms:EnableKeyRotation", Some(Op::Rotation))?;
-            if key.origin == Origin::External {
+            let k = self.usable_mut(caller, s, key_id, &mut ev, "kms:EnableKeyRotation", Some(Op::Rotation))?;
+            if k.origin == Origin::External {
                 return Err(KmsError::new(
                     ErrorCode::UnsupportedOperationException,
-                    format!("key {} has imported material; kmsfs cannot rotate material it did not generate", key.id),
+                    format!("key {} has imported material; kmsfs cannot rotate material it did not generate", k.id),
                 ));
             }
-            let id = key.id;
-            let k = s.keys.get_mut(&id).expect("resolved");
             k.rotation_period_days = Some(days);
             k.next_rotation = Some(now + days as i64 * DAY);
             Ok(())
@@ -394,7 +384,7 @@ impl Kms {
     pub fn disable_key_rotation(&self, caller: &Caller, key_id: &str) -> KmsResult<()> {
         let mut ev = Event::new("DisableKeyRotation", false, json!({"keyId": key_id}));
         let r = self.mutate(|s, _| {
-            let key = self.usable(
+            let k = self.usable_mut(
                 caller,
                 s,
                 key_id,
@@ -402,14 +392,12 @@ impl Kms {
                 "kms:DisableKeyRotation",
                 Some(Op::Rotation),
             )?;
-            if key.origin == Origin::External {
+            if k.origin == Origin::External {
                 return Err(KmsError::new(
                     ErrorCode::UnsupportedOperationException,
                     "keys with imported material do not rotate",
                 ));
             }
-            let id = key.id;
-            let k = s.keys.get_mut(&id).expect("resolved");
             k.rotation_period_days = None;
             k.next_rotation = None;
             Ok(())
@@ -437,24 +425,22 @@ impl Kms {
     pub fn rotate_key_on_demand(&self, caller: &Caller, key_id: &str) -> KmsResult<Value> {
         let mut ev = Event::new("RotateKeyOnDemand", false, json!({"keyId": key_id}));
         let r = self.mutate(|s, now| {
-            let key = self.usable(caller, s, key_id, &mut ev, "kms:RotateKeyOnDemand", Some(Op::Rotation))?;
-            if key.origin == Origin::External {
+            let k = self.usable_mut(caller, s, key_id, &mut ev, "kms:RotateKeyOnDemand", Some(Op::Rotation))?;
+            if k.origin == Origin::External {
                 return Err(KmsError::new(
                     ErrorCode::UnsupportedOperationException,
-                    format!("key {} has imported material; kmsfs cannot rotate material it did not generate", key.id),
+                    format!("key {} has imported material; kmsfs cannot rotate material it did not generate", k.id),
                 ));
             }
-            if key.rotations.iter().filter(|r| r.kind == "ON_DEMAND").count() >= MAX_ON_DEMAND_ROTATIONS {
+            if k.rotations.iter().filter(|r| r.kind == "ON_DEMAND").count() >= MAX_ON_DEMAND_ROTATIONS {
                 return Err(KmsError::new(
                     ErrorCode::LimitExceededException,
-                    format!("key {} has had {MAX_ON_DEMAND_ROTATIONS} on-demand rotations, the most allowed; enable automatic rotation instead", key.id),
+                    format!("key {} has had {MAX_ON_DEMAND_ROTATIONS} on-demand rotations, the most allowed; enable automatic rotation instead", k.id),
                 ));
             }
-            let id = key.id;
-            let k = s.keys.get_mut(&id).expect("resolved");
             let v = k.add_material(Key256::random(), now);
             k.rotations.push(Rotation { date: now, kind: "ON_DEMAND".into() });
-            Ok((json!({"KeyId": self.arn(&id)}), v))
+            Ok((json!({"KeyId": self.arn(&k.id)}), v))
         });
         let r = r.map(|(v, version)| {
             ev.response = json!({"keyMaterialVersion": version});

@@ -165,7 +165,7 @@ impl Kms {
             json!({"keyId": key_id, "tags": tags_json(tags)}),
         );
         let r = self.mutate(|s, _| {
-            let key = self.usable(
+            let k = self.usable_mut(
                 caller,
                 s,
                 key_id,
@@ -173,9 +173,7 @@ impl Kms {
                 "kms:TagResource",
                 Some(Op::Modify),
             )?;
-            let merged = validate_tags(&key.tags, tags)?;
-            let id = key.id;
-            s.keys.get_mut(&id).expect("resolved").tags = merged;
+            k.tags = validate_tags(&k.tags, tags)?;
             Ok(())
         });
         self.finish(caller, ev, r)
@@ -193,17 +191,14 @@ impl Kms {
             json!({"keyId": key_id, "tagKeys": tag_keys}),
         );
         let r = self.mutate(|s, _| {
-            let id = self
-                .usable(
-                    caller,
-                    s,
-                    key_id,
-                    &mut ev,
-                    "kms:UntagResource",
-                    Some(Op::Modify),
-                )?
-                .id;
-            let k = s.keys.get_mut(&id).expect("resolved");
+            let k = self.usable_mut(
+                caller,
+                s,
+                key_id,
+                &mut ev,
+                "kms:UntagResource",
+                Some(Op::Modify),
+            )?;
             for t in tag_keys {
                 k.tags.remove(t);
             }
