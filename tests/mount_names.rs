@@ -343,8 +343,23 @@ fn kmsfs_names_maps_paths_both_ways() {
     assert_eq!(backing.len(), 2);
     assert!(fx.cipher.join(backing[1]).is_dir());
     assert!(backing[1].starts_with(&format!("{}/kmsfs.longname.", backing[0])));
-    let o = fx.cli(&["names", c, "--decrypt", backing[1], backing[0]]);
+    let o = fx.cli(&["names", c, "--decrypt", "--", backing[1], backing[0]]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(String::from_utf8(o.stdout).unwrap(), format!("{deep}\nx\n"));
+    // A stored name may begin with `-` (1 in 64): after `--`, a path.
+    let many: Vec<String> = (0..1000).map(|i| format!("n{i}")).collect();
+    let mut args = vec!["names", c];
+    args.extend(many.iter().map(String::as_str));
+    let o = fx.cli(&args);
+    let stored = String::from_utf8(o.stdout).unwrap();
+    let (i, dash) = stored
+        .lines()
+        .enumerate()
+        .find(|(_, l)| l.starts_with('-'))
+        .expect("one of 1000 stored names begins with - (all but 1 in 6 million runs)");
+    let o = fx.cli(&["names", c, "--decrypt", "--", dash]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8(o.stdout).unwrap(), format!("n{i}\n"));
     // A name that is not one of the directory's: exit 1, named.
     let o = fx.cli(&["names", c, "--decrypt", "not-encrypted"]);
     assert_eq!(o.status.code(), Some(1));

@@ -85,7 +85,7 @@ pub enum Command {
     Names {
         /// Directory holding the encrypted files.
         cipherdir: PathBuf,
-        /// Paths relative to the filesystem's root (as inside the mount), or with --decrypt, relative to the cipherdir.
+        /// Paths relative to the filesystem's root (as inside the mount), or with --decrypt, relative to the cipherdir. An encrypted name may begin with `-`: put `--` before such paths, as for rm.
         #[arg(required = true)]
         paths: Vec<String>,
         /// Turn cipherdir paths into the mount's paths instead.
@@ -401,6 +401,7 @@ fn run_names(
         .map_err(|e| format!("cannot open {}: {e}", cipherdir.display()))?;
     tree.set_names(crate::fs::names::Names::encrypted(cipher));
     let mut failed = false;
+    let mut stdout = std::io::stdout().lock();
     for p in paths {
         let p = p.trim_matches('/');
         let r = if decrypt {
@@ -411,7 +412,12 @@ fn run_names(
             Err(format!("{p:?} is not a clean relative path"))
         };
         match r {
-            Ok(out) => println!("{out}"),
+            // A reader that stopped (`| head`) ends the listing, quietly.
+            Ok(out) => {
+                if std::io::Write::write_fmt(&mut stdout, format_args!("{out}\n")).is_err() {
+                    return Ok(());
+                }
+            }
             Err(e) => {
                 eprintln!("kmsfs: {p}: {e}");
                 failed = true;
