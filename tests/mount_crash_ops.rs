@@ -10,6 +10,8 @@
 mod common;
 use common::*;
 use std::fs;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -431,4 +433,73 @@ fn a_file_left_without_a_header_reads_as_empty_and_takes_writes() {
         })
         .count();
     assert!(repaired >= 2, "the create and the repair are both audited");
+}
+
+/// The state a crash leaves in the middle of a shrink into a block (the
+/// shorter last block written, the file not yet cut), made by hand: the
+/// next read finishes the truncate and says so in the log; the bytes kept
+/// read back, the cut ones never do, and the file takes writes again.
+#[test]
+fn a_truncate_cut_short_by_a_crash_is_finished_when_the_file_is_next_read() {
+    for modes in NAME_MODES {
+        let fx = Fixture::new_with(modes);
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 13 % 251) as u8).collect();
+        let m = fx.mount();
+        fs::write(fx.m("f"), &data).unwrap();
+        fs::write(fx.m("other"), b"untouched").unwrap();
+        m.unmount();
+        let raw = fs::read(fx.c("f")).unwrap();
+        // 10,000 bytes: two whole blocks and one of 1,808 (+28 on disk).
+        let h = raw.len() - (2 * 4124 + 1808 + 28);
+        let old_block1 = raw[h + 4124..h + 2 * 4124].to_vec();
+        let m = fx.mount();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(fx.m("f"))
+            .unwrap()
+            .set_len(5_000)
+            .unwrap();
+        m.unmount();
+        let short = fs::metadata(fx.c("f")).unwrap().len() as usize - (h + 4124);
+        assert_eq!(short, 5_000 - 4096 + 28);
+        fs::OpenOptions::new()
+            .write(true)
+            .open(fx.c("f"))
+            .unwrap()
+            .write_all_at(&old_block1[short..], (h + 4124 + short) as u64)
+            .unwrap();
+        let log = fx.dir.path().join("mount.log");
+        let m = fx.mount_with(&["--log-file", log.to_str().unwrap()]);
+        // The kernel took the size (8,192) from the crash's layout before
+        // the read finished the truncate; with its writeback cache it keeps
+        // it for this mount, and shows the cut bytes as zeros.
+        let got = fs::read(fx.m("f")).unwrap();
+        assert!(
+            got[..5_000] == data[..5_000]
+                && got[5_000..].iter().all(|&b| b == 0)
+                && (got.len() == 5_000 || got.len() == 8_192),
+            "{modes:?}: {} bytes read",
+            got.len()
+        );
+        assert_eq!(fs::read(fx.m("other")).unwrap(), b"untouched");
+        m.unmount();
+        assert_eq!(
+            fs::metadata(fx.c("f")).unwrap().len() as usize,
+            h + 4124 + short
+        );
+        let text = fs::read_to_string(&log).unwrap();
+        assert!(
+            text.contains("completed an interrupted truncate of \"f\" to 5000 bytes"),
+            "{modes:?}: the log says what was finished:\n{text}"
+        );
+        let m = fx.mount();
+        assert_eq!(fs::metadata(fx.m("f")).unwrap().len(), 5_000);
+        let mut f = fs::OpenOptions::new().append(true).open(fx.m("f")).unwrap();
+        f.write_all(b"appended").unwrap();
+        drop(f);
+        let mut want = data[..5_000].to_vec();
+        want.extend_from_slice(b"appended");
+        assert!(fs::read(fx.m("f")).unwrap() == want, "{modes:?}");
+        m.unmount();
+    }
 }

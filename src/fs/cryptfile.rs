@@ -17,6 +17,18 @@ pub fn integrity_error(what: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
+/// What `finish_interrupted_shrink` found at the end of the file.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LastBlock {
+    /// It authenticates (now): the failure was elsewhere, or another
+    /// thread finished the shrink first.
+    Intact,
+    /// It was an interrupted shrink, now finished: the file's new size.
+    Finished(u64),
+    /// It fails and is no interrupted shrink.
+    Damaged,
+}
+
 pub struct CryptFile {
     pub fd: File,
     pub header_size: usize,
@@ -174,6 +186,38 @@ impl CryptFile {
         Ok(lo..hi)
     }
 
+    /// Completes a shrink that a crash interrupted, if that is why the last
+    /// block fails: cuts the file after the prefix of that block that
+    /// authenticates (see `format::authentic_prefix`). Called only after an
+    /// operation failed with an integrity error; the caller retries it
+    /// unless this says `Damaged`.
+    pub fn finish_interrupted_shrink(&self) -> io::Result<LastBlock> {
+        let disk_len = self.fd.metadata()?.len();
+        let size = format::plain_size(self.header_size, disk_len);
+        if size == 0 {
+            return Ok(LastBlock::Damaged);
+        }
+        let b = (size - 1) / BLOCK_SIZE as u64;
+        let start = format::block_offset(self.header_size, b);
+        let mut disk = Zeroizing::new(vec![0u8; (disk_len - start) as usize]);
+        if read_full_at(&self.fd, &mut disk, start)? < disk.len() {
+            return Ok(LastBlock::Intact);
+        }
+        let probe = disk.clone();
+        if format::open_block_in_place(&self.key, &self.file_id, b, &mut disk).is_ok() {
+            return Ok(LastBlock::Intact);
+        }
+        match format::authentic_prefix(&self.key, &self.file_id, b, &probe) {
+            Some(n) => {
+                self.fd.set_len(start + n as u64)?;
+                Ok(LastBlock::Finished(
+                    b * BLOCK_SIZE as u64 + (n - format::BLOCK_OVERHEAD) as u64,
+                ))
+            }
+            None => Ok(LastBlock::Damaged),
+        }
+    }
+
     pub fn read_at(&self, off: u64, len: usize) -> io::Result<Vec<u8>> {
         let mut buf = Vec::new();
         let r = self.read_into(off, len, &mut buf)?;
@@ -326,6 +370,14 @@ impl CryptFile {
             if r != 0 {
                 let b = new / bs;
                 let mut plain = self.block_plain(b, size)?;
+                // Whole blocks after b go first, so that b is the last block
+                // when its shorter form is written over it: a crash before
+                // the final cut then leaves a last block whose prefix
+                // authenticates, which `finish_interrupted_shrink` finishes.
+                let after = format::block_offset(self.header_size, b + 1);
+                if after < disk_len {
+                    self.fd.set_len(after)?;
+                }
                 plain.truncate(r);
                 let mut out = Vec::with_capacity(DISK_BLOCK);
                 self.seal_into(b, &plain, &mut out);
@@ -512,6 +564,58 @@ mod tests {
         write_new_header(&fd, H, [4; 16], vec![1; 99]).unwrap();
         let cf = CryptFile::new(fd, H, [4; 16], &Key256::from_bytes([8; 32]));
         (t, cf)
+    }
+
+    /// The state a crash leaves between a shrink's write of the shorter
+    /// last block and its cut: made from a real truncate by putting back
+    /// the old block's tail after it.
+    fn interrupted_shrink(from: usize, to: u64) -> (tempfile::NamedTempFile, CryptFile, Vec<u8>) {
+        let (t, f) = new_file();
+        let data: Vec<u8> = (0..from).map(|i| (i * 7 % 251) as u8).collect();
+        f.write_at(0, &data).unwrap();
+        let b = to / BLOCK_SIZE as u64;
+        let start = format::block_offset(H, b);
+        let old = std::fs::read(t.path()).unwrap()[start as usize..].to_vec();
+        f.truncate(to).unwrap();
+        let short = (f.fd.metadata().unwrap().len() - start) as usize;
+        f.fd.write_all_at(&old[short..old.len().min(DISK_BLOCK)], start + short as u64)
+            .unwrap();
+        (t, f, data)
+    }
+
+    #[test]
+    fn a_shrink_cut_short_by_a_crash_is_finished_and_reads_as_truncated() {
+        for (from, to) in [(10_000, 5_000), (10_000, 8_193), (3_000, 1_000), (4_096, 1)] {
+            let (_t, f, data) = interrupted_shrink(from, to);
+            let err = f.read_at(0, from).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{from} -> {to}");
+            assert_eq!(
+                f.finish_interrupted_shrink().unwrap(),
+                LastBlock::Finished(to)
+            );
+            assert_eq!(f.plain_size().unwrap(), to);
+            assert_eq!(f.read_at(0, from).unwrap(), &data[..to as usize]);
+            assert_eq!(f.finish_interrupted_shrink().unwrap(), LastBlock::Intact);
+        }
+    }
+
+    #[test]
+    fn a_damaged_last_block_is_no_interrupted_shrink_and_is_left_as_it_is() {
+        let (t, f, _) = interrupted_shrink(10_000, 5_000);
+        let len = f.fd.metadata().unwrap().len();
+        // The shorter block's tag flipped: no prefix authenticates.
+        let tag_at = format::block_offset(H, 1) + (5_000 - 4_096) as u64 + 12;
+        f.fd.write_all_at(&[0xff], tag_at).unwrap();
+        assert_eq!(f.finish_interrupted_shrink().unwrap(), LastBlock::Damaged);
+        assert_eq!(std::fs::metadata(t.path()).unwrap().len(), len);
+        // A block sealed for another position does not pass either.
+        let (t, f, _) = interrupted_shrink(10_000, 5_000);
+        let raw = std::fs::read(t.path()).unwrap();
+        let b1 = format::block_offset(H, 1) as usize;
+        f.fd.write_all_at(&raw[b1..], format::block_offset(H, 0))
+            .unwrap();
+        f.fd.set_len(b1 as u64).unwrap();
+        assert_eq!(f.finish_interrupted_shrink().unwrap(), LastBlock::Damaged);
     }
 
     #[derive(Debug, Clone)]

@@ -307,6 +307,30 @@ pub fn open_block_in_place(
     .map_err(|_| BlockError::Corrupt)
 }
 
+/// The length of the prefix of a last block that fails authentication which
+/// authenticates as block `block`, if one does: the trace of a shrink that a
+/// crash interrupted. A shrink into the middle of a block writes the shorter
+/// block over the start of the old one before it cuts the file (see
+/// `CryptFile::truncate`), so a crash between the two leaves the new block
+/// followed by the old one's tail. Only a block sealed under this file's key
+/// for this position can authenticate, so accepting it grants an attacker
+/// nothing beyond what block rollback and a cut at a block boundary, which
+/// the format does not detect, already do. Tries every length (about 8 MB
+/// of AES-GCM, a few milliseconds): only reached when a read already failed.
+pub fn authentic_prefix(key: &AeadKey, file_id: &FileId, block: u64, disk: &[u8]) -> Option<usize> {
+    let aad = block_aad(file_id, block);
+    let mut scratch = zeroize::Zeroizing::new(vec![0u8; disk.len()]);
+    (BLOCK_OVERHEAD + 1..disk.len().min(DISK_BLOCK + 1))
+        .rev()
+        .find(|&n| {
+            let nonce: [u8; NONCE_LEN] = disk[..NONCE_LEN].try_into().expect("nonce");
+            let tag: [u8; TAG_LEN] = disk[n - TAG_LEN..n].try_into().expect("tag");
+            let body = &mut scratch[..n - BLOCK_OVERHEAD];
+            body.copy_from_slice(&disk[NONCE_LEN..n - TAG_LEN]);
+            key.open_in_place(&nonce, &aad, body, &tag).is_ok()
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

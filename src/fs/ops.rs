@@ -3,7 +3,7 @@
 //! for integrity failures, EACCES for KMS refusals, the backing errno else.
 
 use super::backing::{Backing, FsError, FsResult};
-use super::cryptfile::CryptFile;
+use super::cryptfile::{CryptFile, LastBlock};
 use super::devnode::{self, DeviceCache};
 use super::fairness::{Claim, OpenBudget, RenameGate};
 use super::format;
@@ -307,6 +307,36 @@ impl KmsFs {
             self.log(what, path, &e);
         }
         err(n)
+    }
+
+    /// `op` on `cf`, once more if it failed with an integrity error that a
+    /// shrink interrupted by a crash explains, now finished and logged (see
+    /// `CryptFile::finish_interrupted_shrink`). Each operation here fails
+    /// before it writes if the last block does not open, so a rerun repeats
+    /// nothing.
+    fn after_shrink<T>(
+        &self,
+        ino: u64,
+        cf: &CryptFile,
+        mut op: impl FnMut() -> io::Result<T>,
+    ) -> io::Result<T> {
+        match op() {
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                match cf.finish_interrupted_shrink() {
+                    Ok(LastBlock::Finished(size)) => {
+                        let rel = self.path(INodeNo(ino)).unwrap_or_default();
+                        crate::log_line!(
+                            "kmsfs: completed an interrupted truncate of {rel:?} to {size} bytes"
+                        );
+                        self.changed(ino);
+                        op()
+                    }
+                    Ok(LastBlock::Intact) => op(),
+                    Ok(LastBlock::Damaged) | Err(_) => Err(e),
+                }
+            }
+            r => r,
+        }
     }
 
     /// lstat of a node, refusing what kmsfs never makes: a device node in the
@@ -1016,7 +1046,7 @@ impl Filesystem for KmsFs {
                 };
                 if let Some((f, name)) = truncate {
                     let cf = f.io.write().unwrap_or_else(|e| e.into_inner());
-                    cf.truncate(sz)
+                    self.after_shrink(ino.0, &cf, || cf.truncate(sz))
                         .map_err(|e| self.fs_errno("truncate", name, e.into()))?;
                 }
             }
@@ -1430,7 +1460,7 @@ impl Filesystem for KmsFs {
         // allocation or copy per request.
         let res = READ_BUF.with(move |b| {
             let mut b = b.borrow_mut();
-            match cf.read_into(offset, size as usize, &mut b) {
+            match self.after_shrink(ino.0, &cf, || cf.read_into(offset, size as usize, &mut b)) {
                 Ok(r) => {
                     reply.data(&b[r]);
                     Ok(())
@@ -1462,7 +1492,7 @@ impl Filesystem for KmsFs {
         };
         let cf = f.io.write().unwrap_or_else(|e| e.into_inner());
         self.changed(ino.0);
-        match cf.write_at(offset, data) {
+        match self.after_shrink(ino.0, &cf, || cf.write_at(offset, data)) {
             Ok(n) => reply.written(n as u32),
             Err(e) => {
                 let rel = self.path(ino).unwrap_or_default();
@@ -1823,7 +1853,7 @@ impl Filesystem for KmsFs {
         };
         let cf = f.io.write().unwrap_or_else(|e| e.into_inner());
         self.changed(ino.0);
-        match cf.allocate(offset, length, mode) {
+        match self.after_shrink(ino.0, &cf, || cf.allocate(offset, length, mode)) {
             Ok(()) => reply.ok(),
             Err(e) => {
                 let rel = self.path(ino).unwrap_or_default();
