@@ -318,12 +318,15 @@ pub fn open_block_in_place(
 /// the format does not detect, already do. Tries every length (about 8 MB
 /// of AES-GCM, a few milliseconds): only reached when a read already failed.
 pub fn authentic_prefix(key: &AeadKey, file_id: &FileId, block: u64, disk: &[u8]) -> Option<usize> {
+    if disk.len() <= BLOCK_OVERHEAD {
+        return None;
+    }
     let aad = block_aad(file_id, block);
+    let nonce: [u8; NONCE_LEN] = disk[..NONCE_LEN].try_into().expect("nonce");
     let mut scratch = zeroize::Zeroizing::new(vec![0u8; disk.len()]);
     (BLOCK_OVERHEAD + 1..disk.len().min(DISK_BLOCK + 1))
         .rev()
         .find(|&n| {
-            let nonce: [u8; NONCE_LEN] = disk[..NONCE_LEN].try_into().expect("nonce");
             let tag: [u8; TAG_LEN] = disk[n - TAG_LEN..n].try_into().expect("tag");
             let body = &mut scratch[..n - BLOCK_OVERHEAD];
             body.copy_from_slice(&disk[NONCE_LEN..n - TAG_LEN]);
