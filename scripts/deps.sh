@@ -3,10 +3,11 @@
 # fuse3 (fusermount3 for non-root mounts), rsync, attr, acl and git
 # (backup-tool, xattr, ACL and hard-link tests), util-linux's flock, runuser
 # and losetup (test users, the failing-disk tests), e2fsprogs (mkfs.ext4,
-# e2fsck) and python3 (crash workloads). Needs root (or sudo) only when
-# something is missing. Waits for another apt or dpkg process
-# to let go of its lock instead of failing at once, as a set-up script on a
-# busy machine must.
+# e2fsck) and python3 (crash workloads); the tests add curl, logrotate and
+# gzip (a real logrotate config rotating a running mount's audit log).
+# Needs root (or sudo) only when something is missing. Waits for another apt
+# or dpkg process to let go of its lock instead of failing at once, as a
+# set-up script on a busy machine must.
 set -euo pipefail
 need=()
 for p in fuse3 rsync attr acl git util-linux e2fsprogs python3 "$@"; do

@@ -5,7 +5,7 @@
 # counts them all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/deps.sh curl
+bash scripts/deps.sh curl logrotate gzip
 # awscli, boto3 and moto for the KMS server tests, in target/pyenv.
 bash scripts/pydeps.sh
 if [ ! -e /dev/fuse ]; then

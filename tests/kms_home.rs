@@ -267,7 +267,12 @@ fn a_new_home_and_its_parents_are_0700_whatever_the_umask() {
     }
     assert_eq!(
         names(&home),
-        ["audit.log", "keystore.json", "keystore.lock"]
+        [
+            ".audit.log.lock",
+            "audit.log",
+            "keystore.json",
+            "keystore.lock"
+        ]
     );
     for f in names(&home) {
         assert_eq!(mode(&home.join(&f)), 0o600, "{f}");

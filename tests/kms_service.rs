@@ -883,9 +883,22 @@ fn eight_threads_lose_no_audit_record() {
     assert_eq!(count("GenerateDataKey"), 8 * per_thread);
     assert_eq!(count("Decrypt"), 8 * per_thread);
     let opened = home.open(&key_file()).unwrap();
-    let report = kmsfs::kms::audit::verify(&home.audit_path(), &opened.keys.audit).unwrap();
-    assert_eq!(report.first_bad, None);
+    let report = kmsfs::kms::audit_verify::verify_trail(
+        &home.dir_file().unwrap(),
+        std::ffi::OsStr::new("audit.log"),
+        &opened.keys.audit,
+        opened.state.audit_anchor.as_ref(),
+        1,
+    )
+    .unwrap();
+    assert_eq!(report.problem, None);
     assert_eq!(report.records as usize, lines.len());
+    // The closing writer anchored the chain's end in the keystore.
+    assert_eq!(
+        report.anchored.map(|a| a.seq),
+        Some(lines.len() as u64),
+        "the anchor is the last record"
+    );
 }
 
 #[test]
@@ -924,12 +937,27 @@ fn audit_records_caller_and_context_but_no_secrets() {
 
 #[test]
 fn unwritable_audit_log_fails_closed() {
-    let kms = Kms::in_memory_audited(
+    // Not a regular file: refused at open, naming why.
+    let e = Kms::in_memory_audited(
         std::path::Path::new("/dev/full"),
         Key256::from_bytes([1; 32]),
         Options::default(),
     )
-    .unwrap();
+    .err()
+    .expect("/dev/full is no audit log");
+    assert_eq!(e.code, ErrorCode::KMSInternalException);
+    assert_eq!(
+        e.message,
+        "cannot open audit log /dev/full: full is not a regular file"
+    );
+    // A log that turns unwritable under a running KMS: every call fails.
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("audit.log");
+    let kms =
+        Kms::in_memory_audited(&path, Key256::from_bytes([1; 32]), Options::default()).unwrap();
+    kms.create_key(&cli(), CreateKeyRequest::default()).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    std::fs::create_dir(&path).unwrap();
     let e = kms
         .create_key(&cli(), CreateKeyRequest::default())
         .unwrap_err();

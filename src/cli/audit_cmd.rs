@@ -1,26 +1,33 @@
 //! `kmsfs audit verify` and `kmsfs audit show`.
 
 use super::awsargs::time_arg;
-use crate::kms::audit;
+use crate::kms::audit_chain::{Anchor, DIGEST_EVENT, STARTED_EVENT};
 use crate::kms::audit_query::Filter;
+use crate::kms::audit_trail as trail;
+use crate::kms::audit_verify::verify_trail;
 use clap::Subcommand;
 use serde_json::Value;
 use std::borrow::Cow;
 use std::fmt::Write as _;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::Path;
 
 #[derive(Subcommand, Debug)]
 pub enum AuditCommand {
-    /// Check the MAC chain; names the first line that was edited, deleted,
-    /// inserted or reordered. Needs the root key.
-    Verify,
+    /// Check the whole trail (the log and its rotated files, compressed or not) against its MAC chain, its digests and the keystore's anchor; names the first problem. Needs the root key.
+    Verify {
+        /// Start at record N, for a trail whose older files were pruned on purpose (N must start a file).
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        from_record: u64,
+    },
+    /// Rotate the audit log now: close it with a digest, rename it to audit.log.FIRST-LAST and start a new file that continues the chain.
+    Rotate,
     /// Print records (JSON lines, or a table) that match every filter given.
     Show {
         /// Only records of this key: key id, key ARN or the key reference the caller used.
         #[arg(long)]
         key: Option<String>,
-        /// Only this event, e.g. Decrypt (case-insensitive).
+        /// Only this event, e.g. Decrypt (case-insensitive). The trail's own records (AuditDigest, LogFileStarted) show only when asked for by name.
         #[arg(long)]
         event: Option<String>,
         /// Only records at or after TIME: RFC 3339, YYYY-MM-DD or Unix seconds.
@@ -96,38 +103,71 @@ pub fn show(path: &Path, cmd: &AuditCommand) -> Result<u64, String> {
     Ok(n)
 }
 
-/// Calls `f` with each line of the log that matches and its JSON, until it
-/// returns false; returns how many matched. Lines that are not JSON are
-/// reported (when `report`) and skipped.
+/// Calls `f` with each line of the trail (oldest file first) that matches
+/// and its JSON, until it returns false; returns how many matched. Lines
+/// that are not JSON are reported (when `report`) and skipped.
 fn for_each_match(
     path: &std::path::Path,
     filter: &Filter,
     report: bool,
     mut f: impl FnMut(&str, &Value) -> bool,
 ) -> Result<u64, String> {
-    let file = crate::kms::audit::open_for_reading(path)
-        .map_err(|e| format!("cannot open the audit log {}: {e}", path.display()))?;
+    let (dir, base) = trail_of(path)?;
+    let files = trail::files(&dir, &base)
+        .map_err(|e| format!("cannot list the audit trail of {}: {e}", path.display()))?;
+    let own_events = filter.event.as_deref().is_some_and(|e| {
+        e.eq_ignore_ascii_case(DIGEST_EVENT) || e.eq_ignore_ascii_case(STARTED_EVENT)
+    });
     let mut n = 0;
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let Ok(v) = serde_json::from_str::<Value>(&line) else {
-            if report {
-                eprintln!(
-                    "kmsfs: line {} of {} is not JSON; run `kmsfs audit verify`",
-                    i + 1,
-                    path.display()
-                );
+    let mut buf = Vec::new();
+    for t in files {
+        let shown = Path::new(&t.name).display().to_string();
+        let file = trail::open_at(&dir, &t.name, libc::O_RDONLY)
+            .and_then(trail::reader)
+            .map_err(|e| format!("cannot open the audit log file {shown}: {e}"))?;
+        let mut r = file;
+        let mut i = 0u64;
+        while let Some(whole) =
+            trail::next_line(&mut *r, &mut buf).map_err(|e| format!("cannot read {shown}: {e}"))?
+        {
+            i += 1;
+            let v = std::str::from_utf8(&buf)
+                .ok()
+                .filter(|_| whole)
+                .and_then(|l| serde_json::from_str::<Value>(l).ok().map(|v| (l, v)));
+            let Some((line, v)) = v else {
+                if report {
+                    eprintln!("kmsfs: line {i} of {shown} is not JSON; run `kmsfs audit verify`");
+                }
+                continue;
+            };
+            if !own_events && v["eventType"] == "AwsServiceEvent" {
+                continue;
             }
-            continue;
-        };
-        if filter.matches(&v) {
-            n += 1;
-            if !f(&line, &v) {
-                break;
+            if filter.matches(&v) {
+                n += 1;
+                if !f(line, &v) {
+                    return Ok(n);
+                }
             }
         }
     }
     Ok(n)
+}
+
+/// The directory holding the log at `path`, and the log's name.
+fn trail_of(path: &Path) -> Result<(std::fs::File, std::ffi::OsString), String> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let dir = std::fs::File::open(parent)
+        .map_err(|e| format!("cannot open {}: {e}", parent.display()))?;
+    let base = path
+        .file_name()
+        .ok_or_else(|| format!("{} names no file", path.display()))?
+        .to_os_string();
+    Ok((dir, base))
 }
 
 /// One table row: columns two spaces apart, the last one unpadded.
@@ -249,27 +289,61 @@ fn needs_escape(c: char) -> bool {
             | '\u{fff9}'..='\u{fffb}')
 }
 
-pub fn verify(path: &Path, key: &crate::crypto::Key256) -> Result<bool, String> {
-    let r = audit::verify(path, key)
-        .map_err(|e| format!("cannot read the audit log {}: {e}", path.display()))?;
-    match r.first_bad {
-        None => {
-            println!(
-                "audit log {}: {} records, chain intact",
-                path.display(),
-                r.records
-            );
-            Ok(true)
-        }
-        Some((line, why)) => {
-            println!(
-                "audit log {}: line {line} fails verification: {why} ({} records before it verified)",
-                path.display(),
-                r.records
-            );
-            Ok(false)
-        }
+/// `kmsfs audit verify`: prints what was proven, or the first problem.
+pub fn verify(
+    path: &Path,
+    dir: &std::fs::File,
+    key: &crate::crypto::Key256,
+    anchor: Option<&Anchor>,
+    from: u64,
+) -> Result<bool, String> {
+    let base = path.file_name().unwrap_or_default();
+    let r = verify_trail(dir, base, key, anchor, from)
+        .map_err(|e| format!("cannot read the audit trail {}: {e}", path.display()))?;
+    let span = if r.records == 0 {
+        "no records".to_string()
+    } else {
+        format!(
+            "records {} to {} in {} file(s)",
+            r.first_seq, r.last_seq, r.files
+        )
+    };
+    if let Some(p) = &r.problem {
+        let at = match &p.at {
+            Some((file, line)) => format!("{file} line {line}: "),
+            None => String::new(),
+        };
+        println!(
+            "audit trail {}: {at}{} ({span} verified before it)",
+            path.display(),
+            p.what
+        );
+        return Ok(false);
     }
+    let mut msg = format!(
+        "audit trail {}: {span}, chain and {} digest(s) intact",
+        path.display(),
+        r.digests
+    );
+    match &r.anchored {
+        Some(a) if a.seq == r.last_seq => {
+            let _ = write!(msg, "; proven complete up to the last record by the keystore's anchor ({})", a.time);
+        }
+        Some(a) => {
+            let _ = write!(
+                msg,
+                "; proven complete up to record {} by the keystore's anchor ({}); records {} to {} were written after it",
+                a.seq,
+                a.time,
+                a.seq + 1,
+                r.last_seq
+            );
+        }
+        None if r.records > 0 => msg.push_str("; no anchor in the keystore covers it yet, so the newest records are not proven complete"),
+        None => {}
+    }
+    println!("{msg}");
+    Ok(true)
 }
 
 #[cfg(test)]

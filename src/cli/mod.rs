@@ -6,6 +6,7 @@ pub mod awsargs;
 pub mod kms_cmd;
 pub mod remote_args;
 pub mod secret;
+pub mod units;
 
 use crate::kms::keystore::KmsHome;
 use crate::kms::{Caller, Kms, Options, Via};
@@ -29,8 +30,32 @@ pub struct Cli {
     pub kms_home: Option<PathBuf>,
     #[command(flatten)]
     pub secret: secret::SecretArgs,
+    #[command(flatten)]
+    pub audit_log: AuditLogArgs,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How the audit log rotates: for every command that writes it.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AuditLogArgs {
+    /// Rotate the audit log once it holds SIZE bytes (K, M, G suffixes; 0: never). Rotated files are named audit.log.FIRST-LAST and the MAC chain runs on through them.
+    #[arg(long, global = true, value_name = "SIZE", env = "KMSFS_AUDIT_MAX_SIZE", default_value = "64M", value_parser = units::size_arg)]
+    pub audit_max_size: u64,
+    /// Rotate the audit log once its first record is DURATION old (s, m, h, d, w suffixes, e.g. 1d). Default: by size only.
+    #[arg(long, global = true, value_name = "DURATION", env = "KMSFS_AUDIT_MAX_AGE", value_parser = units::duration_arg)]
+    pub audit_max_age: Option<std::time::Duration>,
+}
+
+/// The audit settings the command line chose, for every KMS it opens.
+static AUDIT_SETTINGS: std::sync::OnceLock<crate::kms::audit::Settings> =
+    std::sync::OnceLock::new();
+
+fn kms_options() -> Options {
+    Options {
+        audit: AUDIT_SETTINGS.get().copied().unwrap_or_default(),
+        ..Options::default()
+    }
 }
 
 /// Still accepted where they do nothing, so that `kmsfs --key-file K
@@ -163,8 +188,7 @@ fn open_kms(home: &KmsHome, secret: &secret::SecretArgs, create: bool) -> Result
     }
     let existed = home.exists();
     let secret = secret.resolve(home, create)?;
-    let kms =
-        Kms::open(home.clone(), &secret, create, Options::default()).map_err(|e| e.message)?;
+    let kms = Kms::open(home.clone(), &secret, create, kms_options()).map_err(|e| e.message)?;
     if !existed {
         eprintln!(
             "kmsfs: created a new KMS home at {} (account {}). Every key lives only there, sealed under your passphrase or key file: back it up, and keep the secret; without both, data encrypted under these keys is lost.",
@@ -179,8 +203,14 @@ pub fn run(cli: Cli) -> i32 {
     let Cli {
         kms_home,
         secret,
+        audit_log,
         command,
     } = cli;
+    let _ = AUDIT_SETTINGS.set(crate::kms::audit::Settings {
+        max_bytes: audit_log.audit_max_size,
+        max_age: audit_log.audit_max_age,
+        ..Default::default()
+    });
     let kms_home_flag = kms_home.clone();
     // An error only for the commands that use it (mount finds its own).
     let home = kms_home
@@ -599,10 +629,38 @@ fn print_result(
 fn run_audit(home: &KmsHome, secret: &secret::SecretArgs, op: &audit_cmd::AuditCommand) -> i32 {
     let path = home.audit_path();
     let result = match op {
-        audit_cmd::AuditCommand::Verify => secret
+        audit_cmd::AuditCommand::Verify { from_record } => secret
             .resolve(home, false)
             .and_then(|s| home.open(&s).map_err(|e| e.message))
-            .and_then(|o: crate::kms::keystore::Opened| audit_cmd::verify(&path, &o.keys.audit)),
+            .and_then(|o: crate::kms::keystore::Opened| {
+                let dir = home.dir_file().map_err(|e| e.message)?;
+                audit_cmd::verify(
+                    &path,
+                    &dir,
+                    &o.keys.audit,
+                    o.state.audit_anchor.as_ref(),
+                    *from_record,
+                )
+            }),
+        audit_cmd::AuditCommand::Rotate => {
+            open_kms(home, secret, false).and_then(|kms| match kms.rotate_audit() {
+                Ok(Some(name)) => {
+                    println!("rotated the audit log to {}", home.dir.join(name).display());
+                    Ok(true)
+                }
+                Ok(None) => {
+                    println!(
+                        "the audit log {} is empty: nothing to rotate",
+                        path.display()
+                    );
+                    Ok(true)
+                }
+                Err(e) => Err(format!(
+                    "cannot rotate the audit log {}: {e}",
+                    path.display()
+                )),
+            })
+        }
         show => audit_cmd::show(&path, show).map(|_| true),
     };
     match result {

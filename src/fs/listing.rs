@@ -32,6 +32,11 @@ pub fn for_each(
     if offset != 0 {
         // SAFETY: a valid stream; the position came from this directory's d_off.
         unsafe { libc::seekdir(stream.0, offset as libc::c_long) };
+    } else {
+        // The stream shares its position with `file` and every earlier
+        // stream over it: start from the top, not where the last one ended.
+        // SAFETY: a valid stream.
+        unsafe { libc::rewinddir(stream.0) };
     }
     loop {
         // SAFETY: errno is thread-local; cleared so end-of-directory (NULL,

@@ -1,30 +1,31 @@
-//! The audit log: one JSON object per line, CloudTrail field names, chained with
-//! HMAC-SHA256 so that an edited, deleted, inserted or reordered line is found by
-//! `verify`. See docs/audit-log.md.
+//! The audit log's writer: one JSON object per line, CloudTrail field names,
+//! chained with HMAC-SHA256 (the line format is audit_chain.rs), rotated by
+//! size or age into files the chain runs on through. See docs/audit-log.md.
 //!
-//! Each line ends with `"chainSeq":N,"chainMac":"HEX"}`; the MAC covers the
-//! previous line's MAC and every byte of this line before `,"chainMac"`.
-//! Writers in several processes share the file under flock(2), and each picks
-//! up the chain from the file's tail when another process wrote since.
+//! Writers in several processes share the log under flock(2) of a lock file
+//! beside it that no rotation moves. Before each batch a writer checks that
+//! the log's name still leads to the file it holds: another writer's
+//! rotation, logrotate's rename or copytruncate, or a deleted log are
+//! followed, and the chain is picked up from wherever it last stood.
 
 use super::audit_admit::{Coalescer, Writers, admit};
+use super::audit_chain::{
+    DigestHead, Head, digest_body, digest_key, seal_line, split_line, started_body,
+};
+use super::audit_trail as trail;
 use crate::crypto::Key256;
-use crate::crypto::kdf::hmac_sha256;
+use crate::fs::stat::fstat;
 use serde::Serialize;
 use serde_json::Value;
+use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-
-const MAC_MARK: &str = ",\"chainMac\":\"";
-/// Longest line `verify` reads: a record is about 1.5 KB.
-const MAX_LINE: usize = 1 << 20;
-const SEQ_MARK: &str = ",\"chainSeq\":";
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -92,17 +93,54 @@ pub struct AdditionalEventData {
     pub authorization: Value,
 }
 
+/// When the log is rotated and digested.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// Rotate once the active file holds this many bytes (0: never).
+    pub max_bytes: u64,
+    /// Rotate once the active file's first record is this old (None: never).
+    pub max_age: Option<Duration>,
+    /// Write a digest once records are this much newer than the last one.
+    pub digest_every: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_bytes: 64 << 20,
+            max_age: None,
+            digest_every: Duration::from_secs(60),
+        }
+    }
+}
+
 /// State of the chain at the end of the file as this process last saw it.
 struct Tail {
     file: File,
+    /// (st_dev, st_ino) of `file`: whether the log's name still leads to it.
+    id: (u64, u64),
     end: u64,
-    seq: u64,
-    prev: [u8; 32],
+    head: Head,
+    digest: DigestHead,
+    /// The active file's first chainSeq and when its first record was made
+    /// (Unix seconds), for the rotated name and rotation by age.
+    first_seq: u64,
+    started: i64,
+    /// The rotated file the chain came from, for the next LogFileStarted.
+    previous_file: Option<OsString>,
+    /// When the last digest was written (or this writer began).
+    digest_at: Instant,
 }
 
 pub struct AuditLog {
     path: PathBuf,
+    dir: File,
+    name: OsString,
+    /// The lock every writer takes around a batch; rotation leaves it be.
+    lock: File,
     key: Key256,
+    digest_key: Key256,
+    settings: Settings,
     tail: Mutex<Tail>,
     commit: Mutex<Commit>,
     committed: Condvar,
@@ -145,19 +183,6 @@ impl Drop for Flock {
         // SAFETY: as above; unlocking cannot be meaningfully handled on failure.
         unsafe { libc::flock(self.0, libc::LOCK_UN) };
     }
-}
-
-fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &str {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    std::str::from_utf8(&buf[i..]).expect("digits")
 }
 
 #[derive(Default)]
@@ -207,119 +232,222 @@ fn coalesce_key(rec: &Record) -> Option<String> {
     ))
 }
 
-/// Splits a line into (the MACed prefix, chainSeq, MAC bytes).
-fn split_line(line: &str) -> Result<(&str, u64, [u8; 32]), String> {
-    let idx = line.rfind(MAC_MARK).ok_or("no chainMac field")?;
-    let prefix = &line[..idx];
-    let mac_hex = line[idx + MAC_MARK.len()..]
-        .strip_suffix("\"}")
-        .ok_or("chainMac is not the last field")?;
-    // Hex digits only: slicing other text in pairs could split a character
-    // (a panic), and from_str_radix would take "+f" for 0f.
-    if mac_hex.len() != 64 || !mac_hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err("chainMac is not 64 hex digits".into());
-    }
-    let mut mac = [0u8; 32];
-    for (i, m) in mac.iter_mut().enumerate() {
-        *m = u8::from_str_radix(&mac_hex[2 * i..2 * i + 2], 16)
-            .map_err(|_| "chainMac is not hex")?;
-    }
-    let sidx = prefix.rfind(SEQ_MARK).ok_or("no chainSeq field")?;
-    let seq: u64 = prefix[sidx + SEQ_MARK.len()..]
-        .parse()
-        .map_err(|_| "chainSeq is not a number")?;
-    Ok((prefix, seq, mac))
-}
-
 /// A line's chainSeq, as `verify` splits it (the MAC is not checked). For
 /// the fuzz targets (src/fuzz_targets.rs).
 pub fn parse_line(line: &str) -> Result<u64, String> {
     split_line(line).map(|(_, seq, _)| seq)
 }
 
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn file_id(st: &libc::stat) -> (u64, u64) {
+    (st.st_dev, st.st_ino)
+}
+
 impl AuditLog {
-    /// Opens (creating, mode 0600) the log and finds the end of its chain.
-    /// A symlink at `path` is not followed.
+    /// Opens (creating, mode 0600) the log at `path` and finds the end of its
+    /// chain; for a log outside a KMS home (tests, the remote KMS's cache).
     pub fn open(path: &Path, key: Key256) -> io::Result<Self> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .read(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)?;
-        Self::open_file(file, path, key)
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let dir = File::open(parent)?;
+        let name = path
+            .file_name()
+            .ok_or_else(|| io::Error::other(format!("{} names no file", path.display())))?;
+        Self::open_in(dir, name, path, key, Settings::default(), None)
     }
 
-    /// The same, for a log already opened to read and append (the KMS home
-    /// opens its own beneath the home's descriptor); `path` names it.
-    pub fn open_file(file: File, path: &Path, key: Key256) -> io::Result<Self> {
-        let mut tail = Tail {
+    /// Opens the log `name` beneath the directory `dir` (the KMS home opens
+    /// its own beneath the home's descriptor); `path` names it in messages.
+    /// `anchor` is where the keystore last saw the chain: a log found empty
+    /// with no rotated file to continue from goes on from there.
+    pub fn open_in(
+        dir: File,
+        name: &OsStr,
+        path: &Path,
+        key: Key256,
+        settings: Settings,
+        anchor: Option<Head>,
+    ) -> io::Result<Self> {
+        let mut lock_name = OsString::from(".");
+        lock_name.push(name);
+        lock_name.push(".lock");
+        // The log first: nothing is created beside something that is not one.
+        let file = trail::open_at(&dir, name, libc::O_RDWR | libc::O_APPEND | libc::O_CREAT)?;
+        let lock = trail::open_at(&dir, &lock_name, libc::O_RDWR | libc::O_CREAT)?;
+        let id = file_id(&fstat(&file)?);
+        let tail = Tail {
             file,
+            id,
             end: u64::MAX,
-            seq: 0,
-            prev: [0; 32],
+            head: anchor.unwrap_or_default(),
+            digest: DigestHead::default(),
+            first_seq: 0,
+            started: 0,
+            previous_file: None,
+            digest_at: Instant::now(),
         };
-        {
-            let _lock = Flock::exclusive(tail.file.as_raw_fd())?;
-            Self::resync(&mut tail)?;
-        }
-        Ok(AuditLog {
+        let log = AuditLog {
             path: path.to_path_buf(),
+            dir,
+            name: name.to_os_string(),
+            lock,
+            digest_key: digest_key(&key),
             key,
+            settings,
             tail: Mutex::new(tail),
             commit: Mutex::new(Commit::default()),
             committed: Condvar::new(),
             done: AtomicU64::new(0),
-        })
+        };
+        {
+            let mut t = log.tail.lock().unwrap_or_else(|e| e.into_inner());
+            let _lock = Flock::exclusive(log.lock.as_raw_fd())?;
+            log.resync(&mut t, true)?;
+            if let Some(a) = anchor
+                && t.head.seq < a.seq
+            {
+                tracing_warn(&format!(
+                    "audit log {}: the trail ends at record {} but the keystore anchors record {}: records were cut or the log replaced; `kmsfs audit verify` names what is missing",
+                    log.path.display(),
+                    t.head.seq,
+                    a.seq
+                ));
+            }
+        }
+        Ok(log)
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Reads the last line to continue the chain after another writer, and cuts
-    /// off a torn final line (a crash mid-write) so the next record starts clean.
-    fn resync(t: &mut Tail) -> io::Result<()> {
-        let size = t.file.metadata()?.len();
-        if size == 0 {
-            t.end = 0;
-            t.seq = 0;
-            t.prev = [0; 32];
+    /// Where the chain stands as this writer last saw it: for the anchor.
+    pub fn head(&self) -> Head {
+        self.tail.lock().unwrap_or_else(|e| e.into_inner()).head
+    }
+
+    /// Makes sure `t.file` is the file the log's name leads to, following a
+    /// rotation or a deleted log, and that `t` knows the chain's end.
+    fn follow(&self, t: &mut Tail) -> io::Result<()> {
+        let st = match trail::stat_at(&self.dir, &self.name) {
+            Ok(st) => Some(st),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(st) = &st
+            && file_id(st) == t.id
+        {
+            if st.st_size as u64 != t.end {
+                self.resync(t, false)?;
+            }
             return Ok(());
         }
-        let window = size.min(1 << 20);
-        let mut buf = vec![0u8; window as usize];
-        t.file.seek(SeekFrom::Start(size - window))?;
-        t.file.read_exact(&mut buf)?;
-        let mut end = size;
-        if buf.last() != Some(&b'\n') {
-            let keep = buf.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
-            end = size - window + keep as u64;
-            t.file.set_len(end)?;
-            buf.truncate(keep);
+        // The file held was rotated or removed: learn what others wrote to
+        // it first, then go on in the file the name leads to now.
+        self.resync(t, false)?;
+        self.reopen(t)
+    }
+
+    /// Opens (creating) the file the log's name leads to now, and finds
+    /// where the chain stands in it.
+    fn reopen(&self, t: &mut Tail) -> io::Result<()> {
+        let file = trail::open_at(
+            &self.dir,
+            &self.name,
+            libc::O_RDWR | libc::O_APPEND | libc::O_CREAT,
+        )?;
+        t.id = file_id(&fstat(&file)?);
+        t.file = file;
+        t.end = u64::MAX;
+        self.resync(t, true)
+    }
+
+    /// Reads what was appended to `t.file` since `t.end` (all of it when
+    /// `whole` or the file is new to `t`) to continue the chain after other
+    /// writers, and cuts off a torn final line (a crash mid-write) so the
+    /// next record starts clean. A file found empty, or shorter than this
+    /// writer left it (copytruncate), continues from the newest of: this
+    /// writer's head, the newest rotated file, the keystore's anchor.
+    fn resync(&self, t: &mut Tail, whole: bool) -> io::Result<()> {
+        let size = fstat(&t.file)?.st_size as u64;
+        let from = if whole || t.end == u64::MAX || size < t.end {
+            0
+        } else {
+            t.end
+        };
+        if size == 0 {
+            return self.continue_empty(t);
+        }
+        let mut f = t.file.try_clone()?;
+        f.seek(SeekFrom::Start(from))?;
+        let before = trail::Scan {
+            head: if from == 0 { Head::default() } else { t.head },
+            digest: if from == 0 {
+                DigestHead::default()
+            } else {
+                t.digest
+            },
+            ..Default::default()
+        };
+        let s = trail::scan(&mut io::BufReader::with_capacity(1 << 16, f), before)?;
+        let good = from + s.good_bytes;
+        if s.torn {
+            t.file.set_len(good)?;
             tracing_warn(&format!(
-                "audit log: removed a torn final record ({} bytes)",
-                size - end
+                "audit log {}: removed a torn final record ({} bytes)",
+                self.path.display(),
+                size - good
             ));
         }
-        t.end = end;
-        if buf.is_empty() {
-            t.seq = 0;
-            t.prev = [0; 32];
-            return Ok(());
+        if good == 0 {
+            return self.continue_empty(t);
         }
-        let body = &buf[..buf.len() - 1];
-        let start = body.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
-        let last = std::str::from_utf8(&body[start..])
-            .map_err(|_| io::Error::other("the audit log's last line is not UTF-8"))?;
-        let (_, seq, mac) = split_line(last).map_err(|e| {
-            io::Error::other(format!(
+        if let Some(e) = s.last_bad {
+            t.end = u64::MAX;
+            return Err(io::Error::other(format!(
                 "the audit log's last line cannot continue the chain ({e}); run `kmsfs audit verify`"
-            ))
-        })?;
-        t.seq = seq;
-        t.prev = mac;
+            )));
+        }
+        if from == 0 {
+            let (first, time) = s.first.clone().unwrap_or((s.head.seq, String::new()));
+            t.first_seq = first;
+            t.started = super::clock::parse_time(&time).unwrap_or_else(now_secs);
+            if first > 1 && s.digest == DigestHead::default() {
+                // A file that starts mid-chain without saying where the
+                // digests stood: keep what this writer knew.
+            } else {
+                t.digest = s.digest;
+            }
+        } else {
+            t.digest = s.digest;
+        }
+        t.head = s.head;
+        t.end = good;
+        Ok(())
+    }
+
+    /// The log is empty: the next batch starts it with a LogFileStarted
+    /// after the newest chain state known.
+    fn continue_empty(&self, t: &mut Tail) -> io::Result<()> {
+        t.end = 0;
+        if let Some((s, name)) = trail::newest(&self.dir, &self.name, &self.name)?
+            && s.head.seq >= t.head.seq
+        {
+            if s.head.seq > t.head.seq {
+                t.head = s.head;
+                t.digest = s.digest;
+            }
+            t.previous_file = Some(name);
+        }
+        t.first_seq = t.head.seq + 1;
+        t.started = now_secs();
         Ok(())
     }
 
@@ -460,22 +588,78 @@ impl AuditLog {
 
     fn write_batch(&self, batch: Vec<String>) -> io::Result<()> {
         let mut t = self.tail.lock().unwrap_or_else(|e| e.into_inner());
-        let _lock = Flock::exclusive(t.file.as_raw_fd())?;
-        if t.file.metadata()?.len() != t.end {
-            Self::resync(&mut t)?;
+        let _lock = Flock::exclusive(self.lock.as_raw_fd())?;
+        self.follow(&mut t)?;
+        if self.rotation_due(&t) {
+            self.rotate_locked(&mut t)?;
         }
-        let mut out = String::with_capacity(batch.iter().map(|b| b.len() + 110).sum());
-        let (mut seq, mut prev) = (t.seq, t.prev);
-        for body in batch {
-            let start = out.len();
-            seq += 1;
-            out.push_str(&body);
-            out.push_str(SEQ_MARK);
-            out.push_str(itoa_u64(seq, &mut [0u8; 20]));
-            prev = hmac_sha256(self.key.as_bytes(), &[&prev, &out.as_bytes()[start..]]);
-            out.push_str(MAC_MARK);
-            crate::crypto::hex_into(&prev, &mut out);
-            out.push_str("\"}\n");
+        let mut out =
+            String::with_capacity(batch.iter().map(|b| b.len() + 110).sum::<usize>() + 1024);
+        let mut head = t.head;
+        // Only the trail's own records need the time.
+        let time = || super::clock::rfc3339(now_secs());
+        if t.end == 0 && head.seq > 0 {
+            let prev = t
+                .previous_file
+                .as_ref()
+                .map(|n| n.to_string_lossy().into_owned());
+            let body = started_body(&head, &t.digest, prev.as_deref(), &time());
+            head = self.seal(&mut out, &body, head);
+        }
+        for body in &batch {
+            head = self.seal(&mut out, body, head);
+        }
+        let mut digest = t.digest;
+        if head.seq > digest.seq && t.digest_at.elapsed() >= self.settings.digest_every {
+            (digest, head) = self.seal_digest(&mut out, head, digest, &time());
+        }
+        self.append_locked(&mut t, &out, head, digest)
+    }
+
+    fn seal(&self, out: &mut String, body: &str, head: Head) -> Head {
+        let seq = head.seq + 1;
+        Head {
+            seq,
+            mac: seal_line(out, body, &self.key, seq, &head.mac),
+        }
+    }
+
+    /// Appends a digest over the lines after `digest` up to `head`; returns
+    /// the new digest head and the chain's head after it.
+    fn seal_digest(
+        &self,
+        out: &mut String,
+        head: Head,
+        digest: DigestHead,
+        time: &str,
+    ) -> (DigestHead, Head) {
+        let (body, sig) = digest_body(
+            &self.digest_key,
+            (digest.seq + 1, head.seq),
+            &head.mac,
+            &digest,
+            time,
+        );
+        let after = self.seal(out, &body, head);
+        (
+            DigestHead {
+                seq: after.seq,
+                sig,
+            },
+            after,
+        )
+    }
+
+    /// Writes `out` (sealed lines ending at `head`) to the held file.
+    fn append_locked(
+        &self,
+        t: &mut Tail,
+        out: &str,
+        head: Head,
+        digest: DigestHead,
+    ) -> io::Result<()> {
+        if out.is_empty() {
+            return Ok(());
         }
         if let Err(e) = (&t.file).write_all(out.as_bytes()) {
             // A partial write is cut off by the next resync.
@@ -483,8 +667,95 @@ impl AuditLog {
             return Err(e);
         }
         t.end += out.len() as u64;
-        t.seq = seq;
-        t.prev = prev;
+        if digest != t.digest {
+            t.digest_at = Instant::now();
+        }
+        t.head = head;
+        t.digest = digest;
+        Ok(())
+    }
+
+    fn rotation_due(&self, t: &Tail) -> bool {
+        if t.end == 0 || t.end == u64::MAX {
+            return false;
+        }
+        let by_size = self.settings.max_bytes > 0 && t.end >= self.settings.max_bytes;
+        let by_age = self
+            .settings
+            .max_age
+            .is_some_and(|age| now_secs().saturating_sub(t.started) >= age.as_secs() as i64);
+        by_size || by_age
+    }
+
+    /// Closes the active file with a digest, renames it to
+    /// `NAME.FIRST-LAST` and starts a new one; under the lock, `t` current.
+    fn rotate_locked(&self, t: &mut Tail) -> io::Result<OsString> {
+        if t.head.seq > t.digest.seq {
+            let mut out = String::new();
+            let time = super::clock::rfc3339(now_secs());
+            let (digest, head) = self.seal_digest(&mut out, t.head, t.digest, &time);
+            self.append_locked(t, &out, head, digest)?;
+        }
+        t.file.sync_data()?;
+        let mut rotated = OsString::from(&self.name);
+        rotated.push(format!(".{}-{}", t.first_seq, t.head.seq));
+        let mut n = 1;
+        loop {
+            let mut candidate = rotated.clone();
+            if n > 1 {
+                candidate.push(format!(".{n}"));
+            }
+            match trail::rename_at(&self.dir, &self.name, &candidate) {
+                Ok(()) => {
+                    rotated = candidate;
+                    break;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) && n < 100 => n += 1,
+                Err(e) => return Err(e),
+            }
+        }
+        t.previous_file = Some(rotated.clone());
+        self.reopen(t)?;
+        // SAFETY: fsync of the directory, so the rename survives a crash.
+        unsafe { libc::fsync(self.dir.as_raw_fd()) };
+        Ok(rotated)
+    }
+
+    /// Rotates now (`kmsfs audit rotate`); `None` if the log is empty. The
+    /// new file gets its LogFileStarted at once, so the chain shows there.
+    pub fn rotate(&self) -> io::Result<Option<OsString>> {
+        self.flush_coalesced(true)?;
+        let mut t = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        let _lock = Flock::exclusive(self.lock.as_raw_fd())?;
+        self.follow(&mut t)?;
+        if t.end == 0 || t.head.seq == 0 {
+            return Ok(None);
+        }
+        let rotated = self.rotate_locked(&mut t)?;
+        if t.end == 0 {
+            let mut out = String::new();
+            let time = super::clock::rfc3339(now_secs());
+            let prev = rotated.to_string_lossy().into_owned();
+            let body = started_body(&t.head, &t.digest, Some(&prev), &time);
+            let head = self.seal(&mut out, &body, t.head);
+            let digest = t.digest;
+            self.append_locked(&mut t, &out, head, digest)?;
+            t.file.sync_data()?;
+        }
+        Ok(Some(rotated))
+    }
+
+    /// Writes a digest if records are due one (the mount and the server
+    /// call this every second, so a burst followed by silence is covered).
+    pub fn tick(&self) -> io::Result<()> {
+        self.flush_coalesced(false)?;
+        let due = {
+            let t = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+            t.head.seq > t.digest.seq && t.digest_at.elapsed() >= self.settings.digest_every
+        };
+        if due {
+            self.write_batch(vec![])?;
+        }
         Ok(())
     }
 
@@ -528,237 +799,6 @@ pub fn open_for_reading(path: &Path) -> io::Result<File> {
     Ok(f)
 }
 
-/// The outcome of `kmsfs audit verify`.
-#[derive(Debug, PartialEq, Eq)]
-pub struct VerifyReport {
-    pub records: u64,
-    /// 1-based line number and what is wrong with it.
-    pub first_bad: Option<(u64, String)>,
-}
-
-/// Checks the whole chain. Deleting the newest lines cannot be told from a log
-/// that simply ended there; everything else can.
-pub fn verify(path: &Path, key: &Key256) -> io::Result<VerifyReport> {
-    use std::io::BufRead;
-    // Streamed line by line, each line bounded: memory stays small however
-    // long the log is.
-    let mut r = io::BufReader::with_capacity(1 << 16, open_for_reading(path)?);
-    let mut prev = [0u8; 32];
-    let mut n = 0u64;
-    let mut raw = Vec::with_capacity(4096);
-    for i in 0u64.. {
-        raw.clear();
-        let got = (&mut r)
-            .take(MAX_LINE as u64 + 1)
-            .read_until(b'\n', &mut raw)?;
-        if got == 0 {
-            break;
-        }
-        let lineno = i + 1;
-        if raw.len() > MAX_LINE {
-            return Ok(VerifyReport {
-                records: n,
-                first_bad: Some((
-                    lineno,
-                    format!("longer than {MAX_LINE} bytes (not a kmsfs record)"),
-                )),
-            });
-        }
-        let raw = &raw[..];
-        let bad = |why: String| {
-            Ok(VerifyReport {
-                records: n,
-                first_bad: Some((lineno, why)),
-            })
-        };
-        let Some(raw) = raw.strip_suffix(b"\n") else {
-            return bad("the last line is incomplete (torn write)".into());
-        };
-        let Ok(line) = std::str::from_utf8(raw) else {
-            return bad("not UTF-8".into());
-        };
-        if serde_json::from_str::<Value>(line).is_err() {
-            return bad("not a JSON object (edited)".into());
-        }
-        let (prefix, seq, mac) = match split_line(line) {
-            Ok(p) => p,
-            Err(e) => return bad(format!("{e} (edited)")),
-        };
-        let expected = lineno;
-        if seq != expected {
-            return bad(format!(
-                "chainSeq is {seq} where {expected} was expected: a line was deleted, inserted or reordered here"
-            ));
-        }
-        let want = hmac_sha256(key.as_bytes(), &[&prev, prefix.as_bytes()]);
-        if !crate::crypto::ct_eq(&want, &mac) {
-            return bad("MAC mismatch: this line was edited or forged".into());
-        }
-        prev = mac;
-        n += 1;
-    }
-    Ok(VerifyReport {
-        records: n,
-        first_bad: None,
-    })
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::kms::caller::Via;
-    use serde_json::json;
-
-    fn rec(name: &'static str) -> Record {
-        Record {
-            event_version: "1.08",
-            user_identity: UserIdentity {
-                kind: "LocalUser",
-                principal_id: "uid:0".into(),
-                uid: 0,
-                gid: 0,
-                pid: 1,
-                process_name: Some("test".into()),
-                invoked_by: Via::Cli,
-                access_key_id: None,
-            },
-            event_time: "2026-01-01T00:00:00Z".into(),
-            event_source: "kms.kmsfs.local",
-            event_name: name,
-            aws_region: "local",
-            source_ip_address: "local".into(),
-            user_agent: "test".into(),
-            request_parameters: serde_json::value::to_raw_value(&json!({"keyId": "k"})).unwrap(),
-            response_elements: Value::Null,
-            error_code: None,
-            error_message: None,
-            request_id: "r".into(),
-            event_id: "e".into(),
-            read_only: true,
-            resources: vec![],
-            event_type: "AwsApiCall",
-            management_event: true,
-            recipient_account_id: "1".into(),
-            event_category: "Management",
-            additional_event_data: None,
-        }
-    }
-
-    fn key() -> Key256 {
-        Key256::from_bytes([5; 32])
-    }
-
-    fn write_n(path: &Path, n: usize) {
-        let log = AuditLog::open(path, key()).unwrap();
-        for _ in 0..n {
-            log.append(&rec("Decrypt")).unwrap();
-        }
-    }
-
-    fn lines(path: &Path) -> Vec<String> {
-        std::fs::read_to_string(path)
-            .unwrap()
-            .lines()
-            .map(String::from)
-            .collect()
-    }
-
-    fn write_lines(path: &Path, l: &[String]) {
-        std::fs::write(path, l.iter().map(|s| format!("{s}\n")).collect::<String>()).unwrap();
-    }
-
-    #[test]
-    fn chain_verifies_and_continues_across_opens() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("audit.log");
-        write_n(&p, 3);
-        write_n(&p, 2);
-        let r = verify(&p, &key()).unwrap();
-        assert_eq!(
-            r,
-            VerifyReport {
-                records: 5,
-                first_bad: None
-            }
-        );
-        for l in lines(&p) {
-            let v: Value = serde_json::from_str(&l).unwrap();
-            assert_eq!(v["eventName"], "Decrypt");
-        }
-        assert!(
-            verify(&p, &Key256::from_bytes([6; 32]))
-                .unwrap()
-                .first_bad
-                .is_some()
-        );
-    }
-
-    #[test]
-    fn detects_edit_delete_insert_reorder() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("audit.log");
-        write_n(&p, 5);
-        let orig = lines(&p);
-
-        let mut edited = orig.clone();
-        edited[2] = edited[2].replace("Decrypt", "Encrypt");
-        write_lines(&p, &edited);
-        assert_eq!(verify(&p, &key()).unwrap().first_bad.unwrap().0, 3);
-
-        let mut deleted = orig.clone();
-        deleted.remove(1);
-        write_lines(&p, &deleted);
-        assert_eq!(verify(&p, &key()).unwrap().first_bad.unwrap().0, 2);
-
-        let mut inserted = orig.clone();
-        inserted.insert(3, orig[0].clone());
-        write_lines(&p, &inserted);
-        assert_eq!(verify(&p, &key()).unwrap().first_bad.unwrap().0, 4);
-
-        let mut swapped = orig.clone();
-        swapped.swap(3, 4);
-        write_lines(&p, &swapped);
-        assert_eq!(verify(&p, &key()).unwrap().first_bad.unwrap().0, 4);
-    }
-
-    #[test]
-    fn torn_tail_is_cut_and_chain_continues() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("audit.log");
-        write_n(&p, 2);
-        let mut f = OpenOptions::new().append(true).open(&p).unwrap();
-        f.write_all(b"{\"eventVersion\":\"1.0").unwrap();
-        assert!(verify(&p, &key()).unwrap().first_bad.is_some());
-        write_n(&p, 1);
-        assert_eq!(
-            verify(&p, &key()).unwrap(),
-            VerifyReport {
-                records: 3,
-                first_bad: None
-            }
-        );
-    }
-
-    #[test]
-    fn two_writers_interleave_without_breaking_the_chain() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("audit.log");
-        let a = AuditLog::open(&p, key()).unwrap();
-        let b = AuditLog::open(&p, key()).unwrap();
-        for i in 0..10 {
-            if i % 3 == 0 {
-                b.append(&rec("Encrypt"))
-            } else {
-                a.append(&rec("Decrypt"))
-            }
-            .unwrap();
-        }
-        assert_eq!(
-            verify(&p, &key()).unwrap(),
-            VerifyReport {
-                records: 10,
-                first_bad: None
-            }
-        );
-    }
-}
+#[path = "audit_tests.rs"]
+mod tests;

@@ -85,6 +85,10 @@ pub struct State {
     /// SigV4 access keys of `kmsfs kms serve`, by access key id.
     #[serde(default)]
     pub access_keys: BTreeMap<String, AccessKey>,
+    /// Where the audit trail's chain stood when a writer last anchored it:
+    /// a trail cut before it, or deleted, fails `kmsfs audit verify`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_anchor: Option<super::audit_chain::Anchor>,
 }
 
 /// A SigV4 credential: its secret, sealed with the rest of the keystore,
@@ -431,15 +435,17 @@ impl KmsHome {
         Ok(WriteLock(f))
     }
 
-    /// Opens (creating, 0600) the home's audit log beneath its descriptor.
-    pub fn open_audit_log(&self, key: Key256) -> Result<AuditLog, HomeError> {
+    /// Opens (creating, 0600) the home's audit log beneath its descriptor,
+    /// its chain continuing from `anchor` if the log is found empty.
+    pub fn open_audit_log(
+        &self,
+        key: Key256,
+        settings: super::audit::Settings,
+        anchor: Option<&super::audit_chain::Anchor>,
+    ) -> Result<AuditLog, HomeError> {
         let path = self.audit_path();
-        let f = self.open_in_home(
-            AUDIT_NAME,
-            libc::O_RDWR | libc::O_APPEND | libc::O_CREAT,
-            "cannot open the audit log",
-        )?;
-        AuditLog::open_file(f, &path, key).map_err(|e| {
+        self.check_entry(AUDIT_NAME, "cannot open the audit log")?;
+        let fail = |e: io::Error| {
             HomeError::new(
                 HomeErrorKind::Io,
                 format!(
@@ -447,7 +453,18 @@ impl KmsHome {
                     path.display()
                 ),
             )
-        })
+        };
+        let dir = File::from(self.home_fd(false)?.try_clone_to_owned().map_err(fail)?);
+        let anchor = anchor.and_then(|a| a.head());
+        AuditLog::open_in(dir, OsStr::new(AUDIT_NAME), &path, key, settings, anchor).map_err(fail)
+    }
+
+    /// The home's directory, for reading the audit trail beneath it.
+    pub fn dir_file(&self) -> Result<File, HomeError> {
+        let fd = self.home_fd(false)?;
+        fd.try_clone_to_owned()
+            .map(File::from)
+            .map_err(|e| HomeError::io("cannot open", &self.dir, e))
     }
 
     pub fn stamp(&self) -> Option<Stamp> {

@@ -7,7 +7,10 @@
 pub mod api;
 pub mod audit;
 pub mod audit_admit;
+pub mod audit_chain;
 pub mod audit_query;
+pub mod audit_trail;
+pub mod audit_verify;
 pub mod blob;
 pub mod caller;
 pub mod clock;

@@ -248,6 +248,8 @@ pub struct Options {
     /// Resolves `user:NAME` / `group:NAME` principals: the system's user and
     /// group databases, or a stand-in in tests.
     pub names: Arc<dyn NameResolver + Send + Sync>,
+    /// When the audit log rotates and is digested.
+    pub audit: super::audit::Settings,
 }
 
 impl Default for Options {
@@ -257,6 +259,7 @@ impl Default for Options {
             argon2: Argon2Params::default(),
             user_agent: format!("kmsfs/{}", env!("CARGO_PKG_VERSION")),
             names: Arc::new(SystemNames),
+            audit: super::audit::Settings::default(),
         }
     }
 }
@@ -368,6 +371,16 @@ pub struct Kms {
     names: NameCache,
 }
 
+impl Drop for Kms {
+    /// A closing writer anchors where it left the chain, so that cutting
+    /// the records it wrote last shows.
+    fn drop(&mut self) {
+        if let Err(e) = self.sync_audit() {
+            crate::log_line!("kmsfs: warning: {e}");
+        }
+    }
+}
+
 fn home_err(e: HomeError) -> KmsError {
     KmsError::internal(e.message)
 }
@@ -440,7 +453,11 @@ impl Kms {
             other => other?,
         };
         // Beneath the home's descriptor, following no link.
-        let log = home.open_audit_log(opened.keys.audit.clone())?;
+        let log = home.open_audit_log(
+            opened.keys.audit.clone(),
+            options.audit,
+            opened.state.audit_anchor.as_ref(),
+        )?;
         let stamp = opened.stamp;
         let store = Store {
             home,
@@ -506,16 +523,72 @@ impl Kms {
         self.audit.as_ref().map(|a| a.path())
     }
 
+    /// Makes every audit record durable and anchors the chain's head in
+    /// the keystore.
     pub fn sync_audit(&self) -> std::io::Result<()> {
-        self.audit.as_ref().map_or(Ok(()), |a| a.sync())
+        self.audit.as_ref().map_or(Ok(()), |a| a.sync())?;
+        self.keep_anchor()
     }
 
     /// Writes the records that stand for coalesced calls whose second is
-    /// over (the mount calls this every second); no fsync.
+    /// over, and a digest when one is due, anchoring it (the mount and the
+    /// server call this every second); no fsync.
     pub fn flush_audit(&self) -> std::io::Result<()> {
-        self.audit
-            .as_ref()
-            .map_or(Ok(()), |a| a.flush_coalesced(false))
+        let Some(a) = &self.audit else {
+            return Ok(());
+        };
+        let before = a.head().seq;
+        a.tick()?;
+        if a.head().seq != before && self.anchored_seq() < a.head().seq {
+            a.sync()?;
+            self.keep_anchor()?;
+        }
+        Ok(())
+    }
+
+    /// Rotates the audit log now; the rotated file's name, `None` if the
+    /// log was empty.
+    pub fn rotate_audit(&self) -> std::io::Result<Option<std::ffi::OsString>> {
+        let Some(a) = &self.audit else {
+            return Ok(None);
+        };
+        let r = a.rotate()?;
+        self.keep_anchor()?;
+        Ok(r)
+    }
+
+    fn anchored_seq(&self) -> u64 {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        inner.state.audit_anchor.as_ref().map_or(0, |a| a.seq)
+    }
+
+    /// Keeps the audit chain's head in the keystore, if it is newer than
+    /// the one kept there: outside the log, so cutting the log's newest
+    /// records, or deleting it, shows. Never moves the anchor back.
+    fn keep_anchor(&self) -> std::io::Result<()> {
+        let (Some(a), Some(_)) = (&self.audit, &self.store) else {
+            return Ok(());
+        };
+        let head = a.head();
+        if head.seq == 0 || head.seq <= self.anchored_seq() {
+            return Ok(());
+        }
+        self.mutate_now(|s, now| {
+            if s.audit_anchor.as_ref().is_none_or(|old| old.seq < head.seq) {
+                s.audit_anchor = Some(super::audit_chain::Anchor {
+                    seq: head.seq,
+                    mac: super::audit_chain::hex(&head.mac),
+                    time: super::clock::rfc3339(now),
+                });
+            }
+            Ok(())
+        })
+        .map_err(|e| {
+            std::io::Error::other(format!(
+                "cannot anchor the audit trail in the keystore: {}",
+                e.message
+            ))
+        })
     }
 
     // ----- state access -------------------------------------------------
