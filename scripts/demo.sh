@@ -12,9 +12,8 @@ cargo build --release --locked
 KMSFS="$PWD/target/release/kmsfs"
 # Put kmsfs where the commands it prints will find it.
 if [ "$(id -u)" -eq 0 ]; then
-  install -m 0755 "$KMSFS" /usr/local/bin/kmsfs
+  bash scripts/install.sh "$KMSFS"
   KMSFS=/usr/local/bin/kmsfs
-  echo "== installed $KMSFS" >&2
 fi
 DEMO="${DEMO:-/tmp/kmsfs-demo}"
 mkdir -p "$DEMO/plain"

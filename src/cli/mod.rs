@@ -4,6 +4,7 @@
 pub mod audit_cmd;
 pub mod awsargs;
 pub mod kms_cmd;
+pub mod mount_helper;
 pub mod remote_args;
 pub mod secret;
 pub mod units;
@@ -157,6 +158,9 @@ pub enum Command {
         /// ciphertext behind the mount).
         #[arg(long)]
         shared_cipherdir: bool,
+        /// Unmount after DURATION without use: no request and no open file for that long (s, m, h, d suffixes, e.g. 30m). A mount a process has its working directory in stays until it leaves.
+        #[arg(long, value_name = "DURATION", value_parser = units::duration_arg)]
+        idle: Option<std::time::Duration>,
         #[command(flatten)]
         remote: remote_args::RemoteArgs,
         #[command(flatten)]
@@ -278,13 +282,14 @@ pub fn run(cli: Cli) -> i32 {
             no_writeback_cache,
             xattrs,
             shared_cipherdir,
+            idle,
             remote,
             cache,
         } => report(run_mount(
             kms_home_flag,
             &secret,
             (&remote, &cache),
-            (!no_writeback_cache, xattrs),
+            (!no_writeback_cache, xattrs, idle),
             cipherdir,
             mountpoint,
             foreground,
@@ -361,7 +366,7 @@ fn run_mount(
     kms_home_flag: Option<PathBuf>,
     secret: &secret::SecretArgs,
     (remote, cache): (&remote_args::RemoteArgs, &remote_args::CacheArgs),
-    (writeback_cache, xattrs): (bool, bool),
+    (writeback_cache, xattrs, idle): (bool, bool, Option<std::time::Duration>),
     cipherdir: PathBuf,
     mountpoint: PathBuf,
     foreground: bool,
@@ -399,6 +404,7 @@ fn run_mount(
         xattrs,
         shared_cipherdir,
         kms_home: home.dir.clone(),
+        idle,
     };
     crate::fs::mount::mount(kms, args, default_log)
 }

@@ -3,6 +3,7 @@
 //! operations and mounting.
 
 pub mod acl;
+pub mod activity;
 pub mod backing;
 pub mod config;
 pub mod cryptfile;

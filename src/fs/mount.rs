@@ -287,6 +287,8 @@ pub struct MountArgs {
     pub shared_cipherdir: bool,
     /// The KMS home in use: refused inside the mountpoint, and named.
     pub kms_home: PathBuf,
+    /// Unmount after this long without use (`--idle`).
+    pub idle: Option<Duration>,
 }
 
 /// Worker threads when `--threads` is not given: twice the CPUs, at least 4 and
@@ -638,6 +640,7 @@ pub fn mount(link: KmsLink, args: MountArgs, default_log: PathBuf) -> Result<(),
         crate::log_line!("kmsfs: warning: {e}");
     }
     block_signals();
+    let activity = Arc::new(super::activity::Activity::default());
     let fs = KmsFs::new(
         backing,
         FsOptions {
@@ -646,6 +649,7 @@ pub fn mount(link: KmsLink, args: MountArgs, default_log: PathBuf) -> Result<(),
             open_files: super::fairness::raise_open_file_limit(),
             posix_acl: args.allow_other && args.xattrs,
             xattrs: args.xattrs,
+            activity: activity.clone(),
             ..FsOptions::default()
         },
         root_attr,
@@ -680,6 +684,10 @@ pub fn mount(link: KmsLink, args: MountArgs, default_log: PathBuf) -> Result<(),
             std::thread::sleep(Duration::from_secs(1));
         }
     });
+    if let Some(limit) = args.idle {
+        let mp = std::fs::canonicalize(&mountpoint).unwrap_or(mountpoint.clone());
+        std::thread::spawn(move || watch_idle(&activity, limit, &mp));
+    }
     let mut unmounter = session.unmount_callable();
     let reopen = (!args.foreground).then(|| log.clone());
     std::thread::spawn(move || {
@@ -727,6 +735,31 @@ pub fn mount(link: KmsLink, args: MountArgs, default_log: PathBuf) -> Result<(),
     crate::log_line!("kmsfs: unmounted {}", mountpoint.display());
     drop(lock);
     r.map_err(|e| format!("the FUSE session ended with an error: {e}"))
+}
+
+/// `--idle`: unmounts once the mount has gone unused for `limit`; a mount
+/// some process still has its working directory in stays, and is tried
+/// again after another `limit`.
+fn watch_idle(activity: &super::activity::Activity, limit: Duration, mp: &Path) {
+    let mut clock = super::activity::IdleClock::new(limit, Instant::now());
+    loop {
+        std::thread::sleep(Duration::from_secs(1).min(limit));
+        if !clock.due(activity.sample(), Instant::now()) {
+            continue;
+        }
+        crate::log_line!(
+            "kmsfs: unused for {}s (--idle): unmounting {}",
+            limit.as_secs(),
+            mp.display()
+        );
+        match detach(mp) {
+            Ok(()) => return,
+            Err(e) => {
+                crate::log_line!("kmsfs: {e}; staying mounted");
+                clock.busy(Instant::now());
+            }
+        }
+    }
 }
 
 /// Mount flags by their usual names; anything else goes to the kernel as a
@@ -881,30 +914,38 @@ fn cipherdir_of(mountpoint: &Path) -> Option<PathBuf> {
 }
 
 /// Unmounts and waits (bounded) for the daemon to finish syncing and exit.
+/// Unmounts `mp` (not lazily: a busy mount stays, EBUSY), through
+/// fusermount3 where this process may not unmount itself.
+fn detach(mp: &Path) -> Result<(), String> {
+    let c =
+        std::ffi::CString::new(mp.as_os_str().as_bytes()).map_err(|_| "bad path".to_string())?;
+    // SAFETY: valid path.
+    if unsafe { libc::umount2(c.as_ptr(), libc::UMOUNT_NOFOLLOW) } == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::EPERM) {
+        return Err(format!("cannot unmount {}: {e}", mp.display()));
+    }
+    let st = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg(mp)
+        .stdin(std::process::Stdio::null())
+        .status();
+    if !st.map(|s| s.success()).unwrap_or(false) {
+        return Err(format!(
+            "cannot unmount {}: {e} (and fusermount3 -u failed)",
+            mp.display()
+        ));
+    }
+    Ok(())
+}
+
 pub fn unmount(mountpoint: &Path) -> Result<(), String> {
     let mp = std::fs::canonicalize(mountpoint).unwrap_or(mountpoint.to_path_buf());
     let cipherdir =
         cipherdir_of(&mp).ok_or_else(|| format!("{} is not a kmsfs mount", mp.display()))?;
-    let c =
-        std::ffi::CString::new(mp.as_os_str().as_bytes()).map_err(|_| "bad path".to_string())?;
-    // SAFETY: valid path.
-    if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EPERM) {
-            let st = std::process::Command::new("fusermount3")
-                .arg("-u")
-                .arg(&mp)
-                .status();
-            if !st.map(|s| s.success()).unwrap_or(false) {
-                return Err(format!(
-                    "cannot unmount {}: {e} (and fusermount3 -u failed)",
-                    mp.display()
-                ));
-            }
-        } else {
-            return Err(format!("cannot unmount {}: {e}", mp.display()));
-        }
-    }
+    detach(&mp)?;
     let Ok(tree) = Tree::open(&cipherdir) else {
         return Ok(());
     };

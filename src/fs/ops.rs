@@ -83,6 +83,8 @@ pub struct Options {
     /// Extended attributes kept; without, every xattr call is ENOSYS (the
     /// kernel then answers EOPNOTSUPP itself and stops asking).
     pub xattrs: bool,
+    /// Requests and open handles, for `--idle`.
+    pub activity: std::sync::Arc<super::activity::Activity>,
 }
 
 impl Default for Options {
@@ -95,6 +97,7 @@ impl Default for Options {
             writeback_cache: true,
             posix_acl: false,
             xattrs: false,
+            activity: Default::default(),
             open_files: 1024,
         }
     }
@@ -449,6 +452,7 @@ impl KmsFs {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&fh.0);
         if let Some((f, uid)) = h {
+            self.opts.activity.closed();
             drop(f);
             self.budget.give_back(uid);
             let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
@@ -544,6 +548,7 @@ impl KmsFs {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(fh, (h, uid));
+        self.opts.activity.opened();
         fh
     }
 
@@ -875,6 +880,7 @@ impl Filesystem for KmsFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.opts.activity.touch();
         let r = name.to_str().ok_or(Errno::ENOENT).and_then(|n| {
             let (rel, pp, _claim) = self.claimed_child(parent, n)?;
             if !visible(&pp, n) {
@@ -913,6 +919,7 @@ impl Filesystem for KmsFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.opts.activity.touch();
         let r = match self.path(ino) {
             Ok(p) => self.stat(&p),
             // Unlinked while open: fstat(2) still answers, and the kernel asks
@@ -949,6 +956,7 @@ impl Filesystem for KmsFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        self.opts.activity.touch();
         // A truncation turns the path into a key (a new one at zero): it
         // holds a claim on it, so no rename moves the file meanwhile.
         let claimed = if size.is_some() {
@@ -1072,6 +1080,7 @@ impl Filesystem for KmsFs {
     }
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.opts.activity.touch();
         let (rel, _claim) = match self.claimed_path(ino) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
@@ -1105,6 +1114,7 @@ impl Filesystem for KmsFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        self.opts.activity.touch();
         let kind = mode & libc::S_IFMT;
         if kind == libc::S_IFREG {
             return match self.create_file(req, parent, name, mode, umask) {
@@ -1169,6 +1179,7 @@ impl Filesystem for KmsFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        self.opts.activity.touch();
         let r = (|| {
             let pp = self.path(parent)?;
             let rel = inode::join(&pp, &user_name(&pp, name)?);
@@ -1191,6 +1202,7 @@ impl Filesystem for KmsFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.opts.activity.touch();
         self.remove(
             parent,
             name,
@@ -1213,6 +1225,7 @@ impl Filesystem for KmsFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.opts.activity.touch();
         self.remove(parent, name, |p| self.b.tree.rmdir(p), reply)
     }
 
@@ -1224,6 +1237,7 @@ impl Filesystem for KmsFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        self.opts.activity.touch();
         let target = target.as_os_str().as_bytes();
         if target.len() > symlink::MAX_TARGET {
             // Too long for a backing symlink once encrypted: stored as an
@@ -1270,6 +1284,7 @@ impl Filesystem for KmsFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.opts.activity.touch();
         if flags.contains(RenameFlags::RENAME_WHITEOUT) {
             // Whiteouts are for overlayfs over a native filesystem.
             return reply.error(Errno::EINVAL);
@@ -1347,6 +1362,7 @@ impl Filesystem for KmsFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        self.opts.activity.touch();
         let r = (|| {
             // Both names claimed at once, as a rename claims them (two
             // shared claims taken one after the other could wait on a
@@ -1557,6 +1573,7 @@ impl Filesystem for KmsFs {
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.opts.activity.touch();
         // Listings are read straight from the backing directory at the
         // positions the kernel passes (listing.rs), so there is nothing to
         // open: ENOSYS with FUSE_NO_OPENDIR_SUPPORT makes the kernel stop
@@ -1572,6 +1589,7 @@ impl Filesystem for KmsFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        self.opts.activity.touch();
         let rel = match self.path(ino) {
             Ok(r) => r,
             Err(e) => return reply.error(e),
@@ -1605,6 +1623,7 @@ impl Filesystem for KmsFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        self.opts.activity.touch();
         // Under a claim: the entries it counts as looked up get paths that a
         // rename in between could not make stale.
         let (rel, _claim) = match self.claimed_path(ino) {

@@ -350,21 +350,32 @@ impl AuditLog {
             return Ok(());
         }
         // The file held was rotated or removed: learn what others wrote to
-        // it first, then go on in the file the name leads to now.
+        // it first (so the head is exact), then go on in the file the name
+        // leads to now.
         self.resync(t, false)?;
+        t.previous_file = trail::name_of(&self.dir, &self.name, t.id)?;
         self.reopen(t)
     }
 
-    /// Opens (creating) the file the log's name leads to now, and finds
-    /// where the chain stands in it.
+    /// Opens (creating) the file the log's name leads to now, after the
+    /// file `t` holds, whose end `t` knows exactly: an empty one continues
+    /// from there without looking for the chain elsewhere (reading a 64 MiB
+    /// rotated file back at every rotation cost a fifth of the throughput).
     fn reopen(&self, t: &mut Tail) -> io::Result<()> {
         let file = trail::open_at(
             &self.dir,
             &self.name,
             libc::O_RDWR | libc::O_APPEND | libc::O_CREAT,
         )?;
-        t.id = file_id(&fstat(&file)?);
+        let st = fstat(&file)?;
+        t.id = file_id(&st);
         t.file = file;
+        if st.st_size == 0 {
+            t.end = 0;
+            t.first_seq = t.head.seq + 1;
+            t.started = now_secs();
+            return Ok(());
+        }
         t.end = u64::MAX;
         self.resync(t, true)
     }
@@ -696,7 +707,10 @@ impl AuditLog {
             let (digest, head) = self.seal_digest(&mut out, t.head, t.digest, &time);
             self.append_locked(t, &out, head, digest)?;
         }
-        t.file.sync_data()?;
+        // No fsync here: a rotated file's records reach the disk as the
+        // active file's do (at the mount's sync points and when a writer
+        // closes). Syncing 64 MiB at every rotation cost the KMS a fifth
+        // of its throughput under a sustained load.
         let mut rotated = OsString::from(&self.name);
         rotated.push(format!(".{}-{}", t.first_seq, t.head.seq));
         let mut n = 1;
@@ -716,8 +730,6 @@ impl AuditLog {
         }
         t.previous_file = Some(rotated.clone());
         self.reopen(t)?;
-        // SAFETY: fsync of the directory, so the rename survives a crash.
-        unsafe { libc::fsync(self.dir.as_raw_fd()) };
         Ok(rotated)
     }
 
@@ -731,6 +743,8 @@ impl AuditLog {
         if t.end == 0 || t.head.seq == 0 {
             return Ok(None);
         }
+        // An operator's rotation is durable when the command returns.
+        t.file.sync_data()?;
         let rotated = self.rotate_locked(&mut t)?;
         if t.end == 0 {
             let mut out = String::new();
@@ -742,6 +756,8 @@ impl AuditLog {
             self.append_locked(&mut t, &out, head, digest)?;
             t.file.sync_data()?;
         }
+        // SAFETY: fsync of the directory, so the rename survives a crash.
+        unsafe { libc::fsync(self.dir.as_raw_fd()) };
         Ok(Some(rotated))
     }
 

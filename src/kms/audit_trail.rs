@@ -162,6 +162,22 @@ pub fn files(dir: &File, base: &OsStr) -> io::Result<Vec<TrailFile>> {
     Ok(out)
 }
 
+/// The name the trail's file `id` (st_dev, st_ino) has now, if any: where
+/// a rotation by another program moved the file a writer held.
+pub fn name_of(dir: &File, base: &OsStr, id: (u64, u64)) -> io::Result<Option<OsString>> {
+    for (name, _) in crate::fs::listing::entries(dir)? {
+        let name = OsString::from(name);
+        if belongs(base, &name)
+            && name != base
+            && let Ok(st) = stat_at(dir, &name)
+            && (st.st_dev, st.st_ino) == id
+        {
+            return Ok(Some(name));
+        }
+    }
+    Ok(None)
+}
+
 /// What reading a stretch of the trail learnt: where the chain and the
 /// digests stand after it, and the stretch's first record.
 #[derive(Debug, Clone, Default)]

@@ -371,6 +371,18 @@ impl<'a> Mounted<'a> {
         std::mem::forget(self);
     }
 
+    /// SIGKILLs the foreground daemon and leaves its dead mount in place,
+    /// for a test of what clears it; a later guard must unmount.
+    pub fn kill_leaving_mount(mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.child = None;
+        self.done.store(true, Ordering::SeqCst);
+        std::mem::forget(self);
+    }
+
     /// Waits (bounded) for the foreground daemon to exit by itself, e.g.
     /// after a signal, and asserts it did.
     pub fn wait_exit(mut self, secs: u64) {
