@@ -11,7 +11,6 @@ mod common;
 use common::*;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -443,31 +442,10 @@ fn a_file_left_without_a_header_reads_as_empty_and_takes_writes() {
 fn a_truncate_cut_short_by_a_crash_is_finished_when_the_file_is_next_read() {
     for modes in NAME_MODES {
         let fx = Fixture::new_with(modes);
-        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 13 % 251) as u8).collect();
         let m = fx.mount();
-        fs::write(fx.m("f"), &data).unwrap();
         fs::write(fx.m("other"), b"untouched").unwrap();
         m.unmount();
-        let raw = fs::read(fx.c("f")).unwrap();
-        // 10,000 bytes: two whole blocks and one of 1,808 (+28 on disk).
-        let h = raw.len() - (2 * 4124 + 1808 + 28);
-        let old_block1 = raw[h + 4124..h + 2 * 4124].to_vec();
-        let m = fx.mount();
-        fs::OpenOptions::new()
-            .write(true)
-            .open(fx.m("f"))
-            .unwrap()
-            .set_len(5_000)
-            .unwrap();
-        m.unmount();
-        let short = fs::metadata(fx.c("f")).unwrap().len() as usize - (h + 4124);
-        assert_eq!(short, 5_000 - 4096 + 28);
-        fs::OpenOptions::new()
-            .write(true)
-            .open(fx.c("f"))
-            .unwrap()
-            .write_all_at(&old_block1[short..], (h + 4124 + short) as u64)
-            .unwrap();
+        let (data, kept) = interrupted_shrink(&fx, "f");
         let log = fx.dir.path().join("mount.log");
         let m = fx.mount_with(&["--log-file", log.to_str().unwrap()]);
         // The kernel took the size (8,192) from the crash's layout before
@@ -483,10 +461,7 @@ fn a_truncate_cut_short_by_a_crash_is_finished_when_the_file_is_next_read() {
         );
         assert_eq!(fs::read(fx.m("other")).unwrap(), b"untouched");
         m.unmount();
-        assert_eq!(
-            fs::metadata(fx.c("f")).unwrap().len() as usize,
-            h + 4124 + short
-        );
+        assert_eq!(fs::metadata(fx.c("f")).unwrap().len(), kept);
         let text = fs::read_to_string(&log).unwrap();
         assert!(
             text.contains("completed an interrupted truncate of \"f\" to 5000 bytes"),

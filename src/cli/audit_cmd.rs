@@ -257,7 +257,7 @@ fn format_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> Str
 /// overrides, zero-width spaces, line separators) are written as escapes, so
 /// a name cannot start a forged line, move the cursor or reorder what is
 /// shown around it.
-fn escape(s: &str) -> Cow<'_, str> {
+pub(crate) fn escape(s: &str) -> Cow<'_, str> {
     if !s.chars().any(needs_escape) {
         return Cow::Borrowed(s);
     }

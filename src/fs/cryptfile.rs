@@ -192,6 +192,19 @@ impl CryptFile {
     /// operation failed with an integrity error; the caller retries it
     /// unless this says `Damaged`.
     pub fn finish_interrupted_shrink(&self) -> io::Result<LastBlock> {
+        self.interrupted_shrink(true)
+    }
+
+    /// `fsck`: whether the last block is an interrupted shrink, and to what
+    /// size; cut there only if `cut`.
+    pub fn finish_interrupted_shrink_checked(&self, cut: bool) -> io::Result<Option<u64>> {
+        Ok(match self.interrupted_shrink(cut)? {
+            LastBlock::Finished(n) => Some(n),
+            LastBlock::Intact | LastBlock::Damaged => None,
+        })
+    }
+
+    fn interrupted_shrink(&self, cut: bool) -> io::Result<LastBlock> {
         let disk_len = self.fd.metadata()?.len();
         let size = format::plain_size(self.header_size, disk_len);
         if size == 0 {
@@ -209,7 +222,9 @@ impl CryptFile {
         }
         match format::authentic_prefix(&self.key, &self.file_id, b, &probe) {
             Some(n) => {
-                self.fd.set_len(start + n as u64)?;
+                if cut {
+                    self.fd.set_len(start + n as u64)?;
+                }
                 Ok(LastBlock::Finished(
                     b * BLOCK_SIZE as u64 + (n - format::BLOCK_OVERHEAD) as u64,
                 ))

@@ -11,6 +11,7 @@ pub mod devnode;
 pub mod exchange;
 pub mod fairness;
 pub mod format;
+pub mod fsck;
 pub mod hardlink;
 pub mod inode;
 pub mod keys;

@@ -492,6 +492,37 @@ impl KmsLink {
     }
 }
 
+/// The cipherdir as the mount would serve it, without mounting: for
+/// `fsck`. Its config's seal is checked; with `exclusive` the cipherdir's
+/// lock is held (returned), so no mount writes meanwhile.
+pub fn offline_backing(
+    link: KmsLink,
+    cipherdir: &Path,
+    caller: &Caller,
+    exclusive: bool,
+) -> Result<(Backing, Option<File>), String> {
+    let mut tree = Tree::open(cipherdir)
+        .map_err(|e| format!("cannot open the cipherdir {}: {e}", cipherdir.display()))?;
+    let cfg = Config::load_from(&tree)?;
+    let lock = if exclusive {
+        Some(lock_cipherdir(&tree).map_err(|e| format!("{e}: unmount it first to repair"))?)
+    } else {
+        None
+    };
+    let conf_path = format!("{}/{}", cipherdir.display(), super::config::CONFIG_NAME);
+    if cfg.seal.is_some() {
+        check_seal(link.backend(), caller, &cfg, &conf_path)?;
+    }
+    let backend: Arc<dyn KeyBackend> = match link {
+        KmsLink::Local(k) => Arc::new(*k),
+        KmsLink::Remote(r) => Arc::new(*r),
+    };
+    if let Some(c) = name_cipher(backend.as_ref(), caller, &cfg)? {
+        tree.set_names(Names::encrypted(c));
+    }
+    Ok((Backing::new(tree, cfg, backend), lock))
+}
+
 pub fn mount(link: KmsLink, args: MountArgs, default_log: PathBuf) -> Result<(), String> {
     check_fuse()?;
     let cipherdir = std::fs::canonicalize(&args.cipherdir)

@@ -406,6 +406,12 @@ pub(super) fn restore_dir_times(
     }
 }
 
+/// The unfinished operation the journal records, for `fsck`: e.g. "rename
+/// of a to b"; an error for a journal that is not kmsfs's.
+pub fn pending_journal(tree: &Tree) -> Result<Option<String>, String> {
+    Ok(read_journal(tree)?.map(|j| format!("{} of {} to {}", j.op, j.from, j.to)))
+}
+
 /// Reads the journal, if there is one: never through a symlink, bounded in
 /// size, and validated before it is trusted.
 fn read_journal(tree: &Tree) -> Result<Option<Journal>, String> {

@@ -607,3 +607,36 @@ pub fn as_user_output(user: &str, script: &str) -> Output {
         120,
     )
 }
+
+/// What a crash between a shrink's two steps leaves: `rel` (10,000 bytes,
+/// written through a mount) truncated to 5,000, then the old second block's
+/// tail put back after the new short block. Returns the data written and
+/// the backing length the finished truncate has.
+pub fn interrupted_shrink(fx: &Fixture, rel: &str) -> (Vec<u8>, u64) {
+    use std::os::unix::fs::FileExt;
+    let data: Vec<u8> = (0..10_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    let m = fx.mount();
+    std::fs::write(fx.m(rel), &data).unwrap();
+    m.unmount();
+    let raw = std::fs::read(fx.c(rel)).unwrap();
+    // Two whole blocks (4,124 bytes on disk each) and one of 1,808 (+28).
+    let h = raw.len() - (2 * 4124 + 1808 + 28);
+    let old_block1 = raw[h + 4124..h + 2 * 4124].to_vec();
+    let m = fx.mount();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(fx.m(rel))
+        .unwrap()
+        .set_len(5_000)
+        .unwrap();
+    m.unmount();
+    let short = std::fs::metadata(fx.c(rel)).unwrap().len() as usize - (h + 4124);
+    assert_eq!(short, 5_000 - 4096 + 28);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(fx.c(rel))
+        .unwrap()
+        .write_all_at(&old_block1[short..], (h + 4124 + short) as u64)
+        .unwrap();
+    (data, (h + 4124 + short) as u64)
+}
