@@ -2,7 +2,7 @@
 # Installs a built kmsfs for the whole machine (as root): the binary in
 # /usr/local/bin, the mount helper /sbin/mount.fuse.kmsfs (a link to it, for
 # /etc/fstab and `mount -t fuse.kmsfs`), the systemd unit template
-# kmsfs@.service and the README as its documentation.
+# kmsfs@.service, bash completions, man pages and the README.
 # Usage: bash scripts/install.sh [BINARY]   (default: target/release/kmsfs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +14,10 @@ ln -sfn /usr/local/bin/kmsfs /sbin/mount.fuse.kmsfs
 install -d /etc/systemd/system /usr/local/share/doc/kmsfs /etc/kmsfs
 install -m 0644 contrib/systemd/kmsfs@.service /etc/systemd/system/kmsfs@.service
 install -m 0644 README.md /usr/local/share/doc/kmsfs/README.md
+# Completions and man pages, made from the binary's own help.
+install -d /usr/share/bash-completion/completions /usr/local/share/man/man1
+/usr/local/bin/kmsfs completions bash > /usr/share/bash-completion/completions/kmsfs
+/usr/local/bin/kmsfs man /usr/local/share/man/man1
 chmod 0700 /etc/kmsfs
 if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
-echo "installed /usr/local/bin/kmsfs, /sbin/mount.fuse.kmsfs and /etc/systemd/system/kmsfs@.service" >&2
+echo "installed /usr/local/bin/kmsfs, /sbin/mount.fuse.kmsfs, /etc/systemd/system/kmsfs@.service, bash completions and man pages (man kmsfs)" >&2

@@ -252,3 +252,43 @@ fn logrotate_with_a_real_config_rotates_a_running_mounts_log() {
         }
     }
 }
+
+#[test]
+fn audit_syslog_sends_each_record_as_written_to_the_file() {
+    use std::os::unix::net::UnixDatagram;
+    let fx = Fixture::new();
+    let sock = fx.dir.path().join("dev-log");
+    let rx = UnixDatagram::bind(&sock).unwrap();
+    rx.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let before = fs::read_to_string(fx.home.join("audit.log"))
+        .unwrap()
+        .lines()
+        .count();
+    let flags = [
+        "--audit-syslog",
+        "--audit-syslog-socket",
+        sock.to_str().unwrap(),
+    ];
+    encrypt(&fx, 3, &flags);
+    let lines: Vec<String> = fs::read_to_string(fx.home.join("audit.log"))
+        .unwrap()
+        .lines()
+        .skip(before)
+        .map(String::from)
+        .collect();
+    assert_eq!(lines.len(), 4, "a CreateKey and three Encrypts");
+    let mut buf = vec![0u8; 1 << 16];
+    // The key was made without --audit-syslog; the Encrypts with it.
+    for line in &lines[1..] {
+        let n = rx.recv(&mut buf).expect("a datagram per record");
+        let got = std::str::from_utf8(&buf[..n]).unwrap();
+        let (head, record) = got.split_once("]: ").unwrap();
+        assert!(head.starts_with("<86>kmsfs["), "{head}");
+        assert_eq!(record, line, "the very line the file holds");
+    }
+    // Nobody listening: key use goes on, the file has every record.
+    drop(rx);
+    encrypt(&fx, 1, &flags);
+    assert_eq!(verify(&fx).0, Some(0));
+}

@@ -229,3 +229,46 @@ fn secret_file_variables_empty_means_unset_and_stay_out_of_usage_lines() {
     let o = run(&["kms", "list-keys"], "KMSFS_KEY_FILE", key.as_os_str());
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+#[test]
+fn completions_and_man_pages_come_from_the_same_definitions() {
+    let o = kmsfs(&["completions", "bash"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bash = stdout(&o);
+    assert!(bash.contains("_kmsfs()"), "a bash completion function");
+    for word in ["fsck", "mount", "create-key", "--audit-max-size", "--idle"] {
+        assert!(bash.contains(word), "{word} is completed");
+    }
+    let o = kmsfs(&["completions", "zsh"]);
+    assert!(o.status.success() && stdout(&o).starts_with("#compdef kmsfs"));
+    let o = kmsfs(&["man"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let page = stdout(&o);
+    assert!(
+        page.starts_with(".ie \\n(.g .ds Aq \\(aq") || page.contains(".TH kmsfs 1"),
+        "roff: {}",
+        &page[..200.min(page.len())]
+    );
+    assert!(page.contains("fsck"));
+    let d = tempfile::tempdir().unwrap();
+    let o = kmsfs(&["man", d.path().join("man1").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for p in [
+        "kmsfs.1",
+        "kmsfs-mount.1",
+        "kmsfs-fsck.1",
+        "kmsfs-kms-create-key.1",
+        "kmsfs-audit-verify.1",
+    ] {
+        let text = std::fs::read_to_string(d.path().join("man1").join(p)).unwrap_or_default();
+        assert!(text.contains(".TH"), "{p} is a man page");
+    }
+    // A shell that does not exist is a usage error, exit 2.
+    let o = kmsfs(&["completions", "tcsh"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("invalid value 'tcsh'"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -1,6 +1,6 @@
 //! `kmsfs audit verify` and `kmsfs audit show`.
 
-use super::awsargs::time_arg;
+use super::awsargs::when_arg;
 use crate::kms::audit_chain::{Anchor, DIGEST_EVENT, STARTED_EVENT};
 use crate::kms::audit_query::Filter;
 use crate::kms::audit_trail as trail;
@@ -30,11 +30,11 @@ pub enum AuditCommand {
         /// Only this event, e.g. Decrypt (case-insensitive). The trail's own records (AuditDigest, LogFileStarted) show only when asked for by name.
         #[arg(long)]
         event: Option<String>,
-        /// Only records at or after TIME: RFC 3339, YYYY-MM-DD or Unix seconds.
-        #[arg(long, value_name = "TIME", value_parser = time_arg)]
+        /// Only records at or after TIME: RFC 3339, YYYY-MM-DD, Unix seconds, or relative as journalctl takes it (-1h, "2h ago", today, yesterday).
+        #[arg(long, value_name = "TIME", value_parser = when_arg, allow_hyphen_values = true)]
         since: Option<i64>,
-        /// Only records at or before TIME: RFC 3339, YYYY-MM-DD or Unix seconds.
-        #[arg(long, value_name = "TIME", value_parser = time_arg)]
+        /// Only records at or before TIME: the same forms as --since.
+        #[arg(long, value_name = "TIME", value_parser = when_arg, allow_hyphen_values = true)]
         until: Option<i64>,
         /// Only failed calls.
         #[arg(long)]

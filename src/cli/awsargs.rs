@@ -58,6 +58,21 @@ pub fn time_arg(v: &str) -> Result<i64, String> {
     })
 }
 
+/// `audit show --since/--until`: `time_arg`'s forms, or one relative to
+/// now as journalctl takes them (`-1h`, `2h ago`, `today`, `yesterday`).
+pub fn when_arg(v: &str) -> Result<i64, String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    crate::kms::clock::parse_relative(v, now)
+        .or_else(|| crate::kms::clock::parse_time(v))
+        .ok_or_else(|| {
+            "expected an RFC 3339 time (2026-01-31T12:00:00Z), a date (2026-01-31, midnight UTC), \
+             Unix seconds, or a time relative to now: -1h, +30m, -2d, \"2h ago\", now, today, yesterday"
+                .into()
+        })
+}
+
 /// Tags as `TagKey=k,TagValue=v` shorthand (one per argument) or a JSON list.
 pub fn parse_tags(args: &[String]) -> Result<Vec<(String, String)>, String> {
     let mut out = vec![];

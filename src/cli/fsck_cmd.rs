@@ -1,4 +1,5 @@
-//! `kmsfs fsck`: the check's output, as text or JSON, and its progress.
+//! `kmsfs fsck`: the check's output, as text or JSON, and the progress of
+//! fsck and rekey.
 
 use crate::fs::fsck::{Progress, Report};
 use std::io::{IsTerminal, Write};
@@ -35,7 +36,7 @@ impl Meter {
         }
         self.last = Instant::now();
         let line = format!(
-            "fsck: {} nodes, {:.1} MB checked, {:.0} s: {}",
+            "{} nodes, {:.1} MB, {:.0} s: {}",
             p.nodes,
             p.bytes as f64 / 1e6,
             self.start.elapsed().as_secs_f64(),

@@ -38,7 +38,8 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// How the audit log rotates: for every command that writes it.
+/// How the audit log rotates and where else it goes: for every command
+/// that writes it.
 #[derive(clap::Args, Debug, Clone)]
 pub struct AuditLogArgs {
     /// Rotate the audit log once it holds SIZE bytes (K, M, G suffixes; 0: never). Rotated files are named audit.log.FIRST-LAST and the MAC chain runs on through them.
@@ -47,6 +48,12 @@ pub struct AuditLogArgs {
     /// Rotate the audit log once its first record is DURATION old (s, m, h, d, w suffixes, e.g. 1d). Default: by size only.
     #[arg(long, global = true, value_name = "DURATION", env = "KMSFS_AUDIT_MAX_AGE", value_parser = units::duration_arg)]
     pub audit_max_age: Option<std::time::Duration>,
+    /// Also send every audit record to the system journal or syslog (authpriv.info, as `kmsfs[PID]: RECORD`), for shipping off the machine; the file stays the record verify checks.
+    #[arg(long, global = true, env = "KMSFS_AUDIT_SYSLOG")]
+    pub audit_syslog: bool,
+    /// The syslog socket --audit-syslog sends to.
+    #[arg(long, global = true, value_name = "SOCKET", env = "KMSFS_AUDIT_SYSLOG_SOCKET", default_value = crate::kms::audit_sink::DEFAULT_SOCKET)]
+    pub audit_syslog_socket: PathBuf,
 }
 
 /// The audit settings the command line chose, for every KMS it opens.
@@ -55,7 +62,7 @@ static AUDIT_SETTINGS: std::sync::OnceLock<crate::kms::audit::Settings> =
 
 fn kms_options() -> Options {
     Options {
-        audit: AUDIT_SETTINGS.get().copied().unwrap_or_default(),
+        audit: AUDIT_SETTINGS.get().cloned().unwrap_or_default(),
         ..Options::default()
     }
 }
@@ -134,6 +141,16 @@ pub enum Command {
         #[command(flatten)]
         remote: remote_args::RemoteArgs,
     },
+    /// Give files new data keys and re-encrypt their content, offline (unmount first), so a data key taken while someone had access opens nothing written from then on. Crash-safe: each file is copied under a hidden name, synced and renamed over. Audited (a Decrypt and a GenerateDataKey per file).
+    Rekey {
+        /// Directory holding the encrypted files.
+        cipherdir: PathBuf,
+        /// Files (as paths inside the filesystem, e.g. projects/plan.txt) to rekey; a directory stands for every file below it, "" or / for the whole filesystem.
+        #[arg(required = true)]
+        paths: Vec<String>,
+        #[command(flatten)]
+        remote: remote_args::RemoteArgs,
+    },
     /// Mount CIPHERDIR on MOUNTPOINT; returns once the mount works.
     Mount {
         /// Directory holding the encrypted files (made by `kmsfs init`).
@@ -185,6 +202,16 @@ pub enum Command {
         /// Where the filesystem is mounted.
         mountpoint: PathBuf,
     },
+    /// Print a shell completion script (bash: save it as /usr/share/bash-completion/completions/kmsfs; scripts/install.sh does).
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages made from this help: kmsfs.1 and one per subcommand (kmsfs-mount.1, kmsfs-kms-create-key.1, ...) into DIR, or kmsfs.1 to stdout.
+    Man {
+        /// Directory to write the pages into (e.g. /usr/local/share/man/man1).
+        dir: Option<PathBuf>,
+    },
 }
 
 /// Exit codes, as the AWS CLI uses them where they overlap.
@@ -227,6 +254,9 @@ pub fn run(cli: Cli) -> i32 {
     let _ = AUDIT_SETTINGS.set(crate::kms::audit::Settings {
         max_bytes: audit_log.audit_max_size,
         max_age: audit_log.audit_max_age,
+        syslog: audit_log
+            .audit_syslog
+            .then(|| audit_log.audit_syslog_socket.clone()),
         ..Default::default()
     });
     let kms_home_flag = kms_home.clone();
@@ -298,6 +328,17 @@ pub fn run(cli: Cli) -> i32 {
                 exit::FAILURE
             }
         },
+        Command::Rekey {
+            cipherdir,
+            paths,
+            remote,
+        } => report(run_rekey(
+            kms_home_flag,
+            &secret,
+            &remote,
+            &cipherdir,
+            &paths,
+        )),
         Command::Mount {
             cipherdir,
             mountpoint,
@@ -327,6 +368,12 @@ pub fn run(cli: Cli) -> i32 {
             shared_cipherdir,
         )),
         Command::Unmount { mountpoint } => report(crate::fs::mount::unmount(&mountpoint)),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "kmsfs", &mut std::io::stdout());
+            exit::OK
+        }
+        Command::Man { dir } => report(man_pages(dir.as_deref())),
     }
 }
 
@@ -436,6 +483,132 @@ fn run_mount(
     crate::fs::mount::mount(kms, args, default_log)
 }
 
+/// `kmsfs man`: kmsfs.1 to stdout, or every page into `dir`.
+fn man_pages(dir: Option<&std::path::Path>) -> Result<(), String> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let Some(dir) = dir else {
+        let mut out = std::io::stdout();
+        return clap_mangen::Man::new(cmd)
+            .render(&mut out)
+            .map_err(|e| format!("writing the man page: {e}"));
+    };
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    clap_mangen::generate_to(cmd, dir)
+        .map_err(|e| format!("cannot write the man pages into {}: {e}", dir.display()))
+}
+
+/// `kmsfs rekey`: every file named, or below a directory named.
+fn run_rekey(
+    kms_home_flag: Option<PathBuf>,
+    secret: &secret::SecretArgs,
+    remote: &remote_args::RemoteArgs,
+    cipherdir: &std::path::Path,
+    paths: &[String],
+) -> Result<(), String> {
+    let (b, _lock, caller) = offline(kms_home_flag, secret, remote, cipherdir, true)
+        .map_err(|e| e.replace("to repair", "to rekey"))?;
+    let mut files = vec![];
+    let mut dirs = std::collections::BTreeSet::new();
+    let mut stack: Vec<String> = paths
+        .iter()
+        .map(|p| p.trim_matches('/').to_string())
+        .collect();
+    while let Some(p) = stack.pop() {
+        let st = b
+            .tree
+            .lstat(&p)
+            .map_err(|e| format!("{}: {e}", if p.is_empty() { "/" } else { &p }))?;
+        if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            for (name, _) in b.tree.entries(&p).map_err(|e| format!("{p}: {e}"))? {
+                if !crate::fs::names::is_internal(&p, &name) {
+                    stack.push(if p.is_empty() {
+                        name
+                    } else {
+                        format!("{p}/{name}")
+                    });
+                }
+            }
+            dirs.insert(p);
+        } else if st.st_mode & libc::S_IFMT == libc::S_IFREG {
+            dirs.insert(p.rsplit_once('/').map_or("", |(d, _)| d).to_string());
+            files.push(p);
+        }
+    }
+    // What a rekey killed before its rename left: hidden copies, removed.
+    for d in &dirs {
+        for (name, _) in b.tree.entries(d).unwrap_or_default() {
+            if name.starts_with(crate::fs::rekey::TEMP_PART) {
+                let rel = if d.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{d}/{name}")
+                };
+                match b.tree.unlink(&rel) {
+                    Ok(()) => eprintln!("kmsfs: removed {rel}, a copy an interrupted rekey left"),
+                    Err(e) => eprintln!(
+                        "kmsfs: cannot remove {rel}, a copy an interrupted rekey left: {e}"
+                    ),
+                }
+            }
+        }
+    }
+    files.sort();
+    let mut meter = fsck_cmd::Meter::new();
+    let (mut done, mut bytes, mut failed) = (0u64, 0u64, 0u64);
+    for (i, f) in files.iter().enumerate() {
+        match crate::fs::rekey::rekey_file(&b, f, &caller) {
+            Ok(n) => {
+                done += 1;
+                bytes += n;
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("kmsfs: {e}");
+            }
+        }
+        meter.tick(&crate::fs::fsck::Progress {
+            nodes: i as u64 + 1,
+            bytes,
+            path: f,
+        });
+    }
+    let took = meter.finish();
+    println!(
+        "rekeyed {done} file(s), {:.1} MB, in {:.2} s{}",
+        bytes as f64 / 1e6,
+        took.as_secs_f64(),
+        if failed > 0 {
+            format!("; {failed} not rekeyed (above)")
+        } else {
+            String::new()
+        }
+    );
+    if failed > 0 {
+        return Err(format!("{failed} file(s) not rekeyed"));
+    }
+    Ok(())
+}
+
+/// The cipherdir for fsck and rekey, unmounted (with `exclusive`, its lock
+/// held: no mount meanwhile), acting as the mount does towards the KMS.
+fn offline(
+    kms_home_flag: Option<PathBuf>,
+    secret: &secret::SecretArgs,
+    remote: &remote_args::RemoteArgs,
+    cipherdir: &std::path::Path,
+    exclusive: bool,
+) -> Result<(crate::fs::backing::Backing, Option<std::fs::File>, Caller), String> {
+    let cfg = crate::fs::config::Config::load(cipherdir)?;
+    let cache = remote_args::CacheArgs {
+        key_cache_seconds: 0,
+        key_cache_uses: 0,
+    };
+    let (link, _) = fs_kms(kms_home_flag, secret, remote, &cache, &cfg, cipherdir)?;
+    let caller = Caller::this_process(Via::Mount);
+    let (b, lock) = crate::fs::mount::offline_backing(link, cipherdir, &caller, exclusive)?;
+    Ok((b, lock, caller))
+}
+
 /// `kmsfs fsck`: whether the cipherdir is clean.
 fn run_fsck(
     kms_home_flag: Option<PathBuf>,
@@ -445,14 +618,7 @@ fn run_fsck(
     json: bool,
     repair: bool,
 ) -> Result<bool, String> {
-    let cfg = crate::fs::config::Config::load(cipherdir)?;
-    let cache = remote_args::CacheArgs {
-        key_cache_seconds: 0,
-        key_cache_uses: 0,
-    };
-    let (link, _) = fs_kms(kms_home_flag, secret, remote, &cache, &cfg, cipherdir)?;
-    let caller = Caller::this_process(Via::Mount);
-    let (backing, _lock) = crate::fs::mount::offline_backing(link, cipherdir, &caller, repair)?;
+    let (backing, _lock, caller) = offline(kms_home_flag, secret, remote, cipherdir, repair)?;
     let mut meter = fsck_cmd::Meter::new();
     let report = crate::fs::fsck::Fsck::new(&backing, caller, repair).run(&mut |p| meter.tick(p));
     let took = meter.finish();

@@ -103,6 +103,7 @@ pub fn translate(args: &[OsString]) -> Result<Helper, String> {
             "log_file" => flags.extend(["--log-file".into(), value()?.into()]),
             "threads" => flags.extend(["--threads".into(), value()?.into()]),
             "idle" => flags.extend(["--idle".into(), value()?.into()]),
+            "audit_syslog" => globals.push("--audit-syslog".into()),
             "allow_other" => flags.push("--allow-other".into()),
             "xattrs" => flags.push("--xattrs".into()),
             "shared_cipherdir" => flags.push("--shared-cipherdir".into()),

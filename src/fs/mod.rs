@@ -22,6 +22,7 @@ pub mod mount;
 pub mod names;
 pub mod node;
 pub mod ops;
+pub mod rekey;
 pub mod rename;
 pub mod rename_names;
 pub mod root_attr;

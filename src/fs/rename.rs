@@ -137,7 +137,7 @@ impl Flusher {
 }
 
 /// A name no one can have planted: O_EXCL creation and a random part.
-fn temp_name(dir: &str, what: &str) -> String {
+pub(super) fn temp_name(dir: &str, what: &str) -> String {
     let r: [u8; 8] = crate::crypto::random::array();
     let hex: String = r.iter().map(|b| format!("{b:02x}")).collect();
     join(dir, &format!("{TEMP_PREFIX}{what}-{hex}"))

@@ -93,8 +93,8 @@ pub struct AdditionalEventData {
     pub authorization: Value,
 }
 
-/// When the log is rotated and digested.
-#[derive(Clone, Copy, Debug)]
+/// When the log is rotated and digested, and where else it goes.
+#[derive(Clone, Debug)]
 pub struct Settings {
     /// Rotate once the active file holds this many bytes (0: never).
     pub max_bytes: u64,
@@ -102,6 +102,8 @@ pub struct Settings {
     pub max_age: Option<Duration>,
     /// Write a digest once records are this much newer than the last one.
     pub digest_every: Duration,
+    /// Copy every record to this syslog socket (audit_sink.rs).
+    pub syslog: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -110,6 +112,7 @@ impl Default for Settings {
             max_bytes: 64 << 20,
             max_age: None,
             digest_every: Duration::from_secs(60),
+            syslog: None,
         }
     }
 }
@@ -141,6 +144,7 @@ pub struct AuditLog {
     key: Key256,
     digest_key: Key256,
     settings: Settings,
+    sink: Option<super::audit_sink::Sink>,
     tail: Mutex<Tail>,
     commit: Mutex<Commit>,
     committed: Condvar,
@@ -293,7 +297,12 @@ impl AuditLog {
             previous_file: None,
             digest_at: Instant::now(),
         };
+        let sink = match &settings.syslog {
+            Some(p) => Some(super::audit_sink::Sink::open(p)?),
+            None => None,
+        };
         let log = AuditLog {
+            sink,
             path: path.to_path_buf(),
             dir,
             name: name.to_os_string(),
@@ -678,6 +687,9 @@ impl AuditLog {
             return Err(e);
         }
         t.end += out.len() as u64;
+        if let Some(s) = &self.sink {
+            s.send(out);
+        }
         if digest != t.digest {
             t.digest_at = Instant::now();
         }

@@ -76,6 +76,41 @@ pub fn rfc3339(t: i64) -> String {
     )
 }
 
+/// A time relative to `now`, as journalctl takes them: `now`, `today`,
+/// `yesterday`, `tomorrow` (midnight UTC), `-1h`, `+30m`, `-2d`, `-1w`, and
+/// `2h ago`. `None` for anything else (an absolute time, see `parse_time`).
+pub fn parse_relative(s: &str, now: i64) -> Option<i64> {
+    let s = s.trim();
+    let midnight = now.div_euclid(DAY) * DAY;
+    match s {
+        "now" => return Some(now),
+        "today" => return Some(midnight),
+        "yesterday" => return Some(midnight - DAY),
+        "tomorrow" => return Some(midnight + DAY),
+        _ => {}
+    }
+    let (sign, rest) = if let Some(r) = s.strip_prefix('-') {
+        (-1, r)
+    } else if let Some(r) = s.strip_prefix('+') {
+        (1, r)
+    } else if let Some(r) = s.strip_suffix(" ago") {
+        (-1, r.trim())
+    } else {
+        return None;
+    };
+    let split = rest.find(|c: char| !c.is_ascii_digit())?;
+    let n: i64 = rest[..split].parse().ok()?;
+    let unit = match rest[split..].trim() {
+        "s" | "sec" | "second" | "seconds" => 1,
+        "m" | "min" | "minute" | "minutes" => 60,
+        "h" | "hour" | "hours" => 3600,
+        "d" | "day" | "days" => DAY,
+        "w" | "week" | "weeks" => 7 * DAY,
+        _ => return None,
+    };
+    now.checked_add(sign * n.checked_mul(unit)?)
+}
+
 /// Parses `YYYY-MM-DD`, `YYYY-MM-DDTHH:MM:SSZ` (fractions and a numeric offset
 /// allowed) or a bare number of Unix seconds.
 pub fn parse_time(s: &str) -> Option<i64> {
@@ -151,5 +186,23 @@ mod tests {
         assert_eq!(parse_time("12345"), Some(12345));
         assert_eq!(parse_time("yesterday"), None);
         assert_eq!(parse_time("2000-13-01"), None);
+    }
+
+    #[test]
+    fn relative_times_count_back_from_now() {
+        let now = 1_764_680_000; // 2025-12-02T12:53:20Z
+        let midnight = 1_764_633_600;
+        assert_eq!(parse_relative("now", now), Some(now));
+        assert_eq!(parse_relative("today", now), Some(midnight));
+        assert_eq!(parse_relative("yesterday", now), Some(midnight - DAY));
+        assert_eq!(parse_relative("-1h", now), Some(now - 3600));
+        assert_eq!(parse_relative("+30m", now), Some(now + 1800));
+        assert_eq!(parse_relative("-2d", now), Some(now - 2 * DAY));
+        assert_eq!(parse_relative("2h ago", now), Some(now - 7200));
+        assert_eq!(parse_relative("90 seconds ago", now), Some(now - 90));
+        assert_eq!(parse_relative("-1w", now), Some(now - 7 * DAY));
+        assert_eq!(parse_relative("-1y", now), None);
+        assert_eq!(parse_relative("2026-01-01", now), None);
+        assert_eq!(parse_relative("-99999999999999999w", now), None);
     }
 }

@@ -9,6 +9,7 @@ pub mod audit;
 pub mod audit_admit;
 pub mod audit_chain;
 pub mod audit_query;
+pub mod audit_sink;
 pub mod audit_trail;
 pub mod audit_verify;
 pub mod blob;

@@ -455,7 +455,7 @@ impl Kms {
         // Beneath the home's descriptor, following no link.
         let log = home.open_audit_log(
             opened.keys.audit.clone(),
-            options.audit,
+            options.audit.clone(),
             opened.state.audit_anchor.as_ref(),
         )?;
         let stamp = opened.stamp;
