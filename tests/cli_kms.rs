@@ -1237,3 +1237,63 @@ fn a_policy_naming_a_missing_user_is_put_with_a_warning() {
         "{err}"
     );
 }
+
+#[test]
+fn query_is_jmespath_and_a_bad_one_is_a_usage_error_before_anything_is_done() {
+    let env = Env::new();
+    let (a, b) = (env.create_key(), env.create_key());
+    env.ok(&[
+        "kms",
+        "create-alias",
+        "--alias-name",
+        "alias/bee",
+        "--target-key-id",
+        &b,
+    ]);
+    let o = env.run(&[
+        "kms",
+        "list-keys",
+        "--query",
+        "Keys[].KeyId",
+        "--output",
+        "text",
+    ]);
+    assert!(o.status.success());
+    let mut ids: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .trim()
+        .split('\t')
+        .map(String::from)
+        .collect();
+    ids.sort();
+    let mut want = vec![a.clone(), b.clone()];
+    want.sort();
+    assert_eq!(ids, want);
+    let q = format!("Aliases[?TargetKeyId=='{b}'].AliasName | [0]");
+    assert_eq!(
+        env.ok(&["kms", "list-aliases", "--query", &q]),
+        serde_json::json!("alias/bee")
+    );
+    assert_eq!(
+        env.ok(&["kms", "list-keys", "--query", "length(Keys)"]),
+        serde_json::json!(2)
+    );
+    // A query that does not compile: exit 2, and no key was made.
+    let o = env.run(&[
+        "kms",
+        "create-key",
+        "--query",
+        "KeyMetadata.[",
+        "--description",
+        "x",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.starts_with("kmsfs: --query \"KeyMetadata.[\" is not a JMESPath expression: "),
+        "{err}"
+    );
+    assert_eq!(
+        env.ok(&["kms", "list-keys", "--query", "length(Keys)"]),
+        serde_json::json!(2)
+    );
+}

@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn rekey(fx: &Fixture, paths: &[&str]) -> (Option<i32>, String) {
@@ -171,16 +171,9 @@ fn a_rekey_killed_at_any_moment_loses_nothing_and_leaves_nothing_visible() {
     fs::write(fx.m("small"), b"small file").unwrap();
     m.unmount();
     for delay_ms in [30u64, 120, 400, 900] {
-        let mut child = fx
-            .cmd()
-            .args(["rekey", fx.cipher.to_str().unwrap(), ""])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        let _ = child.kill();
-        let _ = child.wait();
+        let mut cmd = fx.cmd();
+        cmd.args(["rekey", fx.cipher.to_str().unwrap(), ""]);
+        kill_after(cmd, Duration::from_millis(delay_ms));
         let m = fx.mount();
         assert!(
             fs::read(fx.m("big")).unwrap() == big,

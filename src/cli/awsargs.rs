@@ -118,28 +118,29 @@ pub fn parse_tags(args: &[String]) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
-/// A `--query` path: `Field`, `A.B`, `List[0].Field`.
-pub fn query(v: &Value, q: &str) -> Result<Value, String> {
-    let mut cur = v.clone();
-    for seg in q.split('.') {
-        let (name, idx) = match seg.split_once('[') {
-            Some((n, rest)) => {
-                let i: usize = rest
-                    .strip_suffix(']')
-                    .and_then(|s| s.parse().ok())
-                    .ok_or_else(|| format!("--query: bad index in {seg:?}"))?;
-                (n, Some(i))
-            }
-            None => (seg, None),
-        };
-        if !name.is_empty() {
-            cur = cur.get(name).cloned().unwrap_or(Value::Null);
-        }
-        if let Some(i) = idx {
-            cur = cur.get(i).cloned().unwrap_or(Value::Null);
-        }
+/// A `--query` that does not compile is a usage error before anything is
+/// sent, as in the AWS CLI: not after a key was made.
+pub fn check_query(q: Option<&str>) -> Result<(), String> {
+    match q.map(jmespath::compile) {
+        Some(Err(e)) => Err(format!(
+            "--query {:?} is not a JMESPath expression: {e}",
+            q.unwrap_or_default()
+        )),
+        _ => Ok(()),
     }
-    Ok(cur)
+}
+
+/// `--query`: a JMESPath expression over the response, as the AWS CLI
+/// takes it (`KeyMetadata.KeyId`, `Keys[].KeyId`, `Aliases[?TargetKeyId=='k'].AliasName`,
+/// `length(Keys)`), through the JMESPath project's own Rust implementation.
+pub fn query(v: &Value, q: &str) -> Result<Value, String> {
+    let expr = jmespath::compile(q)
+        .map_err(|e| format!("--query {q:?} is not a JMESPath expression: {e}"))?;
+    let data = jmespath::Variable::from_serializable(v).map_err(|e| format!("--query: {e}"))?;
+    let found = expr
+        .search(data)
+        .map_err(|e| format!("--query {q:?}: {e}"))?;
+    serde_json::to_value(&*found).map_err(|e| format!("--query: {e}"))
 }
 
 /// Prints like the AWS CLI: 4-space-indented JSON, or tab-separated text.
@@ -307,6 +308,19 @@ mod tests {
         let v = json!({"KeyMetadata": {"KeyId": "k"}, "Keys": [{"KeyId": "a"}, {"KeyId": "b"}]});
         assert_eq!(query(&v, "KeyMetadata.KeyId").unwrap(), json!("k"));
         assert_eq!(query(&v, "Keys[1].KeyId").unwrap(), json!("b"));
+        // JMESPath as the AWS CLI takes it: projections, filters, functions.
+        assert_eq!(query(&v, "Keys[].KeyId").unwrap(), json!(["a", "b"]));
+        assert_eq!(
+            query(&v, "Keys[?KeyId=='b'] | [0].KeyId").unwrap(),
+            json!("b")
+        );
+        assert_eq!(query(&v, "length(Keys)").unwrap(), json!(2));
+        assert_eq!(query(&v, "Nothing.Here").unwrap(), Value::Null);
+        assert!(
+            query(&v, "Keys[?")
+                .unwrap_err()
+                .starts_with("--query \"Keys[?\" is not a JMESPath expression: ")
+        );
         assert_eq!(render(&json!("x"), "text"), "x");
         assert_eq!(render(&json!({"A": 1}), "json"), "{\n    \"A\": 1\n}");
     }

@@ -86,7 +86,7 @@ pub enum Command {
         /// The formatting style for command output (text is tab-separated, as the AWS CLI's).
         #[arg(long, default_value = "json", global = true, value_parser = ["json", "text"])]
         output: String,
-        /// Print only this field of the response (e.g. Plaintext, KeyMetadata.KeyId, Keys[0].KeyId).
+        /// A JMESPath expression to select from the response, as the AWS CLI's --query (e.g. Plaintext, KeyMetadata.KeyId, 'Keys[].KeyId', "Aliases[?TargetKeyId=='K'].AliasName").
         #[arg(long, global = true)]
         query: Option<String>,
         /// Send the operation to a remote KMS (`kmsfs kms serve`, moto, ...) at http://127.0.0.1:PORT, signed with the standard AWS credentials, instead of the local keystore.
@@ -148,6 +148,16 @@ pub enum Command {
         /// Files (as paths inside the filesystem, e.g. projects/plan.txt) to rekey; a directory stands for every file below it, "" or / for the whole filesystem.
         #[arg(required = true)]
         paths: Vec<String>,
+        #[command(flatten)]
+        remote: remote_args::RemoteArgs,
+    },
+    /// Re-wrap every blob the filesystem keeps under its CMK (each file's data key, hard-link entries, symlink targets, the name key, the attribute key, the config's seal) under the CMK's newest material, or with --to-key under another CMK, inside the KMS: the content is not re-encrypted. Offline (unmount first); crash-safe, and a rerun finishes what a killed one began. Audited (a ReEncrypt per blob).
+    Rewrap {
+        /// Directory holding the encrypted files.
+        cipherdir: PathBuf,
+        /// Move the filesystem to this CMK (key id, ARN or alias) instead of the newest material of its own.
+        #[arg(long, value_name = "KEY")]
+        to_key: Option<String>,
         #[command(flatten)]
         remote: remote_args::RemoteArgs,
     },
@@ -264,6 +274,12 @@ pub fn run(cli: Cli) -> i32 {
     let home = kms_home
         .map_or_else(KmsHome::default_dir, Ok)
         .map(KmsHome::new);
+    if let Command::Kms { query, .. } = &command
+        && let Err(e) = awsargs::check_query(query.as_deref())
+    {
+        eprintln!("kmsfs: {e}");
+        return exit::USAGE;
+    }
     match command {
         Command::Kms {
             output,
@@ -328,6 +344,17 @@ pub fn run(cli: Cli) -> i32 {
                 exit::FAILURE
             }
         },
+        Command::Rewrap {
+            cipherdir,
+            to_key,
+            remote,
+        } => report(run_rewrap(
+            kms_home_flag,
+            &secret,
+            &remote,
+            &cipherdir,
+            to_key,
+        )),
         Command::Rekey {
             cipherdir,
             paths,
@@ -505,7 +532,10 @@ fn run_rekey(
     cipherdir: &std::path::Path,
     paths: &[String],
 ) -> Result<(), String> {
-    let (b, _lock, caller) = offline(kms_home_flag, secret, remote, cipherdir, true)
+    let (b, _lock, caller, ()) =
+        offline(kms_home_flag, secret, remote, cipherdir, true, |_, _, _| {
+            Ok(())
+        })
         .map_err(|e| e.replace("to repair", "to rekey"))?;
     let mut files = vec![];
     let mut dirs = std::collections::BTreeSet::new();
@@ -589,15 +619,81 @@ fn run_rekey(
     Ok(())
 }
 
-/// The cipherdir for fsck and rekey, unmounted (with `exclusive`, its lock
-/// held: no mount meanwhile), acting as the mount does towards the KMS.
-fn offline(
+/// `kmsfs rewrap`: every blob under the target key's newest material.
+fn run_rewrap(
+    kms_home_flag: Option<PathBuf>,
+    secret: &secret::SecretArgs,
+    remote: &remote_args::RemoteArgs,
+    cipherdir: &std::path::Path,
+    to_key: Option<String>,
+) -> Result<(), String> {
+    let target_arn = |link: &crate::fs::mount::KmsLink,
+                      caller: &Caller,
+                      cfg: &crate::fs::config::Config| {
+        let target = to_key.clone().unwrap_or_else(|| cfg.key_id.clone());
+        let (arn, state) = link.arn_and_state(caller, &target)?;
+        if state != "Enabled" {
+            return Err(format!(
+                "the key {arn} is {state}: blobs can be re-wrapped only under an enabled key (kmsfs kms enable-key)"
+            ));
+        }
+        Ok(arn)
+    };
+    let (mut b, _lock, caller, arn) =
+        offline(kms_home_flag, secret, remote, cipherdir, true, target_arn)
+            .map_err(|e| e.replace("to repair", "to rewrap"))?;
+    let mut meter = fsck_cmd::Meter::new();
+    let r =
+        crate::fs::rewrap::Rewrap::new(&mut b, caller, arn.clone()).run(&mut |p| meter.tick(p))?;
+    let took = meter.finish();
+    for f in &r.failed {
+        eprintln!("kmsfs: not re-wrapped: {f}");
+    }
+    println!(
+        "re-wrapped under {arn}: {} file data keys, {} hard-link entries, {} symlinks and {} of the filesystem's own blobs, in {:.2} s{}",
+        r.files,
+        r.links,
+        r.symlinks,
+        r.own,
+        took.as_secs_f64(),
+        if r.failed.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} not re-wrapped (above): run it again once they are fixed",
+                r.failed.len()
+            )
+        }
+    );
+    if !r.failed.is_empty() {
+        return Err(format!("{} blob(s) not re-wrapped", r.failed.len()));
+    }
+    Ok(())
+}
+
+/// The cipherdir for fsck, rekey and rewrap, unmounted (with `exclusive`,
+/// its lock held: no mount meanwhile), acting as the mount does towards the
+/// KMS; `before` looks at the KMS and the config first.
+fn offline<T>(
     kms_home_flag: Option<PathBuf>,
     secret: &secret::SecretArgs,
     remote: &remote_args::RemoteArgs,
     cipherdir: &std::path::Path,
     exclusive: bool,
-) -> Result<(crate::fs::backing::Backing, Option<std::fs::File>, Caller), String> {
+    before: impl FnOnce(
+        &crate::fs::mount::KmsLink,
+        &Caller,
+        &crate::fs::config::Config,
+    ) -> Result<T, String>,
+) -> Result<
+    (
+        crate::fs::backing::Backing,
+        Option<std::fs::File>,
+        Caller,
+        T,
+    ),
+    String,
+> {
     let cfg = crate::fs::config::Config::load(cipherdir)?;
     let cache = remote_args::CacheArgs {
         key_cache_seconds: 0,
@@ -605,8 +701,9 @@ fn offline(
     };
     let (link, _) = fs_kms(kms_home_flag, secret, remote, &cache, &cfg, cipherdir)?;
     let caller = Caller::this_process(Via::Mount);
+    let t = before(&link, &caller, &cfg)?;
     let (b, lock) = crate::fs::mount::offline_backing(link, cipherdir, &caller, exclusive)?;
-    Ok((b, lock, caller))
+    Ok((b, lock, caller, t))
 }
 
 /// `kmsfs fsck`: whether the cipherdir is clean.
@@ -618,7 +715,14 @@ fn run_fsck(
     json: bool,
     repair: bool,
 ) -> Result<bool, String> {
-    let (backing, _lock, caller) = offline(kms_home_flag, secret, remote, cipherdir, repair)?;
+    let (backing, _lock, caller, ()) = offline(
+        kms_home_flag,
+        secret,
+        remote,
+        cipherdir,
+        repair,
+        |_, _, _| Ok(()),
+    )?;
     let mut meter = fsck_cmd::Meter::new();
     let report = crate::fs::fsck::Fsck::new(&backing, caller, repair).run(&mut |p| meter.tick(p));
     let took = meter.finish();

@@ -25,6 +25,7 @@ pub mod ops;
 pub mod rekey;
 pub mod rename;
 pub mod rename_names;
+pub mod rewrap;
 pub mod root_attr;
 pub mod stat;
 pub mod symlink;

@@ -220,7 +220,7 @@ fn finish_init(
 }
 
 /// Seals the config under its CMK (see config.rs).
-fn seal(kms: &dyn KeyBackend, caller: &Caller, cfg: &mut Config) -> Result<(), String> {
+pub(super) fn seal(kms: &dyn KeyBackend, caller: &Caller, cfg: &mut Config) -> Result<(), String> {
     use base64::Engine;
     cfg.seal = None;
     let blob = kms
@@ -473,15 +473,31 @@ pub enum KmsLink {
 }
 
 impl KmsLink {
-    /// The key's id and state.
+    /// The filesystem's key's id and state.
     fn key_state(&self, caller: &Caller, key_id: &str) -> Result<(String, String), String> {
-        let r = match self {
+        self.describe(caller, key_id)
+            .map(|(arn, state)| (arn.rsplit('/').next().unwrap_or(&arn).to_string(), state))
+            .map_err(|e| format!("the filesystem's key: {}: {}", e.code, e.message))
+    }
+
+    /// The key's ARN and state, for a key the caller named (rewrap's
+    /// target).
+    pub fn arn_and_state(&self, caller: &Caller, key_id: &str) -> Result<(String, String), String> {
+        self.describe(caller, key_id)
+            .map_err(|e| format!("the key {key_id}: {}: {}", e.code, e.message))
+    }
+
+    fn describe(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+    ) -> Result<(String, String), crate::kms::KmsError> {
+        match self {
             KmsLink::Local(k) => k
                 .describe_key(caller, key_id)
-                .map(|m| (m.key_id, m.key_state.to_string())),
+                .map(|m| (m.arn, m.key_state.to_string())),
             KmsLink::Remote(r) => r.describe_key(key_id),
-        };
-        r.map_err(|e| format!("the filesystem's key: {}: {}", e.code, e.message))
+        }
     }
 
     pub fn backend(&self) -> &dyn KeyBackend {

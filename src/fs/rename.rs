@@ -265,7 +265,18 @@ pub(super) fn prepare_tree(
     dir_times: &mut Vec<(String, [libc::timespec; 2])>,
 ) -> FsResult<()> {
     let (files, links) = walk(&b.tree, from)?;
-    for f in files {
+    // A large tree replayed at mount: a line every 5 s on the mount's log,
+    // and one at the end, so a slow start is seen to be working.
+    let (total, started) = (files.len(), std::time::Instant::now());
+    let mut said = started;
+    for (i, f) in files.into_iter().enumerate() {
+        if recovering && said.elapsed() >= std::time::Duration::from_secs(5) {
+            said = std::time::Instant::now();
+            crate::log_line!(
+                "kmsfs: replaying the rename of {from} to {to}: {i} of {total} files re-wrapped, {:.0} s",
+                started.elapsed().as_secs_f64()
+            );
+        }
         let (src, dst) = (format!("{from}/{f}"), format!("{to}/{f}"));
         match b.rewrap_file(&src, &src, &dst, caller) {
             Ok((fd, _, _)) => flush.file(fd),
@@ -276,6 +287,12 @@ pub(super) fn prepare_tree(
             }
             Err(e) => return Err(e),
         }
+    }
+    if recovering && total > 0 {
+        crate::log_line!(
+            "kmsfs: replaying the rename of {from} to {to}: {total} files re-wrapped in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
     }
     // Twins are made in the directories holding symlinks, which moves their
     // times: recorded here, put back once the twins are renamed over.

@@ -98,7 +98,7 @@ fn flist(fd: &File) -> io::Result<Vec<String>> {
         .collect())
 }
 
-fn key_context(fs_id: &str) -> EncryptionContext {
+pub(super) fn key_context(fs_id: &str) -> EncryptionContext {
     EncryptionContext::from_pairs([
         (super::keys::CTX_FS, fs_id),
         (super::keys::CTX_TYPE, "xattr-key"),

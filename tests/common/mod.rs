@@ -640,3 +640,16 @@ pub fn interrupted_shrink(fx: &Fixture, rel: &str) -> (Vec<u8>, u64) {
         .unwrap();
     (data, (h + 4124 + short) as u64)
 }
+
+/// Starts `cmd` (output discarded) and SIGKILLs it after `after`: a crash
+/// at some moment of whatever it was doing.
+pub fn kill_after(mut cmd: Command, after: Duration) {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(after);
+    let _ = child.kill();
+    let _ = child.wait();
+}
