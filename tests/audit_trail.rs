@@ -292,3 +292,28 @@ fn audit_syslog_sends_each_record_as_written_to_the_file() {
     encrypt(&fx, 1, &flags);
     assert_eq!(verify(&fx).0, Some(0));
 }
+
+#[test]
+fn rotation_under_concurrent_writer_processes_loses_no_record() {
+    let fx = Fixture::new();
+    let key = key_id(&fx);
+    let before = count_shown(&fx, "Encrypt");
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            let script = format!(
+                "for i in $(seq 12); do {bin} --kms-home {home} --key-file {keyf} --audit-max-size 3K kms encrypt --key-id {key} --plaintext eA== >/dev/null || exit 1; done",
+                bin = BIN,
+                home = fx.home.display(),
+                keyf = fx.key.display(),
+            );
+            std::process::Command::new("sh").arg("-c").arg(script).spawn().unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    assert_eq!(count_shown(&fx, "Encrypt"), before + 48);
+    let (code, t) = verify(&fx);
+    assert_eq!(code, Some(0), "{t}");
+    assert!(rotated(&fx.home).len() >= 5, "{:?}", rotated(&fx.home));
+}

@@ -5,29 +5,38 @@ use crate::fs::fsck::{Progress, Report};
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-/// Progress on stderr: one line redrawn on a terminal, a plain line every
-/// ten seconds otherwise (a log, a pipe).
+/// Progress on stderr: an indicatif spinner line on a terminal, a plain
+/// line every ten seconds otherwise (a log, a pipe).
 pub struct Meter {
-    tty: bool,
+    bar: Option<indicatif::ProgressBar>,
     start: Instant,
     last: Instant,
-    drawn: bool,
 }
 
 impl Meter {
     pub fn new() -> Self {
         let now = Instant::now();
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = indicatif::ProgressBar::new_spinner();
+            b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            if let Ok(style) =
+                indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_msg}")
+            {
+                b.set_style(style);
+            }
+            b.enable_steady_tick(Duration::from_millis(120));
+            b
+        });
         Meter {
-            tty: std::io::stderr().is_terminal(),
+            bar,
             start: now,
             last: now,
-            drawn: false,
         }
     }
 
     pub fn tick(&mut self, p: &Progress) {
-        let every = if self.tty {
-            Duration::from_millis(100)
+        let every = if self.bar.is_some() {
+            Duration::from_millis(50)
         } else {
             Duration::from_secs(10)
         };
@@ -36,25 +45,26 @@ impl Meter {
         }
         self.last = Instant::now();
         let line = format!(
-            "{} nodes, {:.1} MB, {:.0} s: {}",
+            "{} nodes, {:.1} MB: {}",
             p.nodes,
             p.bytes as f64 / 1e6,
-            self.start.elapsed().as_secs_f64(),
             super::audit_cmd::escape(p.path)
         );
-        let mut e = std::io::stderr().lock();
-        if self.tty {
-            let cut: String = line.chars().take(100).collect();
-            let _ = write!(e, "\r\x1b[2K{cut}");
-            self.drawn = true;
-        } else {
-            let _ = writeln!(e, "{line}");
+        match &self.bar {
+            Some(b) => b.set_message(line),
+            None => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "{line} ({:.0} s)",
+                    self.start.elapsed().as_secs_f64()
+                );
+            }
         }
     }
 
     pub fn finish(&mut self) -> Duration {
-        if self.drawn {
-            let _ = write!(std::io::stderr(), "\r\x1b[2K");
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
         }
         self.start.elapsed()
     }
