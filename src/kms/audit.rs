@@ -337,6 +337,15 @@ impl AuditLog {
         &self.path
     }
 
+    /// The last digest this writer wrote or saw: the anchor follows it.
+    pub fn digest_seq(&self) -> u64 {
+        self.tail
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .digest
+            .seq
+    }
+
     /// Where the chain stands as this writer last saw it: for the anchor.
     pub fn head(&self) -> Head {
         self.tail.lock().unwrap_or_else(|e| e.into_inner()).head
