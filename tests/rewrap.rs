@@ -73,6 +73,11 @@ fn populate(fx: &Fixture) {
     fs::write(fx.m("d/e/b"), vec![7u8; 100_000]).unwrap();
     fs::hard_link(fx.m("d/a"), fx.m("d/e/a2")).unwrap();
     std::os::unix::fs::symlink("d/a", fx.m("short")).unwrap();
+    sh_ok(&format!(
+        "chown -h 4321:4322 {} && touch -h -d 2021-05-06T07:08:09Z {}",
+        fx.m("short").display(),
+        fx.m("short").display()
+    ));
     std::os::unix::fs::symlink("y".repeat(3200), fx.m("long")).unwrap();
     sh_ok(&format!(
         "setfattr -n user.k -v v {}",
@@ -87,6 +92,13 @@ fn readable(fx: &Fixture) {
     assert_eq!(fs::read(fx.m("d/e/a2")).unwrap(), b"alpha");
     assert!(fs::read(fx.m("d/e/b")).unwrap() == vec![7u8; 100_000]);
     assert_eq!(fs::read_link(fx.m("short")).unwrap().to_str(), Some("d/a"));
+    let st = fs::symlink_metadata(fx.m("short")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        (st.uid(), st.gid(), st.mtime()),
+        (4321, 4322, 1_620_284_889),
+        "the link's owner and times"
+    );
     assert_eq!(
         fs::read_link(fx.m("long")).unwrap().to_string_lossy(),
         "y".repeat(3200)

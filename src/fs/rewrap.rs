@@ -203,8 +203,16 @@ impl<'a> Rewrap<'a> {
         let new = super::symlink::encode(&self.rewrap(&blob, &ctx)?);
         let parent = rel.rsplit_once('/').map_or("", |(p, _)| p);
         let twin = super::rename::temp_name(parent, "rewrap");
+        // The link's owner and times are the mount's to show: kept.
+        let st = self.b.tree.lstat(rel)?;
         self.b.tree.symlink(new.as_bytes(), &twin)?;
-        if let Err(e) = self.b.tree.rename(&twin, rel, 0) {
+        let kept = self
+            .b
+            .tree
+            .chown(&twin, Some(st.st_uid), Some(st.st_gid))
+            .and_then(|()| self.b.tree.set_times(&twin, &super::stat::times_of(&st)))
+            .and_then(|()| self.b.tree.rename(&twin, rel, 0));
+        if let Err(e) = kept {
             let _ = self.b.tree.unlink(&twin);
             return Err(FsError::Io(e));
         }
