@@ -112,7 +112,12 @@ fn for_each_match(
     report: bool,
     mut f: impl FnMut(&str, &Value) -> bool,
 ) -> Result<u64, String> {
-    let (dir, base) = trail_of(path)?;
+    let (dir, base) = trail::dir_and_name(path).map_err(|e| {
+        format!(
+            "cannot open the audit log's directory for {}: {e}",
+            path.display()
+        )
+    })?;
     let files = trail::files(&dir, &base)
         .map_err(|e| format!("cannot list the audit trail of {}: {e}", path.display()))?;
     let own_events = filter.event.as_deref().is_some_and(|e| {
@@ -153,21 +158,6 @@ fn for_each_match(
         }
     }
     Ok(n)
-}
-
-/// The directory holding the log at `path`, and the log's name.
-fn trail_of(path: &Path) -> Result<(std::fs::File, std::ffi::OsString), String> {
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let dir = std::fs::File::open(parent)
-        .map_err(|e| format!("cannot open {}: {e}", parent.display()))?;
-    let base = path
-        .file_name()
-        .ok_or_else(|| format!("{} names no file", path.display()))?
-        .to_os_string();
-    Ok((dir, base))
 }
 
 /// One table row: columns two spaces apart, the last one unpadded.

@@ -103,53 +103,12 @@ fn refuse(rel: &str, why: &str) -> FsError {
     ))
 }
 
-/// Every extended attribute of the backing file, as stored (kmsfs keeps
-/// them encrypted, bound to the file id the copy keeps).
+/// Every kmsfs attribute of the backing file, as stored (encrypted, bound
+/// to the file id the copy keeps).
 fn copy_xattrs(from: &File, to: &File) -> io::Result<()> {
-    let names = flist(from)?;
-    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        let c =
-            std::ffi::CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        // SAFETY: a size query on an open descriptor.
-        let n = unsafe { libc::fgetxattr(from.as_raw_fd(), c.as_ptr(), std::ptr::null_mut(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut v = vec![0u8; n as usize];
-        // SAFETY: the buffer is as long as said.
-        let n = unsafe {
-            libc::fgetxattr(from.as_raw_fd(), c.as_ptr(), v.as_mut_ptr().cast(), v.len())
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: as above, for the copy.
-        if unsafe { libc::fsetxattr(to.as_raw_fd(), c.as_ptr(), v.as_ptr().cast(), n as usize, 0) }
-            != 0
-        {
-            return Err(io::Error::last_os_error());
-        }
+    use super::xattr_store::{fget, flist, fset};
+    for name in flist(from)? {
+        fset(to, &name, &fget(from, &name)?, 0)?;
     }
     Ok(())
-}
-
-fn flist(f: &File) -> io::Result<Vec<u8>> {
-    // SAFETY: a size query on an open descriptor.
-    let n = unsafe { libc::flistxattr(f.as_raw_fd(), std::ptr::null_mut(), 0) };
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        return if e.raw_os_error() == Some(libc::ENOTSUP) {
-            Ok(vec![])
-        } else {
-            Err(e)
-        };
-    }
-    let mut buf = vec![0u8; n as usize];
-    // SAFETY: the buffer is as long as said.
-    let n = unsafe { libc::flistxattr(f.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    buf.truncate(n as usize);
-    Ok(buf)
 }

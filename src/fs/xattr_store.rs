@@ -81,7 +81,7 @@ pub(super) fn fset(fd: &File, name: &str, value: &[u8], flags: i32) -> io::Resul
 }
 
 /// The backing attribute names of `fd` that hold kmsfs attributes.
-fn flist(fd: &File) -> io::Result<Vec<String>> {
+pub(super) fn flist(fd: &File) -> io::Result<Vec<String>> {
     // SAFETY: a valid descriptor; `sized` passes a buffer of the length it
     // names (or null with 0).
     let raw = match sized(|buf, len| unsafe { libc::flistxattr(fd.as_raw_fd(), buf.cast(), len) }) {

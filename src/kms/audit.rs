@@ -256,15 +256,8 @@ impl AuditLog {
     /// Opens (creating, mode 0600) the log at `path` and finds the end of its
     /// chain; for a log outside a KMS home (tests, the remote KMS's cache).
     pub fn open(path: &Path, key: Key256) -> io::Result<Self> {
-        let parent = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        let dir = File::open(parent)?;
-        let name = path
-            .file_name()
-            .ok_or_else(|| io::Error::other(format!("{} names no file", path.display())))?;
-        Self::open_in(dir, name, path, key, Settings::default(), None)
+        let (dir, name) = trail::dir_and_name(path)?;
+        Self::open_in(dir, &name, path, key, Settings::default(), None)
     }
 
     /// Opens the log `name` beneath the directory `dir` (the KMS home opens
@@ -448,13 +441,13 @@ impl AuditLog {
             let (first, time) = s.first.clone().unwrap_or((s.head.seq, String::new()));
             t.first_seq = first;
             t.started = super::clock::parse_time(&time).unwrap_or_else(now_secs);
-            if first > 1 && s.digest == DigestHead::default() {
-                // A file that starts mid-chain without saying where the
-                // digests stood: keep what this writer knew.
-            } else {
-                t.digest = s.digest;
-            }
-        } else {
+        }
+        // A file that starts mid-chain without saying where the digests
+        // stood keeps what this writer knew.
+        if from > 0
+            || s.first.as_ref().is_none_or(|f| f.0 <= 1)
+            || s.digest != DigestHead::default()
+        {
             t.digest = s.digest;
         }
         t.head = s.head;

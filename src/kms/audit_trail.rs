@@ -22,6 +22,19 @@ fn c_name(name: &OsStr) -> io::Result<CString> {
     CString::new(name.as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
 }
 
+/// The directory holding the log at `path`, open, and the log's name: a
+/// log outside a KMS home (tests, the remote KMS's cache, `audit show`).
+pub fn dir_and_name(path: &std::path::Path) -> io::Result<(File, OsString)> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::other(format!("{} names no file", path.display())))?;
+    Ok((File::open(parent)?, name.to_os_string()))
+}
+
 /// lstat of `name` beneath `dir` (trail names are UTF-8: ours, and those
 /// listed, which skips any other).
 pub fn stat_at(dir: &File, name: &OsStr) -> io::Result<libc::stat> {
