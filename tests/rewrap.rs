@@ -224,12 +224,13 @@ fn to_another_key_killed_at_random_moments_and_resumed_leaves_every_file_readabl
 }
 
 #[test]
-fn a_mounted_cipherdir_and_a_disabled_target_are_refused() {
+fn a_disabled_target_is_refused_offline_and_by_the_mount() {
     let fx = Fixture::new();
     let o = fx.cli(&["kms", "create-key"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let k = v["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
     fx.cli(&["kms", "disable-key", "--key-id", &k]);
+    let before = fx.config();
     let o = fx.cli(&["rewrap", fx.cipher.to_str().unwrap(), "--to-key", &k]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
@@ -237,12 +238,198 @@ fn a_mounted_cipherdir_and_a_disabled_target_are_refused() {
             .contains("is Disabled: blobs can be re-wrapped only under an enabled key")
     );
     let m = fx.mount();
-    let o = fx.cli(&["rewrap", fx.cipher.to_str().unwrap()]);
+    let o = fx.cli(&["rewrap", fx.cipher.to_str().unwrap(), "--to-key", &k]);
     assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("unmount it first to rewrap"),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
+        err.contains("the mount: the key")
+            && err.contains("is Disabled: blobs can be re-wrapped only under an enabled key"),
+        "{err}"
     );
     m.unmount();
+    assert_eq!(fx.config(), before, "nothing moved");
+}
+
+/// The mount's control socket, for the filesystem `fx` made.
+fn control_socket(fx: &Fixture) -> std::path::PathBuf {
+    let id = fx.config()["FilesystemId"].as_str().unwrap().to_string();
+    kmsfs::fs::control::socket_path(&id).unwrap()
+}
+
+/// One request line to the mount, its first answer line back.
+fn ask_raw(fx: &Fixture, line: &[u8]) -> String {
+    use std::io::{BufRead, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(control_socket(fx)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(line).unwrap();
+    let mut out = String::new();
+    std::io::BufReader::new(s).read_line(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn the_control_socket_is_private_refuses_bad_requests_and_goes_with_the_mount() {
+    use std::os::unix::fs::PermissionsExt;
+    let fx = Fixture::new();
+    let m = fx.mount();
+    let sock = control_socket(&fx);
+    let mode = |p: &std::path::Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(sock.parent().unwrap()), 0o700, "{}", sock.display());
+    assert_eq!(mode(&sock), 0o600);
+    let a = ask_raw(&fx, b"{\"Op\":\"Rewrap\",\n");
+    assert!(
+        a.starts_with(r#"{"Error":"not a kmsfs control request"#),
+        "{a}"
+    );
+    let a = ask_raw(&fx, b"{\"Op\":\"Delete\"}\n");
+    assert!(
+        a.starts_with(r#"{"Error":"not a kmsfs control request"#),
+        "{a}"
+    );
+    let a = ask_raw(&fx, b"{\"Op\":\"Rewrap\",\"Cipherdir\":\"/elsewhere\"}\n");
+    assert!(
+        a.contains("this mount serves") && a.contains("not /elsewhere"),
+        "{a}"
+    );
+    // Still serving, and still answering.
+    fs::write(fx.m("f"), b"still here").unwrap();
+    assert_eq!(fs::read(fx.m("f")).unwrap(), b"still here");
+    let o = fx.cli(&["rewrap", fx.cipher.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    m.unmount();
+    assert!(!sock.exists(), "{} left behind", sock.display());
+}
+
+#[test]
+fn while_mounted_the_mount_rewraps_beside_renames_and_writes_and_loses_nothing() {
+    const FILES: u32 = 1500;
+    const HOT: u32 = 40;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let fx = Fixture::new();
+    populate(&fx);
+    let o = fx.cli(&["kms", "create-key", "--description", "the old key"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let old = v["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+    let o = fx.cli(&["rewrap", fx.cipher.to_str().unwrap(), "--to-key", &old]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = fx.cli(&["kms", "create-key", "--description", "the new key"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (new, new_arn) = (
+        v["KeyMetadata"]["KeyId"].as_str().unwrap().to_string(),
+        v["KeyMetadata"]["Arn"].as_str().unwrap().to_string(),
+    );
+    let m = fx.mount_with(&["--xattrs"]);
+    fs::create_dir_all(fx.m("busy/sub")).unwrap();
+    fs::create_dir_all(fx.m("busy/hotdir")).unwrap();
+    for i in 0..FILES {
+        fs::write(fx.m(&format!("busy/f{i}")), format!("file {i}")).unwrap();
+    }
+    // Beside the re-wrap: files renamed back and forth, a directory moved
+    // back and forth, new files written, a file held open and appended to.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (s2, mnt) = (stop.clone(), fx.mnt.clone());
+    let load = std::thread::spawn(move || {
+        use std::io::Write;
+        let p = |r: &str| mnt.join(r);
+        let mut held = fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(p("busy/held"))
+            .unwrap();
+        let mut i = 0u32;
+        while !s2.load(Ordering::Relaxed) {
+            let f = i % FILES;
+            fs::rename(p(&format!("busy/f{f}")), p(&format!("busy/sub/g{f}"))).unwrap();
+            fs::rename(p(&format!("busy/sub/g{f}")), p(&format!("busy/f{f}"))).unwrap();
+            if i.is_multiple_of(10) {
+                fs::rename(p("busy/sub"), p("busy/sub2")).unwrap();
+                fs::rename(p("busy/sub2"), p("busy/sub")).unwrap();
+            }
+            fs::write(p(&format!("busy/new{i}")), format!("new {i}")).unwrap();
+            writeln!(held, "line {i}").unwrap();
+            i += 1;
+        }
+        held.sync_all().unwrap();
+        i
+    });
+    // And a few files renamed as fast as the mount allows: the walk meets
+    // each of them mid-rename unless it waits for the rename.
+    let (s3, mnt) = (stop.clone(), fx.mnt.clone());
+    for j in 0..HOT {
+        fs::write(fx.m(&format!("busy/hot{j}")), format!("hot {j}")).unwrap();
+    }
+    let hot = std::thread::spawn(move || {
+        let p = |r: String| mnt.join(r);
+        let mut renames = 0u64;
+        while !s3.load(Ordering::Relaxed) {
+            for j in 0..HOT {
+                fs::rename(p(format!("busy/hot{j}")), p(format!("busy/hotdir/hot{j}"))).unwrap();
+                fs::rename(p(format!("busy/hotdir/hot{j}")), p(format!("busy/hot{j}"))).unwrap();
+                renames += 2;
+            }
+        }
+        renames
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // Moved to the new key, then twice more to its newest material: three
+    // walks for the load to run beside.
+    for to in [Some(new.as_str()), None, None] {
+        let mut args = vec!["rewrap", fx.cipher.to_str().unwrap()];
+        args.extend(to.map(|k| ["--to-key", k]).into_iter().flatten());
+        let o = fx.cli(&args);
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            o.status.success(),
+            "{out}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            out.contains(&format!("re-wrapped under {new_arn}:")),
+            "{out}"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let n = load.join().unwrap();
+    assert!(n > 0, "the load ran");
+    assert!(hot.join().unwrap() > 0, "the renames ran");
+    let check = || {
+        for i in 0..FILES {
+            assert_eq!(
+                fs::read_to_string(fx.m(&format!("busy/f{i}"))).unwrap(),
+                format!("file {i}")
+            );
+        }
+        for i in 0..n {
+            assert_eq!(
+                fs::read_to_string(fx.m(&format!("busy/new{i}"))).unwrap(),
+                format!("new {i}")
+            );
+        }
+        for j in 0..HOT {
+            assert_eq!(
+                fs::read_to_string(fx.m(&format!("busy/hot{j}"))).unwrap(),
+                format!("hot {j}")
+            );
+        }
+        let held = fs::read_to_string(fx.m("busy/held")).unwrap();
+        assert_eq!(held.lines().count(), n as usize);
+    };
+    check();
+    m.unmount();
+    assert_eq!(fx.config()["KeyId"], new_arn.as_str());
+    let left: Vec<_> = blobs(&fx)
+        .into_iter()
+        .filter(|(_, k, _)| *k != new)
+        .collect();
+    assert!(left.is_empty(), "still under the old key: {left:?}");
+    let o = fx.cli(&["kms", "disable-key", "--key-id", &old]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    readable(&fx);
+    let m = fx.mount();
+    check();
+    m.unmount();
+    let o = fx.cli(&["fsck", fx.cipher.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
 }

@@ -151,7 +151,7 @@ pub enum Command {
         #[command(flatten)]
         remote: remote_args::RemoteArgs,
     },
-    /// Re-wrap every blob the filesystem keeps under its CMK (each file's data key, hard-link entries, symlink targets, the name key, the attribute key, the config's seal) under the CMK's newest material, or with --to-key under another CMK, inside the KMS: the content is not re-encrypted. Offline (unmount first); crash-safe, and a rerun finishes what a killed one began. Audited (a ReEncrypt per blob).
+    /// Re-wrap every blob the filesystem keeps under its CMK (each file's data key, hard-link entries, symlink targets, the name key, the attribute key, the config's seal) under the CMK's newest material, or with --to-key under another CMK, inside the KMS: the content is not re-encrypted. While mounted the mount does it (serialised with its renames; files stay in use), else it runs here under the cipherdir's lock; crash-safe, and a rerun finishes what a killed one began. Audited (a ReEncrypt per blob).
     Rewrap {
         /// Directory holding the encrypted files.
         cipherdir: PathBuf,
@@ -619,7 +619,9 @@ fn run_rekey(
     Ok(())
 }
 
-/// `kmsfs rewrap`: every blob under the target key's newest material.
+/// `kmsfs rewrap`: every blob under the target key's newest material; by
+/// the mount itself when the cipherdir is mounted (its control socket),
+/// else here under the cipherdir's lock.
 fn run_rewrap(
     kms_home_flag: Option<PathBuf>,
     secret: &secret::SecretArgs,
@@ -627,35 +629,89 @@ fn run_rewrap(
     cipherdir: &std::path::Path,
     to_key: Option<String>,
 ) -> Result<(), String> {
-    let target_arn = |link: &crate::fs::mount::KmsLink,
-                      caller: &Caller,
-                      cfg: &crate::fs::config::Config| {
-        let target = to_key.clone().unwrap_or_else(|| cfg.key_id.clone());
-        let (arn, state) = link.arn_and_state(caller, &target)?;
-        if state != "Enabled" {
-            return Err(format!(
-                "the key {arn} is {state}: blobs can be re-wrapped only under an enabled key (kmsfs kms enable-key)"
-            ));
-        }
-        Ok(arn)
-    };
-    let (mut b, _lock, caller, arn) =
+    if let Some(sum) = rewrap_online(cipherdir, to_key.clone())? {
+        return rewrap_summary(&sum);
+    }
+    let target_arn =
+        |link: &crate::fs::mount::KmsLink, caller: &Caller, cfg: &crate::fs::config::Config| {
+            crate::fs::rewrap::target(link.backend(), caller, to_key.as_deref(), &cfg.key_id)
+        };
+    let (b, _lock, caller, arn) =
         offline(kms_home_flag, secret, remote, cipherdir, true, target_arn)
             .map_err(|e| e.replace("to repair", "to rewrap"))?;
     let mut meter = fsck_cmd::Meter::new();
-    let r =
-        crate::fs::rewrap::Rewrap::new(&mut b, caller, arn.clone()).run(&mut |p| meter.tick(p))?;
+    let r = crate::fs::rewrap::Rewrap::new(&b, None, caller, arn.clone())
+        .run(&mut |p| meter.tick(p))?;
     let took = meter.finish();
+    rewrap_summary(&crate::fs::control::Summary {
+        arn,
+        files: r.files,
+        links: r.links,
+        symlinks: r.symlinks,
+        own: r.own,
+        moved: r.moved,
+        failed: r.failed,
+        seconds: took.as_secs_f64(),
+    })
+}
+
+/// Asks the mount of `cipherdir` to re-wrap; `None` when none answers.
+fn rewrap_online(
+    cipherdir: &std::path::Path,
+    to_key: Option<String>,
+) -> Result<Option<crate::fs::control::Summary>, String> {
+    use crate::fs::control::{Reply, Request, ask};
+    let cfg = crate::fs::config::Config::load(cipherdir)?;
+    let canonical = std::fs::canonicalize(cipherdir)
+        .map_err(|e| format!("cipherdir {}: {e}", cipherdir.display()))?;
+    let req = Request::Rewrap {
+        cipherdir: canonical,
+        to_key,
+    };
+    let mut meter: Option<fsck_cmd::Meter> = None;
+    let mut out: Option<Result<crate::fs::control::Summary, String>> = None;
+    let asked = ask(&cfg.filesystem_id, &req, |r| {
+        let m = meter.get_or_insert_with(fsck_cmd::Meter::new);
+        match r {
+            Reply::Progress { nodes, path } => m.tick(&crate::fs::fsck::Progress {
+                nodes,
+                bytes: 0,
+                path: &path,
+            }),
+            Reply::Done(sum) => out = Some(Ok(sum)),
+            Reply::Error(e) => out = Some(Err(format!("the mount: {e}"))),
+        }
+    })?;
+    if let Some(mut m) = meter {
+        m.finish();
+    }
+    match (asked, out) {
+        (None, _) => Ok(None),
+        (Some(()), Some(r)) => r.map(Some),
+        (Some(()), None) => Err("the mount gave no answer (see its log)".into()),
+    }
+}
+
+fn rewrap_summary(r: &crate::fs::control::Summary) -> Result<(), String> {
     for f in &r.failed {
         eprintln!("kmsfs: not re-wrapped: {f}");
     }
     println!(
-        "re-wrapped under {arn}: {} file data keys, {} hard-link entries, {} symlinks and {} of the filesystem's own blobs, in {:.2} s{}",
+        "re-wrapped under {}: {} file data keys, {} hard-link entries, {} symlinks and {} of the filesystem's own blobs, in {:.2} s{}{}",
+        r.arn,
         r.files,
         r.links,
         r.symlinks,
         r.own,
-        took.as_secs_f64(),
+        r.seconds,
+        if r.moved > 0 {
+            format!(
+                "; {} renamed or removed through the mount meanwhile (a rename re-wraps what it moves)",
+                r.moved
+            )
+        } else {
+            String::new()
+        },
         if r.failed.is_empty() {
             String::new()
         } else {

@@ -27,7 +27,13 @@ const PREFETCH_ON_OPEN: i64 = 128 << 10;
 
 pub struct Backing {
     pub tree: Tree,
+    /// The config as mounted: the filesystem id, header size and flags,
+    /// which never change under a mount.
     pub cfg: Config,
+    /// The config as `kmsfs.conf` holds it now: an online rewrap moves its
+    /// key (new data keys are made under it from then on), name key blob and
+    /// seal while the mount serves.
+    saved: std::sync::Mutex<Config>,
     pub hs: usize,
     pub kms: Arc<dyn KeyBackend>,
     /// Serialises the repair of files a crash left without a header.
@@ -87,12 +93,34 @@ impl Backing {
         let hs = cfg.header_size as usize;
         Backing {
             tree,
+            saved: std::sync::Mutex::new(cfg.clone()),
             cfg,
             hs,
             kms,
             repair: std::sync::Mutex::new(()),
             xattr: Default::default(),
         }
+    }
+
+    /// The CMK new data keys are made under (the config's, moved by rewrap).
+    pub fn key_id(&self) -> String {
+        self.saved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .key_id
+            .clone()
+    }
+
+    /// Changes the config (`f` returns it saved), one change at a time;
+    /// what it saved is the config from then on.
+    pub fn update_config<T>(
+        &self,
+        f: impl FnOnce(&Config) -> Result<(Config, T), String>,
+    ) -> Result<T, String> {
+        let mut saved = self.saved.lock().unwrap_or_else(|e| e.into_inner());
+        let (new, t) = f(&saved)?;
+        *saved = new;
+        Ok(t)
     }
 
     /// The encryption context of the data key of the file at `rel`.
@@ -175,7 +203,7 @@ impl Backing {
     /// data keys for it (kms:GenerateDataKey with its context).
     pub fn check_write(&self, rel: &str, caller: &Caller) -> FsResult<()> {
         self.kms
-            .may_generate(caller, &self.cfg.key_id, &self.ctx(rel))
+            .may_generate(caller, &self.key_id(), &self.ctx(rel))
             .map_err(FsError::from)
     }
 
@@ -188,7 +216,7 @@ impl Backing {
     ) -> FsResult<(Key256, format::FileId)> {
         let (key, blob) = self
             .kms
-            .new_data_key(caller, &self.cfg.key_id, &self.ctx(rel))?;
+            .new_data_key(caller, &self.key_id(), &self.ctx(rel))?;
         if blob.len() > format::max_blob_len(self.hs) {
             return Err(FsError::Io(io::Error::other(
                 "wrapped data key does not fit the header",
@@ -251,7 +279,7 @@ impl Backing {
     pub fn rekey_file(&self, fd: File, rel: &str, caller: &Caller) -> FsResult<CryptFile> {
         let (key, blob) = self
             .kms
-            .new_data_key(caller, &self.cfg.key_id, &self.ctx(rel))?;
+            .new_data_key(caller, &self.key_id(), &self.ctx(rel))?;
         if blob.len() > format::max_blob_len(self.hs) {
             return Err(FsError::Io(io::Error::other(
                 "wrapped data key does not fit the header",
@@ -468,7 +496,7 @@ impl Backing {
         }
         let blob = self
             .kms
-            .encrypt(caller, &self.cfg.key_id, target, &self.link_ctx(rel))?;
+            .encrypt(caller, &self.key_id(), target, &self.link_ctx(rel))?;
         Ok(symlink::encode(&blob))
     }
 

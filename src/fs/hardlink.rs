@@ -109,7 +109,7 @@ impl Backing {
         let (from_ctx, to_ctx) = (self.ctx(from), self.ctx(to));
         let rewrap = |blob: &[u8]| {
             self.kms
-                .rewrap(caller, blob, &from_ctx, &self.cfg.key_id, &to_ctx)
+                .rewrap(caller, blob, &from_ctx, &self.key_id(), &to_ctx)
         };
         if let Some(blob) = self.link_blob(fd, from)? {
             return Ok((None, rewrap(&blob)?));

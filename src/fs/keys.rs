@@ -108,9 +108,17 @@ pub trait KeyBackend: Send + Sync {
         blob: &[u8],
         ctx: &EncryptionContext,
     ) -> Result<Zeroizing<Vec<u8>>, KmsError>;
+    /// The key's ARN and state (DescribeKey): rewrap's target is checked
+    /// before anything moves to it.
+    fn arn_and_state(&self, caller: &Caller, key_id: &str) -> Result<(String, String), KmsError>;
 }
 
 impl KeyBackend for Kms {
+    fn arn_and_state(&self, caller: &Caller, key_id: &str) -> Result<(String, String), KmsError> {
+        self.describe_key(caller, key_id)
+            .map(|m| (m.arn, m.key_state.to_string()))
+    }
+
     fn new_data_key(
         &self,
         caller: &Caller,

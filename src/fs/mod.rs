@@ -6,6 +6,7 @@ pub mod acl;
 pub mod activity;
 pub mod backing;
 pub mod config;
+pub mod control;
 pub mod cryptfile;
 pub mod devnode;
 pub mod exchange;

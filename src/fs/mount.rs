@@ -480,24 +480,12 @@ impl KmsLink {
             .map_err(|e| format!("the filesystem's key: {}: {}", e.code, e.message))
     }
 
-    /// The key's ARN and state, for a key the caller named (rewrap's
-    /// target).
-    pub fn arn_and_state(&self, caller: &Caller, key_id: &str) -> Result<(String, String), String> {
-        self.describe(caller, key_id)
-            .map_err(|e| format!("the key {key_id}: {}: {}", e.code, e.message))
-    }
-
     fn describe(
         &self,
         caller: &Caller,
         key_id: &str,
     ) -> Result<(String, String), crate::kms::KmsError> {
-        match self {
-            KmsLink::Local(k) => k
-                .describe_key(caller, key_id)
-                .map(|m| (m.arn, m.key_state.to_string())),
-            KmsLink::Remote(r) => r.describe_key(key_id),
-        }
+        self.backend().arn_and_state(caller, key_id)
     }
 
     pub fn backend(&self) -> &dyn KeyBackend {
@@ -616,6 +604,7 @@ pub fn mount(link: KmsLink, args: MountArgs, default_log: PathBuf) -> Result<(),
         backing.cfg.feature_flags.push(FLAG_TYPED_SYMLINKS.into());
         seal(backing.kms.as_ref(), &caller, &mut backing.cfg)?;
         backing.cfg.save(&backing.tree)?;
+        backing.update_config(|_| Ok((backing.cfg.clone(), ())))?;
     }
 
     let mut notify: Option<File> = None;
@@ -702,6 +691,7 @@ pub fn mount(link: KmsLink, args: MountArgs, default_log: PathBuf) -> Result<(),
         root_attr,
     )
     .map_err(|e| format!("the cipherdir {}: {e}", cipherdir.display()))?;
+    let control = fs.control(cipherdir.clone());
     let mut session = match fuser::Session::new(fs, &mountpoint, &config) {
         Ok(s) => s,
         Err(e) => {
@@ -735,6 +725,11 @@ pub fn mount(link: KmsLink, args: MountArgs, default_log: PathBuf) -> Result<(),
         let mp = std::fs::canonicalize(&mountpoint).unwrap_or(mountpoint.clone());
         std::thread::spawn(move || watch_idle(&activity, limit, &mp));
     }
+    // Online rewrap; a mount without it still serves (rewrap then says to
+    // unmount first).
+    let listening = super::control::serve(control)
+        .map_err(|e| crate::log_line!("kmsfs: no control socket: {e}"))
+        .ok();
     let mut unmounter = session.unmount_callable();
     let reopen = (!args.foreground).then(|| log.clone());
     std::thread::spawn(move || {
@@ -780,6 +775,8 @@ pub fn mount(link: KmsLink, args: MountArgs, default_log: PathBuf) -> Result<(),
         let _ = kms.sync_audit();
     }
     crate::log_line!("kmsfs: unmounted {}", mountpoint.display());
+    // Before the lock: the next mount's socket must not be the one removed.
+    drop(listening);
     drop(lock);
     r.map_err(|e| format!("the FUSE session ended with an error: {e}"))
 }

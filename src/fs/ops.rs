@@ -104,7 +104,7 @@ impl Default for Options {
 }
 
 pub struct KmsFs {
-    b: Backing,
+    b: Arc<Backing>,
     opts: Options,
     inodes: Mutex<Inodes>,
     open: Mutex<HashMap<u64, Weak<OpenFile>>>,
@@ -117,7 +117,7 @@ pub struct KmsFs {
     /// whose share of the descriptors each one counts against.
     handles: Mutex<HashMap<u64, (Arc<OpenFile>, u32)>>,
     next_fh: AtomicU64,
-    renames: RenameGate,
+    renames: Arc<RenameGate>,
     budget: OpenBudget,
     as_root: bool,
     /// Any stat, to fill the unused attributes of negative entries.
@@ -183,14 +183,14 @@ impl KmsFs {
         let root_meta = b.tree.lstat("")?;
         let budget = OpenBudget::new(opts.open_files);
         Ok(KmsFs {
-            b,
+            b: Arc::new(b),
             opts,
             inodes: Mutex::new(Inodes::default()),
             open: Mutex::new(HashMap::new()),
             cached: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            renames: RenameGate::default(),
+            renames: Default::default(),
             budget,
             // SAFETY: geteuid has no preconditions.
             as_root: unsafe { libc::geteuid() } == 0,
@@ -199,6 +199,15 @@ impl KmsFs {
             devices: DeviceCache::default(),
             bare: Mutex::new(Default::default()),
         })
+    }
+
+    /// What the control socket needs to act on this mount (control.rs).
+    pub fn control(&self, cipherdir: std::path::PathBuf) -> super::control::Control {
+        super::control::Control {
+            b: self.b.clone(),
+            gate: self.renames.clone(),
+            cipherdir,
+        }
     }
 
     fn caller(req: &Request) -> Caller {

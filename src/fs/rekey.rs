@@ -53,7 +53,7 @@ pub fn rekey_file(b: &Backing, rel: &str, caller: &Caller) -> FsResult<u64> {
     let temp = super::rename::temp_name(parent(rel), "rekey");
     let fd = b.tree.create_new(&temp, 0o600)?;
     let result = (|| -> FsResult<()> {
-        let (key, blob) = b.kms.new_data_key(caller, &b.cfg.key_id, &b.ctx(rel))?;
+        let (key, blob) = b.kms.new_data_key(caller, &b.key_id(), &b.ctx(rel))?;
         if blob.len() > format::max_blob_len(b.hs) {
             return Err(FsError::Io(io::Error::other(
                 "wrapped data key does not fit the header",

@@ -12,6 +12,12 @@
 //! beside the one that opens and the old one dropped only after; the
 //! extended-attribute key file and symlinks are replaced by rename. A rerun
 //! re-wraps everything again, which is idempotent.
+//!
+//! Online (control.rs: the mount runs it on `kmsfs rewrap`'s request), each
+//! file is re-wrapped under an exclusive claim on its path, the one a rename
+//! takes, so no rename, open or truncation of it runs meanwhile; a file a
+//! rename moves before the walk reaches it was re-wrapped by the rename,
+//! which wraps for the new path under the config's key, moved first.
 
 use super::backing::{Backing, FsError, FsResult};
 use super::cryptfile;
@@ -24,13 +30,38 @@ pub struct Rewrapped {
     pub files: u64,
     pub links: u64,
     pub symlinks: u64,
+    /// Online: files renamed or removed through the mount before the walk
+    /// reached them (a rename re-wraps what it moves).
+    pub moved: u64,
     /// The config's name key and seal, the attribute key file.
     pub own: u64,
     pub failed: Vec<String>,
 }
 
+/// The ARN to re-wrap under: `to_key`, else the filesystem's own key
+/// (`current`) for its newest material; refused unless it is enabled.
+pub fn target(
+    kms: &dyn super::keys::KeyBackend,
+    caller: &Caller,
+    to_key: Option<&str>,
+    current: &str,
+) -> Result<String, String> {
+    let target = to_key.unwrap_or(current);
+    let (arn, state) = kms
+        .arn_and_state(caller, target)
+        .map_err(|e| format!("the key {target}: {}: {}", e.code, e.message))?;
+    if state != "Enabled" {
+        return Err(format!(
+            "the key {arn} is {state}: blobs can be re-wrapped only under an enabled key (kmsfs kms enable-key)"
+        ));
+    }
+    Ok(arn)
+}
+
 pub struct Rewrap<'a> {
-    b: &'a mut Backing,
+    b: &'a Backing,
+    /// The mount's renames, when it runs online.
+    gate: Option<&'a super::fairness::RenameGate>,
     caller: Caller,
     to: String,
     out: Rewrapped,
@@ -39,9 +70,15 @@ pub struct Rewrap<'a> {
 impl<'a> Rewrap<'a> {
     /// Re-wraps under `to`, the key's ARN (the filesystem's own key for its
     /// newest material); the config records it.
-    pub fn new(b: &'a mut Backing, caller: Caller, to: String) -> Self {
+    pub fn new(
+        b: &'a Backing,
+        gate: Option<&'a super::fairness::RenameGate>,
+        caller: Caller,
+        to: String,
+    ) -> Self {
         Rewrap {
             b,
+            gate,
             caller,
             to,
             out: Rewrapped::default(),
@@ -53,15 +90,22 @@ impl<'a> Rewrap<'a> {
         progress: &mut dyn FnMut(&super::fsck::Progress),
     ) -> Result<Rewrapped, String> {
         self.config()?;
+        // Online: what began under the old key (a create that made its data
+        // key before the config moved) is on disk before the walk lists it.
+        if let Some(g) = self.gate {
+            drop(g.claim("", ""));
+        }
         self.xattr_key()?;
         let mut dirs = vec![String::new()];
         let mut n = 0;
         while let Some(dir) = dirs.pop() {
-            let entries = self
-                .b
-                .tree
-                .entries(&dir)
-                .map_err(|e| format!("listing {dir:?}: {e}"))?;
+            let entries = match self.b.tree.entries(&dir) {
+                Ok(e) => e,
+                Err(e) if self.gate.is_some() && e.raw_os_error() == Some(libc::ENOENT) => {
+                    continue; // moved through the mount: see above
+                }
+                Err(e) => return Err(format!("listing {dir:?}: {e}")),
+            };
             for (name, kind) in entries {
                 if super::names::is_internal(&dir, &name) {
                     continue;
@@ -70,6 +114,12 @@ impl<'a> Rewrap<'a> {
                     name
                 } else {
                     format!("{dir}/{name}")
+                };
+                let claim = match kind {
+                    fuser::FileType::RegularFile | fuser::FileType::Symlink => {
+                        self.gate.map(|g| g.claim(&rel, &rel))
+                    }
+                    _ => None,
                 };
                 let r = match kind {
                     fuser::FileType::Directory => {
@@ -80,8 +130,17 @@ impl<'a> Rewrap<'a> {
                     fuser::FileType::Symlink => self.symlink(&rel),
                     _ => Ok(()),
                 };
-                if let Err(e) = r {
-                    self.out.failed.push(format!("{rel}: {e}"));
+                drop(claim);
+                match r {
+                    // Renamed or removed through the mount since the
+                    // listing: a rename wrapped it for its new path.
+                    Err(FsError::Io(e))
+                        if self.gate.is_some() && e.raw_os_error() == Some(libc::ENOENT) =>
+                    {
+                        self.out.moved += 1
+                    }
+                    Err(e) => self.out.failed.push(format!("{rel}: {e}")),
+                    Ok(()) => {}
                 }
                 n += 1;
                 progress(&super::fsck::Progress {
@@ -99,30 +158,36 @@ impl<'a> Rewrap<'a> {
     }
 
     /// The config names the key new data keys are made under, wraps the
-    /// name key and is sealed under the key: all three move, in one save.
+    /// name key and is sealed under the key: all three move, in one save,
+    /// and the mount makes new data keys under the new key from then on.
     fn config(&mut self) -> Result<(), String> {
         let fs_id = self.b.cfg.filesystem_id.clone();
-        let mut cfg = self.b.cfg.clone();
-        if let Some(b64) = cfg.name_key.clone() {
-            let blob = base64::engine::general_purpose::STANDARD
-                .decode(&b64)
-                .map_err(|_| "kmsfs.conf: NameKey is not base64".to_string())?;
-            let new = self
-                .rewrap(&blob, &super::keys::name_key_context(&fs_id))
-                .map_err(|e| format!("re-wrapping the name key: {e}"))?;
-            cfg.name_key = Some(base64::engine::general_purpose::STANDARD.encode(new));
-            self.out.own += 1;
-        }
-        cfg.key_id = self.to.clone();
-        super::mount::seal(self.b.kms.as_ref(), &self.caller, &mut cfg)?;
-        self.out.own += 1;
-        cfg.save(&self.b.tree)?;
-        self.b.cfg = cfg;
+        let own = self.b.update_config(|saved| {
+            let mut cfg = saved.clone();
+            let mut own = 0;
+            if let Some(b64) = cfg.name_key.clone() {
+                let blob = base64::engine::general_purpose::STANDARD
+                    .decode(&b64)
+                    .map_err(|_| "kmsfs.conf: NameKey is not base64".to_string())?;
+                let new = self
+                    .rewrap(&blob, &super::keys::name_key_context(&fs_id))
+                    .map_err(|e| format!("re-wrapping the name key: {e}"))?;
+                cfg.name_key = Some(base64::engine::general_purpose::STANDARD.encode(new));
+                own += 1;
+            }
+            cfg.key_id = self.to.clone();
+            super::mount::seal(self.b.kms.as_ref(), &self.caller, &mut cfg)?;
+            cfg.save(&self.b.tree)?;
+            Ok((cfg, own + 1))
+        })?;
+        self.out.own += own;
         Ok(())
     }
 
     fn xattr_key(&mut self) -> Result<(), String> {
         let name = super::xattr_store::KEY_FILE;
+        // Not beside the first attribute ever set making the file.
+        let _made = self.b.xattr.0.lock().unwrap_or_else(|e| e.into_inner());
         let Some(blob) = self
             .b
             .tree

@@ -20,7 +20,7 @@ const MAX_KEY_FILE: u64 = 4096;
 
 /// The unwrapped secret, once per mount, from the first attribute used.
 #[derive(Default)]
-pub struct XattrSecret(Mutex<Option<Arc<XattrKeys>>>);
+pub struct XattrSecret(pub(super) Mutex<Option<Arc<XattrKeys>>>);
 
 fn errno(n: i32) -> FsError {
     FsError::Io(io::Error::from_raw_os_error(n))
@@ -135,7 +135,7 @@ impl Backing {
         let secret = match self.tree.read_small(KEY_FILE, MAX_KEY_FILE)? {
             Some(blob) => self.kms.unwrap(&mount, &blob, &ctx)?,
             None if create => {
-                let (key, blob) = self.kms.new_data_key(&mount, &self.cfg.key_id, &ctx)?;
+                let (key, blob) = self.kms.new_data_key(&mount, &self.key_id(), &ctx)?;
                 self.tree.replace(KEY_FILE, &blob, 0o600)?;
                 key
             }

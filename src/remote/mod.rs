@@ -141,6 +141,10 @@ impl RemoteKms {
 }
 
 impl KeyBackend for RemoteKms {
+    fn arn_and_state(&self, _caller: &Caller, key_id: &str) -> Result<(String, String), KmsError> {
+        self.describe_key(key_id)
+    }
+
     fn new_data_key(
         &self,
         _caller: &Caller,
