@@ -357,3 +357,51 @@ fn a_stale_key_slot_is_found_and_repair_drops_only_it() {
     assert_eq!(fs::read(fx.m("x")).unwrap(), b"the file");
     m.unmount();
 }
+
+/// A directory rename a crash interrupted (its journal written, nothing
+/// moved yet: the first moment a crash can leave) is named, replayed by
+/// --repair, and clean after; a journal kmsfs did not write is named and
+/// left alone, nothing replayed.
+#[test]
+fn an_interrupted_directory_rename_is_named_and_replayed_and_a_foreign_journal_is_left() {
+    let fx = Fixture::plaintext();
+    let m = fx.mount();
+    fs::create_dir_all(fx.m("a/sub")).unwrap();
+    fs::write(fx.m("a/f"), b"data of f").unwrap();
+    fs::write(fx.m("a/sub/g"), b"data of g").unwrap();
+    m.unmount();
+    fs::write(
+        fx.c(".kmsfs.journal"),
+        r#"{"op":"rename","from":"a","to":"b"}"#,
+    )
+    .unwrap();
+    let (code, out) = fsck(&fx, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("journal") && out.contains("an interrupted rename of a to b"),
+        "{out}"
+    );
+    assert!(fx.c("a/f").exists(), "a plain fsck changes nothing");
+    let (code, out) = fsck(&fx, &["--repair"]);
+    assert!(out.contains("replayed"), "{out}");
+    assert_eq!(code, Some(1), "a run that found something says so: {out}");
+    let (code, out) = fsck(&fx, &[]);
+    assert_eq!(code, Some(0), "{out}");
+    let _m = fx.mount();
+    assert_eq!(fs::read(fx.m("b/f")).unwrap(), b"data of f");
+    assert_eq!(fs::read(fx.m("b/sub/g")).unwrap(), b"data of g");
+    assert!(!fx.m("a").exists());
+    drop(_m);
+
+    fs::write(fx.c(".kmsfs.journal"), "not json").unwrap();
+    let (code, out) = fsck(&fx, &["--repair"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("journal: the rename journal")
+            && out.contains("is damaged")
+            && out.contains("nothing was replayed"),
+        "{out}"
+    );
+    assert_eq!(fs::read(fx.c(".kmsfs.journal")).unwrap(), b"not json");
+    assert!(fx.c("b/f").exists() && !fx.c("a").exists(), "nothing moved");
+}
