@@ -124,6 +124,20 @@ fn key_uuid(fx: &Fixture) -> String {
         .to_string()
 }
 
+/// Every blob under `new` (the config naming `new_arn`), then `old`
+/// disabled: every file still opens.
+fn moved_off(fx: &Fixture, old: &str, new: &str, new_arn: &str) {
+    assert_eq!(fx.config()["KeyId"], new_arn);
+    let left: Vec<_> = blobs(fx)
+        .into_iter()
+        .filter(|(_, k, _)| *k != new)
+        .collect();
+    assert!(left.is_empty(), "still under the old key: {left:?}");
+    let o = fx.cli(&["kms", "disable-key", "--key-id", old]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    readable(fx);
+}
+
 #[test]
 fn after_rotate_key_on_demand_every_blob_is_under_the_newest_material() {
     let fx = Fixture::new();
@@ -202,17 +216,9 @@ fn to_another_key_killed_at_random_moments_and_resumed_leaves_every_file_readabl
     }
     let o = fx.cli(&["rewrap", fx.cipher.to_str().unwrap(), "--to-key", &new]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(fx.config()["KeyId"], new_arn.as_str());
-    let left: Vec<_> = blobs(&fx)
-        .into_iter()
-        .filter(|(_, k, _)| *k != new)
-        .collect();
-    assert!(left.is_empty(), "still under the old key: {left:?}");
     // The old key is no longer needed: disabled, everything still opens,
     // and a new file's data key is made under the new key.
-    let o = fx.cli(&["kms", "disable-key", "--key-id", &old]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    readable(&fx);
+    moved_off(&fx, &old, &new, &new_arn);
     let m = fx.mount();
     fs::write(fx.m("after"), b"new").unwrap();
     m.unmount();
@@ -418,15 +424,7 @@ fn while_mounted_the_mount_rewraps_beside_renames_and_writes_and_loses_nothing()
     };
     check();
     m.unmount();
-    assert_eq!(fx.config()["KeyId"], new_arn.as_str());
-    let left: Vec<_> = blobs(&fx)
-        .into_iter()
-        .filter(|(_, k, _)| *k != new)
-        .collect();
-    assert!(left.is_empty(), "still under the old key: {left:?}");
-    let o = fx.cli(&["kms", "disable-key", "--key-id", &old]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    readable(&fx);
+    moved_off(&fx, &old, &new, &new_arn);
     let m = fx.mount();
     check();
     m.unmount();

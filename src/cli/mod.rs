@@ -643,16 +643,7 @@ fn run_rewrap(
     let r = crate::fs::rewrap::Rewrap::new(&b, None, caller, arn.clone())
         .run(&mut |p| meter.tick(p))?;
     let took = meter.finish();
-    rewrap_summary(&crate::fs::control::Summary {
-        arn,
-        files: r.files,
-        links: r.links,
-        symlinks: r.symlinks,
-        own: r.own,
-        moved: r.moved,
-        failed: r.failed,
-        seconds: took.as_secs_f64(),
-    })
+    rewrap_summary(&crate::fs::control::Summary::of(arn, r, took))
 }
 
 /// Asks the mount of `cipherdir` to re-wrap; `None` when none answers.

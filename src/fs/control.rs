@@ -68,6 +68,21 @@ pub struct Summary {
     pub seconds: f64,
 }
 
+impl Summary {
+    pub fn of(arn: String, r: super::rewrap::Rewrapped, took: Duration) -> Self {
+        Summary {
+            arn,
+            files: r.files,
+            links: r.links,
+            symlinks: r.symlinks,
+            own: r.own,
+            moved: r.moved,
+            failed: r.failed,
+            seconds: took.as_secs_f64(),
+        }
+    }
+}
+
 /// Where the mount of filesystem `fs_id` listens, for this user.
 pub fn socket_path(fs_id: &str) -> Result<PathBuf, String> {
     // The id comes from kmsfs.conf: it names a file only if it looks like one.
@@ -263,16 +278,7 @@ fn rewrap(ctl: &Control, to_key: Option<&str>, s: &mut UnixStream) -> Result<Sum
                 client = send(s, &r).is_ok();
             }
         })?;
-    let sum = Summary {
-        arn,
-        files: r.files,
-        links: r.links,
-        symlinks: r.symlinks,
-        own: r.own,
-        moved: r.moved,
-        failed: r.failed,
-        seconds: t0.elapsed().as_secs_f64(),
-    };
+    let sum = Summary::of(arn, r, t0.elapsed());
     crate::log_line!(
         "kmsfs: rewrap under {}: {} file data keys, {} hard-link entries, {} symlinks, {} own blobs, {} moved meanwhile, {} failed, in {:.2} s",
         sum.arn,
