@@ -21,7 +21,6 @@ use super::fairness::RenameGate;
 use crate::kms::{Caller, Via};
 use serde::{Deserialize, Serialize};
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -184,27 +183,6 @@ pub fn serve(ctl: Control) -> Result<Listening, String> {
     Ok(Listening { path })
 }
 
-/// The uid of the process at the other end.
-fn peer_uid(s: &UnixStream) -> io::Result<u32> {
-    // SAFETY: all-zero is a valid ucred to be filled in.
-    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: a valid socket, and a buffer of the length passed.
-    let r = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(cred.uid)
-}
-
 fn send(s: &mut UnixStream, r: &Reply) -> io::Result<()> {
     let mut line = serde_json::to_vec(r).map_err(io::Error::other)?;
     line.push(b'\n');
@@ -212,7 +190,7 @@ fn send(s: &mut UnixStream, r: &Reply) -> io::Result<()> {
 }
 
 fn answer(ctl: &Control, mut s: UnixStream) -> io::Result<()> {
-    let uid = peer_uid(&s)?;
+    let uid = crate::kms::caller::unix_peer(&s)?.uid;
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
     if uid != 0 && uid != me {

@@ -601,10 +601,14 @@ pub fn mount(link: KmsLink, args: MountArgs, default_log: PathBuf) -> Result<(),
         crate::log_line!(
             "kmsfs: re-encrypted {n} symlink targets under their own encryption context"
         );
+        backing.update_config(|saved| {
+            let mut cfg = saved.clone();
+            cfg.feature_flags.push(FLAG_TYPED_SYMLINKS.into());
+            seal(backing.kms.as_ref(), &caller, &mut cfg)?;
+            cfg.save(&backing.tree)?;
+            Ok((cfg, ()))
+        })?;
         backing.cfg.feature_flags.push(FLAG_TYPED_SYMLINKS.into());
-        seal(backing.kms.as_ref(), &caller, &mut backing.cfg)?;
-        backing.cfg.save(&backing.tree)?;
-        backing.update_config(|_| Ok((backing.cfg.clone(), ())))?;
     }
 
     let mut notify: Option<File> = None;

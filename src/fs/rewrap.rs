@@ -101,9 +101,7 @@ impl<'a> Rewrap<'a> {
         while let Some(dir) = dirs.pop() {
             let entries = match self.b.tree.entries(&dir) {
                 Ok(e) => e,
-                Err(e) if self.gate.is_some() && e.raw_os_error() == Some(libc::ENOENT) => {
-                    continue; // moved through the mount: see above
-                }
+                Err(e) if self.moved(&e) => continue, // see above
                 Err(e) => return Err(format!("listing {dir:?}: {e}")),
             };
             for (name, kind) in entries {
@@ -134,11 +132,7 @@ impl<'a> Rewrap<'a> {
                 match r {
                     // Renamed or removed through the mount since the
                     // listing: a rename wrapped it for its new path.
-                    Err(FsError::Io(e))
-                        if self.gate.is_some() && e.raw_os_error() == Some(libc::ENOENT) =>
-                    {
-                        self.out.moved += 1
-                    }
+                    Err(FsError::Io(e)) if self.moved(&e) => self.out.moved += 1,
                     Err(e) => self.out.failed.push(format!("{rel}: {e}")),
                     Ok(()) => {}
                 }
@@ -185,27 +179,17 @@ impl<'a> Rewrap<'a> {
     }
 
     fn xattr_key(&mut self) -> Result<(), String> {
-        let name = super::xattr_store::KEY_FILE;
-        // Not beside the first attribute ever set making the file.
-        let _made = self.b.xattr.0.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(blob) = self
+        let done = self
             .b
-            .tree
-            .read_small(name, 4096)
-            .map_err(|e| format!("{name}: {e}"))?
-        else {
-            return Ok(());
-        };
-        let ctx = super::xattr_store::key_context(&self.b.cfg.filesystem_id);
-        let new = self
-            .rewrap(&blob, &ctx)
-            .map_err(|e| format!("{name}: {e}"))?;
-        self.b
-            .tree
-            .replace(name, &new, 0o600)
-            .map_err(|e| format!("{name}: {e}"))?;
-        self.out.own += 1;
+            .rewrap_key_file(|blob, ctx| self.rewrap(blob, ctx))
+            .map_err(|e| format!("{}: {e}", super::xattr_store::KEY_FILE))?;
+        self.out.own += u64::from(done);
         Ok(())
+    }
+
+    /// Online, a path the mount renamed or removed since it was listed.
+    fn moved(&self, e: &std::io::Error) -> bool {
+        self.gate.is_some() && e.raw_os_error() == Some(libc::ENOENT)
     }
 
     fn file(&mut self, rel: &str) -> FsResult<()> {

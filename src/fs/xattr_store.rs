@@ -20,7 +20,7 @@ const MAX_KEY_FILE: u64 = 4096;
 
 /// The unwrapped secret, once per mount, from the first attribute used.
 #[derive(Default)]
-pub struct XattrSecret(pub(super) Mutex<Option<Arc<XattrKeys>>>);
+pub struct XattrSecret(Mutex<Option<Arc<XattrKeys>>>);
 
 fn errno(n: i32) -> FsError {
     FsError::Io(io::Error::from_raw_os_error(n))
@@ -144,6 +144,22 @@ impl Backing {
         let keys = Arc::new(XattrKeys::new(&secret));
         *slot = Some(keys.clone());
         Ok(Some(keys))
+    }
+
+    /// Replaces the wrapped attribute key in `KEY_FILE` by what `rewrap`
+    /// makes of it (rewrap.rs), under the lock the first attribute ever set
+    /// makes it under; false when no attribute was ever set.
+    pub(super) fn rewrap_key_file(
+        &self,
+        rewrap: impl FnOnce(&[u8], &EncryptionContext) -> FsResult<Vec<u8>>,
+    ) -> FsResult<bool> {
+        let _made = self.xattr.0.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(blob) = self.tree.read_small(KEY_FILE, MAX_KEY_FILE)? else {
+            return Ok(false);
+        };
+        let new = rewrap(&blob, &key_context(&self.cfg.filesystem_id))?;
+        self.tree.replace(KEY_FILE, &new, 0o600)?;
+        Ok(true)
     }
 
     /// What the attributes of the node open as `fd` are bound to.

@@ -140,3 +140,27 @@ pub fn supplementary_groups(pid: u32) -> Vec<u32> {
         })
         .unwrap_or_default()
 }
+
+/// The credentials (pid, uid, gid) of the process at the other end of a
+/// unix socket, as the kernel recorded them when it connected
+/// (SO_PEERCRED): the KMS server's and the mount's control socket's callers.
+pub fn unix_peer(s: &std::os::unix::net::UnixStream) -> std::io::Result<libc::ucred> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: ucred is plain data; all-zero is a valid value to be filled in.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: a valid socket, and a buffer of the length passed.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cred)
+}

@@ -195,20 +195,8 @@ fn accept_unix(s: Arc<Server>, l: UnixListener) {
 }
 
 fn peer_cred(c: &UnixStream) -> Option<Peer> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: ucred is plain data; getsockopt fills it for a unix socket.
-    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    let r = unsafe {
-        libc::getsockopt(
-            c.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    (r == 0).then_some(Peer::Unix {
+    let cred = crate::kms::caller::unix_peer(c).ok()?;
+    Some(Peer::Unix {
         uid: cred.uid,
         gid: cred.gid,
         pid: cred.pid as u32,

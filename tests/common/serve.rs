@@ -201,8 +201,11 @@ impl Server {
         run_timeout(&mut c, 300)
     }
 
+    /// The clients run in the server's own directory: the files their
+    /// scripts write (pt, ct, ...) go there, not into the checkout.
     fn client_env(&self, c: &mut Command, creds: &(String, String)) {
-        c.env("AWS_ACCESS_KEY_ID", &creds.0)
+        c.current_dir(self.dir.path())
+            .env("AWS_ACCESS_KEY_ID", &creds.0)
             .env("AWS_SECRET_ACCESS_KEY", &creds.1)
             .env("AWS_DEFAULT_REGION", "us-east-1")
             .env("AWS_CONFIG_FILE", "/dev/null")
