@@ -79,6 +79,15 @@ fn hide_keystore_args(cmd: clap::Command) -> clap::Command {
     hide_secret_args(cmd).mut_arg("kms_home", |a| a.hide(true))
 }
 
+/// `kmsfs mount --io-uring`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoUring {
+    // (No doc comments here: they would make clap print the values as a
+    // list and the whole `mount --help` in its long layout.)
+    Auto,
+    Off,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Key management and envelope encryption, as `aws kms`.
@@ -186,6 +195,13 @@ pub enum Command {
         /// the kernel's writeback cache.
         #[arg(long)]
         no_writeback_cache: bool,
+        /// FUSE over io_uring (Linux 6.14+): "auto" uses it when the kernel
+        /// offers it (`echo Y > /sys/module/fuse/parameters/enable_uring`,
+        /// as root) and /dev/fuse otherwise; "off" always uses /dev/fuse.
+        /// Requests are then served on the caller's CPU: rm -rf, untar and
+        /// reading a tree take about a third less time here.
+        #[arg(long, value_enum, default_value_t = IoUring::Auto)]
+        io_uring: IoUring,
         /// Keep extended attributes (user.*, trusted.*, security.*; and
         /// POSIX ACLs with --allow-other), encrypted. Off by default: once
         /// the daemon answers xattr calls, the kernel asks before every
@@ -375,6 +391,7 @@ pub fn run(cli: Cli) -> i32 {
             log_file,
             threads,
             no_writeback_cache,
+            io_uring,
             xattrs,
             shared_cipherdir,
             idle,
@@ -384,7 +401,7 @@ pub fn run(cli: Cli) -> i32 {
             kms_home_flag,
             &secret,
             (&remote, &cache),
-            (!no_writeback_cache, xattrs, idle),
+            (!no_writeback_cache, xattrs, idle, io_uring == IoUring::Auto),
             cipherdir,
             mountpoint,
             foreground,
@@ -467,7 +484,7 @@ fn run_mount(
     kms_home_flag: Option<PathBuf>,
     secret: &secret::SecretArgs,
     (remote, cache): (&remote_args::RemoteArgs, &remote_args::CacheArgs),
-    (writeback_cache, xattrs, idle): (bool, bool, Option<std::time::Duration>),
+    (writeback_cache, xattrs, idle, io_uring): (bool, bool, Option<std::time::Duration>, bool),
     cipherdir: PathBuf,
     mountpoint: PathBuf,
     foreground: bool,
@@ -502,6 +519,7 @@ fn run_mount(
         log_file,
         threads: threads.unwrap_or_else(crate::fs::mount::default_threads),
         writeback_cache,
+        io_uring,
         xattrs,
         shared_cipherdir,
         kms_home: home.dir.clone(),

@@ -103,6 +103,7 @@ pub fn translate(args: &[OsString]) -> Result<Helper, String> {
             "log_file" => flags.extend(["--log-file".into(), value()?.into()]),
             "threads" => flags.extend(["--threads".into(), value()?.into()]),
             "idle" => flags.extend(["--idle".into(), value()?.into()]),
+            "io_uring" => flags.extend(["--io-uring".into(), value()?.into()]),
             "audit_syslog" => globals.push("--audit-syslog".into()),
             "allow_other" => flags.push("--allow-other".into()),
             "xattrs" => flags.push("--xattrs".into()),
@@ -174,7 +175,7 @@ mod tests {
                 "fuse.kmsfs",
                 "-okeyfile=/k,kms_home=/h,audit_max_size=1M,audit_max_age=1d",
                 "-o",
-                "log_file=/l,threads=4,xattrs,shared_cipherdir,no_writeback_cache,ro"
+                "log_file=/l,threads=4,io_uring=off,xattrs,shared_cipherdir,no_writeback_cache,ro"
             ]),
             [
                 "--key-file",
@@ -192,6 +193,8 @@ mod tests {
                 "/l",
                 "--threads",
                 "4",
+                "--io-uring",
+                "off",
                 "--xattrs",
                 "--shared-cipherdir",
                 "--no-writeback-cache",

@@ -281,6 +281,8 @@ pub struct MountArgs {
     pub log_file: Option<PathBuf>,
     pub threads: usize,
     pub writeback_cache: bool,
+    /// FUSE over io_uring when the kernel offers it.
+    pub io_uring: bool,
     /// Extended attributes and (with allow_other) POSIX ACLs.
     pub xattrs: bool,
     /// Serve `--allow-other` from a cipherdir other users can enter.
@@ -670,6 +672,14 @@ pub fn mount(link: KmsLink, args: MountArgs, default_log: PathBuf) -> Result<(),
     };
     config.n_threads = Some(args.threads.max(1));
     config.clone_fd = true;
+    if args.io_uring {
+        // As many per CPU queue as /dev/fuse has in all: the kernel does not
+        // move requests between queues, so a CPU's callers have only their
+        // queue's threads, and it takes as many stuck requests (a long
+        // directory rename, a slow KMS) to hold up one queue as to hold up
+        // /dev/fuse. ~2 MiB of buffers each.
+        config.io_uring_threads = args.threads.max(2);
+    }
 
     // The kernel passes each request's own umask, already applied to its
     // mode: the daemon's must not take bits away a second time (0620 became
@@ -689,6 +699,7 @@ pub fn mount(link: KmsLink, args: MountArgs, default_log: PathBuf) -> Result<(),
             open_files: super::fairness::raise_open_file_limit(),
             posix_acl: args.allow_other && args.xattrs,
             xattrs: args.xattrs,
+            io_uring: args.io_uring,
             activity: activity.clone(),
             ..FsOptions::default()
         },
@@ -774,6 +785,9 @@ pub fn mount(link: KmsLink, args: MountArgs, default_log: PathBuf) -> Result<(),
     if let Some(mut w) = notify.take() {
         let _ = writeln!(w, "ok");
     }
+    if args.io_uring {
+        std::thread::spawn(report_io_uring);
+    }
     let r = session.run();
     if let Some(kms) = &kms {
         let _ = kms.sync_audit();
@@ -783,6 +797,33 @@ pub fn mount(link: KmsLink, args: MountArgs, default_log: PathBuf) -> Result<(),
     drop(listening);
     drop(lock);
     r.map_err(|e| format!("the FUSE session ended with an error: {e}"))
+}
+
+/// Says in the log which transport serves the mount, once the ring threads
+/// have registered (or been refused) after INIT.
+fn report_io_uring() {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match fuser::io_uring_state() {
+            fuser::IoUringState::Active { queues, threads } => {
+                crate::log_line!("kmsfs: FUSE over io_uring: {queues} queues, {threads} threads");
+                return;
+            }
+            fuser::IoUringState::Refused(why) => {
+                crate::log_line!(
+                    "kmsfs: FUSE over io_uring refused by the kernel ({why}): serving through /dev/fuse"
+                );
+                return;
+            }
+            fuser::IoUringState::Off if std::time::Instant::now() > deadline => {
+                crate::log_line!(
+                    "kmsfs: FUSE over io_uring not offered by the kernel (needs Linux 6.14+ and /sys/module/fuse/parameters/enable_uring = Y): serving through /dev/fuse"
+                );
+                return;
+            }
+            fuser::IoUringState::Off => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
 }
 
 /// `--idle`: unmounts once the mount has gone unused for `limit`; a mount

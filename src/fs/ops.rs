@@ -75,6 +75,8 @@ pub struct Options {
     /// The kernel's writeback cache: writes land in the page cache and reach
     /// the daemon in large batches; the kernel keeps size and mtime.
     pub writeback_cache: bool,
+    /// Ask for FUSE over io_uring at INIT (mount.rs starts the ring threads).
+    pub io_uring: bool,
     /// The daemon's open-file limit, shared out between users.
     pub open_files: u64,
     /// POSIX ACLs (acl_ops.rs): with --allow-other, where the kernel
@@ -95,6 +97,7 @@ impl Default for Options {
             attr_ttl: Duration::from_secs(30),
             read_only: false,
             writeback_cache: true,
+            io_uring: false,
             posix_acl: false,
             xattrs: false,
             activity: Default::default(),
@@ -878,6 +881,10 @@ impl Filesystem for KmsFs {
         }
         if self.opts.writeback_cache && !self.opts.read_only {
             let _ = config.add_capabilities(fuser::InitFlags::FUSE_WRITEBACK_CACHE);
+        }
+        if self.opts.io_uring {
+            // Refused (Err) when the kernel does not offer it: /dev/fuse.
+            let _ = config.add_capabilities(fuser::InitFlags::FUSE_OVER_IO_URING);
         }
         Ok(())
     }

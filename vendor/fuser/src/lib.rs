@@ -4,6 +4,9 @@
 //! advantage of Rust's architecture. The only thing we rely on in the real libfuse are mount
 //! and unmount calls which are needed to establish a fd to talk to the kernel driver.
 
+// kmsfs: as a path dependency its warnings are no longer capped; the ABI
+// structs it declares but does not use are upstream's.
+#![allow(dead_code)]
 #![warn(
     missing_docs,
     missing_debug_implementations,
@@ -99,6 +102,27 @@ mod rename_flags;
 mod reply;
 mod request;
 mod request_param;
+#[cfg(target_os = "linux")]
+mod ring;
+#[cfg(target_os = "linux")]
+pub use ring::state as io_uring_state;
+
+/// kmsfs patch: whether the session's requests go over io_uring.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IoUringState {
+    /// Not asked for, or the kernel did not offer FUSE_OVER_IO_URING at INIT
+    /// (on Linux 6.14+, `/sys/module/fuse/parameters/enable_uring` is N).
+    Off,
+    /// Registered: `queues` queues (one per CPU), `threads` threads in all.
+    Active {
+        /// One per CPU.
+        queues: usize,
+        /// Ring threads over all queues.
+        threads: usize,
+    },
+    /// Offered at INIT but the registration failed: /dev/fuse serves.
+    Refused(String),
+}
 mod session;
 mod time;
 

@@ -138,6 +138,9 @@ pub struct Session<FS: Filesystem> {
     /// FUSE protocol version, as reported by the kernel.
     /// The field is set to `Some` when the init message is received.
     pub(crate) proto_version: Option<Version>,
+    /// kmsfs patch: the payload size each io_uring entry needs, once INIT
+    /// granted FUSE_OVER_IO_URING.
+    pub(crate) uring_payload: Option<usize>,
     pub(crate) config: Config,
 }
 
@@ -185,6 +188,7 @@ impl<FS: Filesystem> Session<FS> {
             allowed: options.acl,
             session_owner: geteuid(),
             proto_version: None,
+            uring_payload: None,
             config: options.clone(),
         };
 
@@ -213,6 +217,7 @@ impl<FS: Filesystem> Session<FS> {
             allowed: acl,
             session_owner: geteuid(),
             proto_version: None,
+            uring_payload: None,
             config,
         };
 
@@ -251,6 +256,7 @@ impl<FS: Filesystem> Session<FS> {
             allowed,
             session_owner,
             proto_version: _,
+            uring_payload,
             config,
         } = self;
 
@@ -268,6 +274,32 @@ impl<FS: Filesystem> Session<FS> {
         };
 
         let mut filesystem = Arc::new(filesystem);
+
+        // kmsfs patch: the rings first. Once they serve, /dev/fuse carries
+        // only forgets and interrupts: one thread reads it, pausing after
+        // each forget so that forgets queue up and come in batches instead
+        // of each waking a thread on another CPU.
+        #[cfg(target_os = "linux")]
+        let rings = match uring_payload {
+            Some(payload) if config.io_uring_threads > 0 => start_rings(
+                &filesystem,
+                &ch,
+                allowed,
+                session_owner,
+                payload,
+                config.io_uring_threads,
+            ),
+            _ => Vec::new(),
+        };
+        #[cfg(target_os = "linux")]
+        let ring_active = matches!(crate::ring::state(), crate::IoUringState::Active { .. });
+        #[cfg(not(target_os = "linux"))]
+        let ring_active = false;
+        let (n_threads_minus_one, forget_pause) = if ring_active {
+            (0, Some(std::time::Duration::from_millis(2)))
+        } else {
+            (n_threads_minus_one, None)
+        };
 
         let mut channels = Vec::with_capacity(n_threads);
 
@@ -298,6 +330,7 @@ impl<FS: Filesystem> Session<FS> {
                 ch,
                 allowed,
                 session_owner,
+                forget_pause,
             };
             threads.push(
                 thread::Builder::new()
@@ -319,6 +352,12 @@ impl<FS: Filesystem> Session<FS> {
                     reply = Err(e);
                 }
             }
+        }
+
+        // The ring threads end when the connection does (ENOTCONN).
+        #[cfg(target_os = "linux")]
+        for thread in rings {
+            let _ = thread.join();
         }
 
         let Some(filesystem) = Arc::get_mut(&mut filesystem) else {
@@ -431,6 +470,13 @@ impl<FS: Filesystem> Session<FS> {
 
             // Remember the ABI version supported by kernel and mark the session initialized.
             self.proto_version = Some(v);
+            if (init.capabilities() & config.requested).contains(InitFlags::FUSE_OVER_IO_URING) {
+                // The kernel's own bound: max_write, max_pages pages, at
+                // least FUSE_MIN_READ_BUFFER.
+                let page = page_size::get();
+                let pages = config.max_pages() as usize * page;
+                self.uring_payload = Some((config.max_write as usize).max(pages).max(8192));
+            }
 
             // Log capability status for debugging
             for bit in 0..64 {
@@ -518,6 +564,8 @@ pub(crate) struct SessionEventLoop<FS: Filesystem> {
     pub(crate) filesystem: Arc<FilesystemHolder<FS>>,
     pub(crate) allowed: SessionACL,
     pub(crate) session_owner: Uid,
+    /// kmsfs patch: how long to wait after a forget before reading again.
+    pub(crate) forget_pause: Option<std::time::Duration>,
 }
 
 impl<FS: Filesystem> SessionEventLoop<FS> {
@@ -537,7 +585,14 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
                             req.reply::<ReplyEmpty>().ok();
                             return Ok(());
                         } else {
-                            req.dispatch(self)
+                            let forget = matches!(
+                                req.request.operation(),
+                                Ok(Operation::Forget(_) | Operation::BatchForget(_))
+                            );
+                            req.dispatch(self);
+                            if let (true, Some(p)) = (forget, self.forget_pause) {
+                                thread::sleep(p);
+                            }
                         }
                     }
                     // Quit loop on illegal request
@@ -591,4 +646,63 @@ impl BackgroundSession {
                 )
             })?
     }
+}
+
+/// kmsfs patch: starts `per_queue` ring threads for every queue and waits
+/// (bounded) for their registrations; a refusal is logged and the requests
+/// stay on /dev/fuse.
+#[cfg(target_os = "linux")]
+fn start_rings<FS: Filesystem>(
+    filesystem: &Arc<FilesystemHolder<FS>>,
+    ch: &Channel,
+    allowed: SessionACL,
+    session_owner: Uid,
+    payload: usize,
+    per_queue: usize,
+) -> Vec<JoinHandle<()>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut threads = Vec::new();
+    for qid in 0..crate::ring::queue_count() {
+        for t in 0..per_queue {
+            let se = SessionEventLoop {
+                thread_name: format!("fuser-ring-{qid}-{t}"),
+                filesystem: filesystem.clone(),
+                ch: ch.clone(),
+                allowed,
+                session_owner,
+                forget_pause: None,
+            };
+            let tx = tx.clone();
+            let spawned = thread::Builder::new()
+                .name(se.thread_name.clone())
+                .spawn(move || crate::ring::serve(se, qid as u16, payload, tx));
+            match spawned {
+                Ok(h) => threads.push(h),
+                Err(e) => warn!("FUSE over io_uring: cannot start a ring thread: {e}"),
+            }
+        }
+    }
+    drop(tx);
+    let mut state = crate::IoUringState::Active {
+        queues: crate::ring::queue_count(),
+        threads: threads.len(),
+    };
+    for _ in 0..threads.len() {
+        match rx.recv_timeout(std::time::Duration::from_secs(5)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                warn!("FUSE over io_uring refused ({e}): requests stay on /dev/fuse");
+                state = crate::IoUringState::Refused(e.to_string());
+                break;
+            }
+            Err(_) => {
+                warn!("FUSE over io_uring: a ring thread did not register in 5 s");
+                state =
+                    crate::IoUringState::Refused("a ring thread did not register in 5 s".into());
+                break;
+            }
+        }
+    }
+    crate::ring::set_state(state);
+    threads
 }

@@ -18,6 +18,10 @@ pub struct Config {
     /// This enables more efficient request processing
     /// when multiple threads are used. Requires Linux 4.5+.
     pub clone_fd: bool,
+    /// kmsfs patch: threads per FUSE-over-io_uring queue (one queue per
+    /// CPU), if the filesystem asked for FUSE_OVER_IO_URING in `init` and
+    /// the kernel granted it; 0 keeps every request on /dev/fuse.
+    pub io_uring_threads: usize,
 }
 
 /// Mount options accepted by the FUSE filesystem type
