@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: unit and property tests, CLI tests through the
-# real binary, and real FUSE mounts (these need /dev/fuse and root). Every
+# real binary, and real FUSE mounts (these need /dev/fuse and root), then the
+# mount tests a second time over FUSE-over-io_uring. Every
 # test binary runs even when an earlier one fails, and the closing line
 # counts them all.
 set -euo pipefail
@@ -19,6 +20,25 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --locked --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
+# The mount tests once more with FUSE over io_uring on, the transport
+# `--io-uring auto` takes when the kernel offers it (tests/mount_io_uring.rs
+# switches it itself). The parameter is put back as it was.
+uring=/sys/module/fuse/parameters/enable_uring
+if [ -w "$uring" ] && [ -z "${KMSFS_TEST_NO_URING:-}" ]; then
+  was=$(cat "$uring")
+  trap 'echo "$was" > "$uring"; rm -f "$log"' EXIT
+  echo Y > "$uring"
+  echo "== the mount tests again over FUSE-over-io_uring (enable_uring=Y; KMSFS_TEST_NO_URING=1 skips) ==" >&2
+  mounts=()
+  for f in tests/mount_*.rs; do
+    b=$(basename "$f" .rs)
+    [ "$b" = mount_io_uring ] || mounts+=(--test "$b")
+  done
+  cargo test --locked --no-fail-fast "${mounts[@]}" "$@" 2>&1 | tee -a "$log" || status=$?
+  echo "$was" > "$uring"
+elif [ ! -e "$uring" ]; then
+  echo "this kernel has no FUSE over io_uring ($uring is missing): the ring pass is skipped and tests/mount_io_uring.rs fails" >&2
+fi
 awk '/^test result:/ { for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "all tests: %d passed, %d failed\n", p, f }' "$log"
 exit "$status"
