@@ -8,6 +8,11 @@
 #   bash scripts/bench.sh [ROUNDS]        (default 3; needs root for drop_caches)
 #
 # BENCH_DIR (default /var/tmp/kmsfs-bench) must be on the disk to measure.
+# FUSE over io_uring is switched on for the run where the kernel has it
+# (/sys/module/fuse/parameters/enable_uring, restored at the end): kmsfs and
+# kmsfs_plain use it (--io-uring auto), kmsfs_devfuse is kmsfs with
+# --io-uring off, to show what the transport is worth. BENCH_URING=N leaves
+# the parameter alone. The peers use /dev/fuse: none of them speaks io_uring.
 # KMSFS_BASELINE=/path/to/an/older/kmsfs adds it as the system "kmsfs_base",
 # so a change's cost is measured against the code before it in the same run.
 # A peer that is not installed and cannot be installed is skipped with a message.
@@ -43,6 +48,12 @@ TREE_MB=$(du -sm "$W/src/tree" | cut -f1)
 rm -rf "$W/src/tree"
 echo "tree: $NFILES files, $TREE_MB MiB" >&2
 
+URING=/sys/module/fuse/parameters/enable_uring
+URING_WAS=""
+if [ "${BENCH_URING:-Y}" = Y ] && [ -w "$URING" ]; then
+  URING_WAS=$(cat "$URING")
+  echo Y > "$URING"
+fi
 SYSTEMS=()
 mount_all() {
   mkdir -p "$W/plain" && SYSTEMS+=(plain)
@@ -51,6 +62,11 @@ mount_all() {
   mkdir -p "$W/c_kmsfs_plain" "$W/m_kmsfs_plain"
   if "$K" init --plaintext-names "$W/c_kmsfs_plain" >/dev/null 2>&1 &&
     "$K" mount "$W/c_kmsfs_plain" "$W/m_kmsfs_plain" 2>/dev/null; then SYSTEMS+=(kmsfs_plain); fi
+  if [ -n "$URING_WAS" ]; then
+    mkdir -p "$W/c_kmsfs_devfuse" "$W/m_kmsfs_devfuse"
+    if "$K" init "$W/c_kmsfs_devfuse" >/dev/null 2>&1 &&
+      "$K" mount --io-uring off "$W/c_kmsfs_devfuse" "$W/m_kmsfs_devfuse" 2>/dev/null; then SYSTEMS+=(kmsfs_devfuse); fi
+  fi
   if [ -n "${KMSFS_BASELINE:-}" ]; then
     mkdir -p "$W/c_kmsfs_base" "$W/m_kmsfs_base"
     if KMSFS_HOME="$W/kms_base" "$KMSFS_BASELINE" init "$W/c_kmsfs_base" >/dev/null 2>&1 &&
@@ -81,10 +97,12 @@ mount_all() {
 umount_all() {
   "$K" unmount "$W/m_kmsfs" 2>/dev/null
   "$K" unmount "$W/m_kmsfs_plain" 2>/dev/null
+  [ -d "$W/m_kmsfs_devfuse" ] && "$K" unmount "$W/m_kmsfs_devfuse" 2>/dev/null
   [ -d "$W/m_kmsfs_base" ] && "$K" unmount "$W/m_kmsfs_base" 2>/dev/null
   for s in gocryptfs securefs cryfs bindfs; do
     [ -d "$W/m_$s" ] && { fusermount -u "$W/m_$s" 2>/dev/null || umount -l "$W/m_$s" 2>/dev/null; }
   done
+  if [ -n "$URING_WAS" ]; then echo "$URING_WAS" > "$URING"; fi
   return 0
 }
 trap umount_all EXIT
@@ -158,7 +176,7 @@ for line in open(raw):
     if w == "check":
         failed.append((s, r)); continue
     vals[(s, w)].append(float(v))
-systems = [s for s in ["plain", "kmsfs", "kmsfs_plain", "kmsfs_base", "gocryptfs", "securefs", "cryfs", "bindfs"] if any(k[0] == s for k in vals)]
+systems = [s for s in ["plain", "kmsfs", "kmsfs_plain", "kmsfs_devfuse", "kmsfs_base", "gocryptfs", "securefs", "cryfs", "bindfs"] if any(k[0] == s for k in vals)]
 works = [("seqwrite_MBps", "seq write 512 MiB (MB/s)", True), ("seqread_MBps", "seq read 512 MiB (MB/s)", True),
          ("randrw_IOPS", "random 4K r/w (IOPS)", True), ("untar_s", f"untar {nfiles} files (s)", False),
          ("lsR_s", "ls -lR (s)", False), ("readall_s", f"read all {tree_mb} MiB (s)", False), ("rmrf_s", "rm -rf (s)", False)]
@@ -174,7 +192,7 @@ for w, label, higher in works:
         cells.append("-" if not v else f"{fmt(statistics.median(v))} ({fmt(min(v))}–{fmt(max(v))})")
     print(f"| {label} | " + " | ".join(cells) + " |")
 print()
-peers = [s for s in systems if s not in ("plain", "kmsfs", "kmsfs_plain", "kmsfs_base", "bindfs")]
+peers = [s for s in systems if s not in ("plain", "kmsfs", "kmsfs_plain", "kmsfs_devfuse", "kmsfs_base", "bindfs")]
 def ratios(me):
     print(f"| workload ({me}) | {me} vs plain | " + " | ".join(f"{me} vs {p}" for p in peers) + " | fastest peer | ahead? |")
     print("|---|---|" + "---|" * len(peers) + "---|---|")
@@ -189,7 +207,7 @@ def ratios(me):
         cells = [fmt(ratio(med(p, w))) + "×" if ratio(med(p, w)) else "-" for p in peers]
         print(f"| {label} | {fmt(ratio(med('plain', w)))}× | " + " | ".join(cells) + f" | {best or '-'} | {ahead} |")
     print()
-for me in ("kmsfs", "kmsfs_plain"):
+for me in ("kmsfs", "kmsfs_plain", "kmsfs_devfuse"):
     if me in systems: ratios(me)
 def versus(other, title):
     if other not in systems: return
@@ -200,6 +218,7 @@ def versus(other, title):
             print(f"| {label} | {fmt(k / b if higher else b / k)}× |")
     print()
 versus("kmsfs_plain", "kmsfs (encrypted names) vs kmsfs_plain")
+versus("kmsfs_devfuse", "kmsfs (io_uring) vs kmsfs_devfuse (/dev/fuse)")
 versus("kmsfs_base", "kmsfs vs kmsfs_base (the baseline build)")
 print("(ratios > 1 mean kmsfs is faster; for timed workloads the ratio is other time / kmsfs time)")
 rss = med("kmsfs", "peakRSS_MiB")

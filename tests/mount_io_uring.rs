@@ -15,25 +15,40 @@ use std::time::{Duration, Instant};
 const PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
 static KERNEL_PARAM: Mutex<()> = Mutex::new(());
 
-/// Sets `enable_uring` and restores what it was on drop.
-struct Uring(String);
+/// Sets `enable_uring` (one test at a time) and restores what it was on drop.
+struct Uring {
+    was: String,
+    _one: std::sync::MutexGuard<'static, ()>,
+}
 
 impl Uring {
     fn set(on: bool) -> Uring {
+        let one = KERNEL_PARAM.lock().unwrap_or_else(|e| e.into_inner());
         let was = std::fs::read_to_string(PARAM).unwrap_or_else(|e| {
             panic!(
                 "{PARAM}: {e}: this kernel has no FUSE over io_uring (Linux 6.14+ with CONFIG_FUSE_IO_URING)"
             )
         });
         std::fs::write(PARAM, if on { "Y" } else { "N" }).expect("set enable_uring (needs root)");
-        Uring(was.trim().to_string())
+        Uring {
+            was: was.trim().to_string(),
+            _one: one,
+        }
     }
 }
 
 impl Drop for Uring {
     fn drop(&mut self) {
-        let _ = std::fs::write(PARAM, &self.0);
+        let _ = std::fs::write(PARAM, &self.was);
     }
+}
+
+/// Mounts `fx` with `extra` flags and a log file of its own.
+fn mount_logged<'a>(fx: &'a Fixture, extra: &[&str]) -> (Mounted<'a>, PathBuf) {
+    let log = fx.dir.path().join("mount.log");
+    let mut args = extra.to_vec();
+    args.extend(["--log-file", log.to_str().unwrap()]);
+    (fx.mount_with(&args), log)
 }
 
 /// Waits (bounded) for the mount's log to contain `what`; returns the log.
@@ -52,23 +67,21 @@ fn log_with(log: &Path, what: &str) -> String {
     }
 }
 
-/// The names of the threads of the daemon serving `cipher`.
-fn daemon_threads(cipher: &Path) -> Vec<String> {
+/// How many ring threads the daemon serving `cipher` has.
+fn ring_threads(cipher: &Path) -> usize {
     let want = cipher.to_str().unwrap();
     for p in std::fs::read_dir("/proc").unwrap().flatten() {
         let cmd = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
         let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
         if args.contains(&b"mount".as_slice()) && args.contains(&want.as_bytes()) {
-            let mut names = vec![];
-            for t in std::fs::read_dir(p.path().join("task")).unwrap().flatten() {
-                names.push(
+            return std::fs::read_dir(p.path().join("task"))
+                .unwrap()
+                .flatten()
+                .filter(|t| {
                     std::fs::read_to_string(t.path().join("comm"))
-                        .unwrap_or_default()
-                        .trim()
-                        .to_string(),
-                );
-            }
-            return names;
+                        .is_ok_and(|n| n.starts_with("fuser-ring-"))
+                })
+                .count();
         }
     }
     panic!("no kmsfs daemon found for {want}");
@@ -157,17 +170,12 @@ fn workload(root: &Path, cpu: usize) {
 
 #[test]
 fn with_the_kernel_offering_it_every_request_goes_over_the_rings() {
-    let _one = KERNEL_PARAM.lock().unwrap_or_else(|e| e.into_inner());
     let _uring = Uring::set(true);
     let fx = Fixture::new();
-    let log = fx.dir.path().join("mount.log");
-    let m = fx.mount_with(&["--log-file", log.to_str().unwrap()]);
+    let (m, log) = mount_logged(&fx, &[]);
     let cpus = possible_cpus();
     log_with(&log, &format!("FUSE over io_uring: {cpus} queues"));
-    let rings = daemon_threads(&fx.cipher)
-        .into_iter()
-        .filter(|n| n.starts_with("fuser-ring-"))
-        .count();
+    let rings = ring_threads(&fx.cipher);
     assert!(rings >= 2 * cpus, "{rings} ring threads for {cpus} CPUs");
     // From every CPU at once: each CPU's requests go to its own queue.
     let online = std::thread::available_parallelism().unwrap().get();
@@ -190,36 +198,24 @@ fn with_the_kernel_offering_it_every_request_goes_over_the_rings() {
 
 #[test]
 fn without_the_kernel_offering_it_dev_fuse_serves_and_the_log_says_why() {
-    let _one = KERNEL_PARAM.lock().unwrap_or_else(|e| e.into_inner());
     let _uring = Uring::set(false);
     let fx = Fixture::new();
-    let log = fx.dir.path().join("mount.log");
-    let m = fx.mount_with(&["--log-file", log.to_str().unwrap()]);
+    let (m, log) = mount_logged(&fx, &[]);
     let text = log_with(&log, "FUSE over io_uring not offered by the kernel");
     assert!(text.contains("enable_uring = Y"), "{text}");
-    assert!(
-        !daemon_threads(&fx.cipher)
-            .iter()
-            .any(|n| n.starts_with("fuser-ring-"))
-    );
+    assert_eq!(ring_threads(&fx.cipher), 0);
     workload(&fx.mnt, 0);
     m.unmount();
 }
 
 #[test]
 fn io_uring_off_keeps_dev_fuse_even_when_offered() {
-    let _one = KERNEL_PARAM.lock().unwrap_or_else(|e| e.into_inner());
     let _uring = Uring::set(true);
     let fx = Fixture::new();
-    let log = fx.dir.path().join("mount.log");
-    let m = fx.mount_with(&["--io-uring", "off", "--log-file", log.to_str().unwrap()]);
+    let (m, log) = mount_logged(&fx, &["--io-uring", "off"]);
     std::fs::write(fx.m("a"), b"over /dev/fuse").unwrap();
     assert_eq!(std::fs::read(fx.m("a")).unwrap(), b"over /dev/fuse");
-    assert!(
-        !daemon_threads(&fx.cipher)
-            .iter()
-            .any(|n| n.starts_with("fuser-ring-"))
-    );
+    assert_eq!(ring_threads(&fx.cipher), 0);
     let text = log_with(&log, "kmsfs: serving");
     assert!(!text.contains("io_uring"), "{text}");
     m.unmount();

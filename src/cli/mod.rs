@@ -198,8 +198,8 @@ pub enum Command {
         /// FUSE over io_uring (Linux 6.14+): "auto" uses it when the kernel
         /// offers it (`echo Y > /sys/module/fuse/parameters/enable_uring`,
         /// as root) and /dev/fuse otherwise; "off" always uses /dev/fuse.
-        /// Requests are then served on the caller's CPU: rm -rf, untar and
-        /// reading a tree take about a third less time here.
+        /// Requests are then served on the caller's CPU: untar, ls -lR and
+        /// reading a tree 1.2-1.4x faster here, large sequential I/O 0.8x.
         #[arg(long, value_enum, default_value_t = IoUring::Auto)]
         io_uring: IoUring,
         /// Keep extended attributes (user.*, trusted.*, security.*; and
