@@ -786,7 +786,7 @@ pub fn mount(link: KmsLink, args: MountArgs, default_log: PathBuf) -> Result<(),
         let _ = writeln!(w, "ok");
     }
     if args.io_uring {
-        std::thread::spawn(report_io_uring);
+        report_io_uring(session.io_uring_offered());
     }
     let r = session.run();
     if let Some(kms) = &kms {
@@ -799,31 +799,36 @@ pub fn mount(link: KmsLink, args: MountArgs, default_log: PathBuf) -> Result<(),
     r.map_err(|e| format!("the FUSE session ended with an error: {e}"))
 }
 
-/// Says in the log which transport serves the mount, once the ring threads
-/// have registered (or been refused) after INIT.
-fn report_io_uring() {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match fuser::io_uring_state() {
-            fuser::IoUringState::Active { queues, threads } => {
-                crate::log_line!("kmsfs: FUSE over io_uring: {queues} queues, {threads} threads");
-                return;
-            }
-            fuser::IoUringState::Refused(why) => {
-                crate::log_line!(
-                    "kmsfs: FUSE over io_uring refused by the kernel ({why}): serving through /dev/fuse"
-                );
-                return;
-            }
-            fuser::IoUringState::Off if std::time::Instant::now() > deadline => {
-                crate::log_line!(
-                    "kmsfs: FUSE over io_uring not offered by the kernel (needs Linux 6.14+ and /sys/module/fuse/parameters/enable_uring = Y): serving through /dev/fuse"
-                );
-                return;
-            }
-            fuser::IoUringState::Off => std::thread::sleep(Duration::from_millis(50)),
-        }
+/// Says in the log which transport serves the mount. Whether INIT granted
+/// the rings is known once the session exists; whether they registered, once
+/// `run` has started them (within seconds), hence the bounded wait.
+fn report_io_uring(offered: bool) {
+    if !offered {
+        crate::log_line!(
+            "kmsfs: FUSE over io_uring not offered by the kernel (needs Linux 6.14+ and /sys/module/fuse/parameters/enable_uring = Y): serving through /dev/fuse"
+        );
+        return;
     }
+    std::thread::spawn(|| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            match fuser::io_uring_state() {
+                fuser::IoUringState::Active { queues, threads } => {
+                    crate::log_line!(
+                        "kmsfs: FUSE over io_uring: {queues} queues, {threads} threads"
+                    );
+                    return;
+                }
+                fuser::IoUringState::Refused(why) => {
+                    crate::log_line!(
+                        "kmsfs: FUSE over io_uring refused by the kernel ({why}): serving through /dev/fuse"
+                    );
+                    return;
+                }
+                fuser::IoUringState::Off => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    });
 }
 
 /// `--idle`: unmounts once the mount has gone unused for `limit`; a mount

@@ -15,8 +15,8 @@
 //! /dev/fuse byte layout (in header, the per-opcode header from `op_in`, the
 //! payload), dispatches it as any request, and answers with
 //! FUSE_IO_URING_CMD_COMMIT_AND_FETCH, which also waits for the next one.
-//! Forgets, interrupts and notifications stay on /dev/fuse, whose threads
-//! keep running. If the kernel refuses the registration, its requests keep
+//! Forgets, interrupts and notifications stay on /dev/fuse, which one thread
+//! keeps reading. If the kernel refuses the registration, its requests keep
 //! going through /dev/fuse: nothing else changes.
 
 use std::io;
@@ -71,7 +71,8 @@ struct Header {
     ent: EntInOut,
 }
 
-/// One registered entry. Boxed so the kernel's pointers to it stay valid.
+/// One registered entry, at a fixed address (see `Owned`): the kernel holds
+/// pointers to it.
 struct Entry {
     header: Header,
     payload: Vec<u8>,
@@ -98,7 +99,23 @@ struct SlotState {
     header: *mut Header,
     payload: *mut u8,
     capacity: usize,
+    /// The request being answered (its commit id).
+    unique: u64,
     replied: bool,
+}
+
+impl SlotState {
+    /// Answers EIO: for what cannot be parsed or answered, so that neither
+    /// the caller nor this entry is left waiting.
+    fn fail(&mut self) {
+        // SAFETY: see SlotState.
+        let header = unsafe { &mut *self.header };
+        header.in_out[..4].copy_from_slice(&(OUT_HEADER as u32).to_ne_bytes());
+        header.in_out[4..8].copy_from_slice(&(-libc::EIO).to_ne_bytes());
+        header.in_out[8..16].copy_from_slice(&self.unique.to_ne_bytes());
+        header.ent.payload_sz = 0;
+        self.replied = true;
+    }
 }
 
 // SAFETY: the pointers are to the entry this slot belongs to, written only
@@ -114,22 +131,8 @@ impl RingReply {
         }
         let total: usize = data.iter().map(|b| b.len()).sum();
         if total < OUT_HEADER || total - OUT_HEADER > s.capacity {
-            // Cannot happen with the kernel's own bounds; answer EIO rather
-            // than leave the caller (and this entry) waiting.
-            let unique: Vec<u8> = data
-                .iter()
-                .flat_map(|b| b.iter().copied())
-                .take(16)
-                .collect();
-            // SAFETY: see SlotState.
-            let header = unsafe { &mut *s.header };
-            header.in_out[..4].copy_from_slice(&(OUT_HEADER as u32).to_ne_bytes());
-            header.in_out[4..8].copy_from_slice(&(-libc::EIO).to_ne_bytes());
-            if unique.len() == 16 {
-                header.in_out[8..16].copy_from_slice(&unique[8..16]);
-            }
-            header.ent.payload_sz = 0;
-            s.replied = true;
+            // Cannot happen within the kernel's own bounds.
+            s.fail();
             self.slot.done.notify_all();
             return Err(io::Error::from_raw_os_error(libc::EMSGSIZE));
         }
@@ -173,12 +176,19 @@ impl RingReply {
         }
     }
 
-    fn reset(&self) {
+    /// Makes the slot ready for the answer to request `unique`.
+    fn start(&self, unique: u64) {
+        let mut s = self.slot.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.unique = unique;
+        s.replied = false;
+    }
+
+    fn fail(&self) {
         self.slot
             .state
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .replied = false;
+            .fail();
     }
 }
 
@@ -203,14 +213,22 @@ fn command(fd: i32, op: u32, qid: u16, commit_id: u64, entry: *const Entry) -> s
     unsafe { std::mem::transmute::<[u8; 128], squeue::Entry128>(raw) }
 }
 
-fn pin_to(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET and sched_setaffinity
-    // get a valid set of the size passed.
+/// The CPUs `cpus` as a set.
+fn cpu_set(cpus: impl Iterator<Item = usize>) -> libc::cpu_set_t {
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET stays within it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        let _ = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        for c in cpus {
+            libc::CPU_SET(c, &mut set);
+        }
+        set
     }
+}
+
+/// Restricts this thread to `set`.
+fn run_on(set: &libc::cpu_set_t) -> bool {
+    // SAFETY: a valid set of the size passed, for this thread.
+    unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) == 0 }
 }
 
 static STATE: Mutex<crate::IoUringState> = Mutex::new(crate::IoUringState::Off);
@@ -235,23 +253,6 @@ fn large(opcode: u32, entry: *const Entry) -> bool {
         OP_READ => u32::from_ne_bytes(h.op_in[16..20].try_into().unwrap()) as usize >= LARGE,
         OP_WRITE => h.ent.payload_sz as usize >= LARGE,
         _ => false,
-    }
-}
-
-/// Lets this thread run on any CPU but `cpu` (moving it off `cpu` now);
-/// false if there is no other.
-fn pin_away(cpu: usize) -> bool {
-    let n = queue_count();
-    if n < 2 {
-        return false;
-    }
-    // SAFETY: as in pin_to.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for c in (0..n).filter(|c| *c != cpu) {
-            libc::CPU_SET(c, &mut set);
-        }
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
     }
 }
 
@@ -283,7 +284,11 @@ pub(crate) fn serve<FS: Filesystem>(
     payload_size: usize,
     registered: std::sync::mpsc::Sender<io::Result<()>>,
 ) {
-    pin_to(qid as usize);
+    // Home: the queue's CPU. Away: every other CPU, for large requests.
+    let home = cpu_set(std::iter::once(qid as usize));
+    let away =
+        (queue_count() > 1).then(|| cpu_set((0..queue_count()).filter(|c| *c != qid as usize)));
+    run_on(&home);
     let fd = se.ch.as_fd().as_raw_fd();
     let owned = Owned(Box::into_raw(Box::new(Entry {
         header: Header {
@@ -318,6 +323,7 @@ pub(crate) fn serve<FS: Filesystem>(
                 header,
                 payload,
                 capacity: payload_size,
+                unique: 0,
                 replied: false,
             }),
             done: Condvar::new(),
@@ -405,28 +411,21 @@ pub(crate) fn serve<FS: Filesystem>(
                 u32::from_ne_bytes(h.in_out[4..8].try_into().unwrap()),
             )
         };
+        reply.start(commit_id);
         let bytes = rebuild(entry, &mut buf);
         // A large read or write is a millisecond of crypto, often readahead
         // or writeback while its caller keeps running here: served on
         // another CPU, the two run in parallel, as over /dev/fuse (on this
         // CPU sequential reads fell from ~1,000 to ~700 MB/s). The hand-off
         // costs two affinity changes, nothing next to the work.
-        let away = bytes.is_some() && large(opcode, entry) && pin_away(qid as usize);
+        let moved = bytes.is_some() && large(opcode, entry) && away.as_ref().is_some_and(run_on);
         match bytes {
             Some(len) => dispatch(&se, &as_bytes(&mut buf)[..len], &reply),
-            None => {
-                // Not a request we can parse: EIO, so the caller is not left
-                // waiting.
-                // SAFETY: as above.
-                let h = unsafe { &mut (*entry).header };
-                h.in_out[..4].copy_from_slice(&(OUT_HEADER as u32).to_ne_bytes());
-                h.in_out[4..8].copy_from_slice(&(-libc::EIO).to_ne_bytes());
-                h.in_out[8..16].copy_from_slice(&commit_id.to_ne_bytes());
-                h.ent.payload_sz = 0;
-            }
+            // Sizes that do not add up: EIO.
+            None => reply.fail(),
         }
-        if away {
-            pin_to(qid as usize);
+        if moved {
+            run_on(&home);
         }
         let commit = command(fd, CMD_COMMIT_AND_FETCH, qid, commit_id, entry);
         // SAFETY: as for the registration.
@@ -513,7 +512,6 @@ fn rebuild(entry: *const Entry, buf: &mut [u64]) -> Option<usize> {
 
 /// Dispatches one rebuilt request; returns once it is answered.
 fn dispatch<FS: Filesystem>(se: &SessionEventLoop<FS>, bytes: &[u8], reply: &RingReply) {
-    reply.reset();
     match RequestWithSender::new_ring(se.ch.sender(), bytes, reply.clone()) {
         Some(req) => {
             if let Ok(ll::Operation::Destroy(_)) = req.request.operation() {
@@ -522,15 +520,8 @@ fn dispatch<FS: Filesystem>(se: &SessionEventLoop<FS>, bytes: &[u8], reply: &Rin
                 req.dispatch(se);
             }
         }
-        None => {
-            // Unparseable (logged by the parser): answer EIO.
-            let unique = bytes.get(8..16).unwrap_or(&[0; 8]);
-            let mut out = [0u8; OUT_HEADER];
-            out[..4].copy_from_slice(&(OUT_HEADER as u32).to_ne_bytes());
-            out[4..8].copy_from_slice(&(-libc::EIO).to_ne_bytes());
-            out[8..16].copy_from_slice(unique);
-            let _ = reply.send(&[IoSlice::new(&out)]);
-        }
+        // Unparseable (logged by the parser): EIO.
+        None => reply.fail(),
     }
     reply.wait();
 }

@@ -226,6 +226,12 @@ impl<FS: Filesystem> Session<FS> {
         Ok(session)
     }
 
+    /// kmsfs patch: whether INIT granted FUSE over io_uring (the rings are
+    /// then registered when `run` starts; `io_uring_state` says how that went).
+    pub fn io_uring_offered(&self) -> bool {
+        self.uring_payload.is_some()
+    }
+
     /// Run the session loop in a background thread. If the returned handle is dropped,
     /// the filesystem is unmounted and the given session ends.
     pub fn spawn(self) -> io::Result<BackgroundSession> {
@@ -280,7 +286,7 @@ impl<FS: Filesystem> Session<FS> {
         // each forget so that forgets queue up and come in batches instead
         // of each waking a thread on another CPU.
         #[cfg(target_os = "linux")]
-        let rings = match uring_payload {
+        let (rings, ring_active) = match uring_payload {
             Some(payload) if config.io_uring_threads > 0 => start_rings(
                 &filesystem,
                 &ch,
@@ -289,10 +295,8 @@ impl<FS: Filesystem> Session<FS> {
                 payload,
                 config.io_uring_threads,
             ),
-            _ => Vec::new(),
+            _ => (Vec::new(), false),
         };
-        #[cfg(target_os = "linux")]
-        let ring_active = matches!(crate::ring::state(), crate::IoUringState::Active { .. });
         #[cfg(not(target_os = "linux"))]
         let ring_active = false;
         let (n_threads_minus_one, forget_pause) = if ring_active {
@@ -649,8 +653,9 @@ impl BackgroundSession {
 }
 
 /// kmsfs patch: starts `per_queue` ring threads for every queue and waits
-/// (bounded) for their registrations; a refusal is logged and the requests
-/// stay on /dev/fuse.
+/// (bounded) for their registrations; a refusal is recorded (`io_uring_state`)
+/// and the requests stay on /dev/fuse. The threads, and whether the rings
+/// serve.
 #[cfg(target_os = "linux")]
 fn start_rings<FS: Filesystem>(
     filesystem: &Arc<FilesystemHolder<FS>>,
@@ -659,7 +664,7 @@ fn start_rings<FS: Filesystem>(
     session_owner: Uid,
     payload: usize,
     per_queue: usize,
-) -> Vec<JoinHandle<()>> {
+) -> (Vec<JoinHandle<()>>, bool) {
     let (tx, rx) = std::sync::mpsc::channel();
     let mut threads = Vec::new();
     for qid in 0..crate::ring::queue_count() {
@@ -703,6 +708,7 @@ fn start_rings<FS: Filesystem>(
             }
         }
     }
+    let active = matches!(state, crate::IoUringState::Active { .. });
     crate::ring::set_state(state);
-    threads
+    (threads, active)
 }
