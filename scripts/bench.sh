@@ -10,7 +10,7 @@
 # BENCH_DIR (default /var/tmp/kmsfs-bench) must be on the disk to measure.
 # FUSE over io_uring is switched on for the run where the kernel has it
 # (/sys/module/fuse/parameters/enable_uring, restored at the end): kmsfs and
-# kmsfs_plain use it (--io-uring auto), kmsfs_devfuse is kmsfs with
+# kmsfs_plain use it (KMSFS_IO_URING=auto), kmsfs_devfuse is kmsfs with
 # --io-uring off, to show what the transport is worth. BENCH_URING=N leaves
 # the parameter alone. The peers use /dev/fuse: none of them speaks io_uring.
 # KMSFS_BASELINE=/path/to/an/older/kmsfs adds it as the system "kmsfs_base",
@@ -50,6 +50,7 @@ echo "tree: $NFILES files, $TREE_MB MiB" >&2
 
 URING=/sys/module/fuse/parameters/enable_uring
 URING_WAS=""
+export KMSFS_IO_URING=auto
 if [ "${BENCH_URING:-Y}" = Y ] && [ -w "$URING" ]; then
   URING_WAS=$(cat "$URING")
   echo Y > "$URING"

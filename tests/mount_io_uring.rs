@@ -1,4 +1,4 @@
-//! FUSE over io_uring (`kmsfs mount --io-uring auto`, the default): with the
+//! FUSE over io_uring (`kmsfs mount --io-uring auto`, opt-in): with the
 //! kernel's `enable_uring` on, every request but forgets goes through the
 //! per-CPU ring threads, and the files read and change as over /dev/fuse;
 //! with it off, or with `--io-uring off`, /dev/fuse serves and the log says
@@ -172,7 +172,7 @@ fn workload(root: &Path, cpu: usize) {
 fn with_the_kernel_offering_it_every_request_goes_over_the_rings() {
     let _uring = Uring::set(true);
     let fx = Fixture::new();
-    let (m, log) = mount_logged(&fx, &[]);
+    let (m, log) = mount_logged(&fx, &["--io-uring", "auto"]);
     let cpus = possible_cpus();
     log_with(&log, &format!("FUSE over io_uring: {cpus} queues"));
     let rings = ring_threads(&fx.cipher);
@@ -200,7 +200,7 @@ fn with_the_kernel_offering_it_every_request_goes_over_the_rings() {
 fn without_the_kernel_offering_it_dev_fuse_serves_and_the_log_says_why() {
     let _uring = Uring::set(false);
     let fx = Fixture::new();
-    let (m, log) = mount_logged(&fx, &[]);
+    let (m, log) = mount_logged(&fx, &["--io-uring", "auto"]);
     let text = log_with(&log, "FUSE over io_uring not offered by the kernel");
     assert!(text.contains("enable_uring = Y"), "{text}");
     assert_eq!(ring_threads(&fx.cipher), 0);
