@@ -306,6 +306,29 @@ fn repair_finishes_a_truncate_a_crash_cut_short() {
 }
 
 #[test]
+fn repair_cuts_off_a_block_a_kill_tore_in_an_extending_write() {
+    let fx = Fixture::new();
+    let (data, kept) = torn_write(&fx, "f");
+    let (code, out) = fsck(&fx, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.starts_with(&format!("f: block: the last block is what an extending write torn by a crash leaves (never acknowledged; the {kept} bytes before it are whole)\n")),
+        "{out}"
+    );
+    let (code, out) = fsck(&fx, &["--repair"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!("[repaired: cut to {kept} bytes]")),
+        "{out}"
+    );
+    let (code, out) = fsck(&fx, &[]);
+    assert_eq!(code, Some(0), "{out}");
+    let m = fx.mount();
+    assert!(fs::read(fx.m("f")).unwrap() == data[..kept as usize]);
+    m.unmount();
+}
+
+#[test]
 fn a_stale_key_slot_is_found_and_repair_drops_only_it() {
     use kmsfs::fs::format::{Slot, decode_header, encode_slot, slot_offset};
     use std::os::unix::fs::FileExt;

@@ -478,3 +478,48 @@ fn a_truncate_cut_short_by_a_crash_is_finished_when_the_file_is_next_read() {
         m.unmount();
     }
 }
+
+/// The state a SIGKILL in the middle of a write that extends a file leaves
+/// (the kernel stops copying at a page boundary, here inside the second
+/// block), made by hand: the next read cuts the torn block off and says so
+/// in the log; the whole block before it reads back, the file takes writes
+/// again, and the other files are untouched.
+#[test]
+fn a_write_torn_by_a_kill_is_cut_back_to_its_whole_blocks_when_next_read() {
+    for modes in NAME_MODES {
+        let fx = Fixture::new_with(modes);
+        let m = fx.mount();
+        fs::write(fx.m("other"), b"untouched").unwrap();
+        m.unmount();
+        let (data, kept) = torn_write(&fx, "f");
+        let log = fx.dir.path().join("mount.log");
+        let m = fx.mount_with(&["--log-file", log.to_str().unwrap()]);
+        // As with an interrupted truncate, the kernel may keep the size it
+        // saw before the read cut the file, showing the cut bytes as zeros.
+        let got = fs::read(fx.m("f")).unwrap();
+        assert!(
+            got[..kept as usize] == data[..kept as usize]
+                && got[kept as usize..].iter().all(|&b| b == 0),
+            "{modes:?}: {} bytes read",
+            got.len()
+        );
+        assert_eq!(fs::read(fx.m("other")).unwrap(), b"untouched");
+        m.unmount();
+        let text = fs::read_to_string(&log).unwrap();
+        assert!(
+            text.contains(&format!(
+                "\"f\" ended in a block that a crash tore while it was being written (a write never acknowledged): cut back to {kept} bytes"
+            )),
+            "{modes:?}: the log says what was cut:\n{text}"
+        );
+        let m = fx.mount();
+        assert_eq!(fs::metadata(fx.m("f")).unwrap().len(), kept);
+        let mut f = fs::OpenOptions::new().append(true).open(fx.m("f")).unwrap();
+        f.write_all(b"appended").unwrap();
+        drop(f);
+        let mut want = data[..kept as usize].to_vec();
+        want.extend_from_slice(b"appended");
+        assert!(fs::read(fx.m("f")).unwrap() == want, "{modes:?}");
+        m.unmount();
+    }
+}

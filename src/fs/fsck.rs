@@ -12,7 +12,7 @@
 //! - an interrupted directory rename: replayed from its journal.
 
 use super::backing::{Backing, FsError};
-use super::cryptfile::{self, CryptFile};
+use super::cryptfile::{self, CryptFile, LastBlock};
 use super::format::{self, BLOCK_SIZE};
 use super::names::Listed;
 use crate::kms::{Caller, ErrorCode};
@@ -344,17 +344,27 @@ impl<'a> Fsck<'a> {
         };
         let last_block = size.saturating_sub(1) / BLOCK_SIZE as u64;
         if bad.len() == 1 && last == last_block {
-            // Perhaps a truncate a crash cut short.
-            match cf.finish_interrupted_shrink_checked(self.repair) {
-                Ok(Some(n)) => {
-                    self.finding(rel, "block", format!("the last block is what a truncate to {n} bytes cut short by a crash leaves"));
-                    if self.repair {
-                        self.repaired(format!("cut to {n} bytes"));
-                    }
-                    return;
-                }
-                Ok(None) => {}
+            // Perhaps a truncate or an extending write a crash cut short.
+            let what = match cf.finish_interrupted_checked(self.repair) {
+                Ok(LastBlock::Finished(n)) => Some((
+                    n,
+                    format!("a truncate to {n} bytes cut short by a crash leaves"),
+                )),
+                Ok(LastBlock::TornWrite(n)) => Some((
+                    n,
+                    format!(
+                        "an extending write torn by a crash leaves (never acknowledged; the {n} bytes before it are whole)"
+                    ),
+                )),
+                Ok(LastBlock::Intact | LastBlock::Damaged) => None,
                 Err(e) => return self.finding(rel, "block", format!("{e}")),
+            };
+            if let Some((n, what)) = what {
+                self.finding(rel, "block", format!("the last block is what {what}"));
+                if self.repair {
+                    self.repaired(format!("cut to {n} bytes"));
+                }
+                return;
             }
         }
         let n = bad.len();

@@ -325,11 +325,11 @@ impl KmsFs {
     }
 
     /// `op` on `cf`, once more if it failed with an integrity error that a
-    /// shrink interrupted by a crash explains, now finished and logged (see
-    /// `CryptFile::finish_interrupted_shrink`). Each operation here fails
-    /// before it writes if the last block does not open, so a rerun repeats
-    /// nothing.
-    fn after_shrink<T>(
+    /// shrink or an extending write interrupted by a crash explains, now
+    /// finished and logged (see `CryptFile::finish_interrupted`). Each
+    /// operation here fails before it writes if the last block does not
+    /// open, so a rerun repeats nothing.
+    fn after_crash_tail<T>(
         &self,
         ino: u64,
         cf: &CryptFile,
@@ -337,18 +337,22 @@ impl KmsFs {
     ) -> io::Result<T> {
         match op() {
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                match cf.finish_interrupted_shrink() {
-                    Ok(LastBlock::Finished(size)) => {
-                        let rel = self.path(INodeNo(ino)).unwrap_or_default();
-                        crate::log_line!(
-                            "kmsfs: completed an interrupted truncate of {rel:?} to {size} bytes"
-                        );
-                        self.changed(ino);
-                        op()
-                    }
-                    Ok(LastBlock::Intact) => op(),
-                    Ok(LastBlock::Damaged) | Err(_) => Err(e),
+                let rel = || self.path(INodeNo(ino)).unwrap_or_default();
+                match cf.finish_interrupted() {
+                    Ok(LastBlock::Finished(size)) => crate::log_line!(
+                        "kmsfs: completed an interrupted truncate of {:?} to {size} bytes",
+                        rel()
+                    ),
+                    Ok(LastBlock::TornWrite(size)) => crate::log_line!(
+                        "kmsfs: {:?} ended in a block that a crash tore while it was being \
+                         written (a write never acknowledged): cut back to {size} bytes",
+                        rel()
+                    ),
+                    Ok(LastBlock::Intact) => return op(),
+                    Ok(LastBlock::Damaged) | Err(_) => return Err(e),
                 }
+                self.changed(ino);
+                op()
             }
             r => r,
         }
@@ -1070,7 +1074,7 @@ impl Filesystem for KmsFs {
                 };
                 if let Some((f, name)) = truncate {
                     let cf = f.io.write().unwrap_or_else(|e| e.into_inner());
-                    self.after_shrink(ino.0, &cf, || cf.truncate(sz))
+                    self.after_crash_tail(ino.0, &cf, || cf.truncate(sz))
                         .map_err(|e| self.fs_errno("truncate", name, e.into()))?;
                 }
             }
@@ -1492,7 +1496,8 @@ impl Filesystem for KmsFs {
         // allocation or copy per request.
         let res = READ_BUF.with(move |b| {
             let mut b = b.borrow_mut();
-            match self.after_shrink(ino.0, &cf, || cf.read_into(offset, size as usize, &mut b)) {
+            match self.after_crash_tail(ino.0, &cf, || cf.read_into(offset, size as usize, &mut b))
+            {
                 Ok(r) => {
                     reply.data(&b[r]);
                     Ok(())
@@ -1524,7 +1529,7 @@ impl Filesystem for KmsFs {
         };
         let cf = f.io.write().unwrap_or_else(|e| e.into_inner());
         self.changed(ino.0);
-        match self.after_shrink(ino.0, &cf, || cf.write_at(offset, data)) {
+        match self.after_crash_tail(ino.0, &cf, || cf.write_at(offset, data)) {
             Ok(n) => reply.written(n as u32),
             Err(e) => {
                 let rel = self.path(ino).unwrap_or_default();
@@ -1888,7 +1893,7 @@ impl Filesystem for KmsFs {
         };
         let cf = f.io.write().unwrap_or_else(|e| e.into_inner());
         self.changed(ino.0);
-        match self.after_shrink(ino.0, &cf, || cf.allocate(offset, length, mode)) {
+        match self.after_crash_tail(ino.0, &cf, || cf.allocate(offset, length, mode)) {
             Ok(()) => reply.ok(),
             Err(e) => {
                 let rel = self.path(ino).unwrap_or_default();

@@ -641,6 +641,28 @@ pub fn interrupted_shrink(fx: &Fixture, rel: &str) -> (Vec<u8>, u64) {
     (data, (h + 4124 + short) as u64)
 }
 
+/// The state a SIGKILL of the daemon in the middle of writing `rel` (10,000
+/// bytes, a new file) leaves: the kernel stopped copying the write at the
+/// page boundary inside its second block. Returns the bytes written and the
+/// plaintext size that survives (the first block).
+pub fn torn_write(fx: &Fixture, rel: &str) -> (Vec<u8>, u64) {
+    let data: Vec<u8> = (0..10_000u32).map(|i| (i * 17 % 253) as u8).collect();
+    let m = fx.mount();
+    std::fs::write(fx.m(rel), &data).unwrap();
+    m.unmount();
+    let len = std::fs::metadata(fx.c(rel)).unwrap().len();
+    let h = len - (2 * 4124 + 1808 + 28);
+    let tear = (h + 4124).next_multiple_of(4096);
+    assert!(tear < h + 2 * 4124, "a page boundary inside block 1");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(fx.c(rel))
+        .unwrap()
+        .set_len(tear)
+        .unwrap();
+    (data, 4096)
+}
+
 /// Starts `cmd` (output discarded) and SIGKILLs it after `after`: a crash
 /// at some moment of whatever it was doing.
 pub fn kill_after(mut cmd: Command, after: Duration) {
