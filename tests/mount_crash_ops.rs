@@ -473,92 +473,87 @@ fn a_file_left_without_a_header_reads_as_empty_and_takes_writes() {
     assert!(repaired >= 2, "the create and the repair are both audited");
 }
 
+/// A crash's trace in `f` (made by `make`, which returns the bytes written
+/// and how many of them survive), repaired by the next read: those bytes
+/// read back and the kernel shows no others but zeros (with its writeback
+/// cache it may keep the size it saw before the repair, for this mount),
+/// the log says `said`, the other files are untouched, and after a remount
+/// the file has the size kept and takes writes again. `check` looks at the
+/// cipherdir and at the bytes read, unmounted.
+fn repaired_when_next_read(
+    modes: &[&str],
+    make: impl Fn(&Fixture) -> (Vec<u8>, u64),
+    said: &str,
+    check: impl Fn(&Fixture, &[u8]),
+) {
+    let fx = Fixture::new_with(modes);
+    let m = fx.mount();
+    fs::write(fx.m("other"), b"untouched").unwrap();
+    m.unmount();
+    let (data, kept) = make(&fx);
+    let kept = kept as usize;
+    let log = fx.dir.path().join("mount.log");
+    let m = fx.mount_with(&["--log-file", log.to_str().unwrap()]);
+    let got = fs::read(fx.m("f")).unwrap();
+    assert!(
+        got[..kept] == data[..kept] && got[kept..].iter().all(|&b| b == 0),
+        "{modes:?}: {} bytes read",
+        got.len()
+    );
+    assert_eq!(fs::read(fx.m("other")).unwrap(), b"untouched");
+    m.unmount();
+    check(&fx, &got);
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains(said),
+        "{modes:?}: the log says what was repaired:\n{text}"
+    );
+    let m = fx.mount();
+    assert_eq!(fs::metadata(fx.m("f")).unwrap().len(), kept as u64);
+    let mut f = fs::OpenOptions::new().append(true).open(fx.m("f")).unwrap();
+    f.write_all(b"appended").unwrap();
+    drop(f);
+    let mut want = data[..kept].to_vec();
+    want.extend_from_slice(b"appended");
+    assert!(fs::read(fx.m("f")).unwrap() == want, "{modes:?}");
+    m.unmount();
+}
+
 /// The state a crash leaves in the middle of a shrink into a block (the
 /// shorter last block written, the file not yet cut), made by hand: the
-/// next read finishes the truncate and says so in the log; the bytes kept
-/// read back, the cut ones never do, and the file takes writes again.
+/// next read finishes the truncate to 5,000 bytes.
 #[test]
 fn a_truncate_cut_short_by_a_crash_is_finished_when_the_file_is_next_read() {
     for modes in NAME_MODES {
-        let fx = Fixture::new_with(modes);
-        let m = fx.mount();
-        fs::write(fx.m("other"), b"untouched").unwrap();
-        m.unmount();
-        let (data, kept) = interrupted_shrink(&fx, "f");
-        let log = fx.dir.path().join("mount.log");
-        let m = fx.mount_with(&["--log-file", log.to_str().unwrap()]);
-        // The kernel took the size (8,192) from the crash's layout before
-        // the read finished the truncate; with its writeback cache it keeps
-        // it for this mount, and shows the cut bytes as zeros.
-        let got = fs::read(fx.m("f")).unwrap();
-        assert!(
-            got[..5_000] == data[..5_000]
-                && got[5_000..].iter().all(|&b| b == 0)
-                && (got.len() == 5_000 || got.len() == 8_192),
-            "{modes:?}: {} bytes read",
-            got.len()
+        let disk = std::cell::Cell::new(0);
+        repaired_when_next_read(
+            modes,
+            |fx| {
+                let (data, kept) = interrupted_shrink(fx, "f");
+                disk.set(kept);
+                (data, 5_000)
+            },
+            "completed an interrupted truncate of \"f\" to 5000 bytes",
+            |fx, got| {
+                // The kernel took the size (8,192) from the crash's layout.
+                assert!(got.len() == 5_000 || got.len() == 8_192, "{}", got.len());
+                assert_eq!(fs::metadata(fx.c("f")).unwrap().len(), disk.get());
+            },
         );
-        assert_eq!(fs::read(fx.m("other")).unwrap(), b"untouched");
-        m.unmount();
-        assert_eq!(fs::metadata(fx.c("f")).unwrap().len(), kept);
-        let text = fs::read_to_string(&log).unwrap();
-        assert!(
-            text.contains("completed an interrupted truncate of \"f\" to 5000 bytes"),
-            "{modes:?}: the log says what was finished:\n{text}"
-        );
-        let m = fx.mount();
-        assert_eq!(fs::metadata(fx.m("f")).unwrap().len(), 5_000);
-        let mut f = fs::OpenOptions::new().append(true).open(fx.m("f")).unwrap();
-        f.write_all(b"appended").unwrap();
-        drop(f);
-        let mut want = data[..5_000].to_vec();
-        want.extend_from_slice(b"appended");
-        assert!(fs::read(fx.m("f")).unwrap() == want, "{modes:?}");
-        m.unmount();
     }
 }
 
 /// The state a SIGKILL in the middle of a write that extends a file leaves
 /// (the kernel stops copying at a page boundary, here inside the second
-/// block), made by hand: the next read cuts the torn block off and says so
-/// in the log; the whole block before it reads back, the file takes writes
-/// again, and the other files are untouched.
+/// block), made by hand: the next read cuts the torn block off.
 #[test]
 fn a_write_torn_by_a_kill_is_cut_back_to_its_whole_blocks_when_next_read() {
     for modes in NAME_MODES {
-        let fx = Fixture::new_with(modes);
-        let m = fx.mount();
-        fs::write(fx.m("other"), b"untouched").unwrap();
-        m.unmount();
-        let (data, kept) = torn_write(&fx, "f");
-        let log = fx.dir.path().join("mount.log");
-        let m = fx.mount_with(&["--log-file", log.to_str().unwrap()]);
-        // As with an interrupted truncate, the kernel may keep the size it
-        // saw before the read cut the file, showing the cut bytes as zeros.
-        let got = fs::read(fx.m("f")).unwrap();
-        assert!(
-            got[..kept as usize] == data[..kept as usize]
-                && got[kept as usize..].iter().all(|&b| b == 0),
-            "{modes:?}: {} bytes read",
-            got.len()
+        repaired_when_next_read(
+            modes,
+            |fx| torn_write(fx, "f"),
+            "\"f\" ended in a block that a crash tore while it was being written (a write never acknowledged): cut back to 4096 bytes",
+            |_, _| {},
         );
-        assert_eq!(fs::read(fx.m("other")).unwrap(), b"untouched");
-        m.unmount();
-        let text = fs::read_to_string(&log).unwrap();
-        assert!(
-            text.contains(&format!(
-                "\"f\" ended in a block that a crash tore while it was being written (a write never acknowledged): cut back to {kept} bytes"
-            )),
-            "{modes:?}: the log says what was cut:\n{text}"
-        );
-        let m = fx.mount();
-        assert_eq!(fs::metadata(fx.m("f")).unwrap().len(), kept);
-        let mut f = fs::OpenOptions::new().append(true).open(fx.m("f")).unwrap();
-        f.write_all(b"appended").unwrap();
-        drop(f);
-        let mut want = data[..kept as usize].to_vec();
-        want.extend_from_slice(b"appended");
-        assert!(fs::read(fx.m("f")).unwrap() == want, "{modes:?}");
-        m.unmount();
     }
 }
