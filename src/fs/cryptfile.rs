@@ -214,12 +214,9 @@ impl CryptFile {
         self.interrupted(true)
     }
 
-    /// `fsck`: what `finish_interrupted` would find; cut only if `cut`.
-    pub fn finish_interrupted_checked(&self, cut: bool) -> io::Result<LastBlock> {
-        self.interrupted(cut)
-    }
-
-    fn interrupted(&self, cut: bool) -> io::Result<LastBlock> {
+    /// What `finish_interrupted` would find; it cuts only if `cut` (fsck
+    /// without --repair looks).
+    pub fn interrupted(&self, cut: bool) -> io::Result<LastBlock> {
         let disk_len = self.fd.metadata()?.len();
         let size = format::plain_size(self.header_size, disk_len);
         if size == 0 {
@@ -243,27 +240,18 @@ impl CryptFile {
                 b * BLOCK_SIZE as u64 + (n - format::BLOCK_OVERHEAD) as u64,
             ));
         }
-        if disk_len.is_multiple_of(TEAR_ALIGN) && (b == 0 || self.block_opens(b - 1)?) {
+        let before_opens = || match self.block_plain(b - 1, size) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => Ok(false),
+            Err(e) => Err(e),
+        };
+        if disk_len.is_multiple_of(TEAR_ALIGN) && (b == 0 || before_opens()?) {
             if cut {
                 self.fd.set_len(start)?;
             }
             return Ok(LastBlock::TornWrite(b * BLOCK_SIZE as u64));
         }
         Ok(LastBlock::Damaged)
-    }
-
-    /// Whether full block `b` authenticates.
-    fn block_opens(&self, b: u64) -> io::Result<bool> {
-        let mut disk = Zeroizing::new(vec![0u8; DISK_BLOCK]);
-        if read_full_at(
-            &self.fd,
-            &mut disk,
-            format::block_offset(self.header_size, b),
-        )? < DISK_BLOCK
-        {
-            return Ok(false);
-        }
-        Ok(format::open_block_in_place(&self.key, &self.file_id, b, &mut disk).is_ok())
     }
 
     pub fn read_at(&self, off: u64, len: usize) -> io::Result<Vec<u8>> {
@@ -665,7 +653,7 @@ mod tests {
             let err = f.read_at(0, data.len()).unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{before} {torn_at}");
             assert_eq!(
-                f.finish_interrupted_checked(false).unwrap(),
+                f.interrupted(false).unwrap(),
                 LastBlock::TornWrite(kept),
                 "fsck's look changes nothing"
             );

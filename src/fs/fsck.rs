@@ -345,7 +345,7 @@ impl<'a> Fsck<'a> {
         let last_block = size.saturating_sub(1) / BLOCK_SIZE as u64;
         if bad.len() == 1 && last == last_block {
             // Perhaps a truncate or an extending write a crash cut short.
-            let what = match cf.finish_interrupted_checked(self.repair) {
+            let what = match cf.interrupted(self.repair) {
                 Ok(LastBlock::Finished(n)) => Some((
                     n,
                     format!("a truncate to {n} bytes cut short by a crash leaves"),
