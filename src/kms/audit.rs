@@ -24,7 +24,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 #[derive(Serialize)]
@@ -133,6 +133,9 @@ struct Tail {
     previous_file: Option<OsString>,
     /// When the last digest was written (or this writer began).
     digest_at: Instant,
+    /// The directory watch's count when the log's name was last found to
+    /// lead to `file` (None: look again).
+    named: Option<u64>,
 }
 
 pub struct AuditLog {
@@ -150,6 +153,9 @@ pub struct AuditLog {
     committed: Condvar,
     /// `Commit::done`, readable without the lock for spinning followers.
     done: AtomicU64,
+    /// Says when an entry of the log's directory was made, renamed or
+    /// removed (watch.rs): until then the name still leads to the file held.
+    watch: Option<Arc<super::watch::HomeWatch>>,
 }
 
 /// flock(2) held on a descriptor that outlives the guard.
@@ -289,12 +295,15 @@ impl AuditLog {
             started: 0,
             previous_file: None,
             digest_at: Instant::now(),
+            named: None,
         };
         let sink = match &settings.syslog {
             Some(p) => Some(super::audit_sink::Sink::open(p)?),
             None => None,
         };
+        let watch = super::watch::HomeWatch::new(std::os::fd::AsFd::as_fd(&dir)).map(Arc::new);
         let log = AuditLog {
+            watch,
             sink,
             path: path.to_path_buf(),
             dir,
@@ -330,6 +339,12 @@ impl AuditLog {
         &self.path
     }
 
+    /// The watch on the log's directory, for others watching it too (the
+    /// keystore beside it): one inotify read per call for both.
+    pub(crate) fn dir_watch(&self) -> Option<Arc<super::watch::HomeWatch>> {
+        self.watch.clone()
+    }
+
     /// The last digest this writer wrote or saw: the anchor follows it.
     pub fn digest_seq(&self) -> u64 {
         self.tail
@@ -347,6 +362,23 @@ impl AuditLog {
     /// Makes sure `t.file` is the file the log's name leads to, following a
     /// rotation or a deleted log, and that `t` knows the chain's end.
     fn follow(&self, t: &mut Tail) -> io::Result<()> {
+        let seen = self.watch.as_ref().and_then(|w| w.poll());
+        if seen.is_some() && seen == t.named {
+            // Only the length can have moved: another writer's records.
+            let size = (&t.file).seek(SeekFrom::End(0))?;
+            if size != t.end {
+                self.resync(t, false)?;
+            }
+            return Ok(());
+        }
+        t.named = None;
+        self.follow_by_name(t)?;
+        t.named = seen;
+        Ok(())
+    }
+
+    /// `follow` by the log's name: one fstatat.
+    fn follow_by_name(&self, t: &mut Tail) -> io::Result<()> {
         let st = match trail::stat_at(&self.dir, &self.name) {
             Ok(st) => Some(st),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,

@@ -26,6 +26,7 @@ pub mod policy;
 mod serde_secret;
 pub mod service;
 pub mod sigv4;
+mod watch;
 
 pub use caller::{Caller, Via};
 pub use context::EncryptionContext;

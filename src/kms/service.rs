@@ -231,6 +231,12 @@ struct Store {
     spec: RootKeySpec,
     keys: RootKeys,
     writer: Mutex<()>,
+    /// Says when the keystore may have changed (watch.rs); None: stat it
+    /// before every call.
+    watch: Option<Arc<super::watch::HomeWatch>>,
+    /// One more than the watch's count when the stamp was last compared
+    /// (0: never).
+    confirmed: AtomicU64,
 }
 
 struct Inner {
@@ -459,11 +465,15 @@ impl Kms {
             opened.state.audit_anchor.as_ref(),
         )?;
         let stamp = opened.stamp;
+        // The audit log is beside the keystore: one watch for both.
+        let watch = log.dir_watch();
         let store = Store {
             home,
             spec: opened.spec,
             keys: opened.keys,
             writer: Mutex::new(()),
+            watch,
+            confirmed: AtomicU64::new(0),
         };
         let kms = Self::build(
             opened.account,
@@ -599,6 +609,30 @@ impl Kms {
     /// after any due maintenance (deletion, automatic rotation, expiry).
     fn state(&self) -> KmsResult<Arc<State>> {
         if let Some(store) = &self.store {
+            // Nothing in the home moved since the stamp was last compared:
+            // the state held is the keystore's.
+            let seen = store.watch.as_ref().and_then(|w| w.poll());
+            if seen.is_none_or(|n| n + 1 != store.confirmed.load(Ordering::Acquire)) {
+                self.reload_if_changed(store)?;
+                if let Some(n) = seen {
+                    store.confirmed.fetch_max(n + 1, Ordering::AcqRel);
+                }
+            }
+        }
+        if self.clock.now() >= self.next_due.load(Ordering::Relaxed) {
+            self.maintain()?;
+        }
+        Ok(self
+            .inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .state
+            .clone())
+    }
+
+    /// Reloads the keystore if its stamp is not the one the state came from.
+    fn reload_if_changed(&self, store: &Store) -> KmsResult<()> {
+        {
             let stale =
                 self.inner.read().unwrap_or_else(|e| e.into_inner()).stamp != store.home.stamp();
             if stale {
@@ -613,15 +647,7 @@ impl Kms {
                 };
             }
         }
-        if self.clock.now() >= self.next_due.load(Ordering::Relaxed) {
-            self.maintain()?;
-        }
-        Ok(self
-            .inner
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .state
-            .clone())
+        Ok(())
     }
 
     /// Applies `f` to a copy of the state and publishes it once persisted; on
