@@ -360,3 +360,116 @@ fn a_mount_reaches_its_kms_over_tls_and_refuses_an_unknown_certificate() {
     assert_eq!(std::fs::read(fx.m("f")).unwrap(), b"over TLS");
     m.unmount();
 }
+
+#[test]
+fn key_readahead_unwraps_the_neighbours_of_an_opened_file_and_their_opens_are_cache_hits() {
+    let s = Server::start(&[]);
+    let (id, secret) = s.access_key("uid:0");
+    let fx = remote_fixture();
+    let creds = credentials_file(fx.dir.path(), &id, &secret);
+    let c = creds.to_str().unwrap();
+    let o = init_remote(&fx, &s, &creds, &[]);
+    assert!(
+        o.status.success(),
+        "init: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let m = fx.mount_with(&["--aws-credentials-file", c]);
+    std::fs::create_dir_all(fx.m("d/sub")).unwrap();
+    let mut near = vec![];
+    for i in 0..12 {
+        near.push(format!("d/f{i}"));
+    }
+    for i in 0..3 {
+        near.push(format!("d/sub/g{i}"));
+    }
+    for p in &near {
+        std::fs::write(fx.m(p), format!("content of {p}")).unwrap();
+    }
+    std::fs::write(fx.m("elsewhere"), b"not near").unwrap();
+    m.unmount();
+    // The paths of the server's Decrypts for this access key, in order.
+    let decrypted = || -> Vec<String> {
+        s.audit()
+            .iter()
+            .filter(|r| {
+                r["eventName"] == "Decrypt" && r["userIdentity"]["accessKeyId"] == id.as_str()
+            })
+            .filter_map(|r| {
+                r["requestParameters"]["encryptionContext"]["kmsfs:path"]
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .collect()
+    };
+
+    // Without --key-readahead an open unwraps its own key only.
+    let m = fx.mount_with(&["--aws-credentials-file", c, "--key-cache-seconds", "60"]);
+    let before = decrypted().len();
+    assert_eq!(std::fs::read(fx.m("d/f0")).unwrap(), b"content of d/f0");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(decrypted()[before..], ["d/f0".to_string()]);
+    m.unmount();
+
+    // With it: the other files of d and of d/sub, and nothing else.
+    let m = fx.mount_with(&[
+        "--aws-credentials-file",
+        c,
+        "--key-cache-seconds",
+        "60",
+        "--key-readahead",
+    ]);
+    let before = decrypted().len();
+    assert_eq!(std::fs::read(fx.m("d/f0")).unwrap(), b"content of d/f0");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while decrypted().len() < before + near.len() {
+        assert!(
+            Instant::now() < deadline,
+            "keys unwrapped ahead: {:?}",
+            &decrypted()[before..]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let mut ahead = decrypted()[before..].to_vec();
+    assert_eq!(ahead[0], "d/f0", "the open's own key first");
+    ahead.sort();
+    let mut want = near.clone();
+    want.sort();
+    assert_eq!(ahead, want, "each neighbour once, nothing outside d");
+    // Their opens now need no round trip, and each is recorded as a hit
+    // for the process that opened it.
+    let n = decrypted().len();
+    for p in &near[1..] {
+        assert_eq!(
+            std::fs::read(fx.m(p)).unwrap(),
+            format!("content of {p}").into_bytes()
+        );
+    }
+    assert_eq!(decrypted().len(), n, "no round trip for a key read ahead");
+    let fs_id = fx.config()["FilesystemId"].as_str().unwrap().to_string();
+    let hits: Vec<serde_json::Value> =
+        std::fs::read_to_string(fx.home.join(format!("cache-audit-{fs_id}.log")))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    let mut hit_paths: Vec<String> = hits
+        .iter()
+        .map(|h| {
+            assert_eq!(
+                (&h["cacheHit"], &h["userIdentity"]["uid"]),
+                (&true.into(), &0.into())
+            );
+            h["requestParameters"]["encryptionContext"]["kmsfs:path"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    hit_paths.sort();
+    let mut want_hits = near[1..].to_vec();
+    want_hits.sort();
+    assert_eq!(hit_paths, want_hits);
+    m.unmount();
+}

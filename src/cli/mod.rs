@@ -765,6 +765,7 @@ fn offline<T>(
     let cache = remote_args::CacheArgs {
         key_cache_seconds: 0,
         key_cache_uses: 0,
+        key_readahead: false,
     };
     let (link, _) = fs_kms(kms_home_flag, secret, remote, &cache, &cfg, cipherdir)?;
     let caller = Caller::this_process(Via::Mount);
@@ -815,6 +816,7 @@ fn run_names(
     let cache = remote_args::CacheArgs {
         key_cache_seconds: 0,
         key_cache_uses: 0,
+        key_readahead: false,
     };
     let (link, _) = fs_kms(kms_home_flag, secret, remote, &cache, &cfg, cipherdir)?;
     let caller = Caller::this_process(Via::Mount);
@@ -890,6 +892,7 @@ fn fs_kms(
                 cache.key_cache_uses,
                 &audit,
             )?;
+            let kms = kms.with_readahead(cache.key_readahead);
             crate::fs::mount::KmsLink::Remote(Box::new(kms))
         }
 

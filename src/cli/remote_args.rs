@@ -76,6 +76,15 @@ pub struct CacheArgs {
     /// ... and for at most this many opens.
     #[arg(long, default_value_t = 1000, value_name = "N")]
     pub key_cache_uses: u32,
+    /// When a file is opened, unwrap into the cache the data keys of the
+    /// other files in its directory and in the directories right below, on
+    /// 8 connections at once, so a backup, `cp -r` or `grep -r` that opens
+    /// them next waits for no round trip each. The remote KMS then unwraps
+    /// (and audits) keys of files that may never be opened, and a
+    /// revocation there reaches such a file within --key-cache-seconds, as
+    /// it does an opened one. Needs the cache; only for remote filesystems.
+    #[arg(long)]
+    pub key_readahead: bool,
 }
 
 /// `kmsfs kms --endpoint-url`'s signing flags.

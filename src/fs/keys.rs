@@ -111,6 +111,15 @@ pub trait KeyBackend: Send + Sync {
     /// The key's ARN and state (DescribeKey): rewrap's target is checked
     /// before anything moves to it.
     fn arn_and_state(&self, caller: &Caller, key_id: &str) -> Result<(String, String), KmsError>;
+    /// How long keys unwrapped ahead of their open are kept, if this KMS
+    /// keeps them (a remote KMS with its data-key cache and
+    /// `--key-readahead`: key_readahead.rs).
+    fn reads_ahead(&self) -> Option<std::time::Duration> {
+        None
+    }
+    /// Unwraps `blob` for `ctx` into the cache ahead of its open; a failure
+    /// is left for that open to meet (and report).
+    fn unwrap_ahead(&self, _blob: &[u8], _ctx: &EncryptionContext) {}
 }
 
 impl KeyBackend for Kms {

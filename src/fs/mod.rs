@@ -15,6 +15,7 @@ pub mod format;
 pub mod fsck;
 pub mod hardlink;
 pub mod inode;
+pub mod key_readahead;
 pub mod keys;
 pub mod links;
 pub mod listing;

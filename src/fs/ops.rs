@@ -133,6 +133,9 @@ pub struct KmsFs {
     /// for security.capability before every write and chown, and these
     /// answer with no walk and no syscall.
     bare: Mutex<std::collections::HashSet<u64>>,
+    /// Keys of files about to be opened, unwrapped ahead (a remote KMS with
+    /// `--key-readahead`).
+    readahead: Option<super::key_readahead::KeyReadahead>,
 }
 
 /// The largest read or write the kernel sends.
@@ -185,8 +188,10 @@ impl KmsFs {
     pub fn new(b: Backing, opts: Options, root_attr: RootAttr) -> io::Result<Self> {
         let root_meta = b.tree.lstat("")?;
         let budget = OpenBudget::new(opts.open_files);
+        let b = Arc::new(b);
         Ok(KmsFs {
-            b: Arc::new(b),
+            readahead: super::key_readahead::KeyReadahead::new(b.clone()),
+            b,
             opts,
             inodes: Mutex::new(Inodes::default()),
             open: Mutex::new(HashMap::new()),
@@ -1443,13 +1448,17 @@ impl Filesystem for KmsFs {
                     .check_write(&rel, &caller)
                     .map_err(|e| self.fs_errno("open for writing", &rel, e))?;
             }
-            if write {
+            let f = if write {
                 self.open_for_writing(ino.0, &rel, &caller)
                     .map_err(|e| self.fs_errno("open for writing", &rel, e))
             } else {
                 self.open_file(ino.0, &rel, &caller)
                     .map_err(|e| self.fs_errno("open", &rel, e))
+            }?;
+            if let Some(ra) = &self.readahead {
+                ra.opened(&rel);
             }
+            Ok(f)
         });
         match r {
             Ok(f) => {

@@ -66,6 +66,16 @@ impl KeyCache {
         Some(e.key.clone())
     }
 
+    /// Whether a key for `slot` is kept and still usable (not counted as a
+    /// use): readahead skips those.
+    pub fn holds(&self, k: [u8; 32], now: Instant) -> bool {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&k)
+            .is_some_and(|e| now.duration_since(e.made) < self.max_age && e.uses < self.max_uses)
+    }
+
     pub fn put(&self, k: [u8; 32], key: &Key256, now: Instant) {
         let mut m = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if m.len() >= MAX_ENTRIES {

@@ -35,6 +35,9 @@ pub struct RemoteKms {
     /// The mount's local record of what the remote KMS never sees: each
     /// data key served from the cache, one JSON line each.
     hits: Option<std::sync::Mutex<std::fs::File>>,
+    /// `--key-readahead`: keys of files about to be opened are unwrapped
+    /// into the cache ahead (fs/key_readahead.rs).
+    readahead: bool,
 }
 
 fn blob_field(v: &Value, name: &str) -> Result<Zeroizing<Vec<u8>>, KmsError> {
@@ -57,7 +60,15 @@ impl RemoteKms {
             client,
             cache: None,
             hits: None,
+            readahead: false,
         }
+    }
+
+    /// Lets the mount unwrap keys ahead of their opens into the cache
+    /// (nothing without a cache).
+    pub fn with_readahead(mut self, on: bool) -> Self {
+        self.readahead = on;
+        self
     }
 
     /// Keeps unwrapped data keys for `max_age` and `max_uses` (off if
@@ -176,6 +187,29 @@ impl KeyBackend for RemoteKms {
             c.put(k, &key, now);
         }
         Ok(key)
+    }
+
+    fn reads_ahead(&self) -> Option<std::time::Duration> {
+        self.cache
+            .as_ref()
+            .filter(|_| self.readahead)
+            .map(|c| c.max_age())
+    }
+
+    fn unwrap_ahead(&self, blob: &[u8], ctx: &EncryptionContext) {
+        let Some(c) = &self.cache else { return };
+        let slot = cache::slot(blob, ctx);
+        let now = std::time::Instant::now();
+        if c.holds(slot, now) {
+            return;
+        }
+        // Not a use: the open that takes it is recorded as a hit.
+        if let Ok(key) = self
+            .decrypt(&Caller::service(), blob, ctx)
+            .and_then(|p| data_key(&p))
+        {
+            c.put(slot, &key, now);
+        }
     }
 
     fn may_generate(
