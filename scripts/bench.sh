@@ -8,6 +8,9 @@
 #   bash scripts/bench.sh [ROUNDS]        (default 3; needs root for drop_caches)
 #
 # BENCH_DIR (default /var/tmp/kmsfs-bench) must be on the disk to measure.
+# Other sizes, so a lead is not an artefact of one set-up: BENCH_SIZE_MB (the
+# large file, default 512), BENCH_TREE (where the small files come from,
+# default the cargo registry) and BENCH_FILES (how many, default 8000).
 # FUSE over io_uring is switched on for the run where the kernel has it
 # (/sys/module/fuse/parameters/enable_uring, restored at the end): kmsfs and
 # kmsfs_plain use it (KMSFS_IO_URING=auto), kmsfs_devfuse is kmsfs with
@@ -20,7 +23,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS="${1:-3}"
 W="${BENCH_DIR:-/var/tmp/kmsfs-bench}"
-SIZE_MB=512
+SIZE_MB="${BENCH_SIZE_MB:-512}"
+NWANT="${BENCH_FILES:-8000}"
 bash scripts/deps.sh fio bc python3 || exit 1
 for p in gocryptfs securefs cryfs bindfs; do
   command -v "$p" >/dev/null || bash scripts/deps.sh "$p" || echo "skipping $p: cannot install it" >&2
@@ -34,11 +38,11 @@ RES="$W/results/raw.tsv"
 export KMSFS_HOME="$W/kms" KMSFS_KEY_FILE="$W/root.key"
 head -c 32 /dev/urandom > "$KMSFS_KEY_FILE"
 
-echo "preparing data: $SIZE_MB MiB random file, a tree of ~8000 source files" >&2
+echo "preparing data: $SIZE_MB MiB random file, a tree of up to $NWANT files" >&2
 head -c "$((SIZE_MB << 20))" /dev/urandom > "$W/src/big.bin"
 BIG_SUM=$(sha256sum < "$W/src/big.bin" | cut -d' ' -f1)
-REG="${CARGO_HOME:-$HOME/.cargo}/registry/src"
-(cd "$REG" && find . -type f | sort | head -n 8000 > "$W/src/tree.list")
+REG="${BENCH_TREE:-${CARGO_HOME:-$HOME/.cargo}/registry/src}"
+(cd "$REG" && find . -type f | sort | sed -n "1,${NWANT}p" > "$W/src/tree.list")
 tar -C "$REG" -cf "$W/src/tree.tar" -T "$W/src/tree.list"
 NFILES=$(wc -l < "$W/src/tree.list")
 tree_sum() { (cd "$1" && find . -type f -print0 | sort -z | xargs -0 cat) | sha256sum | cut -d' ' -f1; }
@@ -167,9 +171,9 @@ umount_all
 ./target/release/examples/kms_bench 3 > "$W/results/kms.txt" 2>&1
 ./target/release/examples/kms_serve_bench 3 >> "$W/results/kms.txt" 2>&1
 
-python3 - "$RES" "$W/results/kms.txt" "$NFILES" "$TREE_MB" <<'PY'
+python3 - "$RES" "$W/results/kms.txt" "$NFILES" "$TREE_MB" "$SIZE_MB" <<'PY'
 import sys, statistics, collections
-raw, kms, nfiles, tree_mb = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+raw, kms, nfiles, tree_mb, size_mb = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
 vals = collections.defaultdict(list)
 failed = []
 for line in open(raw):
@@ -178,7 +182,7 @@ for line in open(raw):
         failed.append((s, r)); continue
     vals[(s, w)].append(float(v))
 systems = [s for s in ["plain", "kmsfs", "kmsfs_plain", "kmsfs_devfuse", "kmsfs_base", "gocryptfs", "securefs", "cryfs", "bindfs"] if any(k[0] == s for k in vals)]
-works = [("seqwrite_MBps", "seq write 512 MiB (MB/s)", True), ("seqread_MBps", "seq read 512 MiB (MB/s)", True),
+works = [("seqwrite_MBps", f"seq write {size_mb} MiB (MB/s)", True), ("seqread_MBps", f"seq read {size_mb} MiB (MB/s)", True),
          ("randrw_IOPS", "random 4K r/w (IOPS)", True), ("untar_s", f"untar {nfiles} files (s)", False),
          ("lsR_s", "ls -lR (s)", False), ("readall_s", f"read all {tree_mb} MiB (s)", False), ("rmrf_s", "rm -rf (s)", False)]
 def med(s, w):
