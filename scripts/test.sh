@@ -22,11 +22,9 @@ status=0
 cargo test --locked --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
 # The mount tests once more with FUSE over io_uring on (enable_uring=Y and
 # KMSFS_IO_URING=auto for every mount; tests/mount_io_uring.rs switches the
-# parameter itself). The parameter is put back as it was. mount_crash_ops is
-# left out of this pass: over the rings a SIGKILLed daemon twice left a file
-# unreadable (EIO) in it; the cause found since (a write the kill tore at a
-# page boundary) is fixed, but until a longer soak confirms it the
-# experimental transport stays off by default and out of this pass (README).
+# parameter itself). The parameter is put back as it was. mount_crash_ops
+# runs here too since the torn-write repair: ten whole runs of it over the
+# rings passed after it (README).
 uring=/sys/module/fuse/parameters/enable_uring
 if [ -w "$uring" ] && [ -z "${KMSFS_TEST_NO_URING:-}" ]; then
   was=$(cat "$uring")
@@ -36,7 +34,7 @@ if [ -w "$uring" ] && [ -z "${KMSFS_TEST_NO_URING:-}" ]; then
   mounts=()
   for f in tests/mount_*.rs; do
     b=$(basename "$f" .rs)
-    [ "$b" = mount_io_uring ] || [ "$b" = mount_crash_ops ] || mounts+=(--test "$b")
+    [ "$b" = mount_io_uring ] || mounts+=(--test "$b")
   done
   KMSFS_IO_URING=auto cargo test --locked --no-fail-fast "${mounts[@]}" "$@" 2>&1 | tee -a "$log" || status=$?
   echo "$was" > "$uring"

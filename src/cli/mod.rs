@@ -199,9 +199,8 @@ pub enum Command {
         /// when the kernel offers it (`echo Y > /sys/module/fuse/parameters/enable_uring`,
         /// as root) and /dev/fuse otherwise; "off" (the default) always uses
         /// /dev/fuse. Requests are then served on the caller's CPU: untar,
-        /// ls -lR and reading a tree 1.2-1.4x faster here, large sequential
-        /// I/O 0.8x; a killed daemon has twice left a file unreadable (EIO)
-        /// in the crash tests over it, so it is not the default yet.
+        /// ls -lR and reading a tree up to 1.2-1.4x faster here, but large
+        /// sequential I/O 0.6-0.9x, so it is not the default.
         #[arg(long, value_enum, env = "KMSFS_IO_URING", default_value_t = IoUring::Off)]
         io_uring: IoUring,
         /// Keep extended attributes (user.*, trusted.*, security.*; and
