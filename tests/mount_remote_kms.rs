@@ -51,6 +51,33 @@ fn init_remote(fx: &Fixture, s: &Server, creds: &Path, extra: &[&str]) -> std::p
     fx.cli(&args)
 }
 
+/// A `kmsfs kms serve` with an access key for uid 0, and a filesystem made
+/// against it (not mounted): the server, the key's id, the fixture and the
+/// credentials file.
+fn served() -> (Server, String, Fixture, PathBuf) {
+    let s = Server::start(&[]);
+    let (id, secret) = s.access_key("uid:0");
+    let fx = remote_fixture();
+    let creds = credentials_file(fx.dir.path(), &id, &secret);
+    let o = init_remote(&fx, &s, &creds, &[]);
+    assert!(
+        o.status.success(),
+        "init: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (s, id, fx, creds)
+}
+
+/// The records of the mount's data-key cache audit log.
+fn cache_hits(fx: &Fixture) -> Vec<serde_json::Value> {
+    let fs_id = fx.config()["FilesystemId"].as_str().unwrap().to_string();
+    std::fs::read_to_string(fx.home.join(format!("cache-audit-{fs_id}.log")))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// Writes, remounts and reads back; a copied ciphertext file is EIO.
 fn round_trip(fx: &Fixture, creds: &Path) {
     let c = creds.to_str().unwrap();
@@ -263,17 +290,8 @@ fn a_mount_whose_key_lives_in_motos_kms() {
 
 #[test]
 fn the_data_key_cache_serves_reopens_for_its_max_age_and_records_each_hit() {
-    let s = Server::start(&[]);
-    let (id, secret) = s.access_key("uid:0");
-    let fx = remote_fixture();
-    let creds = credentials_file(fx.dir.path(), &id, &secret);
+    let (s, id, fx, creds) = served();
     let c = creds.to_str().unwrap();
-    let o = init_remote(&fx, &s, &creds, &[]);
-    assert!(
-        o.status.success(),
-        "init: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
     let m = fx.mount_with(&["--aws-credentials-file", c, "--key-cache-seconds", "8"]);
     std::fs::write(fx.m("cached"), b"one").unwrap();
     std::fs::write(fx.m("other"), b"two").unwrap();
@@ -292,13 +310,7 @@ fn the_data_key_cache_serves_reopens_for_its_max_age_and_records_each_hit() {
         assert_eq!(std::fs::read(fx.m("cached")).unwrap(), b"one");
     }
     assert_eq!(decrypts(), before + 1, "one round trip for five opens");
-    let fs_id = fx.config()["FilesystemId"].as_str().unwrap().to_string();
-    let hits: Vec<serde_json::Value> =
-        std::fs::read_to_string(fx.home.join(format!("cache-audit-{fs_id}.log")))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+    let hits = cache_hits(&fx);
     assert_eq!(hits.len(), 4, "{hits:?}");
     assert_eq!(hits[0]["cacheHit"], true);
     assert_eq!(
@@ -363,17 +375,8 @@ fn a_mount_reaches_its_kms_over_tls_and_refuses_an_unknown_certificate() {
 
 #[test]
 fn key_readahead_unwraps_the_neighbours_of_an_opened_file_and_their_opens_are_cache_hits() {
-    let s = Server::start(&[]);
-    let (id, secret) = s.access_key("uid:0");
-    let fx = remote_fixture();
-    let creds = credentials_file(fx.dir.path(), &id, &secret);
+    let (s, id, fx, creds) = served();
     let c = creds.to_str().unwrap();
-    let o = init_remote(&fx, &s, &creds, &[]);
-    assert!(
-        o.status.success(),
-        "init: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
     let m = fx.mount_with(&["--aws-credentials-file", c]);
     std::fs::create_dir_all(fx.m("d/sub")).unwrap();
     let mut near = vec![];
@@ -447,13 +450,7 @@ fn key_readahead_unwraps_the_neighbours_of_an_opened_file_and_their_opens_are_ca
         );
     }
     assert_eq!(decrypted().len(), n, "no round trip for a key read ahead");
-    let fs_id = fx.config()["FilesystemId"].as_str().unwrap().to_string();
-    let hits: Vec<serde_json::Value> =
-        std::fs::read_to_string(fx.home.join(format!("cache-audit-{fs_id}.log")))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+    let hits = cache_hits(&fx);
     let mut hit_paths: Vec<String> = hits
         .iter()
         .map(|h| {
