@@ -13,15 +13,17 @@
 //!
 //! inotify sees only changes made through this machine's kernel, so the
 //! watch is used only on local filesystems (a home on NFS is stat'ed every
-//! call, as before), and not in a process forked after it was made, where
-//! the parent could read the events first.
+//! call, as before). A process forked after the watch was made (the mount
+//! daemon: the KMS is opened before it forks) shares the parent's inotify
+//! descriptor, whose events the parent could read first, so it makes its
+//! own on its first look, and that look counts as a change.
 
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::sync::Once;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, Once};
 
 /// Forks seen by this process's children: a watch made before a fork is
-/// not trusted after it.
+/// made again after it.
 static FORKS: AtomicU64 = AtomicU64::new(0);
 
 extern "C" fn forked() {
@@ -49,10 +51,32 @@ const EVENTS: u32 = libc::IN_ATTRIB
     | libc::IN_ONLYDIR;
 
 pub struct HomeWatch {
-    fd: OwnedFd,
-    /// Moves on every batch of events read (or a failed read).
+    /// The watched directory, held to watch it again after a fork.
+    dir: OwnedFd,
+    /// The inotify descriptor and the fork count it was made under (None:
+    /// it could not be made again after a fork).
+    inotify: Mutex<(u64, Option<OwnedFd>)>,
+    /// Moves on every batch of events read (or a new descriptor).
     changes: AtomicU64,
-    forks: u64,
+}
+
+/// An inotify descriptor watching `dir`.
+fn arm(dir: BorrowedFd<'_>) -> Option<OwnedFd> {
+    // SAFETY: no preconditions; the descriptor is owned below.
+    let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a fresh descriptor, owned once.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // The directory by its held descriptor, not by its path (which may
+    // have been swapped since the home was checked).
+    let path = std::ffi::CString::new(format!("/proc/self/fd/{}", dir.as_raw_fd())).ok()?;
+    // SAFETY: a valid inotify descriptor and C path.
+    if unsafe { libc::inotify_add_watch(fd.as_raw_fd(), path.as_ptr(), EVENTS) } < 0 {
+        return None;
+    }
+    Some(fd)
 }
 
 impl HomeWatch {
@@ -74,24 +98,12 @@ impl HomeWatch {
         if !LOCAL.contains(&(s.f_type as i64)) {
             return None;
         }
-        // SAFETY: no preconditions; the descriptor is owned below.
-        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-        if fd < 0 {
-            return None;
-        }
-        // SAFETY: a fresh descriptor, owned once.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // The home by its held descriptor, not by its path (which may have
-        // been swapped since the home was checked).
-        let path = std::ffi::CString::new(format!("/proc/self/fd/{}", dir.as_raw_fd())).ok()?;
-        // SAFETY: a valid inotify descriptor and C path.
-        if unsafe { libc::inotify_add_watch(fd.as_raw_fd(), path.as_ptr(), EVENTS) } < 0 {
-            return None;
-        }
+        let forks = FORKS.load(Ordering::Relaxed);
+        let fd = arm(dir)?;
         Some(HomeWatch {
-            fd,
+            dir: dir.try_clone_to_owned().ok()?,
+            inotify: Mutex::new((forks, Some(fd))),
             changes: AtomicU64::new(0),
-            forks: FORKS.load(Ordering::Relaxed),
         })
     }
 
@@ -99,14 +111,19 @@ impl HomeWatch {
     /// something in the home may have changed in between; None: the watch
     /// cannot say (stat instead).
     pub fn poll(&self) -> Option<u64> {
-        if FORKS.load(Ordering::Relaxed) != self.forks {
-            return None;
+        let mut g = self.inotify.lock().unwrap_or_else(|e| e.into_inner());
+        let forks = FORKS.load(Ordering::Relaxed);
+        if g.0 != forks {
+            // Forked since: what happened in between is unknown.
+            *g = (forks, arm(self.dir.as_fd()));
+            self.changes.fetch_add(1, Ordering::AcqRel);
         }
+        let fd = g.1.as_ref()?;
         let mut buf = [0u8; 4096];
         let mut moved = false;
         loop {
             // SAFETY: a valid descriptor and a buffer of that length.
-            let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
             if n > 0 {
                 moved = true;
                 continue;
@@ -163,27 +180,37 @@ mod tests {
     }
 
     #[test]
-    fn a_forked_child_does_not_trust_its_parents_watch() {
+    fn a_forked_child_watches_on_its_own_and_counts_the_fork_as_a_change() {
         let d = tempfile::tempdir().unwrap();
         let dir = std::fs::File::open(d.path()).unwrap();
         let w = HomeWatch::new(dir.as_fd()).expect("a watch on a local directory");
-        assert!(w.poll().is_some());
-        // SAFETY: the child only loads an atomic and calls _exit.
+        let before = w.poll().unwrap();
+        // SAFETY: the child only polls (a lock, inotify calls) and _exits.
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
         if pid == 0 {
-            let code = if w.poll().is_none() { 0 } else { 1 };
+            let ok = (|| {
+                let first = w.poll()?;
+                let quiet = w.poll()?;
+                std::fs::write(d.path().join("made-by-child"), b"x").ok()?;
+                let after = w.poll()?;
+                Some(first != before && quiet == first && after != quiet)
+            })();
             // SAFETY: ends the child without running the parent's destructors.
-            unsafe { libc::_exit(code) };
+            unsafe { libc::_exit(if ok == Some(true) { 0 } else { 1 }) };
         }
         let mut status = 0;
         // SAFETY: waits for the child forked above.
         assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
         assert!(
             libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-            "the child trusted the watch (status {status})"
+            "the child's own watch: the fork a change, then quiet, then its file seen (status {status})"
         );
-        assert!(w.poll().is_some(), "the parent still does");
+        assert_ne!(
+            w.poll(),
+            Some(before),
+            "the parent sees the child's file too"
+        );
     }
 
     #[test]
