@@ -58,6 +58,24 @@ fn a_cipherdir_mounted_on_itself_or_inside_itself_is_refused() {
 }
 
 #[test]
+fn key_readahead_on_a_filesystem_with_local_keys_is_refused() {
+    let fx = Fixture::new();
+    let o = fx.cli(&[
+        "mount",
+        fx.cipher.to_str().unwrap(),
+        fx.mnt.to_str().unwrap(),
+        "--key-readahead",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--key-readahead is for filesystems whose keys live in a remote KMS"),
+        "{err}"
+    );
+    assert!(!is_mounted(&fx.mnt));
+}
+
+#[test]
 fn a_non_empty_mountpoint_is_mentioned() {
     let fx = Fixture::new();
     fs::write(fx.mnt.join("hidden-by-the-mount"), b"x").unwrap();

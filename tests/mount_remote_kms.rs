@@ -406,6 +406,26 @@ fn key_readahead_unwraps_the_neighbours_of_an_opened_file_and_their_opens_are_ca
             .collect()
     };
 
+    // Readahead needs the cache it fills.
+    let o = fx.cli(&[
+        "mount",
+        fx.cipher.to_str().unwrap(),
+        fx.mnt.to_str().unwrap(),
+        "--aws-credentials-file",
+        c,
+        "--key-readahead",
+        "--key-cache-seconds",
+        "0",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("--key-readahead keeps keys in the data-key cache"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!is_mounted(&fx.mnt));
+
     // Without --key-readahead an open unwraps its own key only.
     let m = fx.mount_with(&["--aws-credentials-file", c, "--key-cache-seconds", "60"]);
     let before = decrypted().len();

@@ -882,6 +882,11 @@ fn fs_kms(
                 url,
                 remote.kms_endpoint.as_deref(),
             )?;
+            if cache.key_readahead && (cache.key_cache_seconds == 0 || cache.key_cache_uses == 0) {
+                return Err(
+                    "--key-readahead keeps keys in the data-key cache, which --key-cache-seconds 0 or --key-cache-uses 0 turns off: drop one of them".into(),
+                );
+            }
             let region = remote.region(cfg.kms_region.as_deref());
             let audit = home
                 .dir
@@ -898,6 +903,12 @@ fn fs_kms(
         None if remote.kms_endpoint.is_some() => {
             return Err(format!(
                 "{} keeps its keys in the local KMS home, not a remote KMS: drop --kms-endpoint",
+                cipherdir.display()
+            ));
+        }
+        None if cache.key_readahead => {
+            return Err(format!(
+                "{} keeps its keys in the local KMS home, which unwraps them without a round trip: --key-readahead is for filesystems whose keys live in a remote KMS; drop it",
                 cipherdir.display()
             ));
         }
