@@ -384,6 +384,13 @@ mod tests {
     fn echo_is_off_only_while_the_guard_lives_and_so_is_the_handler() {
         use std::os::fd::AsRawFd;
         let _one = SIGNALS.lock().unwrap_or_else(|e| e.into_inner());
+        // A process started in the background by a shell without job
+        // control inherits SIGINT ignored, which EchoOff rightly keeps: the
+        // test starts from the default action and puts back what it found.
+        let inherited = sigint_handler();
+        // SAFETY: sets SIGINT's disposition, under the lock the signal
+        // tests share.
+        unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
         let (_master, slave) = pty();
         assert!(echo_on(&slave));
         let before = sigint_handler();
@@ -401,6 +408,8 @@ mod tests {
         let file = tempfile::tempfile().unwrap();
         assert!(EchoOff::new(file.as_raw_fd()).is_none());
         assert_eq!(sigint_handler(), before);
+        // SAFETY: as above.
+        unsafe { libc::signal(libc::SIGINT, inherited) };
     }
 
     #[test]
