@@ -61,40 +61,35 @@ fn wanted(b: &Backing, rel: &str) -> Option<Wanted> {
     Some((blob, b.ctx(rel)))
 }
 
+/// The entries of `dir` that are the mount's (not kmsfs's own), by path.
+fn listed(b: &Backing, dir: &str) -> Vec<(String, fuser::FileType)> {
+    b.tree
+        .entries(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(name, _)| !super::names::is_internal(dir, name))
+        .map(|(name, kind)| (super::inode::join(dir, &name), kind))
+        .collect()
+}
+
 /// Sends the keys of the files in `dir` and the directories right below it.
 fn scan(b: &Backing, dir: &str, keys: &SyncSender<Wanted>) {
-    let Ok(top) = b.tree.entries(dir) else { return };
+    let top = listed(b, dir);
+    let below = top
+        .iter()
+        .filter(|(_, kind)| *kind == fuser::FileType::Directory)
+        .flat_map(|(sub, _)| listed(b, sub));
     let mut sent = 0;
-    let mut below = vec![];
-    let mut send = |rel: &str| -> bool {
-        if let Some(w) = wanted(b, rel) {
+    for (rel, kind) in top.iter().cloned().chain(below) {
+        if kind != fuser::FileType::RegularFile {
+            continue;
+        }
+        if let Some(w) = wanted(b, &rel) {
             if keys.try_send(w).is_err() {
-                return false;
+                return;
             }
             sent += 1;
-        }
-        sent < MAX_PER_SCAN
-    };
-    for (name, kind) in top {
-        if super::names::is_internal(dir, &name) {
-            continue;
-        }
-        let rel = super::inode::join(dir, &name);
-        match kind {
-            fuser::FileType::RegularFile if !send(&rel) => return,
-            fuser::FileType::Directory => below.push(rel),
-            _ => {}
-        }
-    }
-    for sub in below {
-        let Ok(list) = b.tree.entries(&sub) else {
-            continue;
-        };
-        for (name, kind) in list {
-            if kind == fuser::FileType::RegularFile
-                && !super::names::is_internal(&sub, &name)
-                && !send(&super::inode::join(&sub, &name))
-            {
+            if sent >= MAX_PER_SCAN {
                 return;
             }
         }

@@ -632,20 +632,16 @@ impl Kms {
 
     /// Reloads the keystore if its stamp is not the one the state came from.
     fn reload_if_changed(&self, store: &Store) -> KmsResult<()> {
-        {
-            let stale =
-                self.inner.read().unwrap_or_else(|e| e.into_inner()).stamp != store.home.stamp();
-            if stale {
-                let (state, generation, stamp) =
-                    store.home.reload(&store.keys).map_err(home_err)?;
-                self.next_due.store(next_due(&state), Ordering::Relaxed);
-                let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
-                *inner = Inner {
-                    state: Arc::new(state),
-                    stamp,
-                    generation,
-                };
-            }
+        let stale =
+            self.inner.read().unwrap_or_else(|e| e.into_inner()).stamp != store.home.stamp();
+        if stale {
+            let (state, generation, stamp) = store.home.reload(&store.keys).map_err(home_err)?;
+            self.next_due.store(next_due(&state), Ordering::Relaxed);
+            *self.inner.write().unwrap_or_else(|e| e.into_inner()) = Inner {
+                state: Arc::new(state),
+                stamp,
+                generation,
+            };
         }
         Ok(())
     }
