@@ -189,3 +189,61 @@ fn a_directory_rename_on_a_full_disk_fails_cleanly() {
         }
     }
 }
+
+fn free_bytes(p: &Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    // SAFETY: an all-zero statvfs is valid; statvfs fills it in.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid C path and statvfs buffer.
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut s) }, 0);
+    s.f_bavail * s.f_frsize
+}
+
+/// An unlink is answered before the inode's last close, which gives the
+/// space back (tree/reaper.rs): statfs right after it, and a write right
+/// after it on a full disk, must not see the difference.
+#[test]
+fn space_an_unlink_frees_is_there_at_once_for_statfs_and_writes() {
+    let (fx, _small) = small_cipherdir("8m");
+    let _m = fx.mount();
+    // Fill the disk with one file, in 256 KiB pieces.
+    let chunk = content(1, 256 << 10);
+    let mut big = Vec::new();
+    {
+        let mut f = fs::File::create(fx.m("big")).unwrap();
+        loop {
+            match f.write_all(&chunk).and_then(|()| f.sync_all()) {
+                Ok(()) => big.extend_from_slice(&chunk),
+                Err(e) => {
+                    assert!(enospc(&e), "filling: {e}");
+                    break;
+                }
+            }
+        }
+    }
+    fs::OpenOptions::new()
+        .write(true)
+        .open(fx.m("big"))
+        .unwrap()
+        .set_len(big.len() as u64)
+        .unwrap();
+    assert!(big.len() >= 4 << 20, "only {} bytes fitted", big.len());
+    for round in 0..5 {
+        let before = free_bytes(&fx.mnt);
+        fs::remove_file(fx.m("big")).unwrap();
+        let after = free_bytes(&fx.mnt);
+        assert!(
+            after >= before + big.len() as u64,
+            "round {round}: statfs after the unlink says {after} bytes free, {before} before; the file held {}",
+            big.len()
+        );
+        write_synced(&fx.m("big"), &big, false).unwrap_or_else(|e| {
+            panic!("round {round}: writing the file again after its unlink: {e}")
+        });
+    }
+    assert!(
+        fs::read(fx.m("big")).unwrap() == big,
+        "the last copy reads back wrong"
+    );
+}

@@ -223,7 +223,8 @@ impl Backing {
             )));
         }
         let file_id = crate::crypto::random::array::<16>();
-        cryptfile::write_new_header(fd, self.hs, file_id, blob)?;
+        self.tree
+            .with_space(|| cryptfile::write_new_header(fd, self.hs, file_id, blob.clone()))?;
         Ok((key, file_id))
     }
 

@@ -869,6 +869,8 @@ fn reply_xattr(reply: ReplyXattr, bytes: &[u8], size: u32) {
 
 impl Filesystem for KmsFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        // In the process that serves, after any fork (tree/reaper.rs).
+        self.b.tree.close_behind();
         let _ = config.set_max_write(MAX_READ as u32);
         let _ = config.set_max_readahead(MAX_READ as u32);
         let _ = config.add_capabilities(
@@ -899,6 +901,8 @@ impl Filesystem for KmsFs {
     }
 
     fn destroy(&mut self) {
+        // Every unlinked file's space back before the flush (tree/reaper.rs).
+        self.b.tree.settle();
         if let Err(e) = self.b.tree.syncfs() {
             crate::log_line!("kmsfs: flushing the cipherdir at unmount: {e}");
         }
@@ -1538,7 +1542,8 @@ impl Filesystem for KmsFs {
         };
         let cf = f.io.write().unwrap_or_else(|e| e.into_inner());
         self.changed(ino.0);
-        match self.after_crash_tail(ino.0, &cf, || cf.write_at(offset, data)) {
+        let write = || self.b.tree.with_space(|| cf.write_at(offset, data));
+        match self.after_crash_tail(ino.0, &cf, write) {
             Ok(n) => reply.written(n as u32),
             Err(e) => {
                 let rel = self.path(ino).unwrap_or_default();
@@ -1902,7 +1907,8 @@ impl Filesystem for KmsFs {
         };
         let cf = f.io.write().unwrap_or_else(|e| e.into_inner());
         self.changed(ino.0);
-        match self.after_crash_tail(ino.0, &cf, || cf.allocate(offset, length, mode)) {
+        let allocate = || self.b.tree.with_space(|| cf.allocate(offset, length, mode));
+        match self.after_crash_tail(ino.0, &cf, allocate) {
             Ok(()) => reply.ok(),
             Err(e) => {
                 let rel = self.path(ino).unwrap_or_default();

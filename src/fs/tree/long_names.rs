@@ -17,7 +17,16 @@ impl Tree {
         &self,
         at: &At,
         side: Option<&str>,
-        make: impl FnOnce() -> io::Result<T>,
+        mut make: impl FnMut() -> io::Result<T>,
+    ) -> io::Result<T> {
+        self.with_space(|| self.creating_once(at, side, &mut make))
+    }
+
+    fn creating_once<T>(
+        &self,
+        at: &At,
+        side: Option<&str>,
+        make: &mut impl FnMut() -> io::Result<T>,
     ) -> io::Result<T> {
         let Some(side) = side else { return make() };
         let created = write_side(at, side)?;

@@ -23,7 +23,9 @@ use super::names::cipher::is_long_raw;
 use super::names::{Listed, Names};
 
 mod long_names;
+mod reaper;
 use long_names::{clear_orphan_sides, stat_at, unlink_side};
+use reaper::Reaper;
 
 /// Resolution rules for every walk: stay beneath the root, follow no symlink
 /// (magic links included), cross no mount point.
@@ -40,6 +42,9 @@ pub struct Tree {
     /// How the mount's paths map to backing paths: every method here takes
     /// the mount's (plaintext) path and maps it.
     names: Names,
+    /// Closes the descriptors that keep unlinked files' inodes until after
+    /// the unlink is answered (reaper.rs).
+    reaper: Reaper,
 }
 
 fn cstr(s: &[u8]) -> io::Result<CString> {
@@ -149,6 +154,7 @@ impl Tree {
             root: unsafe { File::from_raw_fd(fd) },
             path: path.to_path_buf(),
             names: Names::Plain,
+            reaper: Reaper::default(),
         })
     }
 
@@ -333,7 +339,9 @@ impl Tree {
         let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL;
         let name = rel.rsplit('/').next().unwrap_or(rel);
         if !self.names.is_encrypted() || !super::names::cipher::is_long(name.len()) {
-            return Ok(File::from(self.openat2(rel, flags, mode)?));
+            return Ok(File::from(
+                self.with_space(|| self.openat2(rel, flags, mode))?,
+            ));
         }
         let (at, side) = self.at_stored(rel)?;
         self.creating(&at, side.as_deref(), || {
@@ -393,12 +401,76 @@ impl Tree {
         before: impl FnOnce(&libc::stat) -> T,
     ) -> io::Result<T> {
         let at = self.at(rel)?;
-        let t = before(&stat_at(&at)?);
+        // Held across the unlinkat, so that the inode's eviction (freeing
+        // and discarding its blocks) happens at the close, off this path.
+        let held = open_path_at(&at)?;
+        let t = before(&fstat(&held)?);
         // SAFETY: a valid directory descriptor and C name.
         check(unsafe { libc::unlinkat(at.dir_fd(), at.name.as_ptr(), 0) })?;
         self.removed(&at);
+        self.reaper.close_later(held);
         Ok(t)
     }
+
+    /// From now on, the last close of an unlinked file happens off the
+    /// unlink's path (reaper.rs): the mount daemon, once it serves.
+    pub fn close_behind(&self) {
+        self.reaper.start();
+    }
+
+    /// Waits until the space of every file unlinked so far is given back
+    /// (reaper.rs), so that statfs counts it.
+    pub fn settle(&self) {
+        if self.reaper.busy() {
+            self.reaper.settle();
+        }
+    }
+
+    /// Runs `f`, and once more if it failed for want of space (ENOSPC,
+    /// EDQUOT) where unlinked files' space may still be on its way back, once
+    /// that is done: who deletes a file on a full disk can write at once, as
+    /// before. (Whether a close was still behind when `f` failed cannot be
+    /// known afterwards; a second try costs nothing next to a full disk.)
+    /// Every `f` here changes nothing when it fails so.
+    pub fn with_space<T>(&self, mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+        match f() {
+            Err(e)
+                if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+                    && self.reaper.started() =>
+            {
+                self.reaper.settle();
+                f()
+            }
+            r => r,
+        }
+    }
+}
+
+/// The node `at` names itself (a symlink is not followed), as an O_PATH
+/// descriptor: it opens no device or FIFO and reads nothing.
+fn open_path_at(at: &At) -> io::Result<OwnedFd> {
+    // SAFETY: a valid directory descriptor and C name; the descriptor
+    // returned is owned below.
+    let fd = unsafe {
+        libc::openat(
+            at.dir_fd(),
+            at.name.as_ptr(),
+            libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor, owned once.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn fstat(fd: &OwnedFd) -> io::Result<libc::stat> {
+    // SAFETY: an all-zero stat is a valid value to be filled in.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid descriptor and stat buffer.
+    check(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+    Ok(st)
 }
 
 fn readlink_at(at: &At) -> io::Result<Vec<u8>> {
@@ -426,6 +498,8 @@ impl Tree {
 
     fn unlinkat(&self, rel: &str, flags: i32) -> io::Result<()> {
         let at = self.at(rel)?;
+        // As in unlink_inspected: the eviction happens at this close.
+        let held = open_path_at(&at)?;
         // SAFETY: a valid directory descriptor and C name.
         let mut r = check(unsafe { libc::unlinkat(at.dir_fd(), at.name.as_ptr(), flags) });
         if flags & libc::AT_REMOVEDIR != 0
@@ -438,6 +512,7 @@ impl Tree {
         }
         r?;
         self.removed(&at);
+        self.reaper.close_later(held);
         Ok(())
     }
 
@@ -738,6 +813,7 @@ impl Tree {
     }
 
     pub fn statvfs(&self) -> io::Result<libc::statvfs> {
+        self.settle();
         // SAFETY: an all-zero statvfs is valid; fstatvfs fills it in.
         let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
         // SAFETY: a valid descriptor and out-struct.

@@ -128,3 +128,47 @@ fn operations_work_on_real_nodes() {
     assert!(!t.folds_names(true).unwrap());
     assert!(!t.folds_names(false).unwrap());
 }
+
+#[test]
+fn an_unlinked_files_space_is_waited_for_once_on_enospc_where_closes_are_behind() {
+    let d = tempfile::tempdir().unwrap();
+    let t = Tree::open(d.path()).unwrap();
+    let full = || Err::<(), _>(io::Error::from_raw_os_error(libc::ENOSPC));
+    // The tools close inline: nothing to wait for, no second try.
+    let mut tries = 0;
+    let r = t.with_space(|| {
+        tries += 1;
+        full()
+    });
+    assert_eq!((errno(r), tries), (Some(libc::ENOSPC), 1));
+    t.close_behind();
+    std::fs::write(d.path().join("f"), b"x").unwrap();
+    t.unlink("f").unwrap();
+    assert_eq!(
+        errno(std::fs::metadata(d.path().join("f"))),
+        Some(libc::ENOENT)
+    );
+    let mut tries = 0;
+    let r = t.with_space(|| {
+        tries += 1;
+        if tries == 1 { full() } else { Ok(()) }
+    });
+    assert_eq!((errno(r), tries), (None, 2));
+    assert!(
+        !t.reaper.busy(),
+        "the second try came before the closes were done"
+    );
+    // Other errors, and a second ENOSPC, are the caller's.
+    let mut tries = 0;
+    let r = t.with_space(|| {
+        tries += 1;
+        full()
+    });
+    assert_eq!((errno(r), tries), (Some(libc::ENOSPC), 2));
+    let mut tries = 0;
+    let r = t.with_space(|| {
+        tries += 1;
+        Err::<(), _>(io::Error::from_raw_os_error(libc::EIO))
+    });
+    assert_eq!((errno(r), tries), (Some(libc::EIO), 1));
+}
