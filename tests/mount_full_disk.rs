@@ -200,50 +200,57 @@ fn free_bytes(p: &Path) -> u64 {
     s.f_bavail * s.f_frsize
 }
 
-/// An unlink is answered before the inode's last close, which gives the
-/// space back (tree/reaper.rs): statfs right after it, and a write right
-/// after it on a full disk, must not see the difference.
+/// An unlink is answered before a small file's inode is evicted, which
+/// gives its space back (tree/reaper.rs): statfs right after it, and a write
+/// right after it on a full disk, must not see the difference.
 #[test]
-fn space_an_unlink_frees_is_there_at_once_for_statfs_and_writes() {
-    let (fx, _small) = small_cipherdir("8m");
+fn space_unlinks_free_is_there_at_once_for_statfs_and_writes() {
+    const LEN: usize = 100_000;
+    const BATCH: usize = 20;
+    require_fuse();
+    let dir = tempfile::tempdir().unwrap();
+    let _small = SmallFs::ext4(&dir.path().join("cipher"), 16, "0700");
+    let fx = Fixture::init_in(dir);
     let _m = fx.mount();
-    // Fill the disk with one file, in 256 KiB pieces.
-    let chunk = content(1, 256 << 10);
-    let mut big = Vec::new();
-    {
-        let mut f = fs::File::create(fx.m("big")).unwrap();
-        loop {
-            match f.write_all(&chunk).and_then(|()| f.sync_all()) {
-                Ok(()) => big.extend_from_slice(&chunk),
-                Err(e) => {
-                    assert!(enospc(&e), "filling: {e}");
-                    break;
-                }
+    // Fill the disk with small files.
+    let mut names = Vec::new();
+    for i in 0..2000 {
+        let name = format!("f{i}");
+        match write_synced(&fx.m(&name), &content(i, LEN), false) {
+            Ok(()) => names.push(name),
+            Err(e) => {
+                assert!(enospc(&e), "{name}: {e}");
+                let _ = fs::remove_file(fx.m(&name));
+                break;
             }
         }
     }
-    fs::OpenOptions::new()
-        .write(true)
-        .open(fx.m("big"))
-        .unwrap()
-        .set_len(big.len() as u64)
-        .unwrap();
-    assert!(big.len() >= 4 << 20, "only {} bytes fitted", big.len());
-    for round in 0..5 {
+    assert!(
+        names.len() >= 4 * BATCH,
+        "only {} files fitted",
+        names.len()
+    );
+    let again = content(7, (BATCH - 1) * LEN);
+    for round in 0..3 {
         let before = free_bytes(&fx.mnt);
-        fs::remove_file(fx.m("big")).unwrap();
+        for name in names.drain(..BATCH) {
+            fs::remove_file(fx.m(&name)).unwrap();
+        }
         let after = free_bytes(&fx.mnt);
         assert!(
-            after >= before + big.len() as u64,
-            "round {round}: statfs after the unlink says {after} bytes free, {before} before; the file held {}",
-            big.len()
+            after >= before + (BATCH * LEN) as u64,
+            "round {round}: statfs right after {BATCH} unlinks of {LEN} bytes says {after} bytes free, {before} before"
         );
-        write_synced(&fx.m("big"), &big, false).unwrap_or_else(|e| {
-            panic!("round {round}: writing the file again after its unlink: {e}")
-        });
+        let name = format!("again{round}");
+        write_synced(&fx.m(&name), &again, false)
+            .unwrap_or_else(|e| panic!("round {round}: writing right after the unlinks: {e}"));
+        assert!(
+            fs::read(fx.m(&name)).unwrap() == again,
+            "{name} reads back wrong"
+        );
     }
-    assert!(
-        fs::read(fx.m("big")).unwrap() == big,
-        "the last copy reads back wrong"
-    );
+    for name in &names {
+        let i: usize = name[1..].parse().unwrap();
+        assert!(fs::read(fx.m(name)).unwrap() == content(i, LEN), "{name}");
+    }
 }

@@ -515,6 +515,21 @@ impl SmallFs {
         ));
         SmallFs(at.to_path_buf())
     }
+
+    /// A small ext4 on a loop device, mounted with `discard` (evicting an
+    /// inode then waits for the device, as on this project's test machine).
+    pub fn ext4(at: &Path, size_mb: u64, mode: &str) -> Self {
+        std::fs::create_dir_all(at).unwrap();
+        let img = at.with_extension("img");
+        let f = std::fs::File::create(&img).unwrap();
+        f.set_len(size_mb << 20).unwrap();
+        sh_ok(&format!(
+            "mkfs.ext4 -q -F -m 0 {img} && mount -o loop,discard {img} {at} && chmod {mode} {at} && rmdir {at}/lost+found",
+            img = img.display(),
+            at = at.display()
+        ));
+        SmallFs(at.to_path_buf())
+    }
 }
 
 impl Drop for SmallFs {

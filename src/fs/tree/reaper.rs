@@ -1,6 +1,6 @@
 //! The last close of an unlinked file, off the unlink's path.
 //!
-//! unlinkat(2) of a file nobody holds open evicts its inode before it
+//! unlinkat(2) of a small file nobody holds open evicts its inode before it
 //! returns: ext4 frees the blocks and, mounted with `discard` (as this
 //! machine's root is), waits for the device to discard them. That was ~100 µs
 //! of a 150 µs unlink through the mount, on `rm -rf`'s critical path. Held by
@@ -10,6 +10,8 @@
 //! space comes back a little later, as it does when any process holds the
 //! file open. A crash before the close leaves an orphan inode, which the
 //! backing filesystem reclaims at its next mount, as for any open file.
+//! Only small files (up to 1 MiB allocated) and directories come here: a
+//! large file's eviction grows with its size, and is done inline as before.
 //!
 //! Space must still be there when asked for: `settle` waits until every
 //! queued close is done; statfs calls it first, and an allocation that fails
