@@ -223,8 +223,9 @@ impl Backing {
             )));
         }
         let file_id = crate::crypto::random::array::<16>();
+        let header = cryptfile::new_header(self.hs, file_id, blob);
         self.tree
-            .with_space(|| cryptfile::write_new_header(fd, self.hs, file_id, blob.clone()))?;
+            .with_space(|| std::os::unix::fs::FileExt::write_all_at(fd, &header, 0))?;
         Ok((key, file_id))
     }
 

@@ -60,11 +60,16 @@ pub fn write_new_header(
     file_id: FileId,
     blob: Vec<u8>,
 ) -> io::Result<()> {
+    fd.write_all_at(&new_header(header_size, file_id, blob), 0)
+}
+
+/// The bytes of a new file's header: its one slot holds `blob`.
+pub fn new_header(header_size: usize, file_id: FileId, blob: Vec<u8>) -> Vec<u8> {
     let h = Header {
         file_id,
         slots: [Some(Slot { seq: 1, blob }), None],
     };
-    fd.write_all_at(&format::encode_header(header_size, &h), 0)
+    format::encode_header(header_size, &h)
 }
 
 /// Writes one key slot in place. The slot is kmsfs's bookkeeping (a rename

@@ -410,7 +410,7 @@ impl Tree {
         // Not held if it cannot be (out of descriptors, say): then as before.
         let held = open_path_at(&at).ok();
         let st = match &held {
-            Some(fd) => fstat(fd)?,
+            Some(fd) => super::stat::fstat(fd)?,
             None => stat_at(&at)?,
         };
         let t = before(&st);
@@ -426,7 +426,7 @@ impl Tree {
             && st.st_nlink == 1
             && st.st_blocks.saturating_mul(512) <= DEFER_EVICTION_MAX
         {
-            self.reaper.close_later(fd);
+            self.reaper.close_later(fd.into());
         }
         Ok(t)
     }
@@ -440,9 +440,7 @@ impl Tree {
     /// Waits until the space of every file unlinked so far is given back
     /// (reaper.rs), so that statfs counts it.
     pub fn settle(&self) {
-        if self.reaper.busy() {
-            self.reaper.settle();
-        }
+        self.reaper.settle();
     }
 
     /// Runs `f`, and once more if it failed for want of space (ENOSPC,
@@ -467,7 +465,7 @@ impl Tree {
 
 /// The node `at` names itself (a symlink is not followed), as an O_PATH
 /// descriptor: it opens no device or FIFO and reads nothing.
-fn open_path_at(at: &At) -> io::Result<OwnedFd> {
+fn open_path_at(at: &At) -> io::Result<File> {
     // SAFETY: a valid directory descriptor and C name; the descriptor
     // returned is owned below.
     let fd = unsafe {
@@ -481,15 +479,7 @@ fn open_path_at(at: &At) -> io::Result<OwnedFd> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: a fresh descriptor, owned once.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn fstat(fd: &OwnedFd) -> io::Result<libc::stat> {
-    // SAFETY: an all-zero stat is a valid value to be filled in.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid descriptor and stat buffer.
-    check(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
-    Ok(st)
+    Ok(unsafe { File::from_raw_fd(fd) })
 }
 
 fn readlink_at(at: &At) -> io::Result<Vec<u8>> {
@@ -520,12 +510,11 @@ impl Tree {
         // As in unlink_inspected, for directories (small, and rm -rf
         // removes one for every ten files): the eviction happens at this
         // close.
-        let held = (flags & libc::AT_REMOVEDIR != 0)
-            .then(|| open_path_at(&at).ok())
-            .flatten();
+        let dir = flags & libc::AT_REMOVEDIR != 0;
+        let held = dir.then(|| open_path_at(&at).ok()).flatten();
         // SAFETY: a valid directory descriptor and C name.
         let mut r = check(unsafe { libc::unlinkat(at.dir_fd(), at.name.as_ptr(), flags) });
-        if flags & libc::AT_REMOVEDIR != 0
+        if dir
             && matches!(&r, Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY))
             && self.names.is_encrypted()
             && clear_orphan_sides(&at)?
@@ -536,7 +525,7 @@ impl Tree {
         r?;
         self.removed(&at);
         if let Some(fd) = held {
-            self.reaper.close_later(fd);
+            self.reaper.close_later(fd.into());
         }
         Ok(())
     }

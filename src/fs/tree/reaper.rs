@@ -103,7 +103,8 @@ impl Reaper {
         matches!(self.tx.get(), Some(Some(_)))
     }
 
-    /// True if closes are queued or under way (a cheap test before `settle`).
+    /// True if closes are queued or under way.
+    #[cfg(test)]
     pub fn busy(&self) -> bool {
         *self.pending.n.lock().unwrap_or_else(|e| e.into_inner()) > 0
     }
