@@ -195,6 +195,16 @@ pub enum Command {
         /// the kernel's writeback cache.
         #[arg(long)]
         no_writeback_cache: bool,
+        /// Do not read ahead across files and directories. By default the
+        /// first open in a directory asks the disk, in the background, for
+        /// the start of the files in and around it, and a listing for the
+        /// directories below it, so that a program reading a tree file by
+        /// file (a backup, cp -r, grep -r) finds them in the page cache:
+        /// reading an 8,000-file tree cold 1.2-1.3x faster here. Costs disk
+        /// reads of files nobody opens (at most 1,024 files or 64 MiB per
+        /// directory a second, none once they are cached).
+        #[arg(long)]
+        no_prefetch: bool,
         /// FUSE over io_uring (Linux 6.14+), experimental: "auto" uses it
         /// when the kernel offers it (`echo Y > /sys/module/fuse/parameters/enable_uring`,
         /// as root) and /dev/fuse otherwise; "off" (the default) always uses
@@ -392,6 +402,7 @@ pub fn run(cli: Cli) -> i32 {
             log_file,
             threads,
             no_writeback_cache,
+            no_prefetch,
             io_uring,
             xattrs,
             shared_cipherdir,
@@ -402,7 +413,13 @@ pub fn run(cli: Cli) -> i32 {
             kms_home_flag,
             &secret,
             (&remote, &cache),
-            (!no_writeback_cache, xattrs, idle, io_uring == IoUring::Auto),
+            (
+                !no_writeback_cache,
+                xattrs,
+                idle,
+                io_uring == IoUring::Auto,
+                !no_prefetch,
+            ),
             cipherdir,
             mountpoint,
             foreground,
@@ -485,7 +502,13 @@ fn run_mount(
     kms_home_flag: Option<PathBuf>,
     secret: &secret::SecretArgs,
     (remote, cache): (&remote_args::RemoteArgs, &remote_args::CacheArgs),
-    (writeback_cache, xattrs, idle, io_uring): (bool, bool, Option<std::time::Duration>, bool),
+    (writeback_cache, xattrs, idle, io_uring, prefetch): (
+        bool,
+        bool,
+        Option<std::time::Duration>,
+        bool,
+        bool,
+    ),
     cipherdir: PathBuf,
     mountpoint: PathBuf,
     foreground: bool,
@@ -520,6 +543,7 @@ fn run_mount(
         log_file,
         threads: threads.unwrap_or_else(crate::fs::mount::default_threads),
         writeback_cache,
+        prefetch,
         io_uring,
         xattrs,
         shared_cipherdir,

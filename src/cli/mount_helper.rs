@@ -109,6 +109,7 @@ pub fn translate(args: &[OsString]) -> Result<Helper, String> {
             "xattrs" => flags.push("--xattrs".into()),
             "shared_cipherdir" => flags.push("--shared-cipherdir".into()),
             "no_writeback_cache" => flags.push("--no-writeback-cache".into()),
+            "no_prefetch" => flags.push("--no-prefetch".into()),
             _ if is_mount_meta(o) => {}
             _ => kernel.push(o.clone()),
         }
@@ -175,7 +176,7 @@ mod tests {
                 "fuse.kmsfs",
                 "-okeyfile=/k,kms_home=/h,audit_max_size=1M,audit_max_age=1d",
                 "-o",
-                "log_file=/l,threads=4,io_uring=off,xattrs,shared_cipherdir,no_writeback_cache,ro"
+                "log_file=/l,threads=4,io_uring=off,xattrs,shared_cipherdir,no_writeback_cache,no_prefetch,ro"
             ]),
             [
                 "--key-file",
@@ -198,6 +199,7 @@ mod tests {
                 "--xattrs",
                 "--shared-cipherdir",
                 "--no-writeback-cache",
+                "--no-prefetch",
                 "-o",
                 "ro"
             ]

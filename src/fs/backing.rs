@@ -23,7 +23,7 @@ pub const TEMP_PREFIX: &str = ".kmsfs-";
 
 /// How much of a file an open asks the kernel to read ahead (the header and
 /// the first 32 blocks): a whole small file, one request.
-const PREFETCH_ON_OPEN: i64 = 128 << 10;
+pub(crate) const PREFETCH_ON_OPEN: i64 = 128 << 10;
 
 pub struct Backing {
     pub tree: Tree,

@@ -281,6 +281,8 @@ pub struct MountArgs {
     pub log_file: Option<PathBuf>,
     pub threads: usize,
     pub writeback_cache: bool,
+    /// Read ahead across files and directories (tree/prefetch.rs).
+    pub prefetch: bool,
     /// FUSE over io_uring when the kernel offers it.
     pub io_uring: bool,
     /// Extended attributes and (with allow_other) POSIX ACLs.
@@ -696,6 +698,7 @@ pub fn mount(link: KmsLink, args: MountArgs, default_log: PathBuf) -> Result<(),
         FsOptions {
             read_only: args.read_only,
             writeback_cache: args.writeback_cache,
+            prefetch: args.prefetch,
             open_files: super::fairness::raise_open_file_limit(),
             posix_acl: args.allow_other && args.xattrs,
             xattrs: args.xattrs,

@@ -75,6 +75,8 @@ pub struct Options {
     /// The kernel's writeback cache: writes land in the page cache and reach
     /// the daemon in large batches; the kernel keeps size and mtime.
     pub writeback_cache: bool,
+    /// Read ahead across files and directories (tree/prefetch.rs).
+    pub prefetch: bool,
     /// Ask for FUSE over io_uring at INIT (mount.rs starts the ring threads).
     pub io_uring: bool,
     /// The daemon's open-file limit, shared out between users.
@@ -97,6 +99,7 @@ impl Default for Options {
             attr_ttl: Duration::from_secs(30),
             read_only: false,
             writeback_cache: true,
+            prefetch: true,
             io_uring: false,
             posix_acl: false,
             xattrs: false,
@@ -871,6 +874,9 @@ impl Filesystem for KmsFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         // In the process that serves, after any fork (tree/reaper.rs).
         self.b.tree.close_behind();
+        if self.opts.prefetch {
+            self.b.tree.read_ahead();
+        }
         let _ = config.set_max_write(MAX_READ as u32);
         let _ = config.set_max_readahead(MAX_READ as u32);
         let _ = config.add_capabilities(
@@ -1462,6 +1468,7 @@ impl Filesystem for KmsFs {
             if let Some(ra) = &self.readahead {
                 ra.opened(&rel);
             }
+            self.b.tree.opened(&rel);
             Ok(f)
         });
         match r {

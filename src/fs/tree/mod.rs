@@ -23,8 +23,10 @@ use super::names::cipher::is_long_raw;
 use super::names::{Listed, Names};
 
 mod long_names;
+mod prefetch;
 mod reaper;
 use long_names::{clear_orphan_sides, stat_at, unlink_side};
+use prefetch::Prefetch;
 use reaper::Reaper;
 
 /// The largest file (allocated bytes) whose eviction an unlink leaves to
@@ -49,6 +51,8 @@ pub struct Tree {
     /// Closes the descriptors that keep unlinked files' inodes until after
     /// the unlink is answered (reaper.rs).
     reaper: Reaper,
+    /// Reads ahead the files around an opened one (prefetch.rs).
+    prefetch: Prefetch,
 }
 
 fn cstr(s: &[u8]) -> io::Result<CString> {
@@ -159,6 +163,7 @@ impl Tree {
             path: path.to_path_buf(),
             names: Names::Plain,
             reaper: Reaper::default(),
+            prefetch: Prefetch::default(),
         })
     }
 
@@ -227,49 +232,30 @@ impl Tree {
         } else {
             path.as_bytes()
         })?;
-        // SAFETY: open_how is plain data; all-zero is its default.
-        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-        how.flags = (flags | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64;
-        how.mode = if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 {
-            u64::from(mode & 0o7777)
-        } else {
-            0
-        };
-        how.resolve = RESOLVE;
-        loop {
-            // SAFETY: a valid directory descriptor, C path and open_how of the
-            // size passed; the descriptor returned is owned below.
-            let fd = unsafe {
-                libc::syscall(
-                    libc::SYS_openat2,
-                    from,
-                    c.as_ptr(),
-                    &how as *const libc::open_how,
-                    std::mem::size_of::<libc::open_how>(),
-                )
-            };
-            if fd >= 0 {
-                // SAFETY: a fresh descriptor, owned once.
-                return Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+        let r = beneath(
+            from,
+            &c,
+            flags,
+            if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 {
+                mode
+            } else {
+                0
+            },
+        );
+        match r {
+            // A symlink or a mount point where kmsfs expects its own
+            // directory or file: the cipherdir was tampered with. That
+            // entry fails as an integrity error (EIO), and says why.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::EXDEV)) => {
+                crate::log_line!(
+                    "kmsfs: {rel:?}: a symlink or mount point in the cipherdir where kmsfs expects its own directory or file (planted?): refused"
+                );
+                Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{rel}: a symlink or mount point in the cipherdir ({e})"),
+                ))
             }
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                // A concurrent rename raced the walk, or a signal: again.
-                Some(libc::EAGAIN) | Some(libc::EINTR) => continue,
-                // A symlink or a mount point where kmsfs expects its own
-                // directory or file: the cipherdir was tampered with. That
-                // entry fails as an integrity error (EIO), and says why.
-                Some(libc::ELOOP) | Some(libc::EXDEV) => {
-                    crate::log_line!(
-                        "kmsfs: {rel:?}: a symlink or mount point in the cipherdir where kmsfs expects its own directory or file (planted?): refused"
-                    );
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("{rel}: a symlink or mount point in the cipherdir ({e})"),
-                    ));
-                }
-                _ => return Err(e),
-            }
+            r => r,
         }
     }
 
@@ -437,6 +423,20 @@ impl Tree {
         self.reaper.start();
     }
 
+    /// From now on, the first open in a directory reads ahead the files
+    /// around it (prefetch.rs). Called where `close_behind` is, for the
+    /// same reason.
+    pub fn read_ahead(&self) {
+        self.prefetch.start(&self.root);
+    }
+
+    /// `rel` was opened: reads ahead its neighbours, once `read_ahead` is on.
+    pub fn opened(&self, rel: &str) {
+        if let Ok((parent, _)) = split(rel) {
+            self.prefetch.opened(&self.names.path(parent));
+        }
+    }
+
     /// Waits until the space of every file unlinked so far is given back
     /// (reaper.rs), so that statfs counts it.
     pub fn settle(&self) {
@@ -459,6 +459,38 @@ impl Tree {
                 f()
             }
             r => r,
+        }
+    }
+}
+
+/// One `openat2` of `path` beneath the directory `from` with the walk's
+/// rules (RESOLVE; O_NOFOLLOW and O_CLOEXEC added), tried again when a
+/// concurrent rename or a signal interrupted it.
+fn beneath(from: libc::c_int, path: &CStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    // SAFETY: open_how is plain data; all-zero is its default.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64;
+    how.mode = u64::from(mode & 0o7777);
+    how.resolve = RESOLVE;
+    loop {
+        // SAFETY: a valid directory descriptor, C path and open_how of the
+        // size passed; the descriptor returned is owned below.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                from,
+                path.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: a fresh descriptor, owned once.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+        }
+        let e = io::Error::last_os_error();
+        if !matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR)) {
+            return Err(e);
         }
     }
 }
@@ -607,6 +639,9 @@ impl Tree {
         offset: u64,
         mut f: impl FnMut(&Entry, &File) -> bool,
     ) -> io::Result<()> {
+        if offset == 0 {
+            self.prefetch.listed(&self.names.path(rel));
+        }
         listing::for_each(dir, offset, |e, d| {
             let named;
             let name = match self.names.list(rel, e.name, d) {
