@@ -202,7 +202,8 @@ pub enum Command {
         /// file (a backup, cp -r, grep -r) finds them in the page cache:
         /// reading an 8,000-file tree cold 1.2-1.3x faster here. Costs disk
         /// reads of files nobody opens (at most 1,024 files or 64 MiB per
-        /// directory a second, none once they are cached).
+        /// directory a second, 128 MiB a second in all, none once they are
+        /// cached).
         #[arg(long)]
         no_prefetch: bool,
         /// FUSE over io_uring (Linux 6.14+), experimental: "auto" uses it

@@ -20,8 +20,11 @@
 //! cold: see the README's Performance (`--no-prefetch` turns this off).
 //!
 //! Only ciphertext moves: no key is unwrapped and nothing is audited ahead;
-//! the open that follows checks and records as ever. What it may waste is
-//! disk reads of files nobody opens, bounded per scan. Everything here is
+//! the open that follows checks and records as ever. No access time is set
+//! (O_NOATIME): a file or directory read ahead was not read by anyone. What it may waste is
+//! disk reads of files nobody opens, bounded per scan and, over all scans,
+//! per second (RATE: one user of a shared mount cannot keep the disk busy
+//! for the others by opening in cold directories). Everything here is
 //! best-effort: an entry that fails to open or is not a regular file is
 //! skipped, and a job that cannot be queued is dropped.
 //!
@@ -47,6 +50,13 @@ const HEAD: i64 = super::super::backing::PREFETCH_ON_OPEN;
 const MAX_FILES: usize = 1024;
 /// Bytes asked for at most per scan.
 const MAX_BYTES: i64 = 64 << 20;
+/// Bytes all scans together ask for at most per second (and at once): on a
+/// shared mount, one user opening a file in each of many cold directories
+/// must not have the daemon read the disk for them without end, so the
+/// others' reads wait behind. Twice a scan: a tree read at this rate is
+/// read ahead all the way (reading every file of the 96 MiB benchmark tree
+/// takes 1.4 s).
+const RATE: i64 = 2 * MAX_BYTES;
 /// Subdirectories of one directory a scan goes into at most.
 const MAX_SUBDIRS: usize = 64;
 /// Directories a scan has waiting at most.
@@ -84,6 +94,39 @@ struct Ahead {
     scanned: Scanned,
     /// Directories listed by a walk.
     walked: Scanned,
+    /// Bytes the scans may still ask for (RATE).
+    rate: Mutex<Rate>,
+}
+
+/// A token bucket of bytes, refilled at RATE a second up to RATE.
+struct Rate {
+    left: i64,
+    at: Instant,
+}
+
+impl Rate {
+    fn new(now: Instant) -> Self {
+        Rate {
+            left: RATE,
+            at: now,
+        }
+    }
+
+    /// Up to `want` bytes, taken from what is left at `now`.
+    fn take(&mut self, want: i64, now: Instant) -> i64 {
+        let refill = now.duration_since(self.at).as_secs_f64() * RATE as f64;
+        self.left = (self.left as f64 + refill).min(RATE as f64) as i64;
+        self.at = now;
+        let n = want.min(self.left).max(0);
+        self.left -= n;
+        n
+    }
+
+    /// What a scan took and did not ask for; less than nothing if its last
+    /// file took it past its share (a debt the next scans wait out).
+    fn give_back(&mut self, n: i64) {
+        self.left = (self.left + n).min(RATE);
+    }
 }
 
 enum Job {
@@ -135,6 +178,7 @@ impl Prefetch {
                 tx,
                 scanned: Scanned::default(),
                 walked: Scanned::default(),
+                rate: Mutex::new(Rate::new(Instant::now())),
             });
             let rx = Arc::new(Mutex::new(rx));
             for i in 0..THREADS {
@@ -181,7 +225,11 @@ fn serve(a: &Ahead, rx: &Mutex<Receiver<Job>>) {
         match next {
             Err(_) => return,
             Ok(Job::Files(dir)) => {
-                let _ = scan(&a.root, &dir, &a.scanned);
+                let lock = || a.rate.lock().unwrap_or_else(|e| e.into_inner());
+                let bytes = lock().take(MAX_BYTES, Instant::now());
+                let mut budget = Budget::new(MAX_FILES, bytes);
+                let _ = scan(&a.root, &dir, &a.scanned, &mut budget);
+                lock().give_back(budget.bytes);
             }
             Ok(Job::Dirs(dir, left)) => walk(a, &dir, &left),
         }
@@ -267,8 +315,7 @@ impl Budget {
     }
 }
 
-fn scan(root: &File, dir: &str, scanned: &Scanned) -> io::Result<()> {
-    let mut budget = Budget::new(MAX_FILES, MAX_BYTES);
+fn scan(root: &File, dir: &str, scanned: &Scanned, budget: &mut Budget) -> io::Result<()> {
     // Nearest first: `dir`, the directories below it, breadth first, then
     // those beside it and beside each of its parents: a walk of the tree
     // (depth first, as tar, cp -r and find go) reads them next.
@@ -286,7 +333,7 @@ fn scan(root: &File, dir: &str, scanned: &Scanned) -> io::Result<()> {
             }
             let Ok(f) = open_dir(root, &d) else { continue };
             let mut below = vec![];
-            let _ = files_of(&f, &mut budget, &mut below);
+            let _ = files_of(&f, budget, &mut below);
             if budget.spent() && !budget.warm() {
                 // Cut short: its other files are asked for when it is opened in.
                 scanned.release(&d);
@@ -440,6 +487,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn all_scans_together_ask_for_at_most_rate_bytes_a_second() {
+        let t0 = Instant::now();
+        let mut r = Rate::new(t0);
+        assert_eq!(r.take(MAX_BYTES, t0), MAX_BYTES);
+        assert_eq!(r.take(MAX_BYTES, t0), MAX_BYTES);
+        assert_eq!(r.take(MAX_BYTES, t0), 0, "the bucket is empty");
+        // Half a second refills half of RATE.
+        let t1 = t0 + Duration::from_millis(500);
+        assert_eq!(r.take(MAX_BYTES, t1), RATE / 2);
+        // What a scan did not use comes back; what it overshot is owed.
+        r.give_back(1000);
+        assert_eq!(r.take(MAX_BYTES, t1), 1000);
+        r.give_back(-4096);
+        assert_eq!(r.take(MAX_BYTES, t1), 0);
+        let t2 = t1 + Duration::from_secs(1);
+        assert_eq!(r.take(i64::MAX, t2), RATE - 4096, "the debt is paid first");
+        let t3 = t2 + Duration::from_secs(10);
+        assert_eq!(r.take(i64::MAX, t3), RATE, "refilled up to RATE, no more");
+    }
+
+    #[test]
     fn a_claim_holds_until_released_or_expired() {
         let s = Scanned::default();
         assert!(s.claim("a"));
@@ -487,6 +555,7 @@ mod tests {
             tx,
             scanned: Scanned::default(),
             walked: Scanned::default(),
+            rate: Mutex::new(Rate::new(Instant::now())),
         };
         (a, rx)
     }
