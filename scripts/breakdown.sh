@@ -4,7 +4,8 @@
 # by perf over the whole machine, which should be otherwise idle), with the
 # wall time and the CPU time used, for a plain directory, bindfs (a FUSE
 # passthrough), kmsfs over /dev/fuse and, where the kernel has it, kmsfs over
-# FUSE-over-io_uring. The same tree as scripts/bench.sh (the first 8,000 files
+# FUSE-over-io_uring, and kmsfs over /dev/fuse with --no-prefetch (what the
+# read-ahead across files changes). The same tree as scripts/bench.sh (the first 8,000 files
 # of the cargo registry), each workload after a cold cache, the median of
 # ROUNDS rounds. The FUSE requests are also counted by opcode.
 #
@@ -30,11 +31,13 @@ NFILES=$(wc -l < "$W/src/tree.list")
 URING=/sys/module/fuse/parameters/enable_uring
 URING_WAS=""
 [ -w "$URING" ] && URING_WAS=$(cat "$URING")
-SYSTEMS=(plain bindfs kmsfs_devfuse)
-mkdir -p "$W/plain" "$W/c_bindfs" "$W/m_bindfs" "$W/c_kmsfs_devfuse" "$W/m_kmsfs_devfuse"
+SYSTEMS=(plain bindfs kmsfs_devfuse kmsfs_nopf)
+mkdir -p "$W/plain" "$W/c_bindfs" "$W/m_bindfs" "$W/c_kmsfs_devfuse" "$W/m_kmsfs_devfuse" "$W/c_kmsfs_nopf" "$W/m_kmsfs_nopf"
 bindfs "$W/c_bindfs" "$W/m_bindfs" || exit 1
 "$K" init "$W/c_kmsfs_devfuse" >/dev/null 2>&1 || exit 1
 "$K" mount --io-uring off "$W/c_kmsfs_devfuse" "$W/m_kmsfs_devfuse" 2>/dev/null || exit 1
+"$K" init "$W/c_kmsfs_nopf" >/dev/null 2>&1 || exit 1
+"$K" mount --io-uring off --no-prefetch "$W/c_kmsfs_nopf" "$W/m_kmsfs_nopf" 2>/dev/null || exit 1
 if [ -n "$URING_WAS" ]; then
   echo Y > "$URING"
   mkdir -p "$W/c_kmsfs_uring" "$W/m_kmsfs_uring"
@@ -43,6 +46,7 @@ if [ -n "$URING_WAS" ]; then
 fi
 cleanup() {
   "$K" unmount "$W/m_kmsfs_devfuse" 2>/dev/null
+  "$K" unmount "$W/m_kmsfs_nopf" 2>/dev/null
   [ -d "$W/m_kmsfs_uring" ] && "$K" unmount "$W/m_kmsfs_uring" 2>/dev/null
   fusermount3 -u "$W/m_bindfs" 2>/dev/null || umount -l "$W/m_bindfs" 2>/dev/null
   [ -n "$URING_WAS" ] && echo "$URING_WAS" > "$URING"
@@ -100,7 +104,7 @@ vals = collections.defaultdict(list)
 for line in open(raw):
     s, w, r, k, v = line.rstrip("\n").split("\t")
     vals[(s, w, k)].append(float(v))
-systems = [s for s in ["plain", "bindfs", "kmsfs_devfuse", "kmsfs_uring"] if any(k[0] == s for k in vals)]
+systems = [s for s in ["plain", "bindfs", "kmsfs_devfuse", "kmsfs_nopf", "kmsfs_uring"] if any(k[0] == s for k in vals)]
 cols = [("wall_us", "wall µs", 1), ("cpu_us", "CPU µs", 1), ("fuse:fuse_request_send", "FUSE req", 1),
         ("raw_syscalls:sys_enter", "syscalls", 1), ("context-switches", "ctx sw", 1),
         ("block:block_rq_issue", "disk req", 1)]
