@@ -432,6 +432,9 @@ impl Tree {
 
     /// `rel` was opened: reads ahead its neighbours, once `read_ahead` is on.
     pub fn opened(&self, rel: &str) {
+        if !self.prefetch.on() {
+            return;
+        }
         if let Ok((parent, _)) = split(rel) {
             self.prefetch.opened(&self.names.path(parent));
         }
@@ -498,12 +501,17 @@ fn beneath(from: libc::c_int, path: &CStr, flags: i32, mode: u32) -> io::Result<
 /// The node `at` names itself (a symlink is not followed), as an O_PATH
 /// descriptor: it opens no device or FIFO and reads nothing.
 fn open_path_at(at: &At) -> io::Result<File> {
+    open_path_in(at.dir_fd(), &at.name)
+}
+
+/// `open_path_at` of `name` in the directory `dir`.
+fn open_path_in(dir: libc::c_int, name: &CStr) -> io::Result<File> {
     // SAFETY: a valid directory descriptor and C name; the descriptor
     // returned is owned below.
     let fd = unsafe {
         libc::openat(
-            at.dir_fd(),
-            at.name.as_ptr(),
+            dir,
+            name.as_ptr(),
             libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
         )
     };
@@ -639,7 +647,7 @@ impl Tree {
         offset: u64,
         mut f: impl FnMut(&Entry, &File) -> bool,
     ) -> io::Result<()> {
-        if offset == 0 {
+        if offset == 0 && self.prefetch.on() {
             self.prefetch.listed(&self.names.path(rel));
         }
         listing::for_each(dir, offset, |e, d| {

@@ -168,6 +168,12 @@ impl Scanned {
 }
 
 impl Prefetch {
+    /// Whether `start` ran and succeeded: callers skip the backing path's
+    /// computation otherwise.
+    pub fn on(&self) -> bool {
+        matches!(self.ahead.get(), Some(Some(_)))
+    }
+
     /// Starts the threads over the cipherdir `root` (a duplicate of its
     /// descriptor is kept). Once; a failure leaves prefetching off.
     pub fn start(&self, root: &File) {
@@ -422,20 +428,9 @@ enum Head {
 /// bytes in it that are not in the page cache.
 fn ask_for_head(dir: &File, name: &str) -> Option<Head> {
     let c = CString::new(name).ok()?;
-    // SAFETY: a valid directory descriptor and C name; the descriptor
-    // returned is owned below. O_PATH opens nothing (no device's open).
-    let fd = unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            c.as_ptr(),
-            libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: a fresh descriptor, owned once.
-    let held = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    // O_PATH opens nothing (no device's open).
+    let held = super::open_path_in(dir.as_raw_fd(), &c).ok()?;
+    let fd = held.as_raw_fd();
     let st = super::super::stat::fstat(&held).ok()?;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size <= 0 {
         return None;
