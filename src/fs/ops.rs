@@ -1012,10 +1012,14 @@ impl Filesystem for KmsFs {
                 .try_clone()
         };
         let (node, target) = match path {
-            // Through the handle the kernel named (fchmod, fchown, futimens:
-            // tar and rsync set every file's attributes so), the change needs
-            // no path walk at all; by name otherwise.
-            Ok(p) => match fh.and_then(|h| self.file_handle(h).ok()) {
+            // Through an open descriptor of the node, the change needs no path
+            // walk at all; by name otherwise. The kernel names the handle only
+            // for ftruncate: fchmod, fchown and futimens (tar and rsync set
+            // every file's attributes so, three SETATTRs a file) come without
+            // one, so any handle open on the inode serves, as for an unlinked
+            // file below. The descriptor is the inode the caller holds open,
+            // whatever its name became since.
+            Ok(p) => match self.open_handle(ino.0, fh) {
                 Some(f) => match dup_of(&f) {
                     Ok(d) => (Node::Named(p), Target::Open(d)),
                     Err(e) => return reply.error(io_errno(&e)),
